@@ -1,0 +1,10 @@
+"""Sequence-mixer plugins, backbones and the causal LM that hosts them.
+
+Importing this package registers the built-in mixers; the harness reaches them only through
+``models.registry`` and ``models.build``.
+"""
+
+from models import attention  # noqa: F401  (registers "attention")
+from models.lm import CausalLM, ModelSpec, build
+
+__all__ = ["CausalLM", "ModelSpec", "build"]
