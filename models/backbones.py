@@ -45,6 +45,7 @@ class Size:
 # The paper's configurations (TTT paper, Table/appendix: Transformer++ widths, depths, heads
 # and SwiGLU widths), plus tiny sizes that train on a laptop CPU in seconds.
 SIZES: dict[str, Size] = {
+    "micro": Size(d_model=32, n_layers=2, n_heads=2, mlp_hidden=96),
     "tiny": Size(d_model=64, n_layers=2, n_heads=4, mlp_hidden=176),
     "small": Size(d_model=128, n_layers=4, n_heads=4, mlp_hidden=352),
     "125m": Size(d_model=768, n_layers=12, n_heads=12, mlp_hidden=2048),

@@ -1,0 +1,1 @@
+"""mixbench harness: the protocol that trains, evaluates and records every mixer alike."""

@@ -1,0 +1,152 @@
+"""``python -m harness`` / ``mixbench``: run suites, list mixers, query results, write dashboards.
+
+Every expected failure (a bad suite, an unknown mixer, a database from the future, a write
+attempted through ``query``) ends with one clear line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.data import DataError
+from harness.report import DEFAULT_REPORT_DIR, write_reports
+from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
+from harness.store import Store, StoreError
+from harness.suite import SuiteError, load_suite
+from models.registry import UnknownMixerError, list_mixers
+
+EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError)
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, help="SQLite path or SQLAlchemy URL (default results/mixbench.db)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mixbench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run every cell of a suite that is not done yet")
+    run.add_argument("suite", type=Path)
+    _add_db(run)
+    run.add_argument("--only", help="glob over 'mixer@backbone/size/Tseq_len' or 'mixer@backbone'")
+    run.add_argument("--dry-run", action="store_true", help="print cells, sizes, budgets and FLOPs; train nothing")
+    run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="packed-token cache")
+    run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
+
+    sub.add_parser("mixers", help="list registered mixers, their backends and availability")
+
+    res = sub.add_parser("results", help="a table of runs and their headline numbers")
+    _add_db(res)
+    res.add_argument("--suite")
+
+    q = sub.add_parser("query", help="run one read-only SQL statement against the store")
+    q.add_argument("sql")
+    _add_db(q)
+
+    rep = sub.add_parser("report", help="write one self-contained HTML dashboard per suite")
+    _add_db(rep)
+    rep.add_argument("--suite")
+    rep.add_argument("-o", "--output", type=Path, default=DEFAULT_REPORT_DIR)
+    return ap
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    suite = load_suite(args.suite)
+    store = Store(args.db)
+    runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, console=console)
+    if args.dry_run:
+        console.print(runner.dry_run(args.only))
+        return 0
+    summary = runner.run(args.only)
+    if not summary.done and not summary.failed:
+        console.print(f"[green]all {len(summary.skipped)} cells of suite {suite.name} are already done; nothing to train[/]")
+    else:
+        console.print(
+            f"suite {suite.name}: {len(summary.done)} trained, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
+        )
+    console.print(results_table(store, suite.name))
+    for path in write_reports(store, args.report_dir, suite=suite.name):
+        console.print(f"dashboard: {path}")
+    console.print(f"database: {store.url}")
+    return 1 if summary.failed else 0
+
+
+def cmd_mixers(console: Console) -> int:
+    table = Table(title="registered mixers")
+    for col in ("mixer", "origin", "backends (this machine)", "available"):
+        table.add_column(col)
+    for entry in list_mixers():
+        backends = ", ".join(
+            f"{b.name} [green]yes[/]" if (r := b.unavailable_reason(None)) is None else f"{b.name} [red]no[/] ({r})"
+            for b in entry.backends
+        )
+        status = "[green]yes[/]" if entry.available else f"[red]no[/]: {entry.unavailable_reason()}"
+        table.add_row(entry.name, entry.origin, backends or "-", status)
+    console.print(table)
+    return 0
+
+
+def results_table(store: Store, suite: str | None) -> Table:
+    values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
+    table = Table(title=f"results{f' of suite {suite}' if suite else ''}")
+    for col in ("run key", "suite", "model", "size", "seq", "params", "status", "val ppl", "train FLOPs", "backend", "error"):
+        table.add_column(col)
+    for r in store.runs(suite):
+        ppl = values.get((r.run_key, "val/ppl"))
+        flops = values.get((r.run_key, "flops/train"))
+        table.add_row(
+            r.run_key, r.suite, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len),
+            f"{r.n_params:,}" if r.n_params else "-", r.status, f"{ppl:.2f}" if ppl else "-",
+            f"{flops:.3g}" if flops else "-", r.backend or "-", r.error or "",
+        )  # fmt: skip
+    return table
+
+
+def cmd_query(args: argparse.Namespace, console: Console) -> int:
+    columns, rows = Store(args.db).query(args.sql)
+    table = Table()
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    console.print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console()
+    errors = Console(stderr=True)
+    try:
+        if args.command == "run":
+            return cmd_run(args, console)
+        if args.command == "mixers":
+            return cmd_mixers(console)
+        if args.command == "results":
+            console.print(results_table(Store(args.db), args.suite))
+            return 0
+        if args.command == "query":
+            return cmd_query(args, console)
+        paths = write_reports(Store(args.db), args.output, suite=args.suite)
+        for path in paths:
+            console.print(f"dashboard: {path}")
+        if not paths:
+            errors.print("no finished runs to report yet; run a suite first")
+            return 1
+        return 0
+    except EXPECTED_ERRORS as exc:
+        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        errors.print("interrupted; finished cells are stored, rerun to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Run a suite: for every cell not yet done, build, train, evaluate and store, resumably.
+
+A cell is claimed in the store before any work, and its results are written in one
+transaction when it ends, so killing the process loses at most the cell in flight and the
+next ``run`` picks up exactly where this one stopped. A cell that fails (an exception, a NaN
+loss, out of memory, a missing dataset) is recorded ``failed`` with a one-line error and the
+suite goes on; Ctrl-C marks the cell in flight as interrupted and stops.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from harness.data import DataConfig, DataError, PackedData, load_packed, load_tokenizer
+from harness.environment import environment, pick_device
+from harness.evaluate import evaluate
+from harness.flops import training_flops
+from harness.store import RunRecord, Store
+from harness.suite import Cell, Suite
+from harness.train import plan_training, seed_everything, train
+from models import ModelSpec, build
+
+DEFAULT_CACHE_DIR = Path("results") / "cache"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line a person can act on: its type and first message line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+
+
+@dataclass
+class Summary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def cell_label(cell: Cell) -> str:
+    return f"{cell.arch}/{cell.size}/T{cell.seq_len}"
+
+
+def select_cells(suite: Suite, only: str | None) -> list[Cell]:
+    """Cells whose label (``arch/size/Tseq_len``) matches the glob ``only`` (all if None)."""
+    cells = suite.cells()
+    if only is None:
+        return cells
+    return [c for c in cells if fnmatch.fnmatch(cell_label(c), only) or fnmatch.fnmatch(c.arch, only)]
+
+
+def data_config(cell: Cell) -> DataConfig:
+    d = cell.data
+    return DataConfig(
+        source=cell.resolve_path(d.source),
+        tokenizer=cell.resolve_path(d.tokenizer),
+        seq_len=d.seq_len,
+        text_field=d.text_field,
+        split=d.split,
+        val_fraction=d.val_fraction,
+        max_tokens=d.max_tokens,
+    )
+
+
+def model_spec(cell: Cell, vocab_size: int) -> ModelSpec:
+    return ModelSpec.parse(cell.arch, cell.size, vocab_size, mixer_overrides=dict(cell.mixer_settings))
+
+
+class SuiteRunner:
+    def __init__(self, suite: Suite, store: Store, cache_dir: Path = DEFAULT_CACHE_DIR, console: Console | None = None):
+        self.suite, self.store, self.cache_dir = suite, store, Path(cache_dir)
+        self.console = console or Console()
+        self._data: dict[DataConfig, PackedData] = {}
+
+    def data(self, cell: Cell) -> PackedData:
+        cfg = data_config(cell)
+        if cfg not in self._data:
+            self._data[cfg] = load_packed(cfg, self.cache_dir)
+        return self._data[cfg]
+
+    def run(self, only: str | None = None) -> Summary:
+        summary = Summary()
+        cells = select_cells(self.suite, only)
+        for i, cell in enumerate(cells, 1):
+            label = cell_label(cell)
+            record = RunRecord(
+                run_key=cell.run_key, suite=cell.suite, mixer=cell.mixer, backbone=cell.backbone, size=cell.size,
+                seq_len=cell.seq_len, dataset=cell.data.source, config=cell.config,
+            )  # fmt: skip
+            if not self.store.claim(record):
+                summary.skipped.append(label)
+                self.console.print(f"[dim][{i}/{len(cells)}] {label}: already {self.store.status(cell.run_key)}, skipped[/]")
+                continue
+            self.console.print(f"[bold][{i}/{len(cells)}] {label}[/] run {cell.run_key}")
+            try:
+                self.run_cell(cell)
+            except KeyboardInterrupt:
+                self.store.fail(cell.run_key, "interrupted by the user (Ctrl-C); rerun the suite to redo it")
+                self.console.print(f"[yellow]{label}: interrupted; results stored so far are kept[/]")
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and the suite goes on
+                error = one_line(exc)
+                if isinstance(exc, torch.cuda.OutOfMemoryError):
+                    error = f"out of memory: {error}"
+                self.store.fail(cell.run_key, error)
+                summary.failed.append((label, error))
+                self.console.print(f"[red]{label}: failed: {error}[/]")
+            else:
+                summary.done.append(label)
+        return summary
+
+    def run_cell(self, cell: Cell) -> None:
+        device = pick_device(cell.train.device)
+        data = self.data(cell)
+        seed_everything(cell.train.seed)
+        model = build(model_spec(cell, data.vocab_size)).to(device)
+        plan = plan_training(cell.train, model.num_params(), cell.seq_len)
+        result = train(model, data, cell.train, plan, device, label=cell_label(cell))
+        evaluation = evaluate(model, data, cell.eval, device)
+        final = plan.steps
+        metrics = list(result.metrics)
+        metrics += [
+            (final, "val/loss", evaluation.loss),
+            (final, "val/ppl", evaluation.perplexity),
+            (final, "train/tokens", float(result.tokens)),
+            (final, "train/seconds", result.seconds),
+            (final, "train/tokens_per_s", result.tokens_per_second),
+        ]
+        metrics += [(final, name, value) for name, value in training_flops(model, cell.seq_len, result.tokens).items()]
+        self.store.finish(
+            cell.run_key,
+            metrics=metrics,
+            position_loss=evaluation.position_loss,
+            n_params=model.num_params(),
+            n_params_non_embedding=model.num_params(non_embedding=True),
+            backend=",".join(model.backends(device)),
+            environment=environment(device),
+        )
+        self.console.print(
+            f"  val loss {evaluation.loss:.4f}  ppl {evaluation.perplexity:.2f}  "
+            f"{result.tokens:,} tokens in {result.seconds:.1f}s"
+        )
+
+    def dry_run(self, only: str | None = None) -> Table:
+        """The cells with parameter counts, token budgets and FLOPs, computed without any data."""
+        table = Table(title=f"suite {self.suite.name}: dry run")
+        for col in ("run key", "model", "size", "seq", "params", "non-emb params", "tokens", "train FLOPs", "status"):
+            table.add_column(col, justify="right" if col in {"params", "non-emb params", "tokens", "train FLOPs"} else "left")
+        for cell in select_cells(self.suite, only):
+            vocab = self.vocab_size(cell)
+            with torch.device("meta"):  # no memory: a 1.3b model costs nothing to count
+                model = build(model_spec(cell, vocab))
+            plan = plan_training(cell.train, model.num_params(), cell.seq_len)
+            flops = training_flops(model, cell.seq_len, plan.tokens)["flops/train"]
+            table.add_row(
+                cell.run_key, cell.arch, cell.size, str(cell.seq_len), f"{model.num_params():,}",
+                f"{model.num_params(non_embedding=True):,}", f"{plan.tokens:,}", f"{flops:.3g}",
+                self.store.status(cell.run_key) or "new",
+            )  # fmt: skip
+        return table
+
+    def vocab_size(self, cell: Cell) -> int:
+        try:
+            return load_tokenizer(data_config(cell).tokenizer).vocab_size
+        except DataError as exc:
+            raise DataError(f"{exc} (the dry run needs the tokenizer for the vocabulary size)") from None

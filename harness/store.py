@@ -1,0 +1,349 @@
+"""The results store: SQLite by default, any SQLAlchemy URL, a public interface queried with SQL.
+
+Tables (one row per ...): ``runs`` (suite cell), ``metrics`` (run, step, name),
+``position_loss`` (run, position bucket), ``latency`` (measurement), ``schema_info``
+(the schema version). Every write that finishes a run is one transaction, so a crash loses
+at most the run in flight; a run is claimed before it starts, so a rerun resumes and two
+runners on one database never train the same cell twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = Path("results") / "mixbench.db"
+
+
+class StoreError(Exception):
+    """A database that cannot be used as it is: the message says what and where."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SchemaInfo(Base):
+    __tablename__ = "schema_info"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_key: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    suite: Mapped[str] = mapped_column(String(200), index=True)
+    mixer: Mapped[str] = mapped_column(String(200))
+    backbone: Mapped[str] = mapped_column(String(64))
+    size: Mapped[str] = mapped_column(String(32))
+    seq_len: Mapped[int] = mapped_column(Integer)
+    dataset: Mapped[str] = mapped_column(String(500))
+    n_params: Mapped[int | None] = mapped_column(Integer)
+    n_params_non_embedding: Mapped[int | None] = mapped_column(Integer)
+    backend: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # running | done | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("run_id", "step", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class PositionLoss(Base):
+    __tablename__ = "position_loss"
+    __table_args__ = (UniqueConstraint("run_id", "bucket"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    bucket: Mapped[int] = mapped_column(Integer)
+    start: Mapped[int] = mapped_column(Integer)  # first token position in the bucket (0-based)
+    end: Mapped[int] = mapped_column(Integer)  # one past the last
+    loss: Mapped[float] = mapped_column(Float)
+
+
+class Latency(Base):
+    __tablename__ = "latency"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    suite: Mapped[str] = mapped_column(String(200), index=True)
+    mixer: Mapped[str] = mapped_column(String(200))
+    backbone: Mapped[str] = mapped_column(String(64))
+    size: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16))  # prefill | decode
+    context: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(200))
+    backend: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # ok | oom | failed
+    median_ms: Mapped[float | None] = mapped_column(Float)
+    p20_ms: Mapped[float | None] = mapped_column(Float)
+    p80_ms: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Identity and descriptive columns of a run, fixed when it is claimed."""
+
+    run_key: str
+    suite: str
+    mixer: str
+    backbone: str
+    size: str
+    seq_len: int
+    dataset: str
+    config: dict[str, Any]
+
+
+def resolve_url(db: str | Path | None) -> str:
+    """A path (or nothing: ``results/mixbench.db``) becomes a SQLite URL; URLs pass through."""
+    if db is None:
+        db = DEFAULT_DB
+    db = str(db)
+    if "://" in db:
+        return db
+    path = Path(db).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record):  # noqa: ANN001 - DB-API objects
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the runner
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")  # a second runner waits instead of failing
+        cur.close()
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim_is_stale(claimed_by: str | None) -> bool:
+    """A ``running`` row whose process on this host is gone was interrupted: it may be retaken."""
+    if not claimed_by:
+        return True
+    host, _, pid = claimed_by.rpartition(":")
+    if host != socket.gethostname():
+        return False  # another machine's claim: we cannot tell, so we leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+class Store:
+    """All reads and writes of results go through here."""
+
+    def __init__(self, db: str | Path | None = None) -> None:
+        self.url = resolve_url(db)
+        self.engine = create_engine(self.url)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_pragmas(self.engine)
+        self._check_or_create_schema()
+
+    def _check_or_create_schema(self) -> None:
+        where = make_url(self.url).render_as_string(hide_password=True)
+        try:
+            tables = set(inspect(self.engine).get_table_names())
+        except OperationalError as exc:
+            raise StoreError(f"cannot open database {where}: {exc.orig}") from exc
+        if not tables:
+            Base.metadata.create_all(self.engine)
+            with Session(self.engine) as s, s.begin():
+                s.add(SchemaInfo(version=SCHEMA_VERSION))
+            return
+        if "schema_info" not in tables:
+            raise StoreError(f"{where} is not a mixbench database (no schema_info table); use another --db")
+        with Session(self.engine) as s:
+            version = s.scalar(select(SchemaInfo.version))
+        if version is None or version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where} has schema version {version}, newer than this mixbench understands "
+                f"({SCHEMA_VERSION}); upgrade mixbench to read it"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{where} has schema version {version}; this mixbench writes {SCHEMA_VERSION} and has no "
+                f"migration from it: export what you need and start a new database"
+            )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    # --- the run life cycle -------------------------------------------------------------
+    def status(self, run_key: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(Run.status).where(Run.run_key == run_key))
+
+    def claim(self, record: RunRecord) -> bool:
+        """Mark a cell ``running`` for this process; False if it is done or live elsewhere.
+
+        A failed or interrupted run is retaken and its partial rows are cleared in the same
+        transaction, so a rerun never duplicates rows. The update is a compare-and-set on the
+        previous claim, so two runners racing for one cell cannot both win.
+        """
+        me = this_process()
+        with self.session() as s:
+            row = s.scalar(select(Run).where(Run.run_key == record.run_key))
+            if row is None:
+                s.add(Run(**record.__dict__, status="running", claimed_by=me, started_at=_now()))
+                try:
+                    s.flush()
+                except IntegrityError:
+                    return False  # another runner inserted it first
+                return True
+            if row.status == "done" or (row.status == "running" and not _claim_is_stale(row.claimed_by)):
+                return False
+            taken = s.execute(
+                update(Run)
+                .where(Run.id == row.id, Run.status == row.status, Run.claimed_by == row.claimed_by)
+                .values(status="running", claimed_by=me, error=None, started_at=_now(), finished_at=None,
+                        config=record.config)
+            ).rowcount
+            if taken != 1:
+                return False
+            s.execute(delete(Metric).where(Metric.run_id == row.id))
+            s.execute(delete(PositionLoss).where(PositionLoss.run_id == row.id))
+            return True
+
+    def finish(
+        self,
+        run_key: str,
+        *,
+        metrics: Iterable[tuple[int, str, float]],
+        position_loss: Iterable[tuple[int, int, int, float]],
+        n_params: int,
+        n_params_non_embedding: int,
+        backend: str,
+        environment: dict[str, Any],
+    ) -> None:
+        """Write every result of a run and mark it ``done``, all in one transaction."""
+        with self.session() as s:
+            run = s.scalar(select(Run).where(Run.run_key == run_key))
+            if run is None:
+                raise StoreError(f"run {run_key} was never claimed")
+            s.add_all(Metric(run_id=run.id, step=st, name=n, value=float(v)) for st, n, v in metrics)
+            s.add_all(
+                PositionLoss(run_id=run.id, bucket=b, start=lo, end=hi, loss=float(v)) for b, lo, hi, v in position_loss
+            )
+            run.n_params, run.n_params_non_embedding = n_params, n_params_non_embedding
+            run.backend, run.environment = backend, environment
+            run.status, run.error, run.finished_at = "done", None, _now()
+
+    def fail(self, run_key: str, error: str, environment: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            s.execute(
+                update(Run)
+                .where(Run.run_key == run_key)
+                .values(status="failed", error=error, finished_at=_now(), environment=environment)
+            )
+
+    def add_latency(self, rows: Iterable[dict[str, Any]]) -> None:
+        with self.session() as s:
+            s.add_all(Latency(**row) for row in rows)
+
+    # --- reading ------------------------------------------------------------------------
+    def runs(self, suite: str | None = None) -> list[Run]:
+        with self.session() as s:
+            q = select(Run).order_by(Run.id)
+            if suite is not None:
+                q = q.where(Run.suite == suite)
+            return list(s.scalars(q))
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only SQL statement; anything that could write is refused."""
+        statement = sql.strip().rstrip(";")
+        first = re.match(r"\s*(\w+)", statement)
+        if first is None or first.group(1).lower() not in {"select", "with", "explain", "values"}:
+            raise StoreError("query is read-only: only SELECT / WITH / EXPLAIN statements are allowed")
+        if ";" in statement:
+            raise StoreError("query takes exactly one statement")
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA query_only=ON")  # also stops 'WITH ... DELETE'
+            try:
+                result = conn.execute(text(statement))
+                columns = list(result.keys())
+                rows = [tuple(r) for r in result]
+            except OperationalError as exc:
+                raise StoreError(f"query failed: {exc.orig}") from exc
+            finally:
+                conn.rollback()
+                if self.engine.dialect.name == "sqlite":
+                    conn.exec_driver_sql("PRAGMA query_only=OFF")
+        return columns, rows
+
+    def metric_values(self, suite: str | None = None) -> list[tuple[str, int, str, float]]:
+        """``(run_key, step, name, value)`` for every metric (of one suite if given)."""
+        with self.session() as s:
+            q = select(Run.run_key, Metric.step, Metric.name, Metric.value).join(Metric, Metric.run_id == Run.id)
+            if suite is not None:
+                q = q.where(Run.suite == suite)
+            return [tuple(r) for r in s.execute(q)]
+
+    def position_losses(self, suite: str | None = None) -> list[tuple[str, int, int, int, float]]:
+        with self.session() as s:
+            q = (
+                select(Run.run_key, PositionLoss.bucket, PositionLoss.start, PositionLoss.end, PositionLoss.loss)
+                .join(PositionLoss, PositionLoss.run_id == Run.id)
+                .order_by(Run.run_key, PositionLoss.bucket)
+            )
+            if suite is not None:
+                q = q.where(Run.suite == suite)
+            return [tuple(r) for r in s.execute(q)]
+
