@@ -122,6 +122,8 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # piped or captured: never cut table cells to 80 columns
+        console = Console(width=240)
     errors = Console(stderr=True)
     try:
         if args.command == "run":

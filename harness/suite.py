@@ -12,10 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.backbones import BACKBONES, SIZES
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
@@ -71,30 +71,29 @@ class EvalSection(_Section):
     batch_size: int = Field(8, gt=0)
 
 
+def _check_arch(arch: str) -> str:
+    """``mixer@backbone`` with a known backbone and a mixer the registry can build."""
+    mixer, sep, backbone = arch.rpartition("@")
+    if not sep or not mixer:
+        raise ValueError(f"{arch!r} must be written 'mixer@backbone', e.g. 'attention@transformer'")
+    if backbone not in BACKBONES:
+        raise ValueError(f"{arch!r}: unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+    try:
+        get_mixer(mixer)
+    except UnknownMixerError as exc:
+        raise ValueError(str(exc)) from None
+    return arch
+
+
 class SuiteSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     data: DataSection = DataSection()
-    models: list[str] = Field(min_length=1)
+    models: list[Annotated[str, AfterValidator(_check_arch)]] = Field(min_length=1)
     sizes: list[str] = Field(min_length=1)
     seq_lens: list[int] | None = None  # grid axis; default: data.seq_len
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     overrides: dict[str, dict[str, Any]] = {}
-
-    @field_validator("models")
-    @classmethod
-    def _models_exist(cls, models: list[str]) -> list[str]:
-        for arch in models:
-            mixer, sep, backbone = arch.rpartition("@")
-            if not sep or not mixer:
-                raise ValueError(f"{arch!r} must be written 'mixer@backbone', e.g. 'attention@transformer'")
-            if backbone not in BACKBONES:
-                raise ValueError(f"{arch!r}: unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
-            try:
-                get_mixer(mixer)
-            except UnknownMixerError as exc:
-                raise ValueError(str(exc)) from None
-        return models
 
     @field_validator("sizes")
     @classmethod

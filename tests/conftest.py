@@ -1,0 +1,72 @@
+"""Shared fixtures.
+
+Counting FLOPs through torch.utils.flop_counter, which does not see CPU fused attention.
+
+On CPU, ``scaled_dot_product_attention`` dispatches to a fused kernel the flop counter has no
+formula for, so the tests swap in the same computation written with matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def matmul_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):  # noqa: ANN001
+    scores = q @ k.transpose(-1, -2) * (scale or 1 / math.sqrt(q.shape[-1]))
+    if is_causal:
+        t, s = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool).triu(s - t + 1), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+@pytest.fixture
+def count_flops(monkeypatch):
+    """``with count_flops() as counter:`` counts FLOPs, attention included, under no_grad."""
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", matmul_sdpa)
+
+    @contextmanager
+    def counting():
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            yield counter
+
+    return counting
+
+
+KJV = Path(__file__).resolve().parent.parent / "harness" / "corpus" / "kjv.txt"
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    """A real-text corpus small enough to pack in milliseconds: the first chapters of the KJV."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(KJV.read_text().splitlines()[:40]) + "\n")
+    return path
+
+
+@pytest.fixture
+def write_suite(tmp_path, small_corpus):
+    """``write_suite(**fields)`` writes a tiny runnable suite YAML and returns its path."""
+
+    def write(name: str = "unit", **fields) -> Path:
+        suite = {
+            "name": name,
+            "data": {"source": str(small_corpus), "tokenizer": "bytes", "seq_len": 32},
+            "models": ["attention@transformer"],
+            "sizes": ["micro"],
+            "train": {"tokens": 2048, "batch_tokens": 256, "lr": 3e-3, "log_every": 2},
+            "eval": {"position_buckets": 4, "max_val_sequences": 8},
+        }
+        suite.update(fields)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(suite, sort_keys=False))
+        return path
+
+    return write

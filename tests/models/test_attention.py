@@ -1,0 +1,119 @@
+"""Attention: every backend equals a naive float64 reference; decode equals the full forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import ModelSpec, build
+from models.attention import Attention
+from models.layers import apply_rotary, rotary_cos_sin
+
+
+def naive_attention(mixer: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention written out: explicit scores, mask, softmax, weighted sum."""
+    b, t, d = x.shape
+    h, hd = mixer.n_heads, mixer.head_dim
+    q, k, v = (x @ mixer.qkv.weight.T).split(d, dim=-1)
+    q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))
+    cos, sin = rotary_cos_sin(torch.arange(t), hd, mixer.rope_base, dtype=x.dtype)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    future = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(-1)
+    y = (weights @ v).transpose(1, 2).reshape(b, t, d)
+    return y @ mixer.out.weight.T
+
+
+def test_rotary_preserves_norms_and_relative_positions():
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    cos, sin = rotary_cos_sin(torch.arange(5), 16, dtype=torch.float64)
+    assert torch.allclose(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    q, k = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+
+    def dot_at(i: int, j: int) -> torch.Tensor:
+        c, s = rotary_cos_sin(torch.tensor([i, j]), 16, dtype=torch.float64)
+        return apply_rotary(q, c[0], s[0]) @ apply_rotary(k, c[1], s[1])
+
+    assert torch.allclose(dot_at(3, 1), dot_at(10, 8))  # depends only on i - j
+
+
+def test_sdpa_matches_naive_reference_forward_and_backward():
+    torch.manual_seed(0)
+    mixer = Attention(d_model=24, n_heads=3, backend="sdpa").double()
+    x = torch.randn(2, 11, 24, dtype=torch.float64, requires_grad=True)
+    y, _ = mixer(x)
+    y_ref = naive_attention(mixer, x)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, mixer.qkv.weight, mixer.out.weight], grad_out)
+    grads_ref = torch.autograd.grad(y_ref, [x, mixer.qkv.weight, mixer.out.weight], grad_out)
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.allclose(g, g_ref, atol=1e-10)
+
+
+def test_output_is_causal():
+    torch.manual_seed(1)
+    mixer = Attention(d_model=16, n_heads=2).double()
+    x = torch.randn(1, 9, 16, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 6:] += 1.0
+    assert torch.allclose(mixer(x)[0][:, :6], mixer(x2)[0][:, :6])
+    assert not torch.allclose(mixer(x)[0][:, 6:], mixer(x2)[0][:, 6:])
+
+
+def test_prefill_then_step_equals_full_forward():
+    torch.manual_seed(2)
+    mixer = Attention(d_model=16, n_heads=4).double()
+    x = torch.randn(2, 13, 16, dtype=torch.float64)
+    full, _ = mixer(x)
+    y, state = mixer(x[:, :5], mixer.init_state(2, x.device, x.dtype))
+    steps = [y]
+    for t in range(5, 13):
+        y_t, state = mixer.step(x[:, t], state)
+        steps.append(y_t.unsqueeze(1))
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-12)
+    assert mixer.state_size(13) == state["k"][0].numel() + state["v"][0].numel()
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "mamba"])
+def test_lm_prefill_then_step_equals_forward(backbone):
+    torch.manual_seed(3)
+    model = build(ModelSpec.parse(f"attention@{backbone}", "micro", vocab_size=50)).double()
+    ids = torch.randint(0, 50, (2, 17))
+    logits = model(ids)
+    prefix_logits, state = model.prefill(ids[:, :6])
+    assert torch.allclose(prefix_logits, logits[:, :6], atol=1e-10)
+    for t in range(6, 17):
+        step_logits, state = model.step(ids[:, t], state)
+        assert torch.allclose(step_logits, logits[:, t], atol=1e-10), f"decode differs at position {t}"
+
+
+@pytest.mark.parametrize("seq_len", [32, 96])
+def test_analytic_flops_match_the_flop_counter(seq_len, count_flops):
+    mixer = Attention(d_model=32, n_heads=4)
+    with count_flops() as counter:
+        mixer(torch.randn(1, seq_len, 32))
+    assert mixer.flops(seq_len) == counter.get_total_flops()
+
+
+def test_bad_configuration_errors_are_clear():
+    with pytest.raises(ValueError, match="not divisible by n_heads"):
+        Attention(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="unknown backend 'flash'"):
+        Attention(d_model=32, n_heads=4, backend="flash")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA GPU")
+def test_flash_attn_matches_sdpa_on_gpu():
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed (pip install '.[gpu]')")
+    torch.manual_seed(4)
+    mixer = Attention(d_model=128, n_heads=2).cuda().to(torch.bfloat16)
+    x = torch.randn(2, 256, 128, device="cuda", dtype=torch.bfloat16)
+    assert mixer.select_backend(x.device) == "flash-attn"
+    y_flash, _ = mixer(x)
+    mixer.backend = "sdpa"
+    y_sdpa, _ = mixer(x)
+    assert (y_flash.float() - y_sdpa.float()).abs().max().item() < 2e-2
