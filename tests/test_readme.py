@@ -1,0 +1,39 @@
+"""The README's plugin example is real: it runs through a suite as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from harness.cli import main
+from harness.store import Store
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_plugin_example_runs_from_a_suite_by_dotted_path(tmp_path, monkeypatch, small_corpus, capsys):
+    source = re.search(r"```python\n# my_mixers.py\n(.*?)```", README.read_text(), re.S).group(1)
+    assert len(source.strip().splitlines()) <= 15
+    (tmp_path / "my_mixers.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    suite = {
+        "name": "plugin",
+        "data": {"source": str(small_corpus), "tokenizer": "bytes", "seq_len": 32},
+        "models": ["my_mixers:CausalMean@transformer"],
+        "sizes": ["micro"],
+        "train": {"tokens": 1024, "batch_tokens": 256, "lr": 1e-3},
+        "overrides": {"my_mixers:CausalMean": {"scale": 0.5}},
+    }
+    (tmp_path / "plugin.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["run", str(tmp_path / "plugin.yaml")]) == 0
+    [run] = Store().runs()
+    assert run.status == "done" and run.config["model"]["mixer_settings"] == {"scale": 0.5}
+    assert run.backend == "torch"
+
+
+def test_readme_names_the_test_command_ci_runs():
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in README.read_text() and "python -m pytest -q" in ci
