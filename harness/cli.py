@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
 from harness.report import DEFAULT_REPORT_DIR, write_reports
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
@@ -20,7 +21,7 @@ from harness.store import Store, StoreError
 from harness.suite import SuiteError, load_suite
 from models.registry import UnknownMixerError, list_mixers
 
-EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError)
+EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError)
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--only", help="glob over 'mixer@backbone/size/Tseq_len' or 'mixer@backbone'")
     run.add_argument("--dry-run", action="store_true", help="print cells, sizes, budgets and FLOPs; train nothing")
     run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="packed-token cache")
+    run.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR, help="final weights per run")
     run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
 
     sub.add_parser("mixers", help="list registered mixers, their backends and availability")
@@ -59,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
     store = Store(args.db)
-    runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, console=console)
+    runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console)
     if args.dry_run:
         console.print(runner.dry_run(args.only))
         return 0

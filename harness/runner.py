@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
 from harness.data import DataConfig, DataError, PackedData, load_packed, load_tokenizer
 from harness.environment import environment, pick_device
 from harness.evaluate import evaluate
@@ -72,8 +73,16 @@ def model_spec(cell: Cell, vocab_size: int) -> ModelSpec:
 
 
 class SuiteRunner:
-    def __init__(self, suite: Suite, store: Store, cache_dir: Path = DEFAULT_CACHE_DIR, console: Console | None = None):
-        self.suite, self.store, self.cache_dir = suite, store, Path(cache_dir)
+    def __init__(
+        self,
+        suite: Suite,
+        store: Store,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+        checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
+        console: Console | None = None,
+    ):
+        self.suite, self.store = suite, store
+        self.cache_dir, self.checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
         self.console = console or Console()
         self._data: dict[DataConfig, PackedData] = {}
 
@@ -132,6 +141,7 @@ class SuiteRunner:
             (final, "train/tokens_per_s", result.tokens_per_second),
         ]
         metrics += [(final, name, value) for name, value in training_flops(model, cell.seq_len, result.tokens).items()]
+        checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, data_config(cell).tokenizer, cell.config)
         self.store.finish(
             cell.run_key,
             metrics=metrics,
@@ -140,6 +150,7 @@ class SuiteRunner:
             n_params_non_embedding=model.num_params(non_embedding=True),
             backend=",".join(model.backends(device)),
             environment=environment(device),
+            checkpoint_path=str(checkpoint.resolve()),
         )
         self.console.print(
             f"  val loss {evaluation.loss:.4f}  ppl {evaluation.perplexity:.2f}  "

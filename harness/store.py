@@ -79,6 +79,7 @@ class Run(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -271,6 +272,7 @@ class Store:
         n_params_non_embedding: int,
         backend: str,
         environment: dict[str, Any],
+        checkpoint_path: str | None = None,
     ) -> None:
         """Write every result of a run and mark it ``done``, all in one transaction."""
         with self.session() as s:
@@ -282,7 +284,7 @@ class Store:
                 PositionLoss(run_id=run.id, bucket=b, start=lo, end=hi, loss=float(v)) for b, lo, hi, v in position_loss
             )
             run.n_params, run.n_params_non_embedding = n_params, n_params_non_embedding
-            run.backend, run.environment = backend, environment
+            run.backend, run.environment, run.checkpoint_path = backend, environment, checkpoint_path
             run.status, run.error, run.finished_at = "done", None, _now()
 
     def fail(self, run_key: str, error: str, environment: dict[str, Any] | None = None) -> None:
@@ -298,6 +300,13 @@ class Store:
             s.add_all(Latency(**row) for row in rows)
 
     # --- reading ------------------------------------------------------------------------
+    def run(self, run_key: str) -> Run:
+        with self.session() as s:
+            run = s.scalar(select(Run).where(Run.run_key == run_key))
+        if run is None:
+            raise StoreError(f"no run with key {run_key!r} in {self.url}")
+        return run
+
     def runs(self, suite: str | None = None) -> list[Run]:
         with self.session() as s:
             q = select(Run).order_by(Run.id)
