@@ -2,7 +2,7 @@
 
 Panels: validation perplexity vs training FLOPs (log-log, one line per architecture across
 sizes, one panel per context length: the paper's Figure 1 left), perplexity by token
-position (Figure 1 right), and the results table with backend and environment.
+position (Figure 1 right), and a sortable results table with backend and environment.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, in
         by_run[key].append((lo, hi, loss))
     fig = go.Figure()
     archs = sorted({_arch(r) for r in runs})
+    sizes = sorted({r.size for r in runs}, key=lambda s: min(r.n_params or 0 for r in runs if r.size == s))
     for run in runs:
         rows = by_run.get(run.run_key)
         if not rows:
@@ -83,7 +84,7 @@ def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, in
                 y=[math.exp(min(loss, 700.0)) for _, _, loss in rows],
                 mode="lines+markers",
                 name=f"{_arch(run)} {run.size} T{run.seq_len}",
-                line={"color": _color(archs.index(_arch(run)))},
+                line={"color": _color(archs.index(_arch(run))), "dash": _DASHES[sizes.index(run.size) % len(_DASHES)]},
                 hovertemplate="positions %{customdata[0]}-%{customdata[1]}<br>ppl %{y:.3f}<extra>%{fullData.name}</extra>",
                 customdata=[[lo, hi - 1] for lo, hi, _ in rows],
             )
@@ -94,35 +95,55 @@ def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, in
     return fig
 
 
-def results_figure(runs: list[Run], values: dict[tuple[str, str], float]) -> go.Figure:
-    def fmt(key: str, name: str, spec: str) -> str:
-        v = values.get((key, name))
-        return "-" if v is None else format(v, spec)
+def results_table_html(runs: list[Run], values: dict[tuple[str, str], float]) -> str:
+    """The results as a plain HTML table, sortable by clicking a column header."""
 
-    columns = {
-        "run key": [r.run_key for r in runs],
-        "model": [_arch(r) for r in runs],
-        "size": [r.size for r in runs],
-        "seq": [r.seq_len for r in runs],
-        "params": [f"{r.n_params:,}" if r.n_params else "-" for r in runs],
-        "status": [r.status for r in runs],
-        "val ppl": [fmt(r.run_key, "val/ppl", ".3f") for r in runs],
-        "train FLOPs": [fmt(r.run_key, "flops/train", ".3g") for r in runs],
-        "tokens/s": [fmt(r.run_key, "train/tokens_per_s", ",.0f") for r in runs],
-        "backend": [r.backend or "-" for r in runs],
-        "device": [(r.environment or {}).get("device", "-") for r in runs],
-        "commit": [str((r.environment or {}).get("git_commit") or "-")[:12] for r in runs],
-        "error": [r.error or "" for r in runs],
-    }
-    table = go.Table(
-        header={"values": list(columns), "align": "left"},
-        cells={"values": list(columns.values()), "align": "left"},
+    def metric(run: Run, name: str, spec: str) -> tuple[str, str]:
+        v = values.get((run.run_key, name))
+        return ("-", "") if v is None else (format(v, spec), repr(v))
+
+    header = ("run key", "model", "size", "seq", "params", "status", "val ppl", "train FLOPs", "tokens/s",
+              "backend", "device", "commit", "error")  # fmt: skip
+    rows = []
+    for r in runs:
+        env = r.environment or {}
+        cells = [
+            (r.run_key, ""), (_arch(r), ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
+            (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")), (r.status, ""),
+            metric(r, "val/ppl", ".3f"), metric(r, "flops/train", ".3g"), metric(r, "train/tokens_per_s", ",.0f"),
+            (r.backend or "-", ""), (str(env.get("device", "-")), ""), (str(env.get("git_commit") or "-")[:12], ""),
+            (r.error or "", ""),
+        ]  # fmt: skip
+        tds = "".join(
+            f'<td data-sort="{html.escape(sort_key)}">{html.escape(text)}</td>' if sort_key else f"<td>{html.escape(text)}</td>"
+            for text, sort_key in cells
+        )
+        rows.append(f"<tr>{tds}</tr>")
+    ths = "".join(f"<th onclick='sortTable(this)'>{html.escape(h)}</th>" for h in header)
+    return (
+        "<h2>Results</h2><p>Click a column header to sort.</p>"
+        f"<table id='results'><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
-    fig = go.Figure(table)
-    fig.update_layout(title="Results", height=120 + 28 * max(1, len(runs)))
-    return fig
 
 
+_SORT_SCRIPT = """<script>
+function sortTable(th) {
+  const table = th.closest('table'), body = table.tBodies[0];
+  const col = Array.from(th.parentNode.children).indexOf(th);
+  const ascending = th.dataset.order !== 'asc';
+  th.dataset.order = ascending ? 'asc' : 'desc';
+  const key = row => { const td = row.children[col]; return td.dataset.sort !== undefined ? td.dataset.sort : td.textContent; };
+  const rows = Array.from(body.rows).sort((a, b) => {
+    const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
+    const cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+    return ascending ? cmp : -cmp;
+  });
+  rows.forEach(r => body.appendChild(r));
+}
+</script>"""
+
+
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
@@ -130,7 +151,7 @@ def _color(i: int) -> str:
     return _PALETTE[i % len(_PALETTE)]
 
 
-def dashboard_html(suite: str, figures: list[go.Figure]) -> str:
+def dashboard_html(suite: str, figures: list[go.Figure], table: str) -> str:
     """One HTML page; plotly.js is inlined once so the file opens offline."""
     parts = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"responsive": True})
@@ -140,8 +161,10 @@ def dashboard_html(suite: str, figures: list[go.Figure]) -> str:
     title = html.escape(f"mixbench: {suite}")
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
-        "<style>body{font-family:sans-serif;margin:1.5em}.panel{margin-bottom:2em}</style></head>"
-        f"<body><h1>{title}</h1>\n{body}\n</body></html>\n"
+        "<style>body{font-family:sans-serif;margin:1.5em}.panel{margin-bottom:2em}"
+        "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        "th{cursor:pointer;background:#eef}</style></head>"
+        f"<body><h1>{title}</h1>\n{body}\n{table}\n{_SORT_SCRIPT}\n</body></html>\n"
     )
 
 
@@ -158,8 +181,8 @@ def write_reports(store: Store, out_dir: Path, suite: str | None = None) -> list
         done = [r for r in suite_runs if r.status == "done"]
         if not done:
             continue
-        figures = [flops_figure(done, values), position_figure(done, positions), results_figure(suite_runs, values)]
+        figures = [flops_figure(done, values), position_figure(done, positions)]
         path = out_dir / f"{name}.html"
-        path.write_text(dashboard_html(name, figures))
+        path.write_text(dashboard_html(name, figures, results_table_html(suite_runs, values)))
         written.append(path)
     return written

@@ -40,8 +40,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB = Path("results") / "mixbench.db"
+
+
+# Statements that take a database from version N to N + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE runs ADD COLUMN checkpoint_path VARCHAR(1000)",),
+}
 
 
 class StoreError(Exception):
@@ -216,10 +222,18 @@ class Store:
                 f"({SCHEMA_VERSION}); upgrade mixbench to read it"
             )
         if version < SCHEMA_VERSION:
-            raise StoreError(
-                f"{where} has schema version {version}; this mixbench writes {SCHEMA_VERSION} and has no "
-                f"migration from it: export what you need and start a new database"
-            )
+            self._migrate(version, where)
+
+    def _migrate(self, version: int, where: str) -> None:
+        """Bring an older database up to ``SCHEMA_VERSION``, one step per version, all in one transaction."""
+        with self.engine.begin() as conn:
+            while version < SCHEMA_VERSION:
+                if version not in MIGRATIONS:
+                    raise StoreError(f"{where} has schema version {version}, which this mixbench cannot migrate")
+                for statement in MIGRATIONS[version]:
+                    conn.execute(text(statement))
+                version += 1
+            conn.execute(update(SchemaInfo).values(version=version))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -130,3 +130,20 @@ def test_foreign_database_is_refused(tmp_path):
     con.close()
     with pytest.raises(StoreError, match="is not a mixbench database"):
         Store(path)
+
+
+def test_older_database_is_migrated_in_place(tmp_path):
+    path = tmp_path / "old.db"
+    store = Store(path)
+    store.claim(record())
+    store.engine.dispose()
+    con = sqlite3.connect(path)  # make it look like a version-1 database: no checkpoint_path column
+    con.execute("ALTER TABLE runs DROP COLUMN checkpoint_path")
+    con.execute("UPDATE schema_info SET version = 1")
+    con.commit()
+    con.close()
+    migrated = Store(path)
+    assert [r.run_key for r in migrated.runs()] == ["k1"], "rows survive the migration"
+    assert migrated.query("SELECT version FROM schema_info")[1] == [(SCHEMA_VERSION,)]
+    finish(migrated)
+    assert migrated.runs()[0].checkpoint_path is None and migrated.runs()[0].status == "done"
