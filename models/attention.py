@@ -32,6 +32,7 @@ class Attention(SequenceMixer):
     """Llama-style attention: fused QKV projection, RoPE on Q and K, output projection."""
 
     backends = (Backend("flash-attn", needs_cuda_module("flash_attn")), Backend("sdpa", always))
+    attends_to_context = True  # the classic "6ND + attention" FLOPs estimate counts this layer
 
     def __init__(
         self,

@@ -170,3 +170,18 @@ def test_killed_run_resumes_without_duplicate_rows(write_suite, tmp_path):
     con = sqlite3.connect(db)
     assert con.execute("SELECT COUNT(*) FROM (SELECT run_id, step, name FROM metrics GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)").fetchone()[0] == 0
     assert con.execute("SELECT COUNT(*) FROM position_loss").fetchone()[0] == 8
+
+
+def test_two_runners_on_one_database_never_train_the_same_cell(write_suite, tmp_path):
+    suite = write_suite(sizes=["micro", "tiny"], seq_lens=[16, 32])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "harness", "run", str(suite), "--report-dir", str(tmp_path / "dash")]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trained = [{line.split()[1] for line in out.splitlines() if " run " in line and line.startswith("[")} for out in outputs]
+    assert not trained[0] & trained[1], f"both runners trained {trained[0] & trained[1]}"
+    assert len(trained[0] | trained[1]) == 4
+    runs = Store(tmp_path / "results" / "mixbench.db").runs()
+    assert len(runs) == 4 and all(r.status == "done" for r in runs)
