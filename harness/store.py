@@ -31,13 +31,14 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    insert,
     inspect,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 SCHEMA_VERSION = 2
@@ -161,14 +162,27 @@ def resolve_url(db: str | Path | None) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, foreign keys, waiting on locks, and real transactions around DDL and claims.
+
+    pysqlite runs DDL outside any transaction and opens write transactions lazily; both would
+    let two runners creating or claiming on one new database see each other half-way. So the
+    driver's own transaction handling is switched off and every transaction starts with
+    ``BEGIN IMMEDIATE``: writers queue (``busy_timeout``), readers are never blocked (WAL).
+    """
+
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn, _record):  # noqa: ANN001 - DB-API objects
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the runner
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")  # a second runner waits instead of failing
         cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def this_process() -> str:
@@ -198,24 +212,23 @@ class Store:
         self.url = resolve_url(db)
         self.engine = create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            _sqlite_setup(self.engine)
         self._check_or_create_schema()
 
     def _check_or_create_schema(self) -> None:
         where = make_url(self.url).render_as_string(hide_password=True)
         try:
-            tables = set(inspect(self.engine).get_table_names())
+            with self.engine.begin() as conn:  # one transaction: a second runner sees all or nothing
+                tables = set(inspect(conn).get_table_names())
+                if not tables:
+                    Base.metadata.create_all(conn)
+                    conn.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
+                    return
+                if "schema_info" not in tables:
+                    raise StoreError(f"{where} is not a mixbench database (no schema_info table); use another --db")
+                version = conn.scalar(select(SchemaInfo.version))
         except OperationalError as exc:
             raise StoreError(f"cannot open database {where}: {exc.orig}") from exc
-        if not tables:
-            Base.metadata.create_all(self.engine)
-            with Session(self.engine) as s, s.begin():
-                s.add(SchemaInfo(version=SCHEMA_VERSION))
-            return
-        if "schema_info" not in tables:
-            raise StoreError(f"{where} is not a mixbench database (no schema_info table); use another --db")
-        with Session(self.engine) as s:
-            version = s.scalar(select(SchemaInfo.version))
         if version is None or version > SCHEMA_VERSION:
             raise StoreError(
                 f"{where} has schema version {version}, newer than this mixbench understands "
@@ -336,20 +349,23 @@ class Store:
             raise StoreError("query is read-only: only SELECT / WITH / EXPLAIN statements are allowed")
         if ";" in statement:
             raise StoreError("query takes exactly one statement")
-        with self.engine.connect() as conn:
-            if self.engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("PRAGMA query_only=ON")  # also stops 'WITH ... DELETE'
+        engine = self._read_only_engine()
+        with engine.connect() as conn:
             try:
                 result = conn.execute(text(statement))
                 columns = list(result.keys())
                 rows = [tuple(r) for r in result]
-            except OperationalError as exc:
+            except DBAPIError as exc:
                 raise StoreError(f"query failed: {exc.orig}") from exc
             finally:
-                conn.rollback()
-                if self.engine.dialect.name == "sqlite":
-                    conn.exec_driver_sql("PRAGMA query_only=OFF")
+                conn.rollback()  # whatever slipped past the keyword check is never committed
         return columns, rows
+
+    def _read_only_engine(self) -> Engine:
+        """SQLite opened read-only by the OS (``mode=ro``), which also stops ``WITH ... DELETE``."""
+        if self.engine.dialect.name != "sqlite":
+            return self.engine
+        return create_engine(f"sqlite:///file:{make_url(self.url).database}?mode=ro&uri=true")
 
     def metric_values(self, suite: str | None = None) -> list[tuple[str, int, str, float]]:
         """``(run_key, step, name, value)`` for every metric (of one suite if given)."""
