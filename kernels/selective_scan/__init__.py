@@ -1,0 +1,18 @@
+"""The selective scan of Mamba (v1): a sequential reference, a chunked PyTorch scan, mamba-ssm's CUDA kernel.
+
+All three take mamba-ssm's ``selective_scan_fn`` arguments (``u, delta, z: (batch, d, T)``,
+``A: (d, n)``, ``B, C: (batch, n, T)``, ``D: (d,)``) and compute the same function;
+``tests/kernels/test_selective_scan.py`` holds them to each other.
+"""
+
+from kernels.selective_scan.chunked import auto_chunk_size, selective_scan_chunked
+from kernels.selective_scan.cuda import causal_conv1d_cuda, selective_scan_cuda
+from kernels.selective_scan.reference import selective_scan_reference
+
+__all__ = [
+    "auto_chunk_size",
+    "causal_conv1d_cuda",
+    "selective_scan_chunked",
+    "selective_scan_cuda",
+    "selective_scan_reference",
+]

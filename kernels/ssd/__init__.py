@@ -1,0 +1,12 @@
+"""SSD, the scan of Mamba-2: a sequential reference, the chunked PyTorch algorithm, mamba-ssm's Triton kernel.
+
+All three take ``mamba_chunk_scan_combined``'s arguments (``x: (batch, T, heads, headdim)``,
+``dt: (batch, T, heads)``, ``A: (heads,)``, ``B, C: (batch, T, groups, d_state)``) and compute
+the same function; ``tests/kernels/test_ssd.py`` holds them to each other.
+"""
+
+from kernels.ssd.chunked import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_flops
+from kernels.ssd.cuda import ssd_triton
+from kernels.ssd.reference import ssd_reference
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "ssd_chunked", "ssd_flops", "ssd_reference", "ssd_triton"]
