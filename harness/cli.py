@@ -15,10 +15,11 @@ from rich.table import Table
 
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
-from harness.report import DEFAULT_REPORT_DIR, write_reports
+from harness.latency import LatencyRunner, latency_table, plan_table
+from harness.report import DEFAULT_REPORT_DIR, stored_latency, write_reports
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
 from harness.store import Store, StoreError
-from harness.suite import SuiteError, load_suite
+from harness.suite import Suite, SuiteError, load_suite
 from models.registry import UnknownMixerError, list_mixers
 
 EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError)
@@ -55,6 +56,21 @@ def parser() -> argparse.ArgumentParser:
     _add_db(rep)
     rep.add_argument("--suite")
     rep.add_argument("-o", "--output", type=Path, default=DEFAULT_REPORT_DIR)
+
+    lat = sub.add_parser("latency", help="the latency protocol alone: measure (again) and replace stored rows")
+    lat.add_argument("suite", type=Path)
+    _add_db(lat)
+    lat.add_argument("--only", help="glob over 'mixer@backbone/size' or 'mixer@backbone'")
+    lat.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
+
+    lme = sub.add_parser("lm-eval", help="lm-eval tasks on a done run's checkpoint (needs the [eval] extra)")
+    lme.add_argument("run_key")
+    lme.add_argument("--tasks", required=True, help="comma-separated: shipped (kjv_cloze, kjv_ppl) or lm-eval's own")
+    _add_db(lme)
+    lme.add_argument("--limit", type=int, help="documents per task (default: all)")
+    lme.add_argument("--device", help="default: CUDA if present, else CPU")
+    lme.add_argument("--batch-size", type=int, default=8)
+    lme.add_argument("--max-length", type=int, help="tokens the model sees (default: the run's training seq_len)")
     return ap
 
 
@@ -63,20 +79,47 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     store = Store(args.db)
     runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console)
     if args.dry_run:
-        console.print(runner.dry_run(args.only))
+        if suite.spec.trains:
+            console.print(runner.dry_run(args.only))
+        if suite.spec.latency is not None:
+            console.print(plan_table(suite, args.only))
         return 0
-    summary = runner.run(args.only)
-    if not summary.done and not summary.failed:
-        console.print(f"[green]all {len(summary.skipped)} cells of suite {suite.name} are already done; nothing to train[/]")
-    else:
-        console.print(
-            f"suite {suite.name}: {len(summary.done)} trained, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
-        )
-    console.print(results_table(store, suite.name))
+    failed = False
+    if suite.spec.trains:  # a latency-only suite (latency section, no train section) trains nothing
+        summary = runner.run(args.only)
+        if not summary.done and not summary.failed:
+            console.print(f"[green]all {len(summary.skipped)} cells of suite {suite.name} are already done; nothing to train[/]")
+        else:
+            console.print(
+                f"suite {suite.name}: {len(summary.done)} trained, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
+            )
+        console.print(results_table(store, suite.name))
+        failed = bool(summary.failed)
+    if suite.spec.latency is not None:  # only the models not yet measured with these settings
+        failed |= run_latency(suite, store, args.only, resume=True, console=console)
     for path in write_reports(store, args.report_dir, suite=suite.name):
         console.print(f"dashboard: {path}")
     console.print(f"database: {store.url}")
-    return 1 if summary.failed else 0
+    return 1 if failed else 0
+
+
+def run_latency(suite: Suite, store: Store, only: str | None, resume: bool, console: Console) -> bool:
+    """The suite's latency section; prints the stored measurements; True if any point failed (OOM is no failure)."""
+    summary = LatencyRunner(suite, store, console=console).run(only, resume=resume)
+    if resume and not summary.measured:
+        console.print(f"[green]latency: all {len(summary.skipped)} models of suite {suite.name} are already measured[/]")
+    console.print(latency_table(stored_latency(store, suite.name), f"latency of suite {suite.name}"))
+    return bool(summary.failed)
+
+
+def cmd_latency(args: argparse.Namespace, console: Console) -> int:
+    suite = load_suite(args.suite)
+    store = Store(args.db)
+    failed = run_latency(suite, store, args.only, resume=False, console=console)
+    for path in write_reports(store, args.report_dir, suite=suite.name):
+        console.print(f"dashboard: {path}")
+    console.print(f"database: {store.url}")
+    return 1 if failed else 0
 
 
 def cmd_mixers(console: Console) -> int:
@@ -137,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "query":
             return cmd_query(args, console)
+        if args.command == "latency":
+            return cmd_latency(args, console)
+        if args.command == "lm-eval":  # imported here: lm-eval is an optional extra
+            from harness.lm_eval_adapter import cmd_lm_eval
+
+            return cmd_lm_eval(args, console, errors)
         paths = write_reports(Store(args.db), args.output, suite=args.suite)
         for path in paths:
             console.print(f"dashboard: {path}")

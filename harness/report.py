@@ -2,7 +2,10 @@
 
 Panels: validation perplexity vs training FLOPs (log-log, one line per architecture across
 sizes, one panel per context length: the paper's Figure 1 left), perplexity by token
-position (Figure 1 right), and a sortable results table with backend and environment.
+position (Figure 1 right), latency (prefill time and decode time per token vs context length,
+one line per architecture and size; out-of-memory points marked, not drawn), and sortable
+tables of the results and the latency measurements with backend and environment. A suite with
+latency rows and no training runs gets a dashboard too.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from sqlalchemy import select
 
-from harness.store import Run, Store
+from harness.store import Latency, Run, Store
+from harness.tasks.report import is_task_run, task_figures, task_table_html
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
 
@@ -114,15 +119,23 @@ def results_table_html(runs: list[Run], values: dict[tuple[str, str], float]) ->
             (r.backend or "-", ""), (str(env.get("device", "-")), ""), (str(env.get("git_commit") or "-")[:12], ""),
             (r.error or "", ""),
         ]  # fmt: skip
+        rows.append(cells)
+    return _sortable_table("Results", "results", header, rows)
+
+
+def _sortable_table(title: str, table_id: str, header: tuple[str, ...], rows: list[list[tuple[str, str]]]) -> str:
+    """``rows`` of ``(text, sort key)`` cells (an empty key sorts by the text) as a sortable HTML table."""
+    trs = []
+    for cells in rows:
         tds = "".join(
             f'<td data-sort="{html.escape(sort_key)}">{html.escape(text)}</td>' if sort_key else f"<td>{html.escape(text)}</td>"
             for text, sort_key in cells
         )
-        rows.append(f"<tr>{tds}</tr>")
+        trs.append(f"<tr>{tds}</tr>")
     ths = "".join(f"<th onclick='sortTable(this)'>{html.escape(h)}</th>" for h in header)
     return (
-        "<h2>Results</h2><p>Click a column header to sort.</p>"
-        f"<table id='results'><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<h2>{html.escape(title)}</h2><p>Click a column header to sort.</p>"
+        f"<table id='{table_id}'><thead><tr>{ths}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
     )
 
 
@@ -168,10 +181,121 @@ def dashboard_html(suite: str, figures: list[go.Figure], table: str) -> str:
     )
 
 
+def stored_latency(store: Store, suite: str | None = None) -> list[Latency]:
+    """Every latency row (of one suite if given), oldest first."""
+    with store.session() as s:
+        q = select(Latency).order_by(Latency.id)
+        if suite is not None:
+            q = q.where(Latency.suite == suite)
+        return list(s.scalars(q))
+
+
+def _latency_series(row: Latency) -> tuple[str, str, str, str, int]:
+    return (f"{row.mixer}@{row.backbone}", row.size, row.device, row.dtype, row.batch)
+
+
+def latency_figure(rows: list[Latency]) -> go.Figure:
+    """Prefill ms and decode ms per token vs context (log-log): a line per architecture and size.
+
+    Points that ran out of memory (or failed) have no time: they are left out of the lines and
+    marked with a cross along the top of their panel.
+    """
+    modes = (("prefill", "prefill time (ms)"), ("decode", "decode time per token (ms)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in modes])
+    series = sorted({_latency_series(r) for r in rows})
+    archs = sorted({key[0] for key in series})
+    sizes = sorted({key[1] for key in series})
+    several_settings = len({key[2:] for key in series}) > 1
+    for col, (mode, title) in enumerate(modes, 1):
+        in_mode = [r for r in rows if r.mode == mode]
+        top = max((r.median_ms for r in in_mode if r.status == "ok"), default=1.0)
+        for key in series:
+            arch, size, device, dtype, batch = key
+            name = f"{arch} {size}" + (f" · {dtype} b{batch} {device}" if several_settings else "")
+            style = {"color": _color(archs.index(arch))}
+            points = sorted((r for r in in_mode if _latency_series(r) == key), key=lambda r: r.context)
+            ok = [r for r in points if r.status == "ok"]
+            if ok:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r.context for r in ok],
+                        y=[r.median_ms for r in ok],
+                        error_y={"type": "data", "symmetric": False, "array": [r.p80_ms - r.median_ms for r in ok],
+                                 "arrayminus": [r.median_ms - r.p20_ms for r in ok], "thickness": 1},
+                        mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                        line={**style, "dash": _DASHES[sizes.index(size) % len(_DASHES)]}, marker=style,
+                        customdata=[_latency_hover(r) for r in ok],
+                        hovertemplate=(
+                            "%{fullData.name}<br>context %{x:,}<br>median %{y:.4g} ms (p20-p80 %{customdata[0]})"
+                            "<br>tokens/s %{customdata[1]}<br>peak memory %{customdata[2]}<br>params %{customdata[3]}"
+                            "<br>backend %{customdata[4]}<br>%{customdata[5]}<extra></extra>"
+                        ),
+                    ),  # fmt: skip
+                    row=1,
+                    col=col,
+                )
+            missing = [r for r in points if r.status != "ok"]
+            if missing:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r.context for r in missing], y=[top] * len(missing), mode="markers+text",
+                        text=[r.status.upper() for r in missing], textposition="bottom center",
+                        name=f"{name} (no time)", legendgroup=name, showlegend=False,
+                        marker={**style, "symbol": "x", "size": 11},
+                        customdata=[[r.status, (r.environment or {}).get("latency", {}).get("error") or ""] for r in missing],
+                        hovertemplate="%{fullData.name}<br>context %{x:,}: %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
+                    ),  # fmt: skip
+                    row=1,
+                    col=col,
+                )
+        contexts = sorted({r.context for r in rows})
+        fig.update_xaxes(type="log", title_text="context length (tokens)", tickvals=contexts, row=1, col=col)
+        fig.update_yaxes(type="log", title_text=title, row=1, col=col)
+    fig.update_layout(title="Latency: prefill and decode vs context length (median, bars p20-p80)", height=480)
+    return fig
+
+
+def _latency_hover(r: Latency) -> list[str]:
+    details = (r.environment or {}).get("latency", {})
+    params = details.get("n_params")
+    return [
+        f"{r.p20_ms:.4g}-{r.p80_ms:.4g} ms",
+        f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-",
+        "-" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:,.0f} MiB",
+        f"{params:,}" if params else "-",
+        r.backend,
+        f"batch {r.batch}, {r.dtype}, {r.device}",
+    ]
+
+
+def latency_table_html(rows: list[Latency]) -> str:
+    header = ("model", "size", "mode", "context", "batch", "dtype", "status", "median ms", "p20 ms", "p80 ms",
+              "tokens/s", "peak MiB", "params", "backend", "device", "commit", "measured", "error")  # fmt: skip
+
+    def number(v: float | None, spec: str) -> tuple[str, str]:
+        return ("-", "") if v is None else (format(v, spec), repr(v))
+
+    cells = []
+    for r in rows:
+        env = r.environment or {}
+        details = env.get("latency", {})
+        cells.append([
+            (f"{r.mixer}@{r.backbone}", ""), (r.size, ""), (r.mode, ""), (str(r.context), str(r.context)),
+            (str(r.batch), str(r.batch)), (r.dtype, ""), (r.status, ""), number(r.median_ms, ".4g"),
+            number(r.p20_ms, ".4g"), number(r.p80_ms, ".4g"), number(r.tokens_per_s, ",.0f"),
+            number(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, ",.0f"),
+            number(details.get("n_params"), ","), (r.backend, ""), (r.device, ""),
+            (str(env.get("git_commit") or "-")[:12], ""), (f"{r.created_at:%Y-%m-%d %H:%M}", ""),
+            (details.get("error") or "", ""),
+        ])  # fmt: skip
+    return _sortable_table("Latency measurements", "latency", header, cells)
+
+
 def write_reports(store: Store, out_dir: Path, suite: str | None = None) -> list[Path]:
-    """Write ``<out_dir>/<suite>.html`` for each suite with finished runs; returns the paths."""
+    """Write ``<out_dir>/<suite>.html`` for each suite with finished runs or latency rows; returns the paths."""
     runs = store.runs(suite)
-    suites = sorted({r.suite for r in runs})
+    latency = stored_latency(store, suite)
+    suites = sorted({r.suite for r in runs} | {r.suite for r in latency})
     values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
     positions = store.position_losses(suite)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,10 +303,17 @@ def write_reports(store: Store, out_dir: Path, suite: str | None = None) -> list
     for name in suites:
         suite_runs = [r for r in runs if r.suite == name]
         done = [r for r in suite_runs if r.status == "done"]
-        if not done:
+        suite_latency = [r for r in latency if r.suite == name]
+        if not done and not suite_latency:
             continue
-        figures = [flops_figure(done, values), position_figure(done, positions)]
+        text_done = [r for r in done if not is_task_run(r)]  # task runs get their own panels (accuracy)
+        figures = [flops_figure(text_done, values), position_figure(text_done, positions)] if text_done else []
+        figures += task_figures(done, values)
+        tables = results_table_html(suite_runs, values) + task_table_html(suite_runs, values) if suite_runs else ""
+        if suite_latency:
+            figures.append(latency_figure(suite_latency))
+            tables += latency_table_html(suite_latency)
         path = out_dir / f"{name}.html"
-        path.write_text(dashboard_html(name, figures, results_table_html(suite_runs, values)))
+        path.write_text(dashboard_html(name, figures, tables))
         written.append(path)
     return written

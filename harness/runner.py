@@ -24,6 +24,7 @@ from harness.evaluate import evaluate
 from harness.flops import training_flops
 from harness.store import RunRecord, Store
 from harness.suite import Cell, Suite
+from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
 from harness.train import plan_training, seed_everything, train
 from models import ModelSpec, build
 
@@ -44,7 +45,16 @@ class Summary:
 
 
 def cell_label(cell: Cell) -> str:
-    return f"{cell.arch}/{cell.size}/T{cell.seq_len}"
+    """``arch/size/Tseq_len``; a task cell adds its task and non-default parameters, a grid cell its lr."""
+    label = f"{cell.arch}/{cell.size}/T{cell.seq_len}"
+    if cell.task is not None:
+        task = get_task(cell.task["name"])
+        given = [(k, v) for k, v in cell.task["params"].items() if v != task.model_fields[k].default]
+        params = ",".join(f"{k}={v}" for k, v in sorted(given, key=lambda kv: (kv[0] != task.difficulty, kv[0])))
+        label += f"/{cell.task['name']}({params})"
+    if cell.lr_grid is not None:
+        label += f"/lr={cell.train.lr:g}"
+    return label
 
 
 def select_cells(suite: Suite, only: str | None) -> list[Cell]:
@@ -85,12 +95,22 @@ class SuiteRunner:
         self.cache_dir, self.checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
         self.console = console or Console()
         self._data: dict[DataConfig, PackedData] = {}
+        self._task_data: dict[str, TaskData] = {}
 
     def data(self, cell: Cell) -> PackedData:
         cfg = data_config(cell)
         if cfg not in self._data:
             self._data[cfg] = load_packed(cfg, self.cache_dir)
         return self._data[cfg]
+
+    def task_data(self, cell: Cell) -> TaskData:
+        """A task cell's sequences, generated once per runner and shared by its learning-rate grid."""
+        t = cell.task
+        key = repr(sorted(t.items()))
+        if key not in self._task_data:
+            task = get_task(t["name"])(**t["params"])
+            self._task_data[key] = load_task_data(task, t["seq_len"], t["n_train"], t["n_val"], t["seed"])
+        return self._task_data[key]
 
     def run(self, only: str | None = None) -> Summary:
         summary = Summary()
@@ -99,7 +119,8 @@ class SuiteRunner:
             label = cell_label(cell)
             record = RunRecord(
                 run_key=cell.run_key, suite=cell.suite, mixer=cell.mixer, backbone=cell.backbone, size=cell.size,
-                seq_len=cell.seq_len, dataset=cell.data.source, config=cell.config,
+                seq_len=cell.seq_len, dataset=cell.data.source if cell.task is None else f"task:{cell.task['name']}",
+                config=cell.config,
             )  # fmt: skip
             if not self.store.claim(record):
                 summary.skipped.append(label)
@@ -125,12 +146,23 @@ class SuiteRunner:
 
     def run_cell(self, cell: Cell) -> None:
         device = pick_device(cell.train.device)
-        data = self.data(cell)
+        if cell.eval.lm_eval:  # before training: lm-eval missing or an unknown task fails now
+            from harness import lm_eval_adapter
+
+            lm_eval_adapter.check_tasks(cell.eval.lm_eval)
+        data = self.data(cell) if cell.task is None else self.task_data(cell)
+        if cell.data.vocab_size not in (None, data.vocab_size):
+            raise DataError(
+                f"data.vocab_size is {cell.data.vocab_size} but tokenizer {cell.data.tokenizer!r} has {data.vocab_size}"
+            )
         seed_everything(cell.train.seed)
         model = build(model_spec(cell, data.vocab_size)).to(device)
         plan = plan_training(cell.train, model.num_params(), cell.seq_len)
         result = train(model, data, cell.train, plan, device, label=cell_label(cell))
-        evaluation = evaluate(model, data, cell.eval, device)
+        if cell.task is None:
+            evaluation = evaluate(model, data, cell.eval, device)
+        else:  # accuracy at the scored positions of held-out sequences
+            evaluation = evaluate_task(model, data, cell.eval.batch_size, device)
         final = plan.steps
         metrics = list(result.metrics)
         metrics += [
@@ -141,7 +173,22 @@ class SuiteRunner:
             (final, "train/tokens_per_s", result.tokens_per_second),
         ]
         metrics += [(final, name, value) for name, value in training_flops(model, cell.seq_len, result.tokens).items()]
-        checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, data_config(cell).tokenizer, cell.config)
+        if cell.task is not None:
+            metrics += [
+                (final, "task/accuracy", evaluation.accuracy),
+                (final, "task/sequence_accuracy", evaluation.sequence_accuracy),
+                (final, "model/state_size", float(model.state_size(cell.seq_len))),
+            ]
+        tokenizer = data_config(cell).tokenizer if cell.task is None else f"task:{cell.task['name']}"
+        checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, tokenizer, cell.config)
+        if cell.eval.lm_eval:
+            from harness import lm_eval_adapter
+
+            scores = lm_eval_adapter.lm_eval_metrics(
+                model, data.tokenizer, cell.eval.lm_eval, max_length=cell.seq_len,
+                limit=cell.eval.lm_eval_limit, batch_size=cell.eval.batch_size,
+            )  # fmt: skip
+            metrics += [(final, name, value) for name, value in scores.items()]
         self.store.finish(
             cell.run_key,
             metrics=metrics,
@@ -152,8 +199,9 @@ class SuiteRunner:
             environment=environment(device),
             checkpoint_path=str(checkpoint.resolve()),
         )
+        accuracy = f"accuracy {evaluation.accuracy:.4f}  " if cell.task is not None else ""
         self.console.print(
-            f"  val loss {evaluation.loss:.4f}  ppl {evaluation.perplexity:.2f}  "
+            f"  {accuracy}val loss {evaluation.loss:.4f}  ppl {evaluation.perplexity:.2f}  "
             f"{result.tokens:,} tokens in {result.seconds:.1f}s"
         )
 
@@ -169,13 +217,19 @@ class SuiteRunner:
             plan = plan_training(cell.train, model.num_params(), cell.seq_len)
             flops = training_flops(model, cell.seq_len, plan.tokens)["flops/train"]
             table.add_row(
-                cell.run_key, cell.arch, cell.size, str(cell.seq_len), f"{model.num_params():,}",
+                cell.run_key, cell.arch if cell.task is None else cell_label(cell), cell.size, str(cell.seq_len),
+                f"{model.num_params():,}",
                 f"{model.num_params(non_embedding=True):,}", f"{plan.tokens:,}", f"{flops:.3g}",
                 self.store.status(cell.run_key) or "new",
             )  # fmt: skip
         return table
 
     def vocab_size(self, cell: Cell) -> int:
+        """From the task or the suite if it says (no download), else from the tokenizer."""
+        if cell.task is not None:
+            return cell.task["params"]["vocab_size"]
+        if cell.data.vocab_size is not None:
+            return cell.data.vocab_size
         try:
             return load_tokenizer(data_config(cell).tokenizer).vocab_size
         except DataError as exc:

@@ -1,7 +1,8 @@
 """Suite files: validate a YAML suite and expand its grid into cells with stable run keys.
 
 A suite is one small validated config (pydantic, unknown fields refused). Its grid
-(models × sizes × sequence lengths) expands into cells; each cell's canonical config, with
+(models × sizes × sequence lengths, × task parameters and learning rates where the suite
+lists several) expands into cells; each cell's canonical config, with
 every default filled in (the mixer's own defaults included), hashes to its ``run_key``, so
 changing anything that could change a number makes a new run, and nothing else does.
 """
@@ -9,6 +10,7 @@ changing anything that could change a number makes a new run, and nothing else d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.tasks import TaskError, TaskParamError, get_task
 from models.backbones import BACKBONES, SIZES
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
 
@@ -40,6 +43,9 @@ class DataSection(_Section):
     split: str = "train"
     val_fraction: float = Field(0.05, gt=0, lt=1)
     max_tokens: int | None = Field(None, gt=0)
+    # The tokenizer's vocabulary size, for a dry run that must not download the tokenizer;
+    # a real run checks it against the tokenizer it loads.
+    vocab_size: int | None = Field(None, gt=0)
 
 
 class TrainSection(_Section):
@@ -47,7 +53,8 @@ class TrainSection(_Section):
     tokens_per_param: float = Field(20.0, gt=0)  # the Chinchilla recipe
     batch_tokens: int = Field(524288, gt=0)
     micro_batch_size: int | None = Field(None, gt=0)  # sequences per forward pass (accumulation)
-    lr: float | dict[str, float] = 3e-3  # one value, or one per size
+    # One value, or one per size; a list is a grid (one cell per learning rate, best kept at report time).
+    lr: float | list[float] | dict[str, float | list[float]] = 3e-3
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.1, ge=0)
@@ -64,11 +71,140 @@ class TrainSection(_Section):
             raise ValueError("must be a positive token count or 'chinchilla'")
         return v
 
+    @field_validator("lr")
+    @classmethod
+    def _lr_grids(cls, v: float | list[float] | dict[str, float | list[float]]) -> float | list[float] | dict:
+        for grid in v.values() if isinstance(v, dict) else [v]:
+            if isinstance(grid, list) and (not grid or len(set(grid)) != len(grid)):
+                raise ValueError(f"a learning-rate grid must list distinct values, got {grid}")
+        return v
+
 
 class EvalSection(_Section):
     position_buckets: int = Field(16, gt=0)
     max_val_sequences: int = Field(256, gt=0)
     batch_size: int = Field(8, gt=0)
+    # lm-eval tasks run on the final model (harness/lm_eval_adapter.py; needs the [eval] extra)
+    lm_eval: list[str] = []
+    lm_eval_limit: int | None = Field(None, gt=0)  # documents per task (None: all)
+
+
+class LatencySection(_Section):
+    """The latency protocol (``harness/latency.py``): every model of the suite at each size.
+
+    No data is read: prompts are random token ids over ``vocab_size`` (default 32000, the
+    Llama tokenizer the paper's models use). ``sizes`` defaults to the suite's ``sizes``.
+    """
+
+    contexts: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)  # prefill lengths
+    sizes: list[str] | None = None
+    batch: int = Field(1, gt=0)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    warmup: int = Field(2, ge=0)
+    repeats: int = Field(5, gt=0)
+    decode_tokens: int = Field(16, gt=0)  # tokens timed per decode sample; reported per token
+    device: str = "auto"
+    cuda_graphs: bool = False  # decode replayed as one CUDA graph (ignored on CPU)
+    vocab_size: int = Field(32000, gt=1)
+    seed: int = 0
+
+    @field_validator("contexts")
+    @classmethod
+    def _distinct_contexts(cls, contexts: list[int]) -> list[int]:
+        if len(set(contexts)) != len(contexts):
+            raise ValueError(f"contexts {contexts} repeat a length")
+        return contexts
+
+    @field_validator("sizes")
+    @classmethod
+    def _latency_sizes_exist(cls, sizes: list[str] | None) -> list[str] | None:
+        unknown = [s for s in sizes or [] if s not in SIZES]
+        if unknown:
+            raise ValueError(f"unknown size(s) {unknown}; known: {', '.join(SIZES)}")
+        return sizes
+
+    @model_validator(mode="after")
+    def _graphs_need_cuda(self) -> "LatencySection":
+        if self.cuda_graphs and self.device.startswith("cpu"):
+            raise ValueError("cuda_graphs needs a CUDA device (device is 'cpu')")
+        return self
+
+
+class TaskSection(_Section):
+    """A synthetic task instead of text (``harness/tasks``): a task suite scores accuracy, not perplexity.
+
+    ``params`` are the task's own parameters; a list is a grid axis (one cell per value), so
+    ``num_kv_pairs: [4, 16, 64]`` makes three cells per model, size and sequence length. The
+    suite's ``seq_lens`` give the sequence lengths and its ``data`` section is unused.
+    """
+
+    name: str
+    params: dict[str, Any] = {}
+    n_train: int = Field(10000, gt=0)  # training sequences (cycled in epochs)
+    n_val: int = Field(1000, gt=0)  # held-out sequences the accuracy is measured on
+    seed: int = 0  # the data's seed (the model's is train.seed)
+    # Drop the grid points that cannot fit (e.g. 64 pairs in 64 tokens) instead of refusing the suite.
+    skip_infeasible: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        try:
+            get_task(name)
+        except TaskError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of the parameters' values, lists expanded, in file order."""
+        axes = {k: v if isinstance(v, list) else [v] for k, v in self.params.items()}
+        return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+    def config(self, params: dict[str, Any], seq_len: int) -> dict[str, Any]:
+        """The canonical task config of one cell: every parameter with its default filled in."""
+        task = get_task(self.name)(**params)
+        return {"name": self.name, "params": task.params(), "seq_len": seq_len, "n_train": self.n_train,
+                "n_val": self.n_val, "seed": self.seed}  # fmt: skip
+
+    def feasible(self, params: dict[str, Any], seq_len: int) -> bool:
+        try:
+            get_task(self.name)(**params).check(seq_len)
+        except TaskParamError:
+            return False
+        return True
+
+    def check_grid(self, seq_lens: list[int]) -> None:
+        """Every grid point must be valid and, unless ``skip_infeasible``, fit every sequence length."""
+        task_cls = get_task(self.name)
+        grid = self.grid()
+        if not grid:
+            empty = [k for k, v in self.params.items() if v == []]
+            raise ValueError(f"task.params.{empty[0]}: an empty list gives no cells")
+        fits = 0
+        for params in grid:
+            try:
+                task = task_cls(**params)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    known = ", ".join(task_cls.model_fields)
+                    raise ValueError(
+                        f"task.params.{field}: unknown parameter of task {self.name!r}; known: {known}"
+                    ) from None
+                raise ValueError(f"task.params.{field}: {err['msg']} (got {err.get('input')!r})") from None
+            for seq_len in seq_lens:
+                try:
+                    task.check(seq_len)
+                    fits += 1
+                except TaskParamError as exc:
+                    if not self.skip_infeasible:
+                        raise ValueError(
+                            f"task.params.{exc.field}: {exc} (task {self.name}, {params}); shrink the grid or set "
+                            "task.skip_infeasible: true to skip the points that do not fit"
+                        ) from None
+        if not fits:
+            raise ValueError(f"task: no point of the grid fits any of the sequence lengths {seq_lens}")
 
 
 def _check_arch(arch: str) -> str:
@@ -94,6 +230,16 @@ class SuiteSpec(_Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     overrides: dict[str, dict[str, Any]] = {}
+    latency: LatencySection | None = None
+    task: TaskSection | None = None  # a synthetic-task suite (accuracy) instead of text (perplexity)
+
+    @property
+    def trains(self) -> bool:
+        """False for a latency-only suite: one with a ``latency`` section and no ``train`` section.
+
+        Such a suite's ``data``/``train``/``eval`` are unused and ``run`` trains nothing.
+        """
+        return self.latency is None or "train" in self.model_fields_set
 
     @field_validator("sizes")
     @classmethod
@@ -117,6 +263,8 @@ class SuiteSpec(_Section):
             unknown = sorted(set(settings) - set(known))
             if unknown:
                 raise ValueError(f"overrides.{mixer}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        if self.task is not None:
+            self.task.check_grid(self.seq_lens or [self.data.seq_len])
         return self
 
 
@@ -133,6 +281,8 @@ class Cell:
     eval: EvalSection
     mixer_settings: dict[str, Any]
     base_dir: Path  # where relative data paths in the suite file are resolved
+    task: dict[str, Any] | None = None  # a task cell's canonical task config (``TaskSection.config``)
+    lr_grid: tuple[float, ...] | None = None  # the learning rates this cell competes with, its own included
 
     @property
     def mixer(self) -> str:
@@ -144,8 +294,14 @@ class Cell:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The canonical config: everything that determines this cell's numbers."""
-        return {
+        """The canonical config: everything that determines this cell's numbers.
+
+        A task cell has ``task`` (name, every parameter, seq_len, sizes and seed of its data)
+        in place of ``data``. A cell of a learning-rate grid also has ``selection``: the grid
+        and the rule that picks its winner. That says how the run is compared, not what it
+        computes, so the run key leaves it out: widening the grid retrains nothing done.
+        """
+        config = {
             "protocol": PROTOCOL_VERSION,
             "suite": self.suite,
             "model": {"arch": self.arch, "size": self.size, "mixer_settings": self.mixer_settings},
@@ -153,10 +309,18 @@ class Cell:
             "train": self.train.model_dump(),
             "eval": self.eval.model_dump(),
         }
+        if self.task is not None:
+            del config["data"]
+            config["task"] = self.task
+        if self.lr_grid is not None:
+            metric, goal = ("task/accuracy", "max") if self.task is not None else ("val/loss", "min")
+            config["selection"] = {"lr_grid": list(self.lr_grid), "metric": metric, "goal": goal}
+        return config
 
     @property
     def run_key(self) -> str:
-        canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":"), default=str)
+        hashed = {k: v for k, v in self.config.items() if k != "selection"}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def resolve_path(self, value: str) -> str:
@@ -182,31 +346,38 @@ class Suite:
             settings = {**mixer_defaults(get_mixer(mixer)), **s.overrides.get(mixer, {})}
             for size in s.sizes:
                 lr = s.train.lr[size] if isinstance(s.train.lr, dict) else s.train.lr
+                lrs, grid = (lr, tuple(lr)) if isinstance(lr, list) else ([lr], None)
                 for seq_len in s.seq_lens or [s.data.seq_len]:
-                    out.append(
-                        Cell(
-                            suite=s.name,
-                            arch=arch,
-                            size=size,
-                            seq_len=seq_len,
-                            data=s.data.model_copy(update={"seq_len": seq_len}),
-                            train=s.train.model_copy(update={"lr": lr}),
-                            eval=s.eval,
-                            mixer_settings=settings,
-                            base_dir=self.path.parent,
-                        )
-                    )
+                    # A text suite has one "task point" (None); a task suite one per grid point that fits.
+                    points = [None] if s.task is None else [p for p in s.task.grid() if s.task.feasible(p, seq_len)]
+                    for point in points:
+                        for one_lr in lrs:
+                            out.append(
+                                Cell(
+                                    suite=s.name,
+                                    arch=arch,
+                                    size=size,
+                                    seq_len=seq_len,
+                                    data=s.data.model_copy(update={"seq_len": seq_len}),
+                                    train=s.train.model_copy(update={"lr": one_lr}),
+                                    eval=s.eval,
+                                    mixer_settings=settings,
+                                    base_dir=self.path.parent,
+                                    task=None if point is None else s.task.config(point, seq_len),
+                                    lr_grid=grid,
+                                )
+                            )
         return out
 
 
 def _format_validation(path: Path, exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        problems.append(f"{where}: {msg}")
+        problems.append(f"{where}: {msg}" if where else msg)  # a cross-check names its own fields
     return f"{path}: " + "; ".join(problems)
 
 
