@@ -1,14 +1,17 @@
-"""Shared fixtures.
+"""Shared fixtures: FLOP counting, a small real-text corpus and suite, mamba-ssm references.
 
-Counting FLOPs through torch.utils.flop_counter, which does not see CPU fused attention.
-
-On CPU, ``scaled_dot_product_attention`` dispatches to a fused kernel the flop counter has no
-formula for, so the tests swap in the same computation written with matmuls.
+On CPU, ``scaled_dot_product_attention`` dispatches to a fused kernel that
+torch.utils.flop_counter has no formula for, so FLOP-counting tests swap in the same
+computation written with matmuls.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
+import types
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,3 +73,30 @@ def write_suite(tmp_path, small_corpus):
         return path
 
     return write
+
+
+@pytest.fixture
+def mamba_ssm_module():
+    """``mamba_ssm_module("mamba_ssm.x.y")`` imports a mamba-ssm module, or skips with the reason.
+
+    mamba-ssm is a GPU extra; its pure-PyTorch references run on CPU if the compiled scan
+    module it imports eagerly is stubbed for the duration of the import.
+    """
+
+    def load(name: str):
+        if importlib.util.find_spec("mamba_ssm") is None:
+            pytest.skip("mamba-ssm is not installed (GPU extra: pip install -e .[gpu])")
+        stubbed = not torch.cuda.is_available() and "selective_scan_cuda" not in sys.modules
+        if stubbed:
+            sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return importlib.import_module(name)
+        except ImportError as exc:
+            pytest.skip(f"mamba-ssm does not import here: {exc}")
+        finally:
+            if stubbed:
+                del sys.modules["selective_scan_cuda"]
+
+    return load

@@ -8,11 +8,6 @@ its CUDA kernel where a GPU is present.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
-import warnings
 
 import pytest
 import torch
@@ -28,23 +23,6 @@ from kernels.selective_scan import (
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
-
-def mamba_ssm_module(name: str):
-    """Import a mamba-ssm module or skip; without CUDA its compiled scan is stubbed during the import."""
-    if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip("mamba-ssm is not installed (GPU extra: pip install -e .[gpu])")
-    stubbed = not torch.cuda.is_available() and "selective_scan_cuda" not in sys.modules
-    if stubbed:
-        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return importlib.import_module(name)
-    except ImportError as exc:
-        pytest.skip(f"mamba-ssm does not import here: {exc}")
-    finally:
-        if stubbed:
-            del sys.modules["selective_scan_cuda"]
 
 
 def make_inputs(batch, d, n, T, dtype=torch.float64, strong_decay=False, seed=0, device="cpu"):
@@ -173,7 +151,7 @@ def test_cuda_wrapper_refuses_cpu_and_initial_state():
         selective_scan_cuda(*args)
 
 
-def test_matches_mamba_ssm_selective_scan_ref():
+def test_matches_mamba_ssm_selective_scan_ref(mamba_ssm_module):
     """Our chunked scan vs mamba-ssm's own pure-PyTorch reference, float32, forward and backward."""
     selective_scan_ref = mamba_ssm_module("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
     inputs = {k: v.float() for k, v in make_inputs(2, 32, 16, 1100, seed=11).items()}

@@ -8,11 +8,6 @@ machine); its Triton kernel where a GPU is present.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
-import warnings
 
 import pytest
 import torch
@@ -22,23 +17,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kernels.ssd import ssd_chunked, ssd_flops, ssd_reference, ssd_triton
 
-
-def mamba_ssm_module(name: str):
-    """Import a mamba-ssm module or skip; without CUDA its compiled scan is stubbed during the import."""
-    if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip("mamba-ssm is not installed (GPU extra: pip install -e .[gpu])")
-    stubbed = not torch.cuda.is_available() and "selective_scan_cuda" not in sys.modules
-    if stubbed:
-        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return importlib.import_module(name)
-    except ImportError as exc:
-        pytest.skip(f"mamba-ssm does not import here: {exc}")
-    finally:
-        if stubbed:
-            del sys.modules["selective_scan_cuda"]
 
 
 def make_inputs(batch, T, heads, headdim, groups, n, dtype=torch.float64, seed=0, D_per_channel=False, device="cpu"):
@@ -134,7 +112,7 @@ def test_flops_match_flop_counter(T, chunk):
     assert counter.get_total_flops() == ssd_flops(T, 4, 8, 16, groups=2, chunk_size=chunk)
 
 
-def test_matches_mamba_ssm_references():
+def test_matches_mamba_ssm_references(mamba_ssm_module):
     """Ours vs mamba-ssm's ``ssd_chunk_scan_combined_ref`` and ``ssd_minimal_discrete`` (float32).
 
     Both of theirs need the length to be a multiple of the chunk size. The combined reference
@@ -173,7 +151,7 @@ def test_matches_mamba_ssm_references():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_matches_mamba_ssm_triton_kernel():
+def test_matches_mamba_ssm_triton_kernel(mamba_ssm_module):
     mamba_ssm_module("mamba_ssm.ops.triton.ssd_combined")
     inputs = {k: v.float() for k, v in make_inputs(2, 1000, 4, 64, 1, 64, seed=2, device="cuda").items()}
     kernel = run(ssd_triton, inputs, chunk_size=64)

@@ -7,12 +7,7 @@ extension stubbed for the import only), on a GPU through its fused kernels.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import sys
-import types
-import warnings
 
 import pytest
 import torch
@@ -27,23 +22,6 @@ from models.registry import get_entry, list_mixers
 
 CPU = torch.device("cpu")
 
-
-def mamba_ssm_module(name: str):
-    """Import a mamba-ssm module or skip; without CUDA its compiled scan is stubbed during the import."""
-    if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip("mamba-ssm is not installed (GPU extra: pip install -e .[gpu])")
-    stubbed = not torch.cuda.is_available() and "selective_scan_cuda" not in sys.modules
-    if stubbed:
-        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return importlib.import_module(name)
-    except ImportError as exc:
-        pytest.skip(f"mamba-ssm does not import here: {exc}")
-    finally:
-        if stubbed:
-            del sys.modules["selective_scan_cuda"]
 
 
 def make(kind: str, d_model: int = 32, **kwargs) -> torch.nn.Module:
@@ -229,7 +207,7 @@ def no_tf32(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
-def test_mamba_matches_mamba_ssm_module_on_cpu(monkeypatch):
+def test_mamba_matches_mamba_ssm_module_on_cpu(mamba_ssm_module, monkeypatch):
     simple = mamba_ssm_module("mamba_ssm.modules.mamba_simple")
     interface = mamba_ssm_module("mamba_ssm.ops.selective_scan_interface")
     monkeypatch.setattr(simple, "selective_scan_fn", interface.selective_scan_ref)
@@ -240,7 +218,7 @@ def test_mamba_matches_mamba_ssm_module_on_cpu(monkeypatch):
     compare_forward_backward(ours, theirs, torch.randn(2, 300, 48), 1e-4, MAMBA_NAMES)
 
 
-def test_mamba2_matches_mamba_ssm_module_on_cpu(monkeypatch):
+def test_mamba2_matches_mamba_ssm_module_on_cpu(mamba_ssm_module, monkeypatch):
     """Mamba2 needs Triton for its scan and gated norm: patched with references of the same function.
 
     Forward with mamba-ssm's ``ssd_chunk_scan_combined_ref``; forward and backward with our
@@ -273,7 +251,7 @@ def test_mamba2_matches_mamba_ssm_module_on_cpu(monkeypatch):
     compare_forward_backward(ours, theirs, x, 1e-4, MAMBA2_NAMES)
 
 
-def test_parameter_counts_match_mamba_ssm():
+def test_parameter_counts_match_mamba_ssm(mamba_ssm_module):
     simple = mamba_ssm_module("mamba_ssm.modules.mamba_simple")
     m2 = mamba_ssm_module("mamba_ssm.modules.mamba2")
     for ours, theirs in [(Mamba(96), simple.Mamba(96)), (Mamba2(64), m2.Mamba2(64))]:
@@ -282,7 +260,7 @@ def test_parameter_counts_match_mamba_ssm():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["mamba-ssm", "torch"])
-def test_blocks_match_mamba_ssm_fused_kernels_on_gpu(backend, no_tf32):
+def test_blocks_match_mamba_ssm_fused_kernels_on_gpu(mamba_ssm_module, backend, no_tf32):
     simple = mamba_ssm_module("mamba_ssm.modules.mamba_simple")
     m2 = mamba_ssm_module("mamba_ssm.modules.mamba2")
     x = torch.randn(2, 512, 64, device="cuda")
@@ -298,7 +276,7 @@ def test_blocks_match_mamba_ssm_fused_kernels_on_gpu(backend, no_tf32):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
-def test_gpu_prefill_with_mamba_ssm_kernels_then_step(kind, no_tf32):
+def test_gpu_prefill_with_mamba_ssm_kernels_then_step(mamba_ssm_module, kind, no_tf32):
     mamba_ssm_module("mamba_ssm.ops.selective_scan_interface")
     sizes = {"headdim": 32, "d_state": 64, "chunk_size": 64} if kind == "mamba2" else {}
     mixer = make(kind, d_model=64, backend="mamba-ssm", **sizes).cuda()
