@@ -16,8 +16,6 @@ passes them: ``(batch, d, T)`` views of time-major ``(batch, T, d)`` tensors.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -34,29 +32,12 @@ from kernels.selective_scan import (  # noqa: E402
     selective_scan_cuda,
     selective_scan_reference,
 )
+from harness.environment import machine_summary  # noqa: E402
 from models.mixer import needs_cuda_module  # noqa: E402
 
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: torch.device) -> str:
-    parts = [f"{cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s)"]
-    parts.append(f"torch {torch.__version__}")
-    if device.type == "cuda":
-        parts.insert(0, f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}")
-    if hasattr(os, "getloadavg"):
-        parts.append("load average %.1f" % os.getloadavg()[0])  # other work on the machine skews CPU times
-    return ", ".join(parts)
 
 
 def make_inputs(batch: int, d: int, n: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -149,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         return f"{statistics.median(ts) * 1e3:.1f} [{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f}]"
 
     print(f"command: python {shlex.join(['benchmarks/mamba_scan.py', *(sys.argv[1:] if argv is None else argv)])}")
-    print(f"machine: {machine(device)}")
+    print(f"machine: {machine_summary(device)}")
     print(f"config:  batch {args.batch}, d_inner {args.d_inner}, d_state {args.d_state}, float32 on {device},"
           f" forward + backward, median [min-max] of {args.repeats} runs after 1 warm-up")  # fmt: skip
     if kernel_reason is not None:

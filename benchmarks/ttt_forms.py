@@ -15,8 +15,6 @@ backward pass (about 6 MB per token at d_model 768: T=2048 would need ~13 GB).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -28,31 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.ttt import FORMS, fresh_state  # noqa: E402
+from harness.environment import machine_summary  # noqa: E402
 from models.ttt import TTTLinear, TTTMLP  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bf16": torch.bfloat16}
 KINDS = {"ttt_linear": TTTLinear, "ttt_mlp": TTTMLP}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: torch.device) -> str:
-    parts = [f"torch {torch.__version__}"]
-    if device.type == "cuda":
-        parts.insert(0, f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}")
-    else:
-        parts.insert(0, f"{cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s)")
-    if hasattr(os, "getloadavg"):
-        parts.append("load average %.1f" % os.getloadavg()[0])  # other work on the machine skews CPU times
-    return ", ".join(parts)
 
 
 def sync(device: torch.device) -> None:
@@ -156,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         return f"{statistics.median(ts) * 1e3:.1f} [{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f}]"
 
     print(f"command: python {shlex.join(['benchmarks/ttt_forms.py', *(sys.argv[1:] if argv is None else argv)])}")
-    print(f"machine: {machine(device)}")
+    print(f"machine: {machine_summary(device)}")
     print(
         f"config:  d_model {args.d_model}, {args.n_heads} heads, batch {args.batch}, mini-batch {args.mini_batch_size},"
         f" {args.dtype} on {device}; forward + backward, median [min-max] of {args.repeats} runs"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -38,10 +39,31 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def cpu_model() -> str:
+    """The processor's marketing name where Linux tells it, else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def machine_summary(device: torch.device) -> str:
+    """One line for a benchmark's header: processor, threads, torch, GPU, and the load average."""
+    parts = [f"{cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s)", f"torch {torch.__version__}"]
+    if device.type == "cuda":
+        parts.insert(0, f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}")
+    if hasattr(os, "getloadavg"):
+        parts.append("load average %.1f" % os.getloadavg()[0])  # other work on the machine skews CPU times
+    return ", ".join(parts)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
