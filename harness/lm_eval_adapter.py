@@ -425,7 +425,7 @@ def lm_eval_metrics(
 
 
 def cmd_lm_eval(args: Any, console: Any, errors: Any) -> int:
-    """``mixbench lm-eval RUN_KEY --tasks a,b``: score a done run's checkpoint and print a table."""
+    """``mixbench lm-eval RUN_KEY --tasks a,b``: score a done run's checkpoint, store and print the scores."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -438,7 +438,10 @@ def cmd_lm_eval(args: Any, console: Any, errors: Any) -> int:
     except LMEvalError as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    table = Table(title=f"lm-eval on run {args.run_key} (max_length {lm.max_length})")
+    from harness.store import Store
+
+    step = Store(args.db).add_metrics(args.run_key, metrics.items())
+    table = Table(title=f"lm-eval on run {args.run_key} (max_length {lm.max_length}; stored at step {step})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():

@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -321,6 +322,22 @@ class Store:
                 .where(Run.run_key == run_key)
                 .values(status="failed", error=error, finished_at=_now(), environment=environment)
             )
+
+    def add_metrics(self, run_key: str, metrics: Iterable[tuple[str, float]]) -> int:
+        """Add metrics to a done run at its final step, replacing ones of the same name.
+
+        For numbers measured after training (e.g. ``mixbench lm-eval``); returns the step used.
+        """
+        with self.session() as s:
+            run = s.scalar(select(Run).where(Run.run_key == run_key))
+            if run is None or run.status != "done":
+                raise StoreError(f"run {run_key!r} is not a done run in {self.url}")
+            step = s.scalar(select(func.max(Metric.step)).where(Metric.run_id == run.id)) or 0
+            metrics = list(metrics)
+            names = [name for name, _ in metrics]
+            s.execute(delete(Metric).where(Metric.run_id == run.id, Metric.step == step, Metric.name.in_(names)))
+            s.add_all(Metric(run_id=run.id, step=step, name=name, value=float(v)) for name, v in metrics)
+            return step
 
     def add_latency(self, rows: Iterable[dict[str, Any]]) -> None:
         with self.session() as s:

@@ -262,6 +262,9 @@ def test_a_suite_stores_lm_eval_metrics_and_the_run_key_reloads(write_suite, tmp
     assert code == 0, out
     assert "max_length 32" in out
     assert f"lm_eval/kjv_cloze/acc {values['lm_eval/kjv_cloze/acc']:.6g}" in " ".join(out.replace("│", " ").split())
+    rows = [(step, name) for _key, step, name, _v in store.metric_values("unit") if name.startswith("lm_eval/")]
+    assert len(rows) == len(set(rows)), "the command's scores replace the stored ones, never duplicate them"
+    assert {name for _, name in rows} == {n for n in values if n.startswith("lm_eval/")}
 
 
 def test_lm_eval_command_line_with_the_mixbench_model(tmp_path):

@@ -147,3 +147,14 @@ def test_older_database_is_migrated_in_place(tmp_path):
     assert migrated.query("SELECT version FROM schema_info")[1] == [(SCHEMA_VERSION,)]
     finish(migrated)
     assert migrated.runs()[0].checkpoint_path is None and migrated.runs()[0].status == "done"
+
+
+def test_add_metrics_to_a_done_run_replaces_same_names(tmp_path):
+    store = Store(tmp_path / "r.db")
+    store.claim(record())
+    with pytest.raises(StoreError, match="is not a done run"):
+        store.add_metrics("k1", [("lm_eval/x/acc", 0.5)])
+    finish(store)
+    assert store.add_metrics("k1", [("lm_eval/x/acc", 0.5)]) == 2  # the run's final step
+    store.add_metrics("k1", [("lm_eval/x/acc", 0.75)])
+    assert [v for _, _, n, v in store.metric_values() if n == "lm_eval/x/acc"] == [0.75]
