@@ -43,25 +43,36 @@ class MQAR(Task):
     def queries(self) -> int:
         return self.num_kv_pairs if self.num_queries is None else self.num_queries
 
+    # Tokens that are neither keys nor values: the blank (a variant adds its noise tokens).
+    @property
+    def reserved_tokens(self) -> int:
+        return 1
+
+    # Context tokens that belong to no pair (a variant scatters noise there).
+    @property
+    def num_noise(self) -> int:
+        return 0
+
     @property
     def num_keys(self) -> int:
-        return (self.vocab_size - 1) // 2
+        return (self.vocab_size - self.reserved_tokens) // 2
 
     def check(self, seq_len: int) -> None:
-        p, q = self.num_kv_pairs, self.queries
+        p, q, m = self.num_kv_pairs, self.queries, self.num_noise
         if q > p:
             raise TaskParamError("num_queries", f"{q} queries but only {p} pairs: each query asks for a distinct key")
         if self.num_keys < p:
             raise TaskParamError(
                 "vocab_size",
-                f"{self.vocab_size} gives {self.num_keys} keys and {self.vocab_size - 1 - self.num_keys} values, "
-                f"too few for {p} distinct pairs; use vocab_size >= {2 * p + 1}",
+                f"{self.vocab_size} gives {self.num_keys} keys after {self.reserved_tokens} reserved token(s), too "
+                f"few for {p} distinct pairs; use vocab_size >= {2 * p + self.reserved_tokens}",
             )
-        need = 2 * p + 2 * q
+        need = 2 * p + m + 2 * q
         if need > seq_len:
+            noise = f", {m} noise tokens" if m else ""
             raise TaskParamError(
                 "num_kv_pairs",
-                f"{p} pairs and {q} queries need {need} tokens (2 per pair, 2 per query) but seq_len is {seq_len}",
+                f"{p} pairs{noise} and {q} queries need {need} tokens (2 per pair, 2 per query) but seq_len is {seq_len}",
             )
 
     def generate(self, seq_len: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -18,49 +18,25 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from harness.tasks.base import IGNORE_INDEX, Task, TaskParamError, place_queries, register_task, sample_distinct
+from harness.tasks.base import IGNORE_INDEX, place_queries, register_task, sample_distinct
+from harness.tasks.mqar import MQAR
 
 
 @register_task("noisy_recall")
-class NoisyRecall(Task):
+class NoisyRecall(MQAR):
     """MQAR with ``noise_per_pair`` distractors per pair in the context and noise around queries."""
 
-    difficulty = "num_kv_pairs"
-
-    num_kv_pairs: int = Field(8, ge=1)
-    num_queries: int | None = Field(None, ge=1)  # None: every key is asked for once
     noise_per_pair: float = Field(1.0, ge=0)
     noise_vocab: int = Field(16, ge=1)
     vocab_size: int = Field(8192, ge=4)
 
     @property
-    def queries(self) -> int:
-        return self.num_kv_pairs if self.num_queries is None else self.num_queries
+    def reserved_tokens(self) -> int:
+        return 1 + self.noise_vocab  # the blank (never used here) and the noise tokens
 
     @property
     def num_noise(self) -> int:
         return round(self.noise_per_pair * self.num_kv_pairs)
-
-    @property
-    def num_keys(self) -> int:
-        return (self.vocab_size - 1 - self.noise_vocab) // 2
-
-    def check(self, seq_len: int) -> None:
-        p, q = self.num_kv_pairs, self.queries
-        if q > p:
-            raise TaskParamError("num_queries", f"{q} queries but only {p} pairs: each query asks for a distinct key")
-        if self.num_keys < p:
-            raise TaskParamError(
-                "vocab_size",
-                f"{self.vocab_size} leaves {self.num_keys} keys after {self.noise_vocab} noise tokens, too few for "
-                f"{p} distinct pairs; use vocab_size >= {2 * p + 1 + self.noise_vocab}",
-            )
-        need = 2 * p + self.num_noise + 2 * q
-        if need > seq_len:
-            raise TaskParamError(
-                "num_kv_pairs",
-                f"{p} pairs, {self.num_noise} noise tokens and {q} queries need {need} tokens but seq_len is {seq_len}",
-            )
 
     def generate(self, seq_len: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         p, m = self.num_kv_pairs, self.num_noise
