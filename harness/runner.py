@@ -12,8 +12,10 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+from torch import nn
 from rich.console import Console
 from rich.table import Table
 
@@ -42,6 +44,16 @@ class Summary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a cell trains on and how it is scored: a text corpus or a synthetic task."""
+
+    data: PackedData | TaskData  # both give ``train``, ``val``, ``batch()`` and ``vocab_size``
+    tokenizer: str  # recorded with the checkpoint
+    # (model, device) -> (evaluation with loss / perplexity / position_loss, extra metrics)
+    score: Callable[[nn.Module, torch.device], tuple[Any, dict[str, float]]]
 
 
 def cell_label(cell: Cell) -> str:
@@ -144,25 +156,44 @@ class SuiteRunner:
                 summary.done.append(label)
         return summary
 
+    def workload(self, cell: Cell) -> Workload:
+        """The one place where a text-corpus cell and a synthetic-task cell differ."""
+        if cell.task is None:
+            data = self.data(cell)
+            if cell.data.vocab_size not in (None, data.vocab_size):
+                raise DataError(
+                    f"data.vocab_size is {cell.data.vocab_size} but tokenizer {cell.data.tokenizer!r} has {data.vocab_size}"
+                )
+
+            def score_text(model: nn.Module, device: torch.device) -> tuple[Any, dict[str, float]]:
+                return evaluate(model, data, cell.eval, device), {}
+
+            return Workload(data, data_config(cell).tokenizer, score_text)
+        data = self.task_data(cell)
+
+        def score_task(model: nn.Module, device: torch.device) -> tuple[Any, dict[str, float]]:
+            # accuracy at the scored positions of held-out sequences
+            result = evaluate_task(model, data, cell.eval.batch_size, device)
+            return result, {
+                "task/accuracy": result.accuracy,
+                "task/sequence_accuracy": result.sequence_accuracy,
+                "model/state_size": float(model.state_size(cell.seq_len)),
+            }
+
+        return Workload(data, f"task:{cell.task['name']}", score_task)
+
     def run_cell(self, cell: Cell) -> None:
         device = pick_device(cell.train.device)
         if cell.eval.lm_eval:  # before training: lm-eval missing or an unknown task fails now
             from harness import lm_eval_adapter
 
             lm_eval_adapter.check_tasks(cell.eval.lm_eval)
-        data = self.data(cell) if cell.task is None else self.task_data(cell)
-        if cell.data.vocab_size not in (None, data.vocab_size):
-            raise DataError(
-                f"data.vocab_size is {cell.data.vocab_size} but tokenizer {cell.data.tokenizer!r} has {data.vocab_size}"
-            )
+        work = self.workload(cell)
         seed_everything(cell.train.seed)
-        model = build(model_spec(cell, data.vocab_size)).to(device)
+        model = build(model_spec(cell, work.data.vocab_size)).to(device)
         plan = plan_training(cell.train, model.num_params(), cell.seq_len)
-        result = train(model, data, cell.train, plan, device, label=cell_label(cell))
-        if cell.task is None:
-            evaluation = evaluate(model, data, cell.eval, device)
-        else:  # accuracy at the scored positions of held-out sequences
-            evaluation = evaluate_task(model, data, cell.eval.batch_size, device)
+        result = train(model, work.data, cell.train, plan, device, label=cell_label(cell))
+        evaluation, scores = work.score(model, device)
         final = plan.steps
         metrics = list(result.metrics)
         metrics += [
@@ -173,22 +204,15 @@ class SuiteRunner:
             (final, "train/tokens_per_s", result.tokens_per_second),
         ]
         metrics += [(final, name, value) for name, value in training_flops(model, cell.seq_len, result.tokens).items()]
-        if cell.task is not None:
-            metrics += [
-                (final, "task/accuracy", evaluation.accuracy),
-                (final, "task/sequence_accuracy", evaluation.sequence_accuracy),
-                (final, "model/state_size", float(model.state_size(cell.seq_len))),
-            ]
-        tokenizer = data_config(cell).tokenizer if cell.task is None else f"task:{cell.task['name']}"
-        checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, tokenizer, cell.config)
+        checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, work.tokenizer, cell.config)
         if cell.eval.lm_eval:
             from harness import lm_eval_adapter
 
-            scores = lm_eval_adapter.lm_eval_metrics(
-                model, data.tokenizer, cell.eval.lm_eval, max_length=cell.seq_len,
+            scores |= lm_eval_adapter.lm_eval_metrics(
+                model, work.data.tokenizer, cell.eval.lm_eval, max_length=cell.seq_len,
                 limit=cell.eval.lm_eval_limit, batch_size=cell.eval.batch_size,
             )  # fmt: skip
-            metrics += [(final, name, value) for name, value in scores.items()]
+        metrics += [(final, name, value) for name, value in scores.items()]
         self.store.finish(
             cell.run_key,
             metrics=metrics,
@@ -199,7 +223,7 @@ class SuiteRunner:
             environment=environment(device),
             checkpoint_path=str(checkpoint.resolve()),
         )
-        accuracy = f"accuracy {evaluation.accuracy:.4f}  " if cell.task is not None else ""
+        accuracy = f"accuracy {scores['task/accuracy']:.4f}  " if "task/accuracy" in scores else ""
         self.console.print(
             f"  {accuracy}val loss {evaluation.loss:.4f}  ppl {evaluation.perplexity:.2f}  "
             f"{result.tokens:,} tokens in {result.seconds:.1f}s"

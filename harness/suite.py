@@ -251,6 +251,8 @@ class SuiteSpec(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SuiteSpec":
+        if self.task is not None and self.eval.lm_eval:
+            raise ValueError("eval.lm_eval needs a text suite: a task suite has no tokenizer to score text with")
         if isinstance(self.train.lr, dict):
             missing = [s for s in self.sizes if s not in self.train.lr]
             if missing:

@@ -300,3 +300,18 @@ def test_attention_learns_mqar_through_the_runner_and_store(task_suite, tmp_path
     with sqlite3.connect(tmp_path / "results" / "mixbench.db") as db:
         [(accuracy,)] = db.execute("SELECT value FROM metrics WHERE name = 'task/accuracy'").fetchall()
     assert accuracy == values["task/accuracy"]
+
+
+def test_lm_eval_is_refused_on_a_task_suite(tmp_path):
+    suite = {
+        "name": "t",
+        "task": {"name": "mqar", "params": {"num_kv_pairs": 4, "vocab_size": 32}},
+        "models": ["attention@transformer"],
+        "sizes": ["micro"],
+        "seq_lens": [32],
+        "eval": {"lm_eval": ["kjv_cloze"]},
+    }
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteError, match="eval.lm_eval needs a text suite"):
+        load_suite(path)
