@@ -60,8 +60,7 @@ from harness.report import stored_latency
 from harness.store import Latency, Store
 from harness.suite import LatencySection, Suite, SuiteError
 from harness.train import seed_everything
-from models import ModelSpec, build
-from models.registry import get_mixer, mixer_defaults
+from models import ModelSpec, build, split_arch
 
 MODES = ("prefill", "decode")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,11 +77,11 @@ class Target:
 
     @property
     def mixer(self) -> str:
-        return self.arch.rpartition("@")[0]
+        return split_arch(self.arch)[0]
 
     @property
     def backbone(self) -> str:
-        return self.arch.rpartition("@")[2]
+        return split_arch(self.arch)[1]
 
     @property
     def label(self) -> str:
@@ -121,8 +120,7 @@ def targets(suite: Suite, only: str | None = None) -> list[Target]:
     spec, section = suite.spec, latency_section(suite)
     out = []
     for arch in spec.models:
-        mixer = arch.rpartition("@")[0]
-        settings = {**mixer_defaults(get_mixer(mixer)), **spec.overrides.get(mixer, {})}
+        settings = spec.mixer_settings(split_arch(arch)[0])
         for size in section.sizes or spec.sizes:
             t = Target(arch, size, settings)
             if only is None or fnmatch.fnmatch(t.label, only) or fnmatch.fnmatch(arch, only):

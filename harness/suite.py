@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from harness.tasks import TaskError, TaskParamError, get_task
 from models.backbones import BACKBONES, SIZES
+from models.lm import split_arch
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
 
 # Bumped whenever the training or evaluation protocol changes what a cell would measure.
@@ -209,9 +210,7 @@ class TaskSection(_Section):
 
 def _check_arch(arch: str) -> str:
     """``mixer@backbone`` with a known backbone and a mixer the registry can build."""
-    mixer, sep, backbone = arch.rpartition("@")
-    if not sep or not mixer:
-        raise ValueError(f"{arch!r} must be written 'mixer@backbone', e.g. 'attention@transformer'")
+    mixer, backbone = split_arch(arch)
     if backbone not in BACKBONES:
         raise ValueError(f"{arch!r}: unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
     try:
@@ -232,6 +231,10 @@ class SuiteSpec(_Section):
     overrides: dict[str, dict[str, Any]] = {}
     latency: LatencySection | None = None
     task: TaskSection | None = None  # a synthetic-task suite (accuracy) instead of text (perplexity)
+
+    def mixer_settings(self, mixer: str) -> dict[str, Any]:
+        """The mixer's defaults with this suite's overrides on top: what a cell is built with."""
+        return {**mixer_defaults(get_mixer(mixer)), **self.overrides.get(mixer, {})}
 
     @property
     def trains(self) -> bool:
@@ -257,7 +260,7 @@ class SuiteSpec(_Section):
             missing = [s for s in self.sizes if s not in self.train.lr]
             if missing:
                 raise ValueError(f"train.lr has no learning rate for size(s) {missing}")
-        mixers = {arch.rpartition("@")[0] for arch in self.models}
+        mixers = {split_arch(arch)[0] for arch in self.models}
         for mixer, settings in self.overrides.items():
             if mixer not in mixers:
                 raise ValueError(f"overrides.{mixer}: no model in this suite uses mixer {mixer!r}")
@@ -288,11 +291,11 @@ class Cell:
 
     @property
     def mixer(self) -> str:
-        return self.arch.rpartition("@")[0]
+        return split_arch(self.arch)[0]
 
     @property
     def backbone(self) -> str:
-        return self.arch.rpartition("@")[2]
+        return split_arch(self.arch)[1]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -344,8 +347,7 @@ class Suite:
         s = self.spec
         out: list[Cell] = []
         for arch in s.models:
-            mixer = arch.rpartition("@")[0]
-            settings = {**mixer_defaults(get_mixer(mixer)), **s.overrides.get(mixer, {})}
+            settings = s.mixer_settings(split_arch(arch)[0])
             for size in s.sizes:
                 lr = s.train.lr[size] if isinstance(s.train.lr, dict) else s.train.lr
                 lrs, grid = (lr, tuple(lr)) if isinstance(lr, list) else ([lr], None)

@@ -19,6 +19,14 @@ from models.layers import CausalDepthwiseConv, RMSNorm, SwiGLU
 from models.registry import active_backend, build_mixer
 
 
+def split_arch(arch: str) -> tuple[str, str]:
+    """``"ttt_linear@mamba"`` -> ``("ttt_linear", "mamba")``; a dotted-path mixer may hold ``:`` and ``.``."""
+    mixer, sep, backbone = arch.rpartition("@")
+    if not sep or not mixer or not backbone:
+        raise ValueError(f"{arch!r} must be written 'mixer@backbone', e.g. 'attention@transformer'")
+    return mixer, backbone
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to build: ``mixer@backbone`` at a size, over a vocabulary."""
@@ -32,10 +40,8 @@ class ModelSpec:
 
     @staticmethod
     def parse(arch: str, size: str, vocab_size: int, **kwargs: Any) -> "ModelSpec":
-        """``"ttt_linear@mamba"`` -> a spec; a dotted-path mixer may contain ``:`` and ``.``."""
-        mixer, sep, backbone = arch.rpartition("@")
-        if not sep or not mixer or not backbone:
-            raise ValueError(f"model {arch!r} must be written 'mixer@backbone', e.g. 'attention@transformer'")
+        """``"ttt_linear@mamba"`` at a size over a vocabulary -> a spec."""
+        mixer, backbone = split_arch(arch)
         return ModelSpec(mixer=mixer, backbone=backbone, size=size, vocab_size=vocab_size, **kwargs)
 
     @property
