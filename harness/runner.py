@@ -69,6 +69,14 @@ def cell_label(cell: Cell) -> str:
     return label
 
 
+def backend_label(model: nn.Module, device: torch.device) -> str:
+    """The backends that ran: training (bf16 autocast on CUDA, as ``harness.train``) and the
+    float32 evaluation, named apart when they differ (flash-attn takes no float32)."""
+    trained = ",".join(model.backends(device, torch.bfloat16 if device.type == "cuda" else torch.float32))
+    evaluated = ",".join(model.backends(device, torch.float32))
+    return trained if trained == evaluated else f"train: {trained}; eval: {evaluated}"
+
+
 def select_cells(suite: Suite, only: str | None) -> list[Cell]:
     """Cells whose label (``arch/size/Tseq_len``) matches the glob ``only`` (all if None)."""
     cells = suite.cells()
@@ -193,6 +201,8 @@ class SuiteRunner:
         model = build(model_spec(cell, work.data.vocab_size)).to(device)
         plan = plan_training(cell.train, model.num_params(), cell.seq_len)
         result = train(model, work.data, cell.train, plan, device, label=cell_label(cell))
+        # Saved before anything else can fail: an error in evaluation never loses a trained model.
+        checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, work.tokenizer, cell.config)
         evaluation, scores = work.score(model, device)
         final = plan.steps
         metrics = list(result.metrics)
@@ -204,7 +214,6 @@ class SuiteRunner:
             (final, "train/tokens_per_s", result.tokens_per_second),
         ]
         metrics += [(final, name, value) for name, value in training_flops(model, cell.seq_len, result.tokens).items()]
-        checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, work.tokenizer, cell.config)
         if cell.eval.lm_eval:
             from harness import lm_eval_adapter
 
@@ -219,7 +228,7 @@ class SuiteRunner:
             position_loss=evaluation.position_loss,
             n_params=model.num_params(),
             n_params_non_embedding=model.num_params(non_embedding=True),
-            backend=",".join(model.backends(device)),
+            backend=backend_label(model, device),
             environment=environment(device),
             checkpoint_path=str(checkpoint.resolve()),
         )

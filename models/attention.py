@@ -1,9 +1,17 @@
 """Causal multi-head softmax attention with rotary embeddings (the Transformer baseline).
 
-Backends, fastest first: ``flash-attn`` (FlashAttention-2, CUDA only) and ``sdpa``
-(``torch.nn.functional.scaled_dot_product_attention``, everywhere). Both compute exactly
-causal softmax attention; ``tests/models/test_attention.py`` checks sdpa against a naive
-float64 reference, and flash-attn against sdpa where a GPU is present.
+Backends, fastest first: ``flash-attn`` (FlashAttention-2: CUDA, fp16/bf16 inputs only) and
+``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``, everywhere, any dtype). The
+choice is made per call from the device and the dtype of q (float32 evaluation on a GPU runs
+sdpa; bf16 training under autocast runs flash-attn). Both compute exactly causal softmax
+attention; ``tests/models/test_attention.py`` checks sdpa against a naive float64 reference,
+and flash-attn against sdpa where a GPU is present.
+
+Decode keeps K and V in a preallocated cache (two tensors of ``(batch, heads, capacity,
+head_dim)``, not views of the QKV projection) and writes each new token in place; the capacity
+grows geometrically, so a token costs O(1) amortised copies instead of a copy of the whole
+cache. ``step`` is ``forward`` on one token against the cache, so prefill and decode run the
+same backend.
 """
 
 from __future__ import annotations
@@ -18,20 +26,53 @@ from models.layers import apply_rotary, rotary_cos_sin
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
 
+KV_SPARE = 256  # positions a cache reserves past what it holds, so decode after a prefill does not copy at once
+
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """FlashAttention-2 on ``(batch, heads, seq, head_dim)`` tensors; imported lazily (CUDA only)."""
     from flash_attn import flash_attn_func
 
+    # With fewer queries than keys (decode, a continued prefill) flash-attn aligns the causal
+    # mask bottom-right: query i sees keys up to i + (keys - queries), as the cache needs.
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
     return out.transpose(1, 2)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal sdpa where the ``t`` queries are the last ``t`` of the ``s`` keys' positions."""
+    t, s = q.shape[2], k.shape[2]
+    if t == s:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # sdpa's causal mask is top-left
+    if t == 1:
+        return F.scaled_dot_product_attention(q, k, v)  # one query sees every cached key
+    mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def reserve(cache: torch.Tensor, filled: int, needed: int) -> torch.Tensor:
+    """``cache`` if it holds ``needed`` positions, else a larger one holding its first ``filled``.
+
+    The new capacity is at least double the old one, so appending token by token costs O(1)
+    amortised copies.
+    """
+    capacity = cache.shape[2]
+    if needed <= capacity:
+        return cache
+    b, h, _, hd = cache.shape
+    grown = cache.new_empty(b, h, max(needed + KV_SPARE, 2 * capacity), hd)
+    grown[:, :, :filled] = cache[:, :, :filled]
+    return grown
 
 
 @register_mixer("attention")
 class Attention(SequenceMixer):
     """Llama-style attention: fused QKV projection, RoPE on Q and K, output projection."""
 
-    backends = (Backend("flash-attn", needs_cuda_module("flash_attn")), Backend("sdpa", always))
+    backends = (
+        Backend("flash-attn", needs_cuda_module("flash_attn", "flash_attn_2_cuda"), (torch.float16, torch.bfloat16)),
+        Backend("sdpa", always),
+    )
     attends_to_context = True  # the classic "6ND + attention" FLOPs estimate counts this layer
 
     def __init__(
@@ -65,25 +106,32 @@ class Attention(SequenceMixer):
         return self.out(y.transpose(1, 2).reshape(b, t, self.d_model))
 
     def forward(self, x: torch.Tensor, state: dict[str, Any] | None = None):
-        q, k, v = self._heads(x, 0)
-        if self.select_backend(x.device) == "flash-attn":
+        """Whole sequence; with a decode state, continues it (writing K and V into its cache)."""
+        pos = 0 if state is None else state["pos"]
+        q, k, v = self._heads(x, pos)
+        if state is not None:
+            end = pos + x.shape[1]
+            k_cache, v_cache = (reserve(state[name], pos, end) for name in ("k", "v"))
+            k_cache[:, :, pos:end] = k
+            v_cache[:, :, pos:end] = v
+            k, v = k_cache[:, :, :end].to(q.dtype), v_cache[:, :, :end].to(q.dtype)
+            state = {"k": k_cache, "v": v_cache, "pos": end}
+        if self.select_backend(q.device, q.dtype) == "flash-attn":
             y = flash_attention(q, k, v)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        if state is not None:
-            state = {"k": k, "v": v, "pos": x.shape[1]}
+            y = sdpa_attention(q, k, v)
         return self._merge(y), state
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-        empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
-        return {"k": empty, "v": empty, "pos": 0}
+        def empty() -> torch.Tensor:
+            return torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
+
+        return {"k": empty(), "v": empty(), "pos": 0}
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]):
-        q, k, v = self._heads(x_t.unsqueeze(1), state["pos"])
-        keys = torch.cat([state["k"], k], dim=2)
-        values = torch.cat([state["v"], v], dim=2)
-        y = F.scaled_dot_product_attention(q, keys, values)  # one query sees every cached key
-        return self._merge(y).squeeze(1), {"k": keys, "v": values, "pos": state["pos"] + 1}
+        """One token against the cache: writes its K and V at ``pos`` in place (see ``reserve``)."""
+        y, state = self.forward(x_t.unsqueeze(1), state)
+        return y.squeeze(1), state
 
     def flops(self, seq_len: int) -> int:
         d = self.d_model
@@ -94,4 +142,4 @@ class Attention(SequenceMixer):
         return projections + scores
 
     def state_size(self, seq_len: int) -> int:
-        return 2 * seq_len * self.d_model  # the KV cache grows with the context
+        return 2 * seq_len * self.d_model  # the KV cache grows with the context (spare capacity not counted)

@@ -176,9 +176,10 @@ class CausalLM(nn.Module):
     def state_size(self, seq_len: int) -> int:
         return sum(sub.state_size(seq_len) for b in self.blocks for k, sub in zip(b.kinds, b.subs) if k != "mlp")
 
-    def backends(self, device: torch.device) -> list[str]:
-        """The distinct backends this model's mixers run on ``device`` (recorded with results)."""
-        return sorted({active_backend(b.mixer, device) for b in self.blocks})
+    def backends(self, device: torch.device, dtype: torch.dtype | None = None, decode: bool = False) -> list[str]:
+        """The distinct backends this model's mixers run on ``device`` with ``dtype`` activations
+        (in ``step`` if ``decode``); recorded with results."""
+        return sorted({active_backend(b.mixer, device, dtype, decode) for b in self.blocks})
 
 
 def sub_block_flops(sub: nn.Module, seq_len: int, d_model: int) -> int:

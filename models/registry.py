@@ -171,7 +171,12 @@ def build_mixer(name: str, model_kwargs: dict[str, Any], overrides: dict[str, An
     return cls(**kwargs, **overrides)
 
 
-def active_backend(mixer: nn.Module, device: torch.device) -> str:
-    """The backend ``mixer`` runs on ``device``; mixers without declared backends are plain torch."""
+def active_backend(
+    mixer: nn.Module, device: torch.device, dtype: torch.dtype | None = None, decode: bool = False
+) -> str:
+    """The backend ``mixer`` runs on ``device`` with ``dtype`` inputs (its ``step`` if ``decode``).
+
+    Mixers without declared backends are plain torch.
+    """
     select = getattr(mixer, "select_backend", None)
-    return select(device) if select is not None else "torch"
+    return select(device, dtype, decode) if select is not None else "torch"

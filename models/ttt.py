@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ttt import FORMS, fresh_state
+from kernels.ttt import FORMS, TTTState, fresh_state
 from models.layers import CausalDepthwiseConv, rotary_cos_sin
 from models.mixer import Backend, SequenceMixer, always
 from models.registry import register_mixer
@@ -38,6 +38,15 @@ from models.registry import register_mixer
 
 def _no_triton_kernel(device: torch.device | None) -> str | None:
     return "Triton kernel not implemented yet (issue: TTT Triton kernel)"
+
+
+def _state_in(state: TTTState, dtype: torch.dtype) -> TTTState:
+    """``state`` with its tensors in ``dtype`` (a no-op when they already are)."""
+
+    def cast(layers: tuple) -> tuple:
+        return tuple((w.to(dtype), None if b is None else b.to(dtype)) for w, b in layers)
+
+    return TTTState(cast(state.params), cast(state.grads), state.pos)
 
 
 def rotary_adjacent_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -166,19 +175,25 @@ class TTTLayer(SequenceMixer):
         q, k = self._rope(q, k, inner.pos)
         ttt = FORMS[self.select_backend(x.device)]
         shape = (self.n_heads, 1, self.head_dim)
-        z, inner = ttt(
-            q, k, v, self.inner_lr(x), inner,
-            token_scale=self.token_scale(),
-            ln_weight=self.ttt_norm_weight.reshape(shape),
-            ln_bias=self.ttt_norm_bias.reshape(shape),
-        )  # fmt: skip
+        # The inner loop runs in float32 (or float64) whatever the autocast or model dtype, as the
+        # paper's kernels keep the state in fp32: in bf16 the small updates of W would round away.
+        work, lr = torch.promote_types(q.dtype, torch.float32), self.inner_lr(x)
+        with torch.autocast(x.device.type, enabled=False):
+            z, inner = ttt(
+                q.to(work), k.to(work), v.to(work), lr.to(work), _state_in(inner, work),
+                token_scale=self.token_scale().to(work),
+                ln_weight=self.ttt_norm_weight.reshape(shape).to(work),
+                ln_bias=self.ttt_norm_bias.reshape(shape).to(work),
+            )  # fmt: skip
+        z = z.to(q.dtype)
         y = self.post_norm(z.transpose(1, 2).reshape(batch, seq, self.d_model))
         if self.use_gate:
             y = F.gelu(self.g_proj(x), approximate="tanh") * y
         return self.o_proj(y), (None if state is None else {"ttt": inner, **convs})
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-        params = tuple((w.to(device), b.to(device)) for w, b in self._initial_params(batch_size, dtype))
+        work = torch.promote_types(dtype, torch.float32)  # the inner state is kept in float32 (see forward)
+        params = tuple((w.to(device), b.to(device)) for w, b in self._initial_params(batch_size, work))
         state: dict[str, Any] = {"ttt": fresh_state(params)}
         if self.share_qk:
             state["conv_q"] = self.conv_q.init_state(batch_size, device, dtype)

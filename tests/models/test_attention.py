@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import ModelSpec, build
-from models.attention import Attention
+from models.attention import KV_SPARE, Attention
 from models.layers import apply_rotary, rotary_cos_sin
 
 
@@ -75,7 +75,51 @@ def test_prefill_then_step_equals_full_forward():
         y_t, state = mixer.step(x[:, t], state)
         steps.append(y_t.unsqueeze(1))
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-12)
-    assert mixer.state_size(13) == state["k"][0].numel() + state["v"][0].numel()
+    assert state["pos"] == 13 and state["k"].shape[2] >= 13
+
+
+def storage_numbers(t: torch.Tensor) -> int:
+    """Numbers held by the memory behind ``t`` (a view keeps its whole base alive)."""
+    return t.untyped_storage().nbytes() // t.element_size()
+
+
+def kv_caches(state: list) -> list[dict]:
+    """The attention states in an LM's decode state (one list of sub-block states per block)."""
+    return [sub for block in state for sub in block if isinstance(sub, dict)]
+
+
+def test_kv_cache_holds_two_t_d_numbers_per_layer_plus_spare_and_grows_in_place():
+    torch.manual_seed(5)
+    model = build(ModelSpec.parse("attention@transformer", "micro", vocab_size=50))
+    d, t = model.embed.embedding_dim, 40
+    _, state = model.prefill(torch.randint(0, 50, (1, t)))
+    mixers = kv_caches(state)
+    assert len(mixers) == len(model.blocks)
+    for st in mixers:
+        capacity = st["k"].shape[2]
+        assert t <= capacity <= t + KV_SPARE
+        # K and V are their own tensors (not views of the QKV projection): 2 * capacity * d in all
+        assert storage_numbers(st["k"]) + storage_numbers(st["v"]) == 2 * capacity * d
+        assert model.blocks[0].mixer.state_size(t) == 2 * t * d
+    before = [(st["k"].data_ptr(), st["v"].data_ptr()) for st in mixers]
+    for token in range(KV_SPARE):
+        _, state = model.step(torch.tensor([token % 50]), state)
+    after = kv_caches(state)
+    # every token within the reserved capacity was written in place
+    assert [(st["k"].data_ptr(), st["v"].data_ptr()) for st in after] == before
+    _, state = model.step(torch.tensor([1]), state)
+    for st in kv_caches(state):  # the first token past the capacity doubles it (amortised O(1) per token)
+        assert st["k"].shape[2] == 2 * (t + KV_SPARE) and st["pos"] == t + KV_SPARE + 1
+
+
+def test_continued_prefill_equals_forward():
+    torch.manual_seed(6)
+    mixer = Attention(d_model=16, n_heads=2).double()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    full, _ = mixer(x)
+    first, state = mixer(x[:, :5], mixer.init_state(2, x.device, x.dtype))
+    second, state = mixer(x[:, 5:], state)  # several queries against a non-empty cache
+    assert torch.allclose(torch.cat([first, second], 1), full, atol=1e-12)
 
 
 @pytest.mark.parametrize("backbone", ["transformer", "mamba"])
