@@ -11,18 +11,22 @@ section's ``dtype`` (as for serving; no autocast), put in eval mode, and measure
 * **decode**: after one (untimed) prefill of length ``T``, ``decode_tokens`` successive
   ``model.step`` calls on random token ids ``(batch,)``. One sample is that whole run divided
   by ``decode_tokens``, so the figure is milliseconds per token at context ``T``; tokens/s is
-  ``batch / time``. Every sample starts from the same post-prefill state (``step`` returns a
-  new state, per the mixer contract). Sampling is not timed.
+  ``batch / time``. Every sample starts from the post-prefill state; a mixer that updates its
+  state in place (the attention KV cache, mamba-ssm's fused step) does the same work per token
+  from it. Sampling is not timed.
 
 Each measurement runs ``warmup`` untimed repetitions, then ``repeats`` timed ones, and stores
 their median and 20th/80th percentiles. On CUDA the time is taken with CUDA events around the
 work and a synchronisation after it, and the peak of ``torch.cuda.max_memory_allocated``
-(reset before each measurement; weights included) is stored; on CPU the clock is
-``time.perf_counter`` and peak memory is not measured (``NULL``): a process-wide RSS figure
-would mostly show the allocator's history, not the measurement. With ``cuda_graphs: true``
-the ``decode_tokens`` steps are captured once as a single CUDA graph and each sample is one
-replay (the backend column then ends in ``+cuda-graph``; a mixer whose step cannot be
-captured falls back to eager and says so).
+(reset after the warm-up, so it is the timed calls' peak; weights and decode state included)
+is stored; on CPU the clock is ``time.perf_counter`` and peak memory is not measured
+(``NULL``): a process-wide RSS figure would mostly show the allocator's history, not the
+measurement. With ``cuda_graphs: true`` the ``decode_tokens`` steps are captured once as a
+single CUDA graph and each sample is one replay (the backend column then ends in
+``+cuda-graph``; a mixer whose step cannot be captured falls back to eager and says so, with
+the first error of the capture). The backend column is the backend of the row's mode:
+``model.backends(device, dtype)`` for prefill, ``decode=True`` for decode (they differ where a
+mixer's step runs its own kernels).
 
 An out-of-memory error at a context is stored as a row with status ``oom`` and the sweep goes
 on with the next measurement; any other error is a ``failed`` row. The latency table has no
@@ -40,7 +44,6 @@ sweep with the same protocol settings (the latency analogue of skipping done cel
 from __future__ import annotations
 
 import fnmatch
-import gc
 import json
 import re
 import time
@@ -54,6 +57,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import delete
 
+from harness.device_memory import free_memory
 from harness.environment import device_name, environment
 from harness.progress import progress_bar
 from harness.report import stored_latency
@@ -169,11 +173,14 @@ def time_ms(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def repeat_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, per: int = 1) -> list[float]:
-    """``warmup`` untimed calls, then ``repeats`` timed ones, each divided by ``per``."""
+    """``warmup`` untimed calls, then ``repeats`` timed ones, each divided by ``per``.
+
+    The peak-memory counter is reset after the warm-up, so the peak read after this is the
+    timed calls' (what they hold and allocate), not the warm-up's (autotuning, first-call caches).
+    """
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _reset_peak(device)
     return [time_ms(fn, device) / per for _ in range(repeats)]
 
 
@@ -188,14 +195,6 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
-def free_memory(device: torch.device, collect: bool = False) -> None:
-    """Return cached GPU memory; ``collect`` also breaks reference cycles (slow: after errors only)."""
-    if collect:
-        gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -207,16 +206,31 @@ def _peak(device: torch.device) -> int | None:
 
 
 def capture_graph(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
-    """``fn`` captured as one CUDA graph (after a side-stream warm-up, as PyTorch asks); returns its replay."""
+    """``fn`` captured as one CUDA graph (after a side-stream warm-up, as PyTorch asks); returns its replay.
+
+    If ``fn`` fails during capture, the capture is ended and the first error is raised (not
+    the one ending a broken capture raises), and the current stream is restored whatever
+    happens: ``torch.cuda.graph``'s exit leaves the capture stream current when ending fails.
+    """
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
+    with torch.cuda.stream(stream):  # restores the previous stream on any exit
         for _ in range(2):
             fn()
     torch.cuda.current_stream(device).wait_stream(stream)
+    torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        try:
+            fn()
+        except BaseException:
+            try:
+                graph.capture_end()  # leave capture mode; a broken capture raises again here
+            except Exception:  # noqa: BLE001, S110 - the first error is the one to record
+                pass
+            raise
+        graph.capture_end()
     torch.cuda.synchronize(device)
     return graph.replay
 
@@ -234,7 +248,6 @@ class Sweep:
     def prefill(self, context: int) -> Measurement:
         s = self.section
         ids = self._ids(s.batch, context)
-        _reset_peak(self.device)
         samples = repeat_ms(lambda: self.model.prefill(ids), self.device, s.warmup, s.repeats)
         return Measurement("prefill", context, "ok", samples, _peak(self.device))
 
@@ -243,7 +256,6 @@ class Sweep:
         ids, tokens = self._ids(s.batch, context), self._ids(s.decode_tokens, s.batch)
         logits, state = model.prefill(ids)
         del logits, ids
-        _reset_peak(self.device)
 
         def run() -> None:
             st = state
@@ -382,14 +394,16 @@ class LatencyRunner:
         s = self.section
         timer = "cuda-events" if device.type == "cuda" else "perf_counter"
         env = {**environment(device), "latency": {"protocol": protocol(s, target), "timer": timer}}
-        model, backend, measurements, built = None, "-", [], True
+        model, backends, measurements, built = None, dict.fromkeys(MODES, "-"), [], True
         try:
             seed_everything(s.seed)
             spec = ModelSpec.parse(target.arch, target.size, s.vocab_size, mixer_overrides=dict(target.mixer_settings))
             with torch.device(device):
                 model = build(spec)
             model = model.to(device=device, dtype=DTYPES[s.dtype]).eval()
-            backend = ",".join(model.backends(device))
+            # the backend of each mode: decode may run other kernels than prefill (mamba-ssm's fused step)
+            dtype = DTYPES[s.dtype]
+            backends = {mode: ",".join(model.backends(device, dtype, decode=mode == "decode")) for mode in MODES}
             env["latency"]["n_params"] = model.num_params()
             env["latency"]["n_params_non_embedding"] = model.num_params(non_embedding=True)
         except KeyboardInterrupt:
@@ -409,8 +423,8 @@ class LatencyRunner:
             del sweep
         del model
         free_memory(device, collect=not built)
-        return [to_row(m, suite=self.suite.name, target=target, section=s, device=device, backend=backend, env=env)
-                for m in measurements]  # fmt: skip
+        return [to_row(m, suite=self.suite.name, target=target, section=s, device=device, backend=backends[m.mode],
+                       env=env) for m in measurements]  # fmt: skip
 
 
 # --- presentation -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
 from harness.data import DataConfig, DataError, PackedData, load_packed, load_tokenizer
+from harness.device_memory import free_memory
 from harness.environment import environment, pick_device
 from harness.evaluate import evaluate
 from harness.flops import training_flops
@@ -162,6 +163,10 @@ class SuiteRunner:
                 self.console.print(f"[red]{label}: failed: {error}[/]")
             else:
                 summary.done.append(label)
+                continue
+            # Out of the handler the failed cell's tensors are unreachable: give their memory back
+            # so that one out-of-memory cell does not make the next ones fail.
+            free_memory(collect=True)
         return summary
 
     def workload(self, cell: Cell) -> Workload:

@@ -17,7 +17,10 @@ and ignores ``backbone`` otherwise: dropped into another recipe it is the same b
 
 Backends: ``mamba-ssm`` (its CUDA ``selective_scan_fn`` and ``causal_conv1d_fn``; CUDA only)
 and ``torch`` (``kernels.selective_scan.selective_scan_chunked``, everywhere). Decode carries
-the conv window and the SSM state; ``step`` is the recurrence itself.
+the conv window and the SSM state; ``step`` is the recurrence itself, run by mamba-ssm's Triton
+``selective_state_update`` and causal-conv1d's ``causal_conv1d_update`` (both updating the
+state in place) where they load, else in PyTorch. The decode backend is chosen and recorded
+apart from the prefill one.
 """
 
 from __future__ import annotations
@@ -30,11 +33,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.selective_scan import auto_chunk_size, causal_conv1d_cuda, selective_scan_chunked, selective_scan_cuda
+from kernels.selective_scan import (
+    auto_chunk_size,
+    causal_conv1d_cuda,
+    causal_conv1d_update_cuda,
+    selective_scan_chunked,
+    selective_scan_cuda,
+    selective_state_update_cuda,
+)
 from kernels.selective_scan.reference import scan_dtype
 from models.layers import CausalDepthwiseConv
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
+
+
+# The fused one-token kernels: causal-conv1d's CUDA update and mamba-ssm's Triton state update.
+MAMBA_SSM_DECODE = needs_cuda_module("mamba_ssm", "causal_conv1d_cuda", "mamba_ssm.ops.triton.selective_state_update")
 
 
 def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -48,7 +62,11 @@ def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float) 
 class Mamba(SequenceMixer):
     """The Mamba (v1) block: gated selective SSM over a causal conv, between two projections."""
 
-    backends = (Backend("mamba-ssm", needs_cuda_module("mamba_ssm")), Backend("torch", always))
+    backends = (
+        Backend("mamba-ssm", needs_cuda_module("mamba_ssm", "selective_scan_cuda", "causal_conv1d_cuda")),
+        Backend("torch", always),
+    )
+    decode_backends = (Backend("mamba-ssm", MAMBA_SSM_DECODE), Backend("torch", always))
 
     def __init__(
         self,
@@ -137,6 +155,12 @@ class Mamba(SequenceMixer):
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]):
         """One token ``(batch, d_model)``: the recurrence ``h = exp(delta A) h + delta B x``, read by ``C``."""
+        if self.select_backend(x_t.device, x_t.dtype, decode=True) == "mamba-ssm":
+            return self._step_fused(x_t, state)
+        return self._step_torch(x_t, state)
+
+    def _step_torch(self, x_t: torch.Tensor, state: dict[str, Any]):
+        """``step`` in PyTorch: returns a new state, leaves ``state`` as it was."""
         work = state["ssm"].dtype
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
         xc, conv_state = self.conv.step(xs, state["conv"])
@@ -149,6 +173,19 @@ class Mamba(SequenceMixer):
         y = (h * C[:, None, :]).sum(-1) + self.D.to(work) * xc
         y = (y * F.silu(z)).to(x_t.dtype)
         return self.out_proj(y), {"conv": conv_state, "ssm": h, "pos": state["pos"] + 1}
+
+    def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any]):
+        """``step`` through the fused kernels, which update ``state["conv"]`` and ``state["ssm"]`` in place."""
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)
+        conv = self.conv.conv
+        xc = causal_conv1d_update_cuda(xs, state["conv"], conv.weight.squeeze(1), conv.bias, "silu")
+        dt, B, C = self._ssm_inputs(xc)
+        work = state["ssm"].dtype
+        y = selective_state_update_cuda(
+            state["ssm"], xc, dt, -torch.exp(self.A_log.to(work)), B, C, self.D.to(work), z=z,
+            dt_bias=self.dt_proj.bias.to(work), dt_softplus=True,
+        )  # fmt: skip
+        return self.out_proj(y.to(x_t.dtype)), {**state, "pos": state["pos"] + 1}
 
     def flops(self, seq_len: int) -> int:
         """Forward FLOPs of one sequence as ``FlopCounterMode`` counts the torch backend (2 per MAC).

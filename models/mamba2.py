@@ -15,7 +15,9 @@ with a clear error naming the divisors to choose from. ``d_state`` defaults to m
 uniform in ``[1, 16]`` per head; ``D`` at ones; ``out_proj`` scaled by ``1/sqrt(n_layers)``.
 
 Backends: ``mamba-ssm`` (its Triton ``mamba_chunk_scan_combined``, plus ``causal_conv1d_fn`` for
-stateless passes; CUDA only) and ``torch`` (``kernels.ssd.ssd_chunked``, everywhere).
+stateless passes; CUDA only) and ``torch`` (``kernels.ssd.ssd_chunked``, everywhere). ``step``
+runs mamba-ssm's Triton ``selective_state_update`` (heads layout) and causal-conv1d's
+``causal_conv1d_update``, in place, where they load, else PyTorch; chosen and recorded apart.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.selective_scan import causal_conv1d_cuda
+from kernels.selective_scan import causal_conv1d_cuda, causal_conv1d_update_cuda, selective_state_update_cuda
 from kernels.selective_scan.reference import scan_dtype
 from kernels.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_flops, ssd_triton
 from models.layers import CausalDepthwiseConv
-from models.mamba import dt_bias_init
+from models.mamba import MAMBA_SSM_DECODE, dt_bias_init
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
 
@@ -48,7 +50,11 @@ def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group
 class Mamba2(SequenceMixer):
     """The Mamba-2 block: gated multi-head SSD over a causal conv, with a gated RMSNorm."""
 
-    backends = (Backend("mamba-ssm", needs_cuda_module("mamba_ssm")), Backend("torch", always))
+    backends = (
+        Backend("mamba-ssm", needs_cuda_module("mamba_ssm", "causal_conv1d_cuda", "mamba_ssm.ops.triton.ssd_combined")),
+        Backend("torch", always),
+    )
+    decode_backends = (Backend("mamba-ssm", MAMBA_SSM_DECODE), Backend("torch", always))
 
     def __init__(
         self,
@@ -144,6 +150,12 @@ class Mamba2(SequenceMixer):
 
     def step(self, u_t: torch.Tensor, state: dict[str, Any]):
         """One token ``(batch, d_model)``: per head ``H = exp(dt A) H + dt outer(x, B)``, read by ``C``."""
+        if self.select_backend(u_t.device, u_t.dtype, decode=True) == "mamba-ssm":
+            return self._step_fused(u_t, state)
+        return self._step_torch(u_t, state)
+
+    def _step_torch(self, u_t: torch.Tensor, state: dict[str, Any]):
+        """``step`` in PyTorch: returns a new state, leaves ``state`` as it was."""
         work = state["ssm"].dtype
         z, xbc, dt = self._split(self.in_proj(u_t))
         xbc, conv_state = self.conv.step(xbc, state["conv"])
@@ -155,6 +167,24 @@ class Mamba2(SequenceMixer):
         H = decay[:, :, None, None] * state["ssm"] + (dt[:, :, None] * x)[..., None] * B[:, :, None, :]
         y = torch.einsum("bhpn,bhn->bhp", H, C) + self.D.to(work)[:, None] * x
         return self._out(y.to(u_t.dtype), z), {"conv": conv_state, "ssm": H, "pos": state["pos"] + 1}
+
+    def _step_fused(self, u_t: torch.Tensor, state: dict[str, Any]):
+        """``step`` through the fused kernels, which update ``state["conv"]`` and ``state["ssm"]`` in place.
+
+        The kernel takes per-channel ``A``, ``dt``, ``dt_bias`` and ``D``: the per-head values are
+        broadcast over ``headdim`` (expanded views, no copies), as mamba-ssm's own ``Mamba2.step``.
+        """
+        z, xbc, dt = self._split(self.in_proj(u_t))
+        conv = self.conv.conv
+        x, B, C = self._heads(causal_conv1d_update_cuda(xbc, state["conv"], conv.weight.squeeze(1), conv.bias, "silu"))
+        work, per_head = state["ssm"].dtype, (self.heads, self.headdim)
+        y = selective_state_update_cuda(
+            state["ssm"], x, dt[:, :, None].expand(-1, *per_head),
+            -torch.exp(self.A_log.to(work))[:, None, None].expand(*per_head, self.d_state), B, C,
+            self.D.to(work)[:, None].expand(per_head), dt_bias=self.dt_bias.to(work)[:, None].expand(per_head),
+            dt_softplus=True,
+        )  # fmt: skip
+        return self._out(y.to(u_t.dtype), z), {**state, "pos": state["pos"] + 1}
 
     def flops(self, seq_len: int) -> int:
         """Forward FLOPs of one sequence as ``FlopCounterMode`` counts the torch backend (2 per MAC).

@@ -6,13 +6,20 @@ All three take mamba-ssm's ``selective_scan_fn`` arguments (``u, delta, z: (batc
 """
 
 from kernels.selective_scan.chunked import auto_chunk_size, selective_scan_chunked
-from kernels.selective_scan.cuda import causal_conv1d_cuda, selective_scan_cuda
+from kernels.selective_scan.cuda import (
+    causal_conv1d_cuda,
+    causal_conv1d_update_cuda,
+    selective_scan_cuda,
+    selective_state_update_cuda,
+)
 from kernels.selective_scan.reference import selective_scan_reference
 
 __all__ = [
     "auto_chunk_size",
     "causal_conv1d_cuda",
+    "causal_conv1d_update_cuda",
     "selective_scan_chunked",
     "selective_scan_cuda",
     "selective_scan_reference",
+    "selective_state_update_cuda",
 ]

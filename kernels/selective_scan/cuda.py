@@ -1,4 +1,8 @@
-"""Thin guarded wrapper around mamba-ssm's fused CUDA selective scan (the ``mamba-ssm`` backend).
+"""Thin guarded wrappers around mamba-ssm's and causal-conv1d's fused kernels (the ``mamba-ssm`` backend).
+
+``selective_scan_cuda`` and ``causal_conv1d_cuda`` run a whole sequence (prefill, training);
+``selective_state_update_cuda`` and ``causal_conv1d_update_cuda`` run one decode token and
+update their state in place (the states are buffers, so a CUDA graph can replay the step).
 
 Nothing is imported at module import time: ``mamba_ssm`` is a GPU extra and fails to import
 without its compiled CUDA extension, so the import happens on first call, on a CUDA device.
@@ -47,3 +51,36 @@ def causal_conv1d_cuda(
 
     bias = None if bias is None else bias.to(x.dtype)
     return causal_conv1d_fn(x, weight.to(x.dtype), bias, activation=activation)
+
+
+def causal_conv1d_update_cuda(
+    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu"
+) -> torch.Tensor:
+    """``causal_conv1d.causal_conv1d_update``: one token ``x: (batch, channels)``; shifts ``x`` into
+    ``conv_state: (batch, channels, width - 1)`` in place and returns the conv output."""
+    from causal_conv1d import causal_conv1d_update
+
+    bias = None if bias is None else bias.to(x.dtype)
+    return causal_conv1d_update(x, conv_state, weight.to(x.dtype), bias, activation=activation)
+
+
+def selective_state_update_cuda(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """``mamba_ssm.ops.triton.selective_state_update.selective_state_update`` (Triton): one token of
+    the recurrence, ``state`` updated in place; shapes as there (Mamba: ``state (batch, d, n)``,
+    Mamba-2: ``state (batch, heads, headdim, n)``)."""
+    if x.device.type != "cuda":
+        raise RuntimeError(f"selective_state_update_cuda: mamba-ssm's Triton kernel needs CUDA tensors, got {x.device.type}")
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+    return selective_state_update(state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)

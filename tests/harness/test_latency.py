@@ -12,7 +12,9 @@ from harness.report import stored_latency
 from harness.store import Store
 from harness.suite import SuiteError, load_suite
 
-TINY = {"contexts": [16, 32], "warmup": 1, "repeats": 2, "decode_tokens": 4, "vocab_size": 256}
+# device pinned: these tests assert CPU facts (sdpa, perf_counter, no peak memory); the GPU
+# variant is tests/harness/test_gpu_paths.py
+TINY = {"contexts": [16, 32], "warmup": 1, "repeats": 2, "decode_tokens": 4, "vocab_size": 256, "device": "cpu"}
 
 
 @pytest.fixture(autouse=True)
