@@ -149,6 +149,22 @@ def test_a_captured_graph_is_replayed_on_the_callers_stream(monkeypatch):
     assert fake.log == ["begin on side", "end", "replay"] and fake.current == "default"
 
 
+def test_latency_rows_and_dashboard_carry_each_modes_backend(tmp_path, monkeypatch, capsys):
+    """A fused decode (mamba-ssm's step on a GPU) is recorded on the decode rows, not the prefill ones."""
+    from models.lm import CausalLM
+
+    monkeypatch.setattr(CausalLM, "backends", lambda self, device, dtype=None, decode=False: ["fused-step" if decode else "scan"])
+    suite = {"name": "modes", "models": ["mamba@mamba_native"], "sizes": ["micro"],
+             "latency": {"contexts": [8], "warmup": 0, "repeats": 1, "decode_tokens": 2, "vocab_size": 64, "device": "cpu"}}  # fmt: skip
+    path = tmp_path / "modes.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert main(["latency", str(path)]) == 0
+    assert {(r.mode, r.backend) for r in stored_latency(Store(), "modes")} == {("prefill", "scan"), ("decode", "fused-step")}
+    assert main(["report", "-o", str(tmp_path / "dash")]) == 0
+    page = (tmp_path / "dash" / "modes.html").read_text()
+    assert "<td>decode</td>" in page and "<td>fused-step</td>" in page and "<td>scan</td>" in page
+
+
 # --- the same paths on a GPU ----------------------------------------------------------------
 
 
