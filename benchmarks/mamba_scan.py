@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     seq_lens = [int(s) for s in args.seq_lens.split(",")]
-    kernel_reason = needs_cuda_module("mamba_ssm")(device)
+    kernel_reason = needs_cuda_module("mamba_ssm", "selective_scan_cuda")(device)
 
     rows, checks = [], []
     for seq_len in seq_lens:
