@@ -23,7 +23,7 @@ def test_grid_expands_models_sizes_and_seq_lens(write_suite):
 def test_run_key_is_stable_and_sensitive_to_what_matters(write_suite):
     key = load_suite(write_suite()).cells()[0].run_key
     assert load_suite(write_suite()).cells()[0].run_key == key
-    changed_lr = write_suite(train={"tokens": 2048, "batch_tokens": 256, "lr": 1e-3, "log_every": 2})
+    changed_lr = write_suite(train={"tokens": 2048, "batch_tokens": 256, "lr": 1e-3, "log_every": 2, "device": "cpu"})
     assert load_suite(changed_lr).cells()[0].run_key != key
     override = write_suite(overrides={"attention": {"rope_base": 500.0}})
     cell = load_suite(override).cells()[0]

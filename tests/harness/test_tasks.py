@@ -231,7 +231,7 @@ def test_text_suites_keep_their_config_and_keys(write_suite):
     cell = load_suite(write_suite()).cells()[0]
     assert cell.task is None and cell.lr_grid is None
     assert set(cell.config) == {"protocol", "suite", "model", "data", "train", "eval"}
-    lr_grid = {"tokens": 2048, "batch_tokens": 256, "lr": [3e-3, 1e-3], "log_every": 2}
+    lr_grid = {"tokens": 2048, "batch_tokens": 256, "lr": [3e-3, 1e-3], "log_every": 2, "device": "cpu"}
     grid = load_suite(write_suite(train=lr_grid)).cells()
     assert [c.train.lr for c in grid] == [3e-3, 1e-3] and grid[0].run_key == cell.run_key
     assert grid[0].config["selection"]["metric"] == "val/loss"
