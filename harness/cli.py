@@ -16,13 +16,13 @@ from rich.table import Table
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
 from harness.latency import LatencyRunner, latency_table, plan_table
-from harness.report import DEFAULT_REPORT_DIR, stored_latency, write_reports
+from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
 from harness.store import Store, StoreError
 from harness.suite import Suite, SuiteError, load_suite
 from models.registry import UnknownMixerError, list_mixers
 
-EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError)
+EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError)
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     _add_db(rep)
     rep.add_argument("--suite")
     rep.add_argument("-o", "--output", type=Path, default=DEFAULT_REPORT_DIR)
+    rep.add_argument("--format", choices=IMAGE_FORMATS, help="also write each panel as a static image (needs kaleido)")
 
     lat = sub.add_parser("latency", help="the latency protocol alone: measure (again) and replace stored rows")
     lat.add_argument("suite", type=Path)
@@ -186,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             from harness.lm_eval_adapter import cmd_lm_eval
 
             return cmd_lm_eval(args, console, errors)
-        paths = write_reports(Store(args.db), args.output, suite=args.suite)
+        paths = write_reports(Store(args.db), args.output, suite=args.suite, image_format=args.format)
         for path in paths:
-            console.print(f"dashboard: {path}")
+            console.print(f"{'dashboard' if path.suffix == '.html' else 'figure'}: {path}")
         if not paths:
             errors.print("no finished runs to report yet; run a suite first")
             return 1

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 from sqlalchemy import select
 
@@ -23,6 +25,11 @@ from harness.store import Latency, Run, Store
 from harness.tasks.report import is_task_run, task_figures, task_table_html
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
+IMAGE_FORMATS = ("png", "svg")
+
+
+class ReportError(RuntimeError):
+    """A dashboard or figure that cannot be written, said in one line."""
 
 
 def _arch(run: Run) -> str:
@@ -291,8 +298,42 @@ def latency_table_html(rows: list[Latency]) -> str:
     return _sortable_table("Latency measurements", "latency", header, cells)
 
 
-def write_reports(store: Store, out_dir: Path, suite: str | None = None) -> list[Path]:
-    """Write ``<out_dir>/<suite>.html`` for each suite with finished runs or latency rows; returns the paths."""
+def panel_name(fig: go.Figure) -> str:
+    """A file name from the panel's title ("Validation perplexity vs training FLOPs" ->
+    ``validation-perplexity-vs-training-flops``), so image names stay stable across reruns."""
+    title = (fig.layout.title.text or "panel").split("<br>")[0]
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "panel"
+
+
+def write_panel_images(figures: list[go.Figure], out_dir: Path, image_format: str) -> list[Path]:
+    """Each panel as a static image in ``out_dir``, for READMEs and papers.
+
+    All panels go through one call, so kaleido starts its headless Chromium once per suite.
+    """
+    if image_format not in IMAGE_FORMATS:
+        raise ReportError(f"unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
+    names = [panel_name(fig) for fig in figures]
+    paths = [out_dir / f"{name}-{i + 1}.{image_format}" if names.count(name) > 1 else out_dir / f"{name}.{image_format}"
+             for i, name in enumerate(names)]  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        heights = [fig.layout.height or 480 for fig in figures]  # each panel at the height the dashboard gives it
+        pio.write_images(figures, paths, format=image_format, width=1200, height=heights)
+    except (RuntimeError, ValueError) as exc:  # kaleido missing, or no Chromium for it to drive
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReportError(
+            f"cannot write {image_format} figures ({first_line}); install the [figures] extra (kaleido) and Chromium"
+        ) from exc
+    return paths
+
+
+def write_reports(
+    store: Store, out_dir: Path, suite: str | None = None, image_format: str | None = None
+) -> list[Path]:
+    """Write ``<out_dir>/<suite>.html`` for each suite with finished runs or latency rows; returns the paths.
+
+    With ``image_format`` (png or svg) each panel is also written to ``<out_dir>/<suite>/<panel>.<format>``.
+    """
     runs = store.runs(suite)
     latency = stored_latency(store, suite)
     suites = sorted({r.suite for r in runs} | {r.suite for r in latency})
@@ -316,4 +357,6 @@ def write_reports(store: Store, out_dir: Path, suite: str | None = None) -> list
         path = out_dir / f"{name}.html"
         path.write_text(dashboard_html(name, figures, tables))
         written.append(path)
+        if image_format is not None and figures:
+            written += write_panel_images(figures, out_dir / name, image_format)
     return written

@@ -14,13 +14,16 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
 
 from harness import latency as latency_module
+from harness import report as report_module
 from harness.cli import main
 
 BROWSER = next((p for name in ("chromium", "chromium-browser") if (p := shutil.which(name))), None)
@@ -78,11 +81,14 @@ def browser():
     return BROWSER
 
 
-def test_dashboard_renders_every_plot_without_console_errors(browser, write_suite, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def dashboard_suite(write_suite, tmp_path, monkeypatch, capsys) -> Path:
+    """A trained micro suite with a latency sweep whose largest context "runs out of memory"
+    (its marker is drawn too): the three panels a dashboard can hold. Returns the dashboard folder."""
     monkeypatch.chdir(tmp_path)
     real_prefill = latency_module.Sweep.prefill
 
-    def prefill(self, context):  # the largest context "runs out of memory": its marker is drawn too
+    def prefill(self, context):
         if context == 48:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         return real_prefill(self, context)
@@ -91,8 +97,11 @@ def test_dashboard_renders_every_plot_without_console_errors(browser, write_suit
     latency = {"contexts": [16, 32, 48], "warmup": 1, "repeats": 2, "decode_tokens": 4, "vocab_size": 256}
     assert main(["run", str(write_suite(latency=latency))]) == 0
     capsys.readouterr()
+    return tmp_path / "results" / "dashboards"
 
-    summary, log = render(tmp_path / "results" / "dashboards" / "unit.html", tmp_path)
+
+def test_dashboard_renders_every_plot_without_console_errors(browser, dashboard_suite, tmp_path):
+    summary, log = render(dashboard_suite / "unit.html", tmp_path)
     titles = [p["title"] for p in summary["plots"]]
     assert len(titles) == 3, summary
     assert titles[0].startswith("Validation perplexity") and titles[1].startswith("Perplexity by token index")
@@ -102,3 +111,43 @@ def test_dashboard_renders_every_plot_without_console_errors(browser, write_suit
     assert summary["errors"] == []
     assert "Uncaught" not in log, log
     assert summary["sorted"] == sorted(summary["sorted"]) and len(summary["sorted"]) == 6  # the table sorts
+
+
+PANELS = ("validation-perplexity-vs-training-flops", "perplexity-by-token-index-validation",
+          "latency-prefill-and-decode-vs-context-length-median-bars-p20-p80")  # fmt: skip
+
+
+def test_report_writes_one_png_per_panel(browser, dashboard_suite, capsys):
+    assert main(["report", "--format", "png"]) == 0
+    printed = capsys.readouterr().out
+    for name in PANELS:
+        image = dashboard_suite / "unit" / f"{name}.png"
+        assert f"figure: {image.relative_to(dashboard_suite.parents[1])}" in printed.replace("\n", "")
+        data = image.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"  # a PNG signature, then its IHDR width and height
+        width, height = struct.unpack(">II", data[16:24])
+        assert (width, height) == (1200, 480) and len(data) > 10_000  # drawn, not an empty canvas
+    assert sorted(p.stem for p in (dashboard_suite / "unit").iterdir()) == sorted(PANELS)
+
+
+def test_report_writes_svg_panels_with_their_titles(browser, dashboard_suite):
+    assert main(["report", "--format", "svg"]) == 0
+    for name, title in zip(PANELS, ("Validation perplexity", "Perplexity by token index", "Latency")):
+        root = ElementTree.parse(dashboard_suite / "unit" / f"{name}.svg").getroot()
+        assert root.tag.endswith("svg") and title in "".join(root.itertext())
+
+
+def test_report_without_kaleido_says_what_to_install_in_one_line(dashboard_suite, monkeypatch, capsys):
+    def no_kaleido(*args, **kwargs):
+        raise RuntimeError("Kaleido requires Kaleido v1.0.0 or greater.\nInstall it with pip.")
+
+    monkeypatch.setattr(report_module.pio, "write_images", no_kaleido)
+    assert main(["report", "--format", "png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write png figures" in err and "kaleido" in err
+    assert (dashboard_suite / "unit.html").exists()  # the HTML dashboard is still written first
+
+
+def test_unknown_image_format_is_refused():
+    with pytest.raises(report_module.ReportError, match="unknown image format 'gif'"):
+        report_module.write_panel_images([], Path("unused"), "gif")
