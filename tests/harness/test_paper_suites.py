@@ -64,7 +64,6 @@ def build_once(monkeypatch):
     Building a 1.3b model on the meta device still costs a second on a loaded CPU, mostly in
     initialisers; the dry run's own code runs in full for every suite.
     """
-
     real_build = runner_module.build
 
     def build(spec):  # noqa: ANN001, ANN202
