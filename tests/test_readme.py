@@ -32,6 +32,12 @@ def test_readme_plugin_example_runs_from_a_suite_by_dotted_path(tmp_path, monkey
     [run] = Store().runs()
     assert run.status == "done" and run.config["model"]["mixer_settings"] == {"scale": 0.5}
     assert run.backend == "torch"
+    # CausalMean has no flops(): the fallback counts one forward of the mixer with torch's counter.
+    # Per layer (d_model 32, T 32): its projection 2*32*32*32 = 65536 (cumsum and the bias are not
+    # matmul work) + SwiGLU 3*2*32*32*96 = 589824; two layers 1310720; head 2*32*32*257 = 526336.
+    flops = {name: v for key, _step, name, v in Store().metric_values() if key == run.run_key}
+    assert flops["flops/forward_per_sequence"] == 1310720 + 526336
+    assert flops["flops/train"] == 3 * (1310720 + 526336) * 1024 // 32  # 1024 tokens = 32 sequences
 
 
 def test_readme_names_the_test_command_ci_runs():

@@ -9,6 +9,7 @@ that argmax ties and summation order cannot make the comparisons flaky.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from harness import lm_eval_adapter  # noqa: E402
-from harness.checkpoints import save_checkpoint  # noqa: E402
+from harness.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.data import ByteTokenizer, load_tokenizer  # noqa: E402
 from harness.lm_eval_adapter import LMEvalError, MixbenchLM  # noqa: E402
@@ -102,6 +103,25 @@ def greedy_continuation(model, n: int = 3) -> tuple[str, str]:
         if all(33 <= t < 127 for t in tokens):
             return context, bytes(tokens).decode()
     pytest.fail("no context with a printable greedy continuation (change the seed)")
+
+
+def expected_cloze(lm: MixbenchLM, limit: int | None = None) -> dict[str, float]:
+    """kjv_cloze's acc and acc_norm from the adapter's own ``loglikelihood`` (checked above against a
+    reference), by the task's definition: context, then " " + each choice; the choice with the
+    highest log-likelihood (acc_norm: per character of the choice) must be the answer."""
+    import json
+
+    lines = (lm_eval_adapter.TASKS_DIR / "kjv_cloze.jsonl").read_text().splitlines()
+    docs = [json.loads(line) for line in lines[:limit]]
+    reqs = [request("loglikelihood", d["context"], " " + choice) for d in docs for choice in d["choices"]]
+    scores = iter(lp for lp, _ in lm.loglikelihood(reqs))
+    acc = acc_norm = 0
+    for d in docs:
+        lls = [next(scores) for _ in d["choices"]]
+        norm = [ll / len(choice) for ll, choice in zip(lls, d["choices"])]
+        acc += max(range(len(lls)), key=lls.__getitem__) == d["answer"]
+        acc_norm += max(range(len(norm)), key=norm.__getitem__) == d["answer"]
+    return {"acc": acc / len(docs), "acc_norm": acc_norm / len(docs), "samples": len(docs)}
 
 
 # --------------------------------------------------------------------------- loglikelihood
@@ -209,8 +229,11 @@ def test_sampling_is_refused(lm):
 def test_simple_evaluate_on_the_shipped_tasks(model, lm):
     results = lm_eval_adapter.evaluate(lm, ["kjv_cloze", "kjv_ppl"])
     metrics = lm_eval_adapter.results_to_metrics(results)
-    assert metrics["lm_eval/kjv_cloze/samples"] == 50 and 0 <= metrics["lm_eval/kjv_cloze/acc"] <= 1
-    assert {"lm_eval/kjv_cloze/acc_norm", "lm_eval/kjv_cloze/acc_stderr"} <= set(metrics)
+    want = expected_cloze(lm)
+    assert want["samples"] == 50
+    for name, value in want.items():
+        assert metrics[f"lm_eval/kjv_cloze/{name}"] == value, name
+    assert "lm_eval/kjv_cloze/acc_stderr" in set(metrics)
     assert not any("sample_len" in name or "alias" in name for name in metrics)
     # bits per byte is -sum(loglikelihood) / (bytes * ln 2): the adapter's rolling sums, seen by lm-eval
     import json
@@ -252,7 +275,10 @@ def test_a_suite_stores_lm_eval_metrics_and_the_run_key_reloads(write_suite, tmp
     store = Store(tmp_path / "m.db")
     (run,) = store.runs("unit")
     values = {name: v for _key, _step, name, v in store.metric_values("unit")}
-    assert values["lm_eval/kjv_cloze/samples"] == 12 and 0 <= values["lm_eval/kjv_cloze/acc"] <= 1
+    model, _ = load_checkpoint(run.checkpoint_path)
+    want = expected_cloze(MixbenchLM.from_model(model, ByteTokenizer(), max_length=32), limit=12)
+    for name, value in want.items():
+        assert values[f"lm_eval/kjv_cloze/{name}"] == value, name
     steps = {step for _key, step, name, _v in store.metric_values("unit") if name.startswith("lm_eval/")}
     assert steps == {max(step for _key, step, _n, _v in store.metric_values("unit"))}  # the final step
 
@@ -261,7 +287,9 @@ def test_a_suite_stores_lm_eval_metrics_and_the_run_key_reloads(write_suite, tmp
                            "--limit", "12")  # fmt: skip
     assert code == 0, out
     assert "max_length 32" in out
-    assert f"lm_eval/kjv_cloze/acc {values['lm_eval/kjv_cloze/acc']:.6g}" in " ".join(out.replace("│", " ").split())
+    printed = " ".join(out.replace("│", " ").split())
+    for name, value in want.items():
+        assert f"lm_eval/kjv_cloze/{name} {value:.6g}" in printed, name
     rows = [(step, name) for _key, step, name, _v in store.metric_values("unit") if name.startswith("lm_eval/")]
     assert len(rows) == len(set(rows)), "the command's scores replace the stored ones, never duplicate them"
     assert {name for _, name in rows} == {n for n in values if n.startswith("lm_eval/")}
@@ -280,7 +308,10 @@ def test_lm_eval_command_line_with_the_mixbench_model(tmp_path):
              "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "kjv_cloze" in proc.stdout and "acc" in proc.stdout
+    # lm-eval's table: |kjv_cloze| 1|none | 0|acc |↑ |0.2500|± |0.2500|
+    printed = {m.group(1): float(m.group(2)) for m in re.finditer(r"\|(acc(?:_norm)?)\s*\|[^|]*\|\s*([0-9.]+)\s*\|", proc.stdout)}
+    want = expected_cloze(MixbenchLM.from_model(model, ByteTokenizer(), max_length=32), limit=4)
+    assert printed == {"acc": want["acc"], "acc_norm": want["acc_norm"]}, proc.stdout
 
 
 def test_an_unknown_task_fails_the_cell_before_training(write_suite, tmp_path, capsys):

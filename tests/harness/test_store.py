@@ -73,7 +73,7 @@ def test_a_live_claim_blocks_and_a_dead_one_is_retaken_without_duplicates(tmp_pa
 
 def test_failed_runs_are_retaken_and_keep_their_error_until_then(tmp_path):
     store = Store(tmp_path / "r.db")
-    store.claim(record())
+    assert store.claim(record())
     store.fail("k1", "TrainingDiverged: loss became nan at step 3 of 10")
     [run] = store.runs()
     assert run.status == "failed" and "step 3" in run.error
@@ -108,7 +108,8 @@ def test_query_reads(tmp_path):
     assert columns == ["mixer", "status"] and rows == [("attention", "done")]
     with pytest.raises(StoreError, match="no such table"):
         store.query("SELECT * FROM missing_table")
-    store.claim(record("k2"))  # the store still writes after a read-only query
+    assert store.claim(record("k2"))  # the store still writes after a read-only query
+    assert [r.run_key for r in store.runs()] == ["k1", "k2"]
 
 
 def test_newer_schema_is_refused_with_a_message(tmp_path):

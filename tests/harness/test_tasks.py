@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
 from harness.store import Store
-from harness.suite import SuiteError, load_suite
+from harness.suite import SuiteError, TrainSection, load_suite
 from harness.tasks import (
     IGNORE_INDEX,
     Task,
@@ -26,6 +26,8 @@ from harness.tasks import (
     register_task,
 )
 from harness.tasks.report import best_of_grid, task_figures
+from harness.train import plan_training, train
+from models import ModelSpec, build
 
 SMALL = {
     "mqar": {"num_kv_pairs": 6, "vocab_size": 40},
@@ -128,18 +130,45 @@ def test_selective_copy_targets_are_the_scattered_tokens_in_order(tokens, extra,
     check_copy(task, seqs.inputs, seqs.targets)
 
 
-def test_dataset_adapter_feeds_the_training_loss_only_scored_positions():
+def test_dataset_adapter_gives_the_sequences_asked_for():
     task = get_task("mqar")(num_kv_pairs=4, vocab_size=32)
     data = load_task_data(task, seq_len=24, n_train=50, n_val=10, seed=0)
     assert (len(data.train), len(data.val), data.vocab_size) == (50, 10, 32)
     inputs, targets = data.batch("train", [3, 1, 4])
     assert torch.equal(inputs, data.train.inputs[[3, 1, 4]]) and torch.equal(targets, data.train.targets[[3, 1, 4]])
-    logits = torch.randn(3, 24, 32)
-    mask = targets != IGNORE_INDEX
-    expected = F.cross_entropy(logits[mask], targets[mask])
-    assert torch.allclose(F.cross_entropy(logits.flatten(0, 1), targets.flatten()), expected)  # train()'s loss
     with pytest.raises(ValueError, match="split must be"):
         data.batch("test", [0])
+
+
+def test_a_real_training_step_puts_no_gradient_on_unscored_logits():
+    """One step of ``train()`` itself: the logits at positions the task does not score get exactly zero gradient."""
+    task = get_task("mqar")(num_kv_pairs=4, vocab_size=32)
+    data = load_task_data(task, seq_len=24, n_train=50, n_val=10, seed=0)
+    picked, grads = [], []
+
+    class Recording:  # the task data, noting which sequences train() takes
+        train, val, vocab_size = data.train, data.val, data.vocab_size
+
+        def batch(self, split, indices):  # noqa: ANN001, ANN202
+            picked.append(np.asarray(indices).copy())
+            return data.batch(split, indices)
+
+    torch.manual_seed(0)
+    model = build(ModelSpec.parse("attention@transformer", "micro", task.vocab_size))
+
+    def keep_logits_grad(_module, _inputs, logits) -> None:  # noqa: ANN001
+        logits.register_hook(grads.append)
+
+    model.register_forward_hook(keep_logits_grad)
+    cfg = TrainSection(tokens=3 * 24, batch_tokens=3 * 24, lr=1e-3)
+    plan = plan_training(cfg, model.num_params(), 24)
+    assert (plan.steps, plan.batch_size) == (1, 3)
+    train(model, Recording(), cfg, plan, torch.device("cpu"))
+    [indices], [grad] = picked, grads
+    scored = data.train.targets[indices] != IGNORE_INDEX  # the generator's own targets, not the batch's
+    assert scored.any() and (~scored).any()
+    assert torch.count_nonzero(grad[~scored]) == 0
+    assert (grad[scored].abs().sum(-1) > 0).all()
 
 
 def test_task_registry_names_the_known_tasks():
