@@ -1,0 +1,404 @@
+"""TTT-Linear in Triton: the dual form of ``kernels.ttt.dual.ttt_dual`` fused into one kernel per pass.
+
+One program per (batch, head) holds ``W`` (``d x d``), ``b`` and the partial gradient sum in
+registers, in float32 whatever the input dtype, and walks the mini-batches in order. For each
+chunk of tokens (a mini-batch, or the part of one that a state starting or ending mid-mini-batch
+covers) it does what ``ttt_dual`` does with separate PyTorch ops (same notation):
+
+    Z = X W + b;  G = d/dZ 1/2 ||LN(Z) - (V - X)||^2          (analytic LayerNorm+L2 gradient)
+    Zq = Q W + b - (eta * (Q X^T + 1)) G  [- s * (Q G_acc + g_acc) when the chunk starts mid-mini-batch]
+    y = Q + LN(Zq)                                            (output LayerNorm and residual)
+    W, b <- W - s_last (G_acc + X^T (lr * G)), ...            (at the end of a mini-batch; else G_acc grows)
+
+The backward kernel walks the chunks in reverse with the same layout, carrying the gradient of
+the weights at the start of the next chunk, and recomputes every per-chunk quantity (Z, G, the
+score matrix, the output LayerNorm) from the weights at the chunk's start. Those weights are
+either **stored** by the forward pass (``checkpoint=False``, the default: ``(d*d + d)`` float32
+per head per mini-batch, i.e. ``4 (d + 1) / b * d`` bytes per token per head, 1040 B at
+d=64, b=16, about 2.7x a bf16 q, k, v) or **recomputed** by running the forward kernel again
+inside the backward (``checkpoint=True``: no memory kept between forward and backward beyond
+the inputs, one more forward pass of time, about a third of forward+backward).
+
+Shape rules: ``tl.dot`` needs every dim >= 16, so a chunk is a block of ``max(16, b)`` rows
+(rounded up to a power of two), the rows past the chunk masked to zero (a zero learning rate
+and token scale make them contribute nothing); ``head_dim`` must be a power of two >= 16.
+The inner model must be the one TTT-Linear uses: one dense layer with a bias, the LayerNorm
+and the residual (``ttt_dual`` covers the other knobs).
+
+Decode: the same forward kernel launched on one token is the fused decode step (one launch
+updates W/b/the gradient sum and writes the output).
+
+Set ``TRITON_INTERPRET=1`` *before importing this module* to run the kernels on CPU
+(``import_interpreted`` does that for tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.ttt.inner import LN_EPS, TTTState
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _row_layer_norm(z, D: tl.constexpr, EPS: tl.constexpr):
+    """``(z_hat, rstd)`` of a LayerNorm over the last dim, without the affine part."""
+    centred = z - tl.sum(z, axis=1)[:, None] / D
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / D + EPS)
+    return centred * rstd[:, None], rstd
+
+
+@triton.jit
+def _chunk_bounds(c, start_pos, seq, MB: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Token range ``[t0, t0 + n)`` of chunk ``c``, its first position in the mini-batch, row masks."""
+    t0 = tl.maximum(c * MB - start_pos, 0)
+    t1 = tl.minimum((c + 1) * MB - start_pos, seq)
+    p = t0 + start_pos - c * MB
+    rows = tl.arange(0, BLOCK_N)
+    valid = rows < t1 - t0
+    return t0, t1 - t0, p, rows, valid
+
+
+@triton.jit
+def _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, D: tl.constexpr):
+    offs = base + (t0 + rows)[:, None] * D + cols[None, :]
+    q = tl.load(Q + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+    x = tl.load(K + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+    v = tl.load(V + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+    lr = tl.load(LR + tok_base + t0 + rows, mask=valid, other=0.0).to(tl.float32)
+    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
+    return offs, q, x, v, lr, s
+
+
+@triton.jit
+def _ttt_linear_fwd(
+    Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
+    W0, B0, GW0, GB0,  # the state in: (BH, D, D), (BH, D), (BH, D, D), (BH, D)
+    Y, W1, B1, GW1, GB1,  # outputs: (BH, T, D) and the state out
+    WS, BS,  # per-chunk weights at the chunk start, (BH, n_chunks, D, D) / (BH, n_chunks, D) if SAVE
+    seq, heads, start_pos, n_chunks,
+    D: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, D)
+    mat = cols[:, None] * D + cols[None, :]
+    w = tl.load(W0 + pid * D * D + mat).to(tl.float32)
+    b = tl.load(B0 + pid * D + cols).to(tl.float32)
+    gw = tl.zeros((D, D), tl.float32)
+    gb = tl.zeros((D,), tl.float32)
+    if HAS_ACC:
+        gw += tl.load(GW0 + pid * D * D + mat).to(tl.float32)
+        gb += tl.load(GB0 + pid * D + cols).to(tl.float32)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols).to(tl.float32)
+    base, tok_base = pid * seq * D, pid * seq
+    for c in range(n_chunks):
+        t0, n, p, rows, valid = _chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+        offs, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, D)
+        if SAVE:
+            tl.store(WS + (pid * n_chunks + c) * D * D + mat, w)
+            tl.store(BS + (pid * n_chunks + c) * D + cols, b)
+        # The analytic gradient of the reconstruction loss at the chunk's starting weights.
+        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], D, EPS)
+        g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
+        g = rstd[:, None] * (
+            g_hat - tl.sum(g_hat, axis=1)[:, None] / D - z_hat * (tl.sum(g_hat * z_hat, axis=1) / D)[:, None]
+        )
+        # The dual-form output at the queries.
+        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
+        mix = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
+        zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
+        if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
+            zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
+        zq_hat, _ = _row_layer_norm(zq, D, EPS)
+        y = q + zq_hat * ln_w[None, :] + ln_b[None, :]
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=valid[:, None])
+        # The update: into the running sum, and into W, b when the chunk closes its mini-batch.
+        lr_g = lr[:, None] * g
+        gw += tl.dot(tl.trans(x), lr_g, input_precision=PREC)
+        gb += tl.sum(lr_g, axis=0)
+        closes = (p + n == MB).to(tl.float32)
+        s_last = tl.load(TS + p + n - 1).to(tl.float32) * closes
+        w -= s_last * gw
+        b -= s_last * gb
+        gw *= 1.0 - closes
+        gb *= 1.0 - closes
+    tl.store(W1 + pid * D * D + mat, w)
+    tl.store(B1 + pid * D + cols, b)
+    tl.store(GW1 + pid * D * D + mat, gw)
+    tl.store(GB1 + pid * D + cols, gb)
+
+
+@triton.jit
+def _ttt_linear_bwd(
+    Q, K, V, LR, TS, LNW, LNB, GW0, GB0, WS, BS,  # forward inputs and the stored chunk-start weights
+    DY, DW1, DB1, DGW1, DGB1,  # gradients of the outputs
+    DQ, DK, DV, DLR, DTS, DLNW, DLNB, DW0, DB0, DGW0, DGB0,  # gradients of the inputs (DTS, DLN*: per program)
+    seq, heads, start_pos, n_chunks,
+    D: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, D)
+    mat = cols[:, None] * D + cols[None, :]
+    # Gradients w.r.t. the state after the chunk being processed (start: the final state).
+    dw = tl.load(DW1 + pid * D * D + mat)
+    db = tl.load(DB1 + pid * D + cols)
+    dgw = tl.load(DGW1 + pid * D * D + mat)
+    dgb = tl.load(DGB1 + pid * D + cols)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols).to(tl.float32)
+    dln_w = tl.zeros((D,), tl.float32)
+    dln_b = tl.zeros((D,), tl.float32)
+    base, tok_base = pid * seq * D, pid * seq
+    for back in range(n_chunks):
+        c = n_chunks - 1 - back
+        t0, n, p, rows, valid = _chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+        offs, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, D)
+        dy = tl.load(DY + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+        w = tl.load(WS + (pid * n_chunks + c) * D * D + mat)
+        b = tl.load(BS + (pid * n_chunks + c) * D + cols)
+        gw = tl.zeros((D, D), tl.float32)
+        gb = tl.zeros((D,), tl.float32)
+        if HAS_ACC:  # only the first chunk starts with a non-zero running sum
+            first = (c == 0).to(tl.float32)
+            gw += first * tl.load(GW0 + pid * D * D + mat).to(tl.float32)
+            gb += first * tl.load(GB0 + pid * D + cols).to(tl.float32)
+        # Recompute the chunk's forward.
+        target = v - x
+        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], D, EPS)
+        g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - target) * ln_w[None, :]
+        zg = tl.sum(g_hat * z_hat, axis=1) / D
+        g_in = g_hat - tl.sum(g_hat, axis=1)[:, None] / D - z_hat * zg[:, None]
+        g = rstd[:, None] * g_in
+        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
+        scores = tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0
+        mix = eta * scores
+        zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
+        if HAS_ACC:
+            acc_q = tl.dot(q, gw, input_precision=PREC) + gb[None, :]
+            zq -= s[:, None] * acc_q
+        zq_hat, rstd_q = _row_layer_norm(zq, D, EPS)
+        lr_g = lr[:, None] * g
+        gw_total = gw + tl.dot(tl.trans(x), lr_g, input_precision=PREC)
+        gb_total = gb + tl.sum(lr_g, axis=0)
+        closes = (p + n == MB).to(tl.float32)
+        s_last = tl.load(TS + p + n - 1).to(tl.float32)
+
+        # The update: W' = W - s_last * total (closing) or the running sum becomes total.
+        d_total_w = closes * (-s_last * dw) + (1.0 - closes) * dgw
+        d_total_b = closes * (-s_last * db) + (1.0 - closes) * dgb
+        ds_last = -closes * (tl.sum(tl.sum(dw * gw_total, axis=1), axis=0) + tl.sum(db * gb_total, axis=0))
+        dgw = d_total_w
+        dgb = d_total_b
+        # The output: y = q + LN(zq) * ln_w + ln_b.
+        dln_w += tl.sum(dy * zq_hat, axis=0)
+        dln_b += tl.sum(dy, axis=0)
+        dzq_hat = dy * ln_w[None, :]
+        dzq = rstd_q[:, None] * (
+            dzq_hat - tl.sum(dzq_hat, axis=1)[:, None] / D
+            - zq_hat * (tl.sum(dzq_hat * zq_hat, axis=1) / D)[:, None]
+        )  # fmt: skip
+        dq = dy + tl.dot(dzq, tl.trans(w), input_precision=PREC)
+        dw += tl.dot(tl.trans(q), dzq, input_precision=PREC)
+        db += tl.sum(dzq, axis=0)
+        dmix = -tl.dot(dzq, tl.trans(g), input_precision=PREC)
+        dg = -tl.dot(tl.trans(mix), dzq, input_precision=PREC)
+        ds = tl.where(rows == n - 1, ds_last, 0.0)
+        if HAS_ACC:
+            s_dzq = s[:, None] * dzq
+            dq -= tl.dot(s_dzq, tl.trans(gw), input_precision=PREC)
+            dgw = dgw - tl.dot(tl.trans(q), s_dzq, input_precision=PREC)
+            dgb = dgb - tl.sum(s_dzq, axis=0)
+            ds -= tl.sum(dzq * acc_q, axis=1)
+        # The running sum's new term: X^T (lr * G) and sum(lr * G).
+        dlr_g = tl.dot(x, d_total_w, input_precision=PREC) + d_total_b[None, :]
+        dx = tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC)
+        dg += lr[:, None] * dlr_g
+        dlr = tl.sum(dlr_g * g, axis=1)
+        # mix = eta * (Q X^T + 1) with eta[i, j] = s_i lr_j (j <= i).
+        deta = tl.where(rows[None, :] <= rows[:, None], dmix * scores, 0.0)
+        dscores = dmix * eta
+        dq += tl.dot(dscores, x, input_precision=PREC)
+        dx += tl.dot(tl.trans(dscores), q, input_precision=PREC)
+        ds += tl.sum(deta * lr[None, :], axis=1)
+        dlr += tl.sum(deta * s[:, None], axis=0)
+        # G = rstd * (g_hat - mean(g_hat) - z_hat * mean(g_hat z_hat)), g_hat = (z_hat ln_w + ln_b - target) ln_w.
+        dg_hat = rstd[:, None] * (
+            dg - tl.sum(dg, axis=1)[:, None] / D - z_hat * (tl.sum(dg * z_hat, axis=1) / D)[:, None]
+        )
+        dz_hat = -rstd[:, None] * (dg * zg[:, None] + g_hat * (tl.sum(dg * z_hat, axis=1) / D)[:, None])
+        drstd = tl.sum(dg * g_in, axis=1)
+        dz_hat += dg_hat * ln_w[None, :] * ln_w[None, :]
+        dtarget = -dg_hat * ln_w[None, :]
+        dln_w += tl.sum(dg_hat * (2.0 * z_hat * ln_w[None, :] + ln_b[None, :] - target), axis=0)
+        dln_b += tl.sum(dg_hat * ln_w[None, :], axis=0)
+        dz = rstd[:, None] * (
+            dz_hat - tl.sum(dz_hat, axis=1)[:, None] / D
+            - z_hat * (tl.sum(dz_hat * z_hat, axis=1) / D)[:, None]
+        ) - (rstd * rstd * drstd / D)[:, None] * z_hat  # fmt: skip
+        dx += tl.dot(dz, tl.trans(w), input_precision=PREC) - dtarget
+        dw += tl.dot(tl.trans(x), dz, input_precision=PREC)
+        db += tl.sum(dz, axis=0)
+
+        tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=valid[:, None])
+        tl.store(DK + offs, dx.to(DK.dtype.element_ty), mask=valid[:, None])
+        tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=valid[:, None])
+        tl.store(DLR + tok_base + t0 + rows, dlr, mask=valid)
+        tl.store(DTS + tok_base + t0 + rows, ds, mask=valid)
+    tl.store(DW0 + pid * D * D + mat, dw)
+    tl.store(DB0 + pid * D + cols, db)
+    tl.store(DGW0 + pid * D * D + mat, dgw)
+    tl.store(DGB0 + pid * D + cols, dgb)
+    tl.store(DLNW + pid * D + cols, dln_w)
+    tl.store(DLNB + pid * D + cols, dln_b)
+
+
+def _launch_options(dim: int, mb: int, dtype: torch.dtype) -> dict:
+    """Block sizes and precision: float32 inputs use full-precision dots, others TF32."""
+    return dict(
+        D=dim,
+        MB=mb,
+        BLOCK_N=max(16, triton.next_power_of_2(mb)),
+        PREC="ieee" if dtype == torch.float32 else "tf32",
+        EPS=LN_EPS,
+        num_warps=4 if dim <= 64 else 8,
+    )
+
+
+def _forward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, start_pos: int, save: bool):
+    """Launch the forward kernel on flat ``(BH, ...)`` contiguous tensors; returns y, state, saved."""
+    bh, seq, dim = q.shape
+    mb = ts.shape[0]
+    n_chunks = -(-(seq + start_pos) // mb)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    y = torch.empty_like(q)
+    w1, b1, gw1, gb1 = (torch.empty(bh, *t.shape[1:], **f32) for t in (w0, b0, gw0, gb0))
+    ws = torch.empty(bh, n_chunks, dim, dim, **f32) if save else w1
+    bs = torch.empty(bh, n_chunks, dim, **f32) if save else b1
+    _ttt_linear_fwd[(bh,)](
+        q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, y, w1, b1, gw1, gb1, ws, bs,
+        seq, ln_w.shape[0], start_pos, n_chunks,
+        HAS_ACC=start_pos > 0, SAVE=save, **_launch_options(dim, mb, q.dtype),
+    )  # fmt: skip
+    return y, (w1, b1, gw1, gb1), (ws, bs)
+
+
+class _TTTLinearFn(torch.autograd.Function):
+    """Forward and backward kernels on flat tensors; the state in and out are differentiable."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, start_pos: int, checkpoint: bool):
+        y, state, saved = _forward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, start_pos, save=not checkpoint)
+        ctx.start_pos, ctx.checkpoint = start_pos, checkpoint
+        ctx.save_for_backward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, *(() if checkpoint else saved))
+        return (y, *state)
+
+    @staticmethod
+    def backward(ctx, dy, dw1, db1, dgw1, dgb1):
+        q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, *saved = ctx.saved_tensors
+        if ctx.checkpoint:  # recompute the chunk-start weights: one more forward pass, no memory kept
+            saved = _forward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, ctx.start_pos, save=True)[2]
+        bh, seq, dim = q.shape
+        mb = ts.shape[0]
+
+        def grad_or_zeros(g, like):
+            return torch.zeros(like.shape, device=like.device, dtype=torch.float32) if g is None else g.float().contiguous()
+
+        dy = grad_or_zeros(dy, q)
+        dw1, db1, dgw1, dgb1 = (grad_or_zeros(g, t) for g, t in zip((dw1, db1, dgw1, dgb1), (w0, b0, gw0, gb0)))
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        f32 = dict(device=q.device, dtype=torch.float32)
+        dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
+        dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
+        dw0, db0, dgw0, dgb0 = (torch.empty(t.shape, **f32) for t in (w0, b0, gw0, gb0))
+        _ttt_linear_bwd[(bh,)](
+            q, k, v, lr, ts, ln_w, ln_b, gw0, gb0, *saved, dy, dw1, db1, dgw1, dgb1,
+            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, dw0, db0, dgw0, dgb0,
+            seq, ln_w.shape[0], ctx.start_pos, -(-(seq + ctx.start_pos) // mb),
+            HAS_ACC=ctx.start_pos > 0, **_launch_options(dim, mb, q.dtype),
+        )  # fmt: skip
+        heads = ln_w.shape[0]
+        positions = (torch.arange(seq, device=q.device) + ctx.start_pos) % mb
+        dts = torch.zeros(mb, **f32).index_add_(0, positions, dts_tok.sum(0))
+        grads = (dq, dk, dv, dlr.to(lr.dtype), dts.to(ts.dtype))
+        grads += (dln_w.view(-1, heads, dim).sum(0).to(ln_w.dtype), dln_b.view(-1, heads, dim).sum(0).to(ln_b.dtype))
+        grads += (dw0.to(w0.dtype), db0.to(b0.dtype), dgw0.to(gw0.dtype), dgb0.to(gb0.dtype))
+        return (*grads, None, None)
+
+
+def _check(q, state: TTTState, ln_weight, residual: bool) -> None:
+    dim = q.shape[-1]
+    if len(state.params) != 1 or state.params[0][1] is None or ln_weight is None or not residual:
+        raise ValueError(
+            "ttt_linear_triton: the kernel computes TTT-Linear's inner model (one dense layer with a bias, "
+            "LayerNorm and residual); use ttt_dual for other inner models"
+        )
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"ttt_linear_triton: head_dim must be a power of two >= 16, got {dim}")
+
+
+def ttt_linear_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    state: TTTState,
+    *,
+    token_scale: torch.Tensor,
+    ln_weight: torch.Tensor | None = None,
+    ln_bias: torch.Tensor | None = None,
+    residual: bool = True,
+    checkpoint: bool = False,
+) -> tuple[torch.Tensor, TTTState]:
+    """TTT-Linear over a sequence in Triton: the same function and signature as ``ttt_dual``.
+
+    The carried state comes back in float32 whatever the input dtype; ``checkpoint=True``
+    recomputes the per-mini-batch weights in the backward instead of storing them.
+    """
+    _check(q, state, ln_weight, residual)
+    batch, heads, seq, dim = q.shape
+    bh = batch * heads
+
+    def flat(t: torch.Tensor, *shape: int) -> torch.Tensor:
+        return t.expand(batch, heads, *t.shape[2:]).reshape(bh, *shape).contiguous()
+
+    (w0, b0), (gw0, gb0) = state.params[0], state.grads[0]
+    ln_w, ln_b = ln_weight.reshape(heads, dim).contiguous(), ln_bias.reshape(heads, dim).contiguous()
+    args = (flat(q, seq, dim), flat(k, seq, dim), flat(v, seq, dim), flat(lr, seq), token_scale.contiguous(), ln_w, ln_b)
+    args += (flat(w0, dim, dim), flat(b0, dim), flat(gw0, dim, dim), flat(gb0, dim))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        y, w1, b1, gw1, gb1 = _TTTLinearFn.apply(*args, state.pos, checkpoint)
+    else:
+        y, (w1, b1, gw1, gb1), _ = _forward(*args, state.pos, save=False)
+    pos = (state.pos + seq) % len(token_scale)
+    w1, gw1 = w1.view(batch, heads, dim, dim), gw1.view(batch, heads, dim, dim)
+    b1, gb1 = b1.view(batch, heads, 1, dim), gb1.view(batch, heads, 1, dim)
+    return y.view(batch, heads, seq, dim), TTTState(((w1, b1),), ((gw1, gb1),), pos)
+
+
+def import_interpreted():
+    """This module with its kernels built for the Triton interpreter (CPU): for tests.
+
+    ``TRITON_INTERPRET`` is read when a kernel is decorated, so the module is (re)loaded with it
+    set, and the variable is put back as it was so nothing else in the process is affected.
+    """
+    module = importlib.import_module(__name__)
+    if module.INTERPRETED:
+        return module
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return importlib.reload(module)
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
