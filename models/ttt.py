@@ -30,14 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ttt import FORMS, fresh_state
+from kernels.ttt import FORMS, fresh_state, triton_unavailable_reason
 from models.layers import CausalDepthwiseConv, rotary_cos_sin
 from models.mixer import Backend, SequenceMixer, always
 from models.registry import register_mixer
-
-
-def _no_triton_kernel(device: torch.device | None) -> str | None:
-    return "Triton kernel not implemented yet (issue: TTT Triton kernel)"
 
 
 def rotary_adjacent_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -56,7 +52,7 @@ class TTTLayer(SequenceMixer):
     """The shared outer layer; a subclass only names its inner model's hidden widths."""
 
     backends = (
-        Backend("triton", _no_triton_kernel),
+        Backend("triton", triton_unavailable_reason),  # also step(): one fused launch per token
         Backend("dual", always),
         Backend("primal", always),  # the reference: selectable, never picked by "auto"
     )

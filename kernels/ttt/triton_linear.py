@@ -14,44 +14,52 @@ The backward kernel walks the chunks in reverse with the same layout, carrying t
 the weights at the start of the next chunk, and recomputes every per-chunk quantity (Z, G, the
 score matrix, the output LayerNorm) from the weights at the chunk's start. Those weights are
 either **stored** by the forward pass (``checkpoint=False``, the default: ``(d*d + d)`` float32
-per head per mini-batch, i.e. ``4 (d + 1) / b * d`` bytes per token per head, 1040 B at
+per head per mini-batch, i.e. ``4 d (d + 1) / b`` bytes per token per head: 1040 B at
 d=64, b=16, about 2.7x a bf16 q, k, v) or **recomputed** by running the forward kernel again
 inside the backward (``checkpoint=True``: no memory kept between forward and backward beyond
 the inputs, one more forward pass of time, about a third of forward+backward).
 
 Shape rules: ``tl.dot`` needs every dim >= 16, so a chunk is a block of ``max(16, b)`` rows
 (rounded up to a power of two), the rows past the chunk masked to zero (a zero learning rate
-and token scale make them contribute nothing); ``head_dim`` must be a power of two >= 16.
+and token scale make them contribute nothing); likewise ``head_dim`` is padded to a power of two
+>= 16 with masked columns (powers of two >= 16 waste nothing; 96, at 760m, pads to 128).
 The inner model must be the one TTT-Linear uses: one dense layer with a bias, the LayerNorm
 and the residual (``ttt_dual`` covers the other knobs).
 
 Decode: the same forward kernel launched on one token is the fused decode step (one launch
 updates W/b/the gradient sum and writes the output).
 
-Set ``TRITON_INTERPRET=1`` *before importing this module* to run the kernels on CPU
-(``import_interpreted`` does that for tests).
+Set ``TRITON_INTERPRET=1`` before triton is first imported in the process to run the kernels
+on CPU (tests/kernels/test_ttt_triton.py does it in a subprocess).
 """
 
 from __future__ import annotations
-
-import importlib
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels.ttt.inner import LN_EPS, TTTState
+from kernels.ttt.triton_backend import check_supported
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+@triton.jit
+def _centre(a, cmask, D: tl.constexpr):
+    """``a`` minus its row mean over the ``D`` real columns; zero in the padding columns."""
+    return tl.where(cmask[None, :], a - tl.sum(a, axis=1)[:, None] / D, 0.0)
 
 
 @triton.jit
-def _row_layer_norm(z, D: tl.constexpr, EPS: tl.constexpr):
+def _row_layer_norm(z, cmask, D: tl.constexpr, EPS: tl.constexpr):
     """``(z_hat, rstd)`` of a LayerNorm over the last dim, without the affine part."""
-    centred = z - tl.sum(z, axis=1)[:, None] / D
+    centred = _centre(z, cmask, D)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / D + EPS)
     return centred * rstd[:, None], rstd
+
+
+@triton.jit
+def _ln_project(a, z_hat, rstd, cmask, D: tl.constexpr):
+    """``rstd * (a - mean(a) - z_hat * mean(a * z_hat))``: a LayerNorm's backward applied to ``a``."""
+    return rstd[:, None] * (_centre(a, cmask, D) - z_hat * (tl.sum(a * z_hat, axis=1) / D)[:, None])
 
 
 @triton.jit
@@ -66,14 +74,15 @@ def _chunk_bounds(c, start_pos, seq, MB: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, D: tl.constexpr):
+def _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D: tl.constexpr):
     offs = base + (t0 + rows)[:, None] * D + cols[None, :]
-    q = tl.load(Q + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-    x = tl.load(K + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-    v = tl.load(V + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+    mask = valid[:, None] & cmask[None, :]
+    q = tl.load(Q + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(K + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
     lr = tl.load(LR + tok_base + t0 + rows, mask=valid, other=0.0).to(tl.float32)
     s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
-    return offs, q, x, v, lr, s
+    return offs, mask, q, x, v, lr, s
 
 
 @triton.jit
@@ -81,45 +90,45 @@ def _ttt_linear_fwd(
     Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
     W0, B0, GW0, GB0,  # the state in: (BH, D, D), (BH, D), (BH, D, D), (BH, D)
     Y, W1, B1, GW1, GB1,  # outputs: (BH, T, D) and the state out
-    WS, BS,  # per-chunk weights at the chunk start, (BH, n_chunks, D, D) / (BH, n_chunks, D) if SAVE
+    WS, BS,  # weights at each chunk's start, (BH, n_chunks, BD, BD) / (BH, n_chunks, BD), if SAVE
     seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, D)
-    mat = cols[:, None] * D + cols[None, :]
-    w = tl.load(W0 + pid * D * D + mat).to(tl.float32)
-    b = tl.load(B0 + pid * D + cols).to(tl.float32)
-    gw = tl.zeros((D, D), tl.float32)
-    gb = tl.zeros((D,), tl.float32)
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    mat, mmask = cols[:, None] * D + cols[None, :], cmask[:, None] & cmask[None, :]
+    block = cols[:, None] * BD + cols[None, :]
+    w = tl.load(W0 + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
+    b = tl.load(B0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    gw = tl.zeros((BD, BD), tl.float32)
+    gb = tl.zeros((BD,), tl.float32)
     if HAS_ACC:
-        gw += tl.load(GW0 + pid * D * D + mat).to(tl.float32)
-        gb += tl.load(GB0 + pid * D + cols).to(tl.float32)
-    ln_w = tl.load(LNW + (pid % heads) * D + cols).to(tl.float32)
-    ln_b = tl.load(LNB + (pid % heads) * D + cols).to(tl.float32)
+        gw += tl.load(GW0 + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
+        gb += tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     base, tok_base = pid * seq * D, pid * seq
     for c in range(n_chunks):
         t0, n, p, rows, valid = _chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-        offs, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, D)
+        offs, mask, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
         if SAVE:
-            tl.store(WS + (pid * n_chunks + c) * D * D + mat, w)
-            tl.store(BS + (pid * n_chunks + c) * D + cols, b)
+            tl.store(WS + (pid * n_chunks + c) * BD * BD + block, w)
+            tl.store(BS + (pid * n_chunks + c) * BD + cols, b)
         # The analytic gradient of the reconstruction loss at the chunk's starting weights.
-        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], D, EPS)
+        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
-        g = rstd[:, None] * (
-            g_hat - tl.sum(g_hat, axis=1)[:, None] / D - z_hat * (tl.sum(g_hat * z_hat, axis=1) / D)[:, None]
-        )
+        g = _ln_project(g_hat, z_hat, rstd, cmask, D)
         # The dual-form output at the queries.
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
         mix = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
         zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
             zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
-        zq_hat, _ = _row_layer_norm(zq, D, EPS)
+        zq_hat, _ = _row_layer_norm(zq, cmask, D, EPS)
         y = q + zq_hat * ln_w[None, :] + ln_b[None, :]
-        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=valid[:, None])
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
         # The update: into the running sum, and into W, b when the chunk closes its mini-batch.
         lr_g = lr[:, None] * g
         gw += tl.dot(tl.trans(x), lr_g, input_precision=PREC)
@@ -130,10 +139,10 @@ def _ttt_linear_fwd(
         b -= s_last * gb
         gw *= 1.0 - closes
         gb *= 1.0 - closes
-    tl.store(W1 + pid * D * D + mat, w)
-    tl.store(B1 + pid * D + cols, b)
-    tl.store(GW1 + pid * D * D + mat, gw)
-    tl.store(GB1 + pid * D + cols, gb)
+    tl.store(W1 + pid * D * D + mat, w, mask=mmask)
+    tl.store(B1 + pid * D + cols, b, mask=cmask)
+    tl.store(GW1 + pid * D * D + mat, gw, mask=mmask)
+    tl.store(GB1 + pid * D + cols, gb, mask=cmask)
 
 
 @triton.jit
@@ -142,41 +151,43 @@ def _ttt_linear_bwd(
     DY, DW1, DB1, DGW1, DGB1,  # gradients of the outputs
     DQ, DK, DV, DLR, DTS, DLNW, DLNB, DW0, DB0, DGW0, DGB0,  # gradients of the inputs (DTS, DLN*: per program)
     seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, D)
-    mat = cols[:, None] * D + cols[None, :]
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    mat, mmask = cols[:, None] * D + cols[None, :], cmask[:, None] & cmask[None, :]
+    block = cols[:, None] * BD + cols[None, :]
     # Gradients w.r.t. the state after the chunk being processed (start: the final state).
-    dw = tl.load(DW1 + pid * D * D + mat)
-    db = tl.load(DB1 + pid * D + cols)
-    dgw = tl.load(DGW1 + pid * D * D + mat)
-    dgb = tl.load(DGB1 + pid * D + cols)
-    ln_w = tl.load(LNW + (pid % heads) * D + cols).to(tl.float32)
-    ln_b = tl.load(LNB + (pid % heads) * D + cols).to(tl.float32)
-    dln_w = tl.zeros((D,), tl.float32)
-    dln_b = tl.zeros((D,), tl.float32)
+    dw = tl.load(DW1 + pid * D * D + mat, mask=mmask, other=0.0)
+    db = tl.load(DB1 + pid * D + cols, mask=cmask, other=0.0)
+    dgw = tl.load(DGW1 + pid * D * D + mat, mask=mmask, other=0.0)
+    dgb = tl.load(DGB1 + pid * D + cols, mask=cmask, other=0.0)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    dln_w = tl.zeros((BD,), tl.float32)
+    dln_b = tl.zeros((BD,), tl.float32)
     base, tok_base = pid * seq * D, pid * seq
     for back in range(n_chunks):
         c = n_chunks - 1 - back
         t0, n, p, rows, valid = _chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-        offs, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, D)
-        dy = tl.load(DY + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-        w = tl.load(WS + (pid * n_chunks + c) * D * D + mat)
-        b = tl.load(BS + (pid * n_chunks + c) * D + cols)
-        gw = tl.zeros((D, D), tl.float32)
-        gb = tl.zeros((D,), tl.float32)
+        offs, mask, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(WS + (pid * n_chunks + c) * BD * BD + block)
+        b = tl.load(BS + (pid * n_chunks + c) * BD + cols)
+        gw = tl.zeros((BD, BD), tl.float32)
+        gb = tl.zeros((BD,), tl.float32)
         if HAS_ACC:  # only the first chunk starts with a non-zero running sum
             first = (c == 0).to(tl.float32)
-            gw += first * tl.load(GW0 + pid * D * D + mat).to(tl.float32)
-            gb += first * tl.load(GB0 + pid * D + cols).to(tl.float32)
+            gw += first * tl.load(GW0 + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
+            gb += first * tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
         # Recompute the chunk's forward.
         target = v - x
-        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], D, EPS)
+        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - target) * ln_w[None, :]
         zg = tl.sum(g_hat * z_hat, axis=1) / D
-        g_in = g_hat - tl.sum(g_hat, axis=1)[:, None] / D - z_hat * zg[:, None]
+        g_in = _centre(g_hat, cmask, D) - z_hat * zg[:, None]
         g = rstd[:, None] * g_in
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
         scores = tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0
@@ -185,14 +196,15 @@ def _ttt_linear_bwd(
         if HAS_ACC:
             acc_q = tl.dot(q, gw, input_precision=PREC) + gb[None, :]
             zq -= s[:, None] * acc_q
-        zq_hat, rstd_q = _row_layer_norm(zq, D, EPS)
+        zq_hat, rstd_q = _row_layer_norm(zq, cmask, D, EPS)
         lr_g = lr[:, None] * g
         gw_total = gw + tl.dot(tl.trans(x), lr_g, input_precision=PREC)
         gb_total = gb + tl.sum(lr_g, axis=0)
         closes = (p + n == MB).to(tl.float32)
         s_last = tl.load(TS + p + n - 1).to(tl.float32)
 
-        # The update: W' = W - s_last * total (closing) or the running sum becomes total.
+        # The update: W' = W - s_last * total when the chunk closes its mini-batch, else the
+        # running sum becomes total (total = running sum + X^T (lr G)).
         d_total_w = closes * (-s_last * dw) + (1.0 - closes) * dgw
         d_total_b = closes * (-s_last * db) + (1.0 - closes) * dgb
         ds_last = -closes * (tl.sum(tl.sum(dw * gw_total, axis=1), axis=0) + tl.sum(db * gb_total, axis=0))
@@ -201,11 +213,7 @@ def _ttt_linear_bwd(
         # The output: y = q + LN(zq) * ln_w + ln_b.
         dln_w += tl.sum(dy * zq_hat, axis=0)
         dln_b += tl.sum(dy, axis=0)
-        dzq_hat = dy * ln_w[None, :]
-        dzq = rstd_q[:, None] * (
-            dzq_hat - tl.sum(dzq_hat, axis=1)[:, None] / D
-            - zq_hat * (tl.sum(dzq_hat * zq_hat, axis=1) / D)[:, None]
-        )  # fmt: skip
+        dzq = _ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
         dq = dy + tl.dot(dzq, tl.trans(w), input_precision=PREC)
         dw += tl.dot(tl.trans(q), dzq, input_precision=PREC)
         db += tl.sum(dzq, axis=0)
@@ -230,41 +238,43 @@ def _ttt_linear_bwd(
         dx += tl.dot(tl.trans(dscores), q, input_precision=PREC)
         ds += tl.sum(deta * lr[None, :], axis=1)
         dlr += tl.sum(deta * s[:, None], axis=0)
-        # G = rstd * (g_hat - mean(g_hat) - z_hat * mean(g_hat z_hat)), g_hat = (z_hat ln_w + ln_b - target) ln_w.
-        dg_hat = rstd[:, None] * (
-            dg - tl.sum(dg, axis=1)[:, None] / D - z_hat * (tl.sum(dg * z_hat, axis=1) / D)[:, None]
-        )
+        # G = rstd * g_in, g_in = g_hat - mean(g_hat) - z_hat mean(g_hat z_hat),
+        # g_hat = (z_hat ln_w + ln_b - target) ln_w, z_hat and rstd the LayerNorm of Z = X W + b.
+        dg_hat = _ln_project(dg, z_hat, rstd, cmask, D)
         dz_hat = -rstd[:, None] * (dg * zg[:, None] + g_hat * (tl.sum(dg * z_hat, axis=1) / D)[:, None])
         drstd = tl.sum(dg * g_in, axis=1)
         dz_hat += dg_hat * ln_w[None, :] * ln_w[None, :]
         dtarget = -dg_hat * ln_w[None, :]
         dln_w += tl.sum(dg_hat * (2.0 * z_hat * ln_w[None, :] + ln_b[None, :] - target), axis=0)
         dln_b += tl.sum(dg_hat * ln_w[None, :], axis=0)
-        dz = rstd[:, None] * (
-            dz_hat - tl.sum(dz_hat, axis=1)[:, None] / D
-            - z_hat * (tl.sum(dz_hat * z_hat, axis=1) / D)[:, None]
-        ) - (rstd * rstd * drstd / D)[:, None] * z_hat  # fmt: skip
+        dz = _ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * rstd * drstd / D)[:, None] * z_hat
         dx += tl.dot(dz, tl.trans(w), input_precision=PREC) - dtarget
         dw += tl.dot(tl.trans(x), dz, input_precision=PREC)
         db += tl.sum(dz, axis=0)
 
-        tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=valid[:, None])
-        tl.store(DK + offs, dx.to(DK.dtype.element_ty), mask=valid[:, None])
-        tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=valid[:, None])
+        tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=mask)
+        tl.store(DK + offs, dx.to(DK.dtype.element_ty), mask=mask)
+        tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=mask)
         tl.store(DLR + tok_base + t0 + rows, dlr, mask=valid)
         tl.store(DTS + tok_base + t0 + rows, ds, mask=valid)
-    tl.store(DW0 + pid * D * D + mat, dw)
-    tl.store(DB0 + pid * D + cols, db)
-    tl.store(DGW0 + pid * D * D + mat, dgw)
-    tl.store(DGB0 + pid * D + cols, dgb)
-    tl.store(DLNW + pid * D + cols, dln_w)
-    tl.store(DLNB + pid * D + cols, dln_b)
+    tl.store(DW0 + pid * D * D + mat, dw, mask=mmask)
+    tl.store(DB0 + pid * D + cols, db, mask=cmask)
+    tl.store(DGW0 + pid * D * D + mat, dgw, mask=mmask)
+    tl.store(DGB0 + pid * D + cols, dgb, mask=cmask)
+    tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
+    tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
+
+
+def block_dim(dim: int) -> int:
+    """Columns of a block: ``head_dim`` rounded up to a power of two, at least 16 (``tl.dot``)."""
+    return max(16, triton.next_power_of_2(dim))
 
 
 def _launch_options(dim: int, mb: int, dtype: torch.dtype) -> dict:
     """Block sizes and precision: float32 inputs use full-precision dots, others TF32."""
     return dict(
         D=dim,
+        BD=block_dim(dim),
         MB=mb,
         BLOCK_N=max(16, triton.next_power_of_2(mb)),
         PREC="ieee" if dtype == torch.float32 else "tf32",
@@ -281,8 +291,9 @@ def _forward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, start_pos: int, save
     f32 = dict(device=q.device, dtype=torch.float32)
     y = torch.empty_like(q)
     w1, b1, gw1, gb1 = (torch.empty(bh, *t.shape[1:], **f32) for t in (w0, b0, gw0, gb0))
-    ws = torch.empty(bh, n_chunks, dim, dim, **f32) if save else w1
-    bs = torch.empty(bh, n_chunks, dim, **f32) if save else b1
+    bd = block_dim(dim)
+    ws = torch.empty(bh, n_chunks, bd, bd, **f32) if save else w1
+    bs = torch.empty(bh, n_chunks, bd, **f32) if save else b1
     _ttt_linear_fwd[(bh,)](
         q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, y, w1, b1, gw1, gb1, ws, bs,
         seq, ln_w.shape[0], start_pos, n_chunks,
@@ -334,17 +345,6 @@ class _TTTLinearFn(torch.autograd.Function):
         return (*grads, None, None)
 
 
-def _check(q, state: TTTState, ln_weight, residual: bool) -> None:
-    dim = q.shape[-1]
-    if len(state.params) != 1 or state.params[0][1] is None or ln_weight is None or not residual:
-        raise ValueError(
-            "ttt_linear_triton: the kernel computes TTT-Linear's inner model (one dense layer with a bias, "
-            "LayerNorm and residual); use ttt_dual for other inner models"
-        )
-    if dim < 16 or dim & (dim - 1):
-        raise ValueError(f"ttt_linear_triton: head_dim must be a power of two >= 16, got {dim}")
-
-
 def ttt_linear_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -363,7 +363,7 @@ def ttt_linear_triton(
     The carried state comes back in float32 whatever the input dtype; ``checkpoint=True``
     recomputes the per-mini-batch weights in the backward instead of storing them.
     """
-    _check(q, state, ln_weight, residual)
+    check_supported(state, ln_weight, residual, n_layers=1)
     batch, heads, seq, dim = q.shape
     bh = batch * heads
 
@@ -383,22 +383,3 @@ def ttt_linear_triton(
     b1, gb1 = b1.view(batch, heads, 1, dim), gb1.view(batch, heads, 1, dim)
     return y.view(batch, heads, seq, dim), TTTState(((w1, b1),), ((gw1, gb1),), pos)
 
-
-def import_interpreted():
-    """This module with its kernels built for the Triton interpreter (CPU): for tests.
-
-    ``TRITON_INTERPRET`` is read when a kernel is decorated, so the module is (re)loaded with it
-    set, and the variable is put back as it was so nothing else in the process is affected.
-    """
-    module = importlib.import_module(__name__)
-    if module.INTERPRETED:
-        return module
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        return importlib.reload(module)
-    finally:
-        if before is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = before
