@@ -39,51 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ttt.inner import LN_EPS, TTTState
-from kernels.ttt.triton_backend import check_supported
-
-@triton.jit
-def _centre(a, cmask, D: tl.constexpr):
-    """``a`` minus its row mean over the ``D`` real columns; zero in the padding columns."""
-    return tl.where(cmask[None, :], a - tl.sum(a, axis=1)[:, None] / D, 0.0)
-
-
-@triton.jit
-def _row_layer_norm(z, cmask, D: tl.constexpr, EPS: tl.constexpr):
-    """``(z_hat, rstd)`` of a LayerNorm over the last dim, without the affine part."""
-    centred = _centre(z, cmask, D)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / D + EPS)
-    return centred * rstd[:, None], rstd
-
-
-@triton.jit
-def _ln_project(a, z_hat, rstd, cmask, D: tl.constexpr):
-    """``rstd * (a - mean(a) - z_hat * mean(a * z_hat))``: a LayerNorm's backward applied to ``a``."""
-    return rstd[:, None] * (_centre(a, cmask, D) - z_hat * (tl.sum(a * z_hat, axis=1) / D)[:, None])
-
-
-@triton.jit
-def _chunk_bounds(c, start_pos, seq, MB: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Token range ``[t0, t0 + n)`` of chunk ``c``, its first position in the mini-batch, row masks."""
-    t0 = tl.maximum(c * MB - start_pos, 0)
-    t1 = tl.minimum((c + 1) * MB - start_pos, seq)
-    p = t0 + start_pos - c * MB
-    rows = tl.arange(0, BLOCK_N)
-    valid = rows < t1 - t0
-    return t0, t1 - t0, p, rows, valid
-
-
-@triton.jit
-def _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D: tl.constexpr):
-    offs = base + (t0 + rows)[:, None] * D + cols[None, :]
-    mask = valid[:, None] & cmask[None, :]
-    q = tl.load(Q + offs, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(K + offs, mask=mask, other=0.0).to(tl.float32)
-    v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
-    lr = tl.load(LR + tok_base + t0 + rows, mask=valid, other=0.0).to(tl.float32)
-    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
-    return offs, mask, q, x, v, lr, s
-
+from kernels.ttt.inner import TTTState
+from kernels.ttt.triton_common import KernelPair, centre, chunk_bounds, ln_project, load_chunk, row_layer_norm, run_kernel
 
 @triton.jit
 def _ttt_linear_fwd(
@@ -111,22 +68,22 @@ def _ttt_linear_fwd(
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     base, tok_base = pid * seq * D, pid * seq
     for c in range(n_chunks):
-        t0, n, p, rows, valid = _chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-        offs, mask, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
+        t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+        offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
         if SAVE:
             tl.store(WS + (pid * n_chunks + c) * BD * BD + block, w)
             tl.store(BS + (pid * n_chunks + c) * BD + cols, b)
         # The analytic gradient of the reconstruction loss at the chunk's starting weights.
-        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
+        z_hat, rstd = row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
-        g = _ln_project(g_hat, z_hat, rstd, cmask, D)
+        g = ln_project(g_hat, z_hat, rstd, cmask, D)
         # The dual-form output at the queries.
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
         mix = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
         zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
             zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
-        zq_hat, _ = _row_layer_norm(zq, cmask, D, EPS)
+        zq_hat, _ = row_layer_norm(zq, cmask, D, EPS)
         y = q + zq_hat * ln_w[None, :] + ln_b[None, :]
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
         # The update: into the running sum, and into W, b when the chunk closes its mini-batch.
@@ -171,8 +128,8 @@ def _ttt_linear_bwd(
     base, tok_base = pid * seq * D, pid * seq
     for back in range(n_chunks):
         c = n_chunks - 1 - back
-        t0, n, p, rows, valid = _chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-        offs, mask, q, x, v, lr, s = _load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
+        t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+        offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         w = tl.load(WS + (pid * n_chunks + c) * BD * BD + block)
         b = tl.load(BS + (pid * n_chunks + c) * BD + cols)
@@ -184,10 +141,10 @@ def _ttt_linear_bwd(
             gb += first * tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
         # Recompute the chunk's forward.
         target = v - x
-        z_hat, rstd = _row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
+        z_hat, rstd = row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - target) * ln_w[None, :]
         zg = tl.sum(g_hat * z_hat, axis=1) / D
-        g_in = _centre(g_hat, cmask, D) - z_hat * zg[:, None]
+        g_in = centre(g_hat, cmask, D) - z_hat * zg[:, None]
         g = rstd[:, None] * g_in
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
         scores = tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0
@@ -196,7 +153,7 @@ def _ttt_linear_bwd(
         if HAS_ACC:
             acc_q = tl.dot(q, gw, input_precision=PREC) + gb[None, :]
             zq -= s[:, None] * acc_q
-        zq_hat, rstd_q = _row_layer_norm(zq, cmask, D, EPS)
+        zq_hat, rstd_q = row_layer_norm(zq, cmask, D, EPS)
         lr_g = lr[:, None] * g
         gw_total = gw + tl.dot(tl.trans(x), lr_g, input_precision=PREC)
         gb_total = gb + tl.sum(lr_g, axis=0)
@@ -213,7 +170,7 @@ def _ttt_linear_bwd(
         # The output: y = q + LN(zq) * ln_w + ln_b.
         dln_w += tl.sum(dy * zq_hat, axis=0)
         dln_b += tl.sum(dy, axis=0)
-        dzq = _ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
+        dzq = ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
         dq = dy + tl.dot(dzq, tl.trans(w), input_precision=PREC)
         dw += tl.dot(tl.trans(q), dzq, input_precision=PREC)
         db += tl.sum(dzq, axis=0)
@@ -240,14 +197,14 @@ def _ttt_linear_bwd(
         dlr += tl.sum(deta * s[:, None], axis=0)
         # G = rstd * g_in, g_in = g_hat - mean(g_hat) - z_hat mean(g_hat z_hat),
         # g_hat = (z_hat ln_w + ln_b - target) ln_w, z_hat and rstd the LayerNorm of Z = X W + b.
-        dg_hat = _ln_project(dg, z_hat, rstd, cmask, D)
+        dg_hat = ln_project(dg, z_hat, rstd, cmask, D)
         dz_hat = -rstd[:, None] * (dg * zg[:, None] + g_hat * (tl.sum(dg * z_hat, axis=1) / D)[:, None])
         drstd = tl.sum(dg * g_in, axis=1)
         dz_hat += dg_hat * ln_w[None, :] * ln_w[None, :]
         dtarget = -dg_hat * ln_w[None, :]
         dln_w += tl.sum(dg_hat * (2.0 * z_hat * ln_w[None, :] + ln_b[None, :] - target), axis=0)
         dln_b += tl.sum(dg_hat * ln_w[None, :], axis=0)
-        dz = _ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * rstd * drstd / D)[:, None] * z_hat
+        dz = ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * rstd * drstd / D)[:, None] * z_hat
         dx += tl.dot(dz, tl.trans(w), input_precision=PREC) - dtarget
         dw += tl.dot(tl.trans(x), dz, input_precision=PREC)
         db += tl.sum(dz, axis=0)
@@ -265,84 +222,9 @@ def _ttt_linear_bwd(
     tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
 
 
-def block_dim(dim: int) -> int:
-    """Columns of a block: ``head_dim`` rounded up to a power of two, at least 16 (``tl.dot``)."""
-    return max(16, triton.next_power_of_2(dim))
-
-
-def _launch_options(dim: int, mb: int, dtype: torch.dtype) -> dict:
-    """Block sizes and precision: float32 inputs use full-precision dots, others TF32."""
-    return dict(
-        D=dim,
-        BD=block_dim(dim),
-        MB=mb,
-        BLOCK_N=max(16, triton.next_power_of_2(mb)),
-        PREC="ieee" if dtype == torch.float32 else "tf32",
-        EPS=LN_EPS,
-        num_warps=4 if dim <= 64 else 8,
-    )
-
-
-def _forward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, start_pos: int, save: bool):
-    """Launch the forward kernel on flat ``(BH, ...)`` contiguous tensors; returns y, state, saved."""
-    bh, seq, dim = q.shape
-    mb = ts.shape[0]
-    n_chunks = -(-(seq + start_pos) // mb)
-    f32 = dict(device=q.device, dtype=torch.float32)
-    y = torch.empty_like(q)
-    w1, b1, gw1, gb1 = (torch.empty(bh, *t.shape[1:], **f32) for t in (w0, b0, gw0, gb0))
-    bd = block_dim(dim)
-    ws = torch.empty(bh, n_chunks, bd, bd, **f32) if save else w1
-    bs = torch.empty(bh, n_chunks, bd, **f32) if save else b1
-    _ttt_linear_fwd[(bh,)](
-        q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, y, w1, b1, gw1, gb1, ws, bs,
-        seq, ln_w.shape[0], start_pos, n_chunks,
-        HAS_ACC=start_pos > 0, SAVE=save, **_launch_options(dim, mb, q.dtype),
-    )  # fmt: skip
-    return y, (w1, b1, gw1, gb1), (ws, bs)
-
-
-class _TTTLinearFn(torch.autograd.Function):
-    """Forward and backward kernels on flat tensors; the state in and out are differentiable."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, start_pos: int, checkpoint: bool):
-        y, state, saved = _forward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, start_pos, save=not checkpoint)
-        ctx.start_pos, ctx.checkpoint = start_pos, checkpoint
-        ctx.save_for_backward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, *(() if checkpoint else saved))
-        return (y, *state)
-
-    @staticmethod
-    def backward(ctx, dy, dw1, db1, dgw1, dgb1):
-        q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, *saved = ctx.saved_tensors
-        if ctx.checkpoint:  # recompute the chunk-start weights: one more forward pass, no memory kept
-            saved = _forward(q, k, v, lr, ts, ln_w, ln_b, w0, b0, gw0, gb0, ctx.start_pos, save=True)[2]
-        bh, seq, dim = q.shape
-        mb = ts.shape[0]
-
-        def grad_or_zeros(g, like):
-            return torch.zeros(like.shape, device=like.device, dtype=torch.float32) if g is None else g.float().contiguous()
-
-        dy = grad_or_zeros(dy, q)
-        dw1, db1, dgw1, dgb1 = (grad_or_zeros(g, t) for g, t in zip((dw1, db1, dgw1, dgb1), (w0, b0, gw0, gb0)))
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        f32 = dict(device=q.device, dtype=torch.float32)
-        dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
-        dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
-        dw0, db0, dgw0, dgb0 = (torch.empty(t.shape, **f32) for t in (w0, b0, gw0, gb0))
-        _ttt_linear_bwd[(bh,)](
-            q, k, v, lr, ts, ln_w, ln_b, gw0, gb0, *saved, dy, dw1, db1, dgw1, dgb1,
-            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, dw0, db0, dgw0, dgb0,
-            seq, ln_w.shape[0], ctx.start_pos, -(-(seq + ctx.start_pos) // mb),
-            HAS_ACC=ctx.start_pos > 0, **_launch_options(dim, mb, q.dtype),
-        )  # fmt: skip
-        heads = ln_w.shape[0]
-        positions = (torch.arange(seq, device=q.device) + ctx.start_pos) % mb
-        dts = torch.zeros(mb, **f32).index_add_(0, positions, dts_tok.sum(0))
-        grads = (dq, dk, dv, dlr.to(lr.dtype), dts.to(ts.dtype))
-        grads += (dln_w.view(-1, heads, dim).sum(0).to(ln_w.dtype), dln_b.view(-1, heads, dim).sum(0).to(ln_b.dtype))
-        grads += (dw0.to(w0.dtype), db0.to(b0.dtype), dgw0.to(gw0.dtype), dgb0.to(gb0.dtype))
-        return (*grads, None, None)
+LINEAR = KernelPair(
+    "linear", _ttt_linear_fwd, _ttt_linear_bwd, constexprs=lambda widths: {}, num_warps=lambda w: 4 if w[0] <= 64 else 8
+)
 
 
 def ttt_linear_triton(
@@ -363,23 +245,7 @@ def ttt_linear_triton(
     The carried state comes back in float32 whatever the input dtype; ``checkpoint=True``
     recomputes the per-mini-batch weights in the backward instead of storing them.
     """
-    check_supported(state, ln_weight, residual, n_layers=1)
-    batch, heads, seq, dim = q.shape
-    bh = batch * heads
-
-    def flat(t: torch.Tensor, *shape: int) -> torch.Tensor:
-        return t.expand(batch, heads, *t.shape[2:]).reshape(bh, *shape).contiguous()
-
-    (w0, b0), (gw0, gb0) = state.params[0], state.grads[0]
-    ln_w, ln_b = ln_weight.reshape(heads, dim).contiguous(), ln_bias.reshape(heads, dim).contiguous()
-    args = (flat(q, seq, dim), flat(k, seq, dim), flat(v, seq, dim), flat(lr, seq), token_scale.contiguous(), ln_w, ln_b)
-    args += (flat(w0, dim, dim), flat(b0, dim), flat(gw0, dim, dim), flat(gb0, dim))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        y, w1, b1, gw1, gb1 = _TTTLinearFn.apply(*args, state.pos, checkpoint)
-    else:
-        y, (w1, b1, gw1, gb1), _ = _forward(*args, state.pos, save=False)
-    pos = (state.pos + seq) % len(token_scale)
-    w1, gw1 = w1.view(batch, heads, dim, dim), gw1.view(batch, heads, dim, dim)
-    b1, gb1 = b1.view(batch, heads, 1, dim), gb1.view(batch, heads, 1, dim)
-    return y.view(batch, heads, seq, dim), TTTState(((w1, b1),), ((gw1, gb1),), pos)
-
+    return run_kernel(
+        LINEAR, q, k, v, lr, state,
+        token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias, residual=residual, checkpoint=checkpoint,
+    )  # fmt: skip
