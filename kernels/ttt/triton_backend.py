@@ -30,8 +30,13 @@ def triton_unavailable_reason(device: torch.device | None) -> str | None:
     return f"needs a CUDA device, got {device.type} (TRITON_INTERPRET=1 runs the kernels on CPU, slowly)"
 
 
-def check_supported(state: TTTState, ln_weight: torch.Tensor | None, residual: bool, n_layers: int) -> None:
-    """The kernels compute the inner models ``models/ttt.py`` builds; refuse the other knobs in one line."""
+def check_supported(
+    q: torch.Tensor, state: TTTState, ln_weight: torch.Tensor | None, residual: bool, n_layers: int
+) -> None:
+    """The kernels compute the inner models ``models/ttt.py`` builds, where they can run; else one line."""
+    reason = triton_unavailable_reason(q.device)
+    if reason is not None:
+        raise RuntimeError(f"ttt_triton: cannot run on these tensors: {reason}")
     if len(state.params) != n_layers or any(b is None for _, b in state.params) or ln_weight is None or not residual:
         raise ValueError(
             f"ttt_triton: the kernel for {n_layers} inner layer(s) needs biases, the inner LayerNorm and the "
@@ -52,10 +57,11 @@ def ttt_triton(
     residual: bool = True,
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT over a sequence with the Triton kernel of the state's inner model; as ``ttt_dual``."""
+    if len(state.params) not in (1, 2):
+        raise ValueError(f"ttt_triton: no kernel for an inner model of {len(state.params)} layers (1: Linear, 2: MLP)")
+    check_supported(q, state, ln_weight, residual, n_layers=len(state.params))
     if len(state.params) == 1:
         from kernels.ttt.triton_linear import ttt_linear_triton as kernel
-    elif len(state.params) == 2:
-        from kernels.ttt.triton_mlp import ttt_mlp_triton as kernel
     else:
-        raise ValueError(f"ttt_triton: no kernel for an inner model of {len(state.params)} layers (1: Linear, 2: MLP)")
+        from kernels.ttt.triton_mlp import ttt_mlp_triton as kernel
     return kernel(q, k, v, lr, state, token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias, residual=residual)

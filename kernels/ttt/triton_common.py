@@ -105,7 +105,7 @@ def padded(width: int) -> int:
 class KernelPair:
     """A forward and a backward kernel for one inner model, and how to launch them."""
 
-    name: str
+    n_layers: int  # of the inner model f
     fwd: Any
     bwd: Any
     constexprs: Callable[[tuple[int, ...]], dict]  # widths of f -> kernel-specific compile-time sizes
@@ -216,7 +216,7 @@ def run_kernel(
     checkpoint: bool,
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT over a sequence with ``pair``'s kernels; the arguments and result of ``ttt_dual``."""
-    check_supported(state, ln_weight, residual, n_layers=len(state.params))
+    check_supported(q, state, ln_weight, residual, n_layers=pair.n_layers)
     batch, heads, seq, dim = q.shape
     bh = batch * heads
 

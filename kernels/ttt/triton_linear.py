@@ -223,7 +223,7 @@ def _ttt_linear_bwd(
 
 
 LINEAR = KernelPair(
-    "linear", _ttt_linear_fwd, _ttt_linear_bwd, constexprs=lambda widths: {}, num_warps=lambda w: 4 if w[0] <= 64 else 8
+    1, _ttt_linear_fwd, _ttt_linear_bwd, constexprs=lambda widths: {}, num_warps=lambda w: 4 if w[0] <= 64 else 8
 )
 
 

@@ -297,7 +297,7 @@ def _ttt_mlp_bwd(
 
 
 MLP = KernelPair(
-    "mlp",
+    2,
     _ttt_mlp_fwd,
     _ttt_mlp_bwd,
     constexprs=lambda widths: dict(F=widths[1], BF=padded(widths[1]), C=SQRT_2_OVER_PI),
