@@ -215,8 +215,8 @@ def implementations(kind_sizes, seq, device, dtype, check_len):
         from fla.ops.ttt.naive import chunk_ttt_linear_ref
 
         small = fla_inputs(ttt_inputs("linear", 1, heads, check_seq, dim, device, dtype))
-        err = rel_error(fla_call(chunk_ttt_linear, small, True, chunk_size=MINI_BATCH),
-                        fla_call(chunk_ttt_linear_ref, {**small, "q": small["q"].clone()}, True, mini_batch_size=MINI_BATCH))  # fmt: skip
+        ref = fla_call(chunk_ttt_linear_ref, {**small, "q": small["q"].clone()}, True, mini_batch_size=MINI_BATCH)
+        err = rel_error(fla_call(chunk_ttt_linear, small, True, chunk_size=MINI_BATCH), ref)
         full = fla_inputs(ttt_inputs("linear", batch, heads, seq, dim, device, dtype))
         out.append(("fla chunk_ttt_linear", "linear", err, tol,
                     lambda bw, f=full: fla_call(chunk_ttt_linear, f, bw, chunk_size=MINI_BATCH)))  # fmt: skip
@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\ntimes: q, k, v in {args.dtype}; median of {args.repeats} after a warm-up; "
           f"floor fraction vs {peak_flops / 1e12:.0f} TFLOP/s, {peak_bw / 1e12:.2f} TB/s")  # fmt: skip
-    print("| size | T | implementation | check (rel err) | fwd ms | fwd+bwd ms | tokens/s fwd+bwd | this / ours (time) | floor fraction |")
+    print("| size | T | implementation | check (rel err) | fwd ms | fwd+bwd ms | tokens/s fwd+bwd"
+          " | this / ours (time) | floor fraction |")  # fmt: skip
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for size, (heads, dim) in shapes.items():
         for seq in seq_lens:

@@ -142,7 +142,8 @@ def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Ten
     out = [torch.empty(t.shape, **f32) for t in state]
     saved = []  # a dummy pointer (out[...]) when nothing is saved
     for d_in, d_out in zip(widths[:-1], widths[1:]):
-        saved += [torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32), torch.empty(bh, n_chunks, padded(d_out), **f32)]
+        saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
+        saved.append(torch.empty(bh, n_chunks, padded(d_out), **f32))
     if not save:
         saved = out[: len(saved)]
     pair.fwd[(bh,)](

@@ -57,7 +57,9 @@ def _weights(W1, B1, W2, B2, pid, m1, m1mask, m2, m2mask, cols, cmask, hcols, hm
 
 
 @triton.jit
-def _store_weights(W1, B1, W2, B2, w1, b1, w2, b2, pid, m1, m1mask, m2, m2mask, cols, cmask, hcols, hmask, D: tl.constexpr, F: tl.constexpr):  # fmt: skip
+def _store_weights(
+    W1, B1, W2, B2, w1, b1, w2, b2, pid, m1, m1mask, m2, m2mask, cols, cmask, hcols, hmask, D: tl.constexpr, F: tl.constexpr
+):
     tl.store(W1 + pid * D * F + m1, w1, mask=m1mask)
     tl.store(B1 + pid * F + hcols, b1, mask=hmask)
     tl.store(W2 + pid * F * D + m2, w2, mask=m2mask)

@@ -70,7 +70,8 @@ def run_form(form, leaves: dict[str, torch.Tensor], case: Case, dtype: torch.dty
     )  # fmt: skip
     outputs = {"y": y} | {f"end_{i}": t for i, t in enumerate(t for layer in end.params + end.grads for t in layer)}
     g = torch.Generator().manual_seed(1)
-    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum() for t in outputs.values())
+    cotangents = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device) for t in outputs.values()]
+    loss = sum((t.double() * c).sum() for t, c in zip(outputs.values(), cotangents))
     grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
     return {k: v.detach().double() for k, v in outputs.items()}, end.pos, {k: v.double() for k, v in grads.items()}
 
