@@ -30,14 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ttt import FORMS, TTTState, fresh_state
+from kernels.ttt import FORMS, TTTState, fresh_state, triton_unavailable_reason
 from models.layers import CausalDepthwiseConv, rotary_cos_sin
 from models.mixer import Backend, SequenceMixer, always
 from models.registry import register_mixer
-
-
-def _no_triton_kernel(device: torch.device | None) -> str | None:
-    return "Triton kernel not implemented yet (issue: TTT Triton kernel)"
 
 
 def _state_in(state: TTTState, dtype: torch.dtype) -> TTTState:
@@ -65,7 +61,7 @@ class TTTLayer(SequenceMixer):
     """The shared outer layer; a subclass only names its inner model's hidden widths."""
 
     backends = (
-        Backend("triton", _no_triton_kernel),
+        Backend("triton", triton_unavailable_reason),  # also step(): one fused launch per token
         Backend("dual", always),
         Backend("primal", always),  # the reference: selectable, never picked by "auto"
     )
@@ -173,17 +169,20 @@ class TTTLayer(SequenceMixer):
         inner = state["ttt"] if state is not None else fresh_state(self._initial_params(batch))
         q, k, v, convs = self._qkv(x, state)
         q, k = self._rope(q, k, inner.pos)
-        ttt = FORMS[self.select_backend(x.device)]
+        backend = self.select_backend(x.device, q.dtype)
         shape = (self.n_heads, 1, self.head_dim)
         # The inner loop runs in float32 (or float64) whatever the autocast or model dtype, as the
         # paper's kernels keep the state in fp32: in bf16 the small updates of W would round away.
+        # The Triton kernel reads bf16/fp16 inputs as they are and computes in float32 on chip;
+        # casting them up front would only make its dots slower.
         work, lr = torch.promote_types(q.dtype, torch.float32), self.inner_lr(x)
+        inputs = q.dtype if backend == "triton" else work
         with torch.autocast(x.device.type, enabled=False):
-            z, inner = ttt(
-                q.to(work), k.to(work), v.to(work), lr.to(work), _state_in(inner, work),
-                token_scale=self.token_scale().to(work),
-                ln_weight=self.ttt_norm_weight.reshape(shape).to(work),
-                ln_bias=self.ttt_norm_bias.reshape(shape).to(work),
+            z, inner = FORMS[backend](
+                q.to(inputs), k.to(inputs), v.to(inputs), lr.to(inputs), _state_in(inner, work),
+                token_scale=self.token_scale().to(inputs),
+                ln_weight=self.ttt_norm_weight.reshape(shape).to(inputs),
+                ln_bias=self.ttt_norm_bias.reshape(shape).to(inputs),
             )  # fmt: skip
         z = z.to(q.dtype)
         y = self.post_norm(z.transpose(1, 2).reshape(batch, seq, self.d_model))
@@ -251,6 +250,11 @@ class TTTLinear(TTTLayer):
 @register_mixer("ttt_mlp")
 class TTTMLP(TTTLayer):
     """TTT-MLP: ``f(x) = x + LN(gelu(x W1 + b1) W2 + b2)`` per head, hidden width 4x."""
+
+    # "auto" keeps the dual form: the Triton backward holds all of W1, W2 per program and needs
+    # ~285 KB of shared memory at head_dim 64, more than an H100/H200 block has (docs/design.md).
+    # backend="triton" selects the kernels (prefill and decode fit; training fits to head_dim 32).
+    backends = (Backend("dual", always), Backend("triton", triton_unavailable_reason), Backend("primal", always))
 
     def __init__(
         self,

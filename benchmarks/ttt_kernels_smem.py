@@ -1,0 +1,73 @@
+"""Compile the TTT Triton kernels for a GPU architecture without a GPU; print each one's shared memory.
+
+    python benchmarks/ttt_kernels_smem.py                         # sm_90, TTT-Linear d=64,128 and TTT-MLP d=32,64, bf16
+    python benchmarks/ttt_kernels_smem.py --arch 80 --kinds linear --dims 64 --dtypes bf16,fp32 --acc 0,1
+
+A kernel whose shared memory exceeds the block limit of the target (227 KB on H100/H200, 163 KB
+on A100) compiles but cannot launch: Triton raises "out of resource: shared memory". This is how
+the figures in docs/design.md were obtained (Triton 3.9). Compiling takes minutes per kernel on
+a small CPU; nothing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels.ttt.triton_common import _options  # noqa: E402
+from kernels.ttt.triton_linear import LINEAR  # noqa: E402
+from kernels.ttt.triton_mlp import MLP  # noqa: E402
+
+PAIRS = {"linear": LINEAR, "mlp": MLP}
+SCALARS = ("seq", "heads", "start_pos", "n_chunks")
+IO = ("Q", "K", "V", "Y", "DQ", "DK", "DV")  # in the input dtype; every other pointer is float32
+
+
+def shared_memory(kernel, constants: dict, in_dtype: str, num_warps: int, arch: int) -> int:
+    signature = {
+        name: "constexpr" if name in constants else "i32" if name in SCALARS else "*" + (in_dtype if name in IO else "fp32")
+        for name in kernel.arg_names
+    }
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", arch, 32),
+                              options=dict(num_warps=num_warps))  # fmt: skip
+    return compiled.metadata.shared
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    p.add_argument("--kinds", default="linear,mlp")
+    p.add_argument("--dims", default="", help="head dims (default: linear 64,128; mlp 32,64)")
+    p.add_argument("--dtypes", default="bf16", help="input dtypes: bf16, fp16, fp32")
+    p.add_argument("--acc", default="0", help="0: start at a mini-batch boundary, 1: mid-mini-batch (decode state)")
+    p.add_argument("--mini-batch", type=int, default=16)
+    args = p.parse_args(argv)
+    torch_dtypes = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    import torch
+
+    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | shared memory (KB) |")
+    print("|---|---:|---|---|---:|---:|")
+    for kind in args.kinds.split(","):
+        pair = PAIRS[kind]
+        dims = [int(d) for d in args.dims.split(",")] if args.dims else ([64, 128] if kind == "linear" else [32, 64])
+        for dim in dims:
+            widths = (dim, dim) if kind == "linear" else (dim, 4 * dim, dim)
+            for in_dtype in args.dtypes.split(","):
+                options = _options(pair, widths, args.mini_batch, getattr(torch, torch_dtypes[in_dtype]))
+                num_warps = options.pop("num_warps")
+                for acc in (bool(int(a)) for a in args.acc.split(",")):
+                    for kernel, extra in ((pair.fwd, dict(SAVE=True)), (pair.bwd, {})):
+                        smem = shared_memory(kernel, dict(options, HAS_ACC=acc, **extra), in_dtype, num_warps, args.arch)
+                        print(f"| {kernel.__name__} | {dim} | {in_dtype} | {acc} | {num_warps} | {smem / 1024:.0f} |",
+                              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

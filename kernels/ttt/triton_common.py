@@ -1,0 +1,240 @@
+"""What the TTT Triton kernels share: row helpers inside a kernel, and the launch/autograd glue.
+
+Both kernels (``triton_linear``, ``triton_mlp``) follow one layout, so the host side is written
+once here: one program per (batch, head) walks the chunks of the sequence; the forward kernel takes
+``(Q, K, V, LR, TS, LNW, LNB, *state_in, Y, *state_out, *saved, seq, heads, start_pos, n_chunks)``
+and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *grads_in, *saved, DY, *d_state_out,
+DQ, DK, DV, DLR, DTS, DLNW, DLNB, *d_state_in, seq, heads, start_pos, n_chunks)``, where a state
+is its weights ``(W_l, b_l for each layer)`` then the running gradient sums in the same order,
+and ``saved`` the weights at the start of every chunk (padded blocks, float32).
+
+A chunk is the run of tokens inside one mini-batch. Its first position in the mini-batch is
+``p`` (non-zero only for the first chunk of a state that starts mid-mini-batch); ``tl.dot``
+needs every dim >= 16, so a chunk is a block of ``max(16, b)`` rows (a power of two) whose rows
+past the chunk are masked to zero, and widths are padded to powers of two >= 16 with masked
+columns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.ttt.inner import LN_EPS, TTTState
+from kernels.ttt.triton_backend import check_supported
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+# -- inside a kernel ---------------------------------------------------------------------------
+
+
+@triton.jit
+def centre(a, cmask, D: tl.constexpr):
+    """``a`` minus its row mean over the ``D`` real columns; zero in the padding columns."""
+    return tl.where(cmask[None, :], a - tl.sum(a, axis=1)[:, None] / D, 0.0)
+
+
+@triton.jit
+def row_layer_norm(z, cmask, D: tl.constexpr, EPS: tl.constexpr):
+    """``(z_hat, rstd)`` of a LayerNorm over the last dim, without the affine part."""
+    centred = centre(z, cmask, D)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / D + EPS)
+    return centred * rstd[:, None], rstd
+
+
+@triton.jit
+def ln_project(a, z_hat, rstd, cmask, D: tl.constexpr):
+    """``rstd * (a - mean(a) - z_hat * mean(a * z_hat))``: a LayerNorm's backward applied to ``a``."""
+    return rstd[:, None] * (centre(a, cmask, D) - z_hat * (tl.sum(a * z_hat, axis=1) / D)[:, None])
+
+
+@triton.jit
+def chunk_bounds(c, start_pos, seq, MB: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Chunk ``c``: first token ``t0``, length ``n``, first position in its mini-batch ``p``, row masks."""
+    t0 = tl.maximum(c * MB - start_pos, 0)
+    t1 = tl.minimum((c + 1) * MB - start_pos, seq)
+    rows = tl.arange(0, BLOCK_N)
+    return t0, t1 - t0, t0 + start_pos - c * MB, rows, rows < t1 - t0
+
+
+@triton.jit
+def load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D: tl.constexpr):
+    """A chunk's q, k, v (float32, zero-padded), learning rates and token scales (zero past the chunk)."""
+    offs = base + (t0 + rows)[:, None] * D + cols[None, :]
+    mask = valid[:, None] & cmask[None, :]
+    q = tl.load(Q + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(K + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
+    lr = tl.load(LR + tok_base + t0 + rows, mask=valid, other=0.0).to(tl.float32)
+    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
+    return offs, mask, q, x, v, lr, s
+
+
+@triton.jit
+def tanh(u):
+    """``tanh`` from ``exp`` (the interpreter and every backend have it); saturates cleanly."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+
+
+@triton.jit
+def gelu_tanh(z, C: tl.constexpr):
+    """``F.gelu(z, approximate="tanh")``, its first and second derivatives (``C = sqrt(2/pi)``)."""
+    t = tanh(C * (z + 0.044715 * z * z * z))
+    du = C * (1.0 + 3 * 0.044715 * z * z)
+    sech2 = 1.0 - t * t
+    first = 0.5 * (1.0 + t) + 0.5 * z * sech2 * du
+    second = sech2 * (du - z * t * du * du + 3 * 0.044715 * C * z * z)
+    return 0.5 * z * (1.0 + t), first, second
+
+
+# -- on the host -------------------------------------------------------------------------------
+
+
+def padded(width: int) -> int:
+    """A block's width: ``width`` rounded up to a power of two, at least 16 (``tl.dot``)."""
+    return max(16, triton.next_power_of_2(width))
+
+
+@dataclass(frozen=True)
+class KernelPair:
+    """A forward and a backward kernel for one inner model, and how to launch them."""
+
+    n_layers: int  # of the inner model f
+    fwd: Any
+    bwd: Any
+    constexprs: Callable[[tuple[int, ...]], dict]  # widths of f -> kernel-specific compile-time sizes
+    num_warps: Callable[[tuple[int, ...]], int]
+
+
+def _widths(state: list[torch.Tensor]) -> tuple[int, ...]:
+    weights = state[0 : len(state) // 2 : 2]
+    return (weights[0].shape[1], *(w.shape[2] for w in weights))
+
+
+def _options(pair: KernelPair, widths: tuple[int, ...], mb: int, dtype: torch.dtype) -> dict:
+    """Compile-time sizes; float32 inputs use full-precision dots, other dtypes TF32 (state stays float32)."""
+    return dict(
+        D=widths[0],
+        BD=padded(widths[0]),
+        MB=mb,
+        BLOCK_N=padded(mb),
+        PREC="ieee" if dtype == torch.float32 else "tf32",
+        EPS=LN_EPS,
+        num_warps=pair.num_warps(widths),
+        **pair.constexprs(widths),
+    )
+
+
+def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Tensor], start_pos: int, save: bool):
+    """Launch the forward kernel on flat ``(BH, ...)`` contiguous tensors; returns y, state out, saved weights."""
+    q, ts = inputs[0], inputs[4]
+    bh, seq, _ = q.shape
+    n_chunks = -(-(seq + start_pos) // ts.shape[0])
+    f32 = dict(device=q.device, dtype=torch.float32)
+    widths = _widths(state)
+    y = torch.empty_like(q)
+    out = [torch.empty(t.shape, **f32) for t in state]
+    saved = []  # a dummy pointer (out[...]) when nothing is saved
+    for d_in, d_out in zip(widths[:-1], widths[1:]):
+        saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
+        saved.append(torch.empty(bh, n_chunks, padded(d_out), **f32))
+    if not save:
+        saved = out[: len(saved)]
+    pair.fwd[(bh,)](
+        *inputs, *state, y, *out, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
+        HAS_ACC=start_pos > 0, SAVE=save, **_options(pair, widths, ts.shape[0], q.dtype),
+    )  # fmt: skip
+    return y, out, saved
+
+
+class _KernelFn(torch.autograd.Function):
+    """Forward and backward kernels on flat tensors; the state in and out are differentiable."""
+
+    @staticmethod
+    def forward(ctx, pair: KernelPair, start_pos: int, checkpoint: bool, n_inputs: int, *tensors):
+        inputs, state = list(tensors[:n_inputs]), list(tensors[n_inputs:])
+        y, out, saved = _forward(pair, inputs, state, start_pos, save=not checkpoint)
+        ctx.pair, ctx.start_pos, ctx.checkpoint, ctx.n_inputs = pair, start_pos, checkpoint, n_inputs
+        ctx.save_for_backward(*tensors, *(() if checkpoint else saved))
+        return (y, *out)
+
+    @staticmethod
+    def backward(ctx, dy, *d_out):
+        pair, start_pos, n_inputs = ctx.pair, ctx.start_pos, ctx.n_inputs
+        tensors = ctx.saved_tensors
+        inputs = list(tensors[:n_inputs])
+        state = list(tensors[n_inputs : n_inputs + len(d_out)])
+        saved = list(tensors[n_inputs + len(d_out) :])
+        if ctx.checkpoint:  # recompute the chunk-start weights: one more forward pass, no memory kept
+            saved = _forward(pair, inputs, state, start_pos, save=True)[2]
+        q, k, v, lr, ts, ln_w, ln_b = inputs
+        bh, seq, dim = q.shape
+        mb, heads = ts.shape[0], ln_w.shape[0]
+        f32 = dict(device=q.device, dtype=torch.float32)
+
+        def given(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(like.shape, **f32) if g is None else g.float().contiguous()
+
+        dy = given(dy, q)
+        d_out = [given(g, t) for g, t in zip(d_out, state)]
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
+        dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
+        d_state = [torch.empty(t.shape, **f32) for t in state]
+        pair.bwd[(bh,)](
+            *inputs, *state[len(state) // 2 :], *saved, dy, *d_out,
+            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_state,
+            seq, heads, start_pos, -(-(seq + start_pos) // mb),
+            HAS_ACC=start_pos > 0, **_options(pair, _widths(state), mb, q.dtype),
+        )  # fmt: skip
+        # Per-token token-scale gradients go to their position in the mini-batch.
+        positions = (torch.arange(seq, device=q.device) + start_pos) % mb
+        dts = torch.zeros(mb, **f32).index_add_(0, positions, dts_tok.sum(0))
+        grads = [dq, dk, dv, dlr.to(lr.dtype), dts.to(ts.dtype)]
+        grads += [g.view(-1, heads, dim).sum(0).to(ln_w.dtype) for g in (dln_w, dln_b)]
+        grads += [g.to(t.dtype) for g, t in zip(d_state, state)]
+        return (None, None, None, None, *grads)
+
+
+def run_kernel(
+    pair: KernelPair,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    state: TTTState,
+    *,
+    token_scale: torch.Tensor,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    residual: bool,
+    checkpoint: bool,
+) -> tuple[torch.Tensor, TTTState]:
+    """TTT over a sequence with ``pair``'s kernels; the arguments and result of ``ttt_dual``."""
+    check_supported(q, state, ln_weight, residual, n_layers=pair.n_layers)
+    batch, heads, seq, dim = q.shape
+    bh = batch * heads
+
+    def flat(t: torch.Tensor, *tail: int) -> torch.Tensor:
+        """``(batch or 1, heads, ...)`` -> contiguous ``(batch * heads, *tail)``."""
+        return t.expand(batch, heads, *t.shape[2:]).reshape(bh, *tail).contiguous()
+
+    inputs = [flat(q, seq, dim), flat(k, seq, dim), flat(v, seq, dim), flat(lr, seq), token_scale.contiguous()]
+    inputs += [ln_weight.reshape(heads, dim).contiguous(), ln_bias.reshape(heads, dim).contiguous()]
+    layers = [t for layer in state.params + state.grads for t in layer]  # W1, b1, .., then the sums
+    flat_state = [flat(t, *(t.shape[-1:] if i % 2 else t.shape[2:])) for i, t in enumerate(layers)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs + flat_state):
+        y, *out = _KernelFn.apply(pair, state.pos, checkpoint, len(inputs), *inputs, *flat_state)
+    else:
+        y, out, _ = _forward(pair, inputs, flat_state, state.pos, save=False)
+    shaped = [t.view(batch, heads, *((1,) if i % 2 else ()), *t.shape[1:]) for i, t in enumerate(out)]
+    n = len(state.params)
+    params = tuple(zip(shaped[0 : 2 * n : 2], shaped[1 : 2 * n : 2]))
+    grads = tuple(zip(shaped[2 * n :: 2], shaped[2 * n + 1 :: 2]))
+    return y.view(batch, heads, seq, dim), TTTState(params, grads, (state.pos + seq) % len(token_scale))

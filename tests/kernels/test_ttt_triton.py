@@ -1,0 +1,153 @@
+"""The Triton TTT kernels (``kernels/ttt/triton_*.py``): exact under the interpreter, fast path on a GPU.
+
+* CPU (CI): ``ttt_triton_interpreted.py`` runs in a subprocess with ``TRITON_INTERPRET=1``
+  (forward, every gradient, decode, layer wiring; float32 against ``ttt_dual``). Without triton
+  it skips, unless ``MIXBENCH_REQUIRE_TRITON=1`` (set by ``.ci/run``) makes that a failure.
+* GPU: real sizes (head_dim 64, mini-batch 16, lengths ending mid-mini-batch) against ``ttt_dual``
+  in float64, per-dtype tolerances below; skipped without CUDA.
+* Everywhere: bad inputs and the backend probe give one clear line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ttt_triton_cases import Case, make_leaves, relative_errors, run_form
+
+from kernels.ttt import TTTState, fresh_state, triton_unavailable_reason, ttt_dual, ttt_triton
+from models.ttt import TTTLinear, TTTMLP
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_gpu = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs triton and a CUDA GPU")
+
+
+def test_kernels_under_the_interpreter():
+    if not HAS_TRITON:
+        if os.environ.get("MIXBENCH_REQUIRE_TRITON"):
+            pytest.fail("MIXBENCH_REQUIRE_TRITON is set but triton is not installed")
+        pytest.skip("triton is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(TRITON_INTERPRET="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    inner = Path(__file__).with_name("ttt_triton_interpreted.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(inner)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    report = proc.stdout[-8000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, report
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert "passed" in summary and "skipped" not in summary and "deselected" not in summary, summary
+
+
+# -- bad inputs and the probe (no kernel runs) -------------------------------------------------------
+
+
+def _state(kind: str, bias: bool = True) -> TTTState:
+    widths = (16, 64, 16) if kind == "mlp" else (16, 16)
+    return fresh_state(
+        tuple((torch.zeros(1, 2, a, b), torch.zeros(1, 2, 1, b) if bias else None) for a, b in zip(widths, widths[1:]))
+    )
+
+
+def test_refuses_what_it_does_not_compute_in_one_line(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # so the device is not what gets refused
+    q = torch.zeros(1, 2, 5, 16)
+    opts = dict(token_scale=torch.ones(4), ln_weight=torch.ones(2, 1, 16), ln_bias=torch.zeros(2, 1, 16))
+    with pytest.raises(ValueError, match="needs biases, the inner LayerNorm and the residual"):
+        ttt_triton(q, q, q, q[..., 0], _state("linear"), **{**opts, "ln_weight": None})
+    with pytest.raises(ValueError, match="needs biases"):
+        ttt_triton(q, q, q, q[..., 0], _state("mlp", bias=False), **opts)
+    with pytest.raises(ValueError, match="needs biases"):
+        ttt_triton(q, q, q, q[..., 0], _state("linear"), residual=False, **opts)
+    three = fresh_state(_state("mlp").params + _state("linear").params)
+    with pytest.raises(ValueError, match="no kernel for an inner model of 3 layers"):
+        ttt_triton(q, q, q, q[..., 0], three, **opts)
+
+
+def test_probe_says_why_the_kernels_cannot_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if HAS_TRITON:
+        assert "needs a CUDA device, got cpu" in triton_unavailable_reason(torch.device("cpu"))
+        assert TTTMLP(32, n_heads=2).select_backend(torch.device("cpu")) == "dual"
+        with pytest.raises(RuntimeError, match="backend 'triton' cannot run: needs a CUDA device"):
+            TTTLinear(32, n_heads=2, backend="triton")(torch.randn(1, 3, 32))
+        q = torch.zeros(1, 2, 5, 16)
+        with pytest.raises(RuntimeError, match="ttt_triton: cannot run on these tensors"):
+            ttt_triton(q, q, q, q[..., 0], _state("linear"), token_scale=torch.ones(4),
+                       ln_weight=torch.ones(2, 1, 16), ln_bias=torch.zeros(2, 1, 16))  # fmt: skip
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert triton_unavailable_reason(torch.device("cpu")) is None
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    assert triton_unavailable_reason(torch.device("cpu")) == "package 'triton' is not installed"
+
+
+# -- on a GPU, at real sizes -----------------------------------------------------------------------
+
+# max |kernel - dual(float64)| / max |dual(float64)|, per input dtype. float32 inputs use IEEE
+# float32 dots; bf16/fp16 inputs use TF32 dots on float32 state, and q, k, v and the output
+# (and the gradients of q, k, v) are rounded to 8 (bf16) or 11 (fp16) mantissa bits.
+GPU_TOL = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (2e-2, 5e-2), torch.float16: (5e-3, 2e-2)}
+GPU_CASES = [
+    Case("linear", batch=2, heads=4, seq=2048 + 5, dim=64, mb=16),
+    Case("linear", batch=2, heads=2, seq=301, dim=128, mb=16, pos=7),
+    Case("linear", batch=1, heads=2, seq=257, dim=32, mb=8, pos=3),
+    # TTT-MLP trains up to head_dim 32: at 64 its backward needs more shared memory than a block has.
+    Case("mlp", batch=2, heads=4, seq=1024 + 5, dim=32, mb=16),
+    Case("mlp", batch=1, heads=2, seq=203, dim=32, mb=16, pos=5),
+]
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", list(GPU_TOL), ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_gpu_kernel_matches_dual_at_real_sizes(case, dtype):
+    leaves = make_leaves(case, device="cuda")
+    ref_out, ref_pos, ref_grads = run_form(ttt_dual, leaves, case, torch.float64)
+    # q, k, v in the tested dtype; learning rates, scales and weights stay float32 as the layer keeps them.
+    out, pos, grads = run_form(_with_qkv_dtype(dtype), leaves, case, torch.float32)
+    tol_out, tol_grad = GPU_TOL[dtype]
+    assert pos == ref_pos
+    for what, errors, tol in (
+        ("output", relative_errors(out, ref_out), tol_out),
+        ("gradient", relative_errors(grads, ref_grads), tol_grad),
+    ):
+        bad = {k: f"{e:.2g}" for k, e in errors.items() if not e <= tol}
+        assert not bad, f"{case} {dtype}: {what} relative errors above {tol}: {bad}"
+
+
+def _with_qkv_dtype(dtype: torch.dtype):
+    """``ttt_triton`` with q, k, v cast to ``dtype`` (the rest float32), as a layer under autocast feeds it."""
+
+    def form(q, k, v, *args, **kwargs):
+        return ttt_triton(q.to(dtype), k.to(dtype), v.to(dtype), *args, **kwargs)
+
+    return form
+
+
+@needs_gpu
+@pytest.mark.parametrize("cls", [TTTLinear, TTTMLP])
+def test_gpu_layer_picks_the_kernel_and_decodes_with_it(cls):
+    """auto picks triton on CUDA (TTT-Linear); prefill + fused steps equal the whole forward (float32, tol 1e-4)."""
+    torch.manual_seed(0)
+    m = cls(256, n_heads=4, mini_batch_size=16).cuda()  # head_dim 64
+    assert m.select_backend(torch.device("cuda")) == ("dual" if cls is TTTMLP else "triton")
+    x = torch.randn(2, 70, 256, device="cuda")
+    with torch.no_grad():
+        m.backend = "dual"
+        reference, _ = m(x)
+        m.backend = "triton"
+        whole, _ = m(x)
+        assert (whole - reference).abs().max() <= 1e-4 * reference.abs().max()
+        y, state = m(x[:, :37], m.init_state(2, x.device, torch.float32))
+        outs = [y]
+        for t in range(37, 70):
+            y_t, state = m.step(x[:, t], state)
+            outs.append(y_t.unsqueeze(1))
+    assert (torch.cat(outs, 1) - whole).abs().max() <= 1e-4 * whole.abs().max()
