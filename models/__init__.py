@@ -6,6 +6,7 @@ Importing this package registers the built-in mixers; the harness reaches them o
 
 from models import attention  # noqa: F401  (registers "attention")
 from models import ttt  # noqa: F401  (registers "ttt_linear", "ttt_mlp")
+from models import ttt_generic  # noqa: F401  (registers "ttt": any inner model and optimizer)
 from models import mamba, mamba2  # noqa: F401  (registers "mamba", "mamba2")
 from models.lm import CausalLM, ModelSpec, build, split_arch
 
