@@ -45,7 +45,7 @@ def inner_loss(inner_fn: InnerFn, params, x, target, ln_weight, ln_bias) -> torc
     return 0.5 * (z - target).square().sum()
 
 
-def _chunk_fn(inner_fn: InnerFn, optimizer: InnerOptimizer, s: torch.Tensor, t: int):
+def _chunk_fn(inner_fn: InnerFn, optimizer: InnerOptimizer, s: torch.Tensor, t: int, has_ln: bool):
     """One head's work on one chunk of ``n`` tokens at mini-batch positions with scales ``s: (n,)``."""
     token_grads = vmap(grad(lambda p, x, y, w, b: inner_loss(inner_fn, p, x, y, w, b)), in_dims=(None, 0, 0, None, None))
     queries = vmap(inner_fn, in_dims=(0, 0))
@@ -62,7 +62,8 @@ def _chunk_fn(inner_fn: InnerFn, optimizer: InnerOptimizer, s: torch.Tensor, t: 
         last_moments = tuple(tuple(ms[j][-1] for _, ms in steps) for j in range(optimizer.n_moments))
         return zq, tuple(a[-1] for a in acc), last_moments, tuple(w[-1] for w in weights)
 
-    return vmap(per_head)
+    ln_dim = 0 if has_ln else None
+    return vmap(per_head, in_dims=(0,) * 7 + (ln_dim, ln_dim))
 
 
 def ttt_generic(
@@ -105,7 +106,7 @@ def ttt_generic(
     while start < seq:
         n = min(b - pos, seq - start)
         piece = slice(start, start + n)
-        run = _chunk_fn(inner_fn, optimizer, token_scale[pos : pos + n], steps + 1)
+        run = _chunk_fn(inner_fn, optimizer, token_scale[pos : pos + n], steps + 1, ln_w is not None)
         zq, acc, new_moments, new_params = run(
             params, grads, moments, qf[:, piece], kf[:, piece], target[:, piece], lrf[:, piece], ln_w, ln_b
         )
