@@ -24,15 +24,16 @@ import torch
 from models.mixer import Backend, SequenceMixer, needs_cuda_module
 from models.registry import register_mixer
 
-# mixbench name -> (fla class, constructor arguments beyond hidden_size/num_heads/layer_idx, from head_dim)
+# mixbench name -> (fla class, its constructor arguments beyond hidden_size/num_heads/layer_idx,
+# from (head_dim, n_layers))
 FLA_LAYERS: dict[str, tuple[str, Any]] = {
-    "fla_gla": ("fla.layers:GatedLinearAttention", lambda hd: {}),
-    "fla_rwkv6": ("fla.layers:RWKV6Attention", lambda hd: {}),
-    "fla_rwkv7": ("fla.layers:RWKV7Attention", lambda hd: {"head_dim": None}),
-    "fla_deltanet": ("fla.layers:DeltaNet", lambda hd: {}),
-    "fla_gated_deltanet": ("fla.layers:GatedDeltaNet", lambda hd: {"head_dim": hd}),
-    "fla_retnet": ("fla.layers:MultiScaleRetention", lambda hd: {}),
-    "fla_hgrn2": ("fla.layers:HGRN2Attention", lambda hd: {"expand_ratio": hd}),
+    "fla_gla": ("fla.layers:GatedLinearAttention", lambda hd, n: {}),
+    "fla_rwkv6": ("fla.layers:RWKV6Attention", lambda hd, n: {}),
+    "fla_rwkv7": ("fla.layers:RWKV7Attention", lambda hd, n: {"head_dim": None, "num_hidden_layers": max(n, 2)}),
+    "fla_deltanet": ("fla.layers:DeltaNet", lambda hd, n: {}),
+    "fla_gated_deltanet": ("fla.layers:GatedDeltaNet", lambda hd, n: {"head_dim": hd}),
+    "fla_retnet": ("fla.layers:MultiScaleRetention", lambda hd, n: {}),
+    "fla_hgrn2": ("fla.layers:HGRN2Attention", lambda hd, n: {"expand_ratio": hd}),
 }
 
 
@@ -67,11 +68,13 @@ class FlaMixer(SequenceMixer):
             cls = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise RuntimeError(f"{type(self).__name__}: cannot load {self.fla_path} ({exc})") from exc
-        kwargs = {"hidden_size": d_model, "num_heads": n_heads, "layer_idx": 0, **self.fla_extra(d_model // n_heads)}
-        self.layer = cls(**{**kwargs, **layer_kwargs})
+        kwargs = {"hidden_size": d_model, "num_heads": n_heads, "layer_idx": 0}
+        self.layer = cls(**{**kwargs, **self.fla_extra(d_model // n_heads, n_layers), **layer_kwargs})
 
     def forward(self, x: torch.Tensor, state: dict[str, Any] | None = None):
-        self.select_backend(x.device)  # one clear line off a GPU instead of a Triton error
+        reason = self.backends[0].unavailable_reason(x.device)
+        if reason is not None:  # one clear line instead of a Triton error
+            raise RuntimeError(f"{type(self).__name__}: fla cannot run here: {reason}")
         cache = None if state is None else state["cache"]
         out = self.layer(x, past_key_values=cache, use_cache=state is not None)
         return out[0], state
@@ -99,7 +102,8 @@ def register_fla_layers() -> list[str]:
         return []
     for name, (path, extra) in FLA_LAYERS.items():
         cls_name = "Fla" + path.rpartition(":")[2]
-        cls = type(cls_name, (FlaMixer,), {"fla_path": path, "fla_extra": staticmethod(extra), "__doc__": f"fla's {path}."})
+        body = {"fla_path": path, "fla_extra": staticmethod(extra), "__doc__": f"fla's {path}."}
+        cls = type(cls_name, (FlaMixer,), body)
         register_mixer(name, origin="fla")(cls)
     return list(FLA_LAYERS)
 

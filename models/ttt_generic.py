@@ -112,7 +112,9 @@ class TTT(TTTLayer):
         self.inner_layer_norm, self.inner_residual, self.inner_bias = inner_layer_norm, inner_residual, inner_bias
         self.use_dual = builtin and inner_optimizer == "gd"
         if backend == "dual" and not self.use_dual:
-            raise ValueError(f"ttt: backend 'dual' needs inner linear|mlp with inner_optimizer gd, not {inner}/{inner_optimizer}")
+            raise ValueError(
+                f"ttt: backend 'dual' needs inner linear|mlp with inner_optimizer gd, not {inner}/{inner_optimizer}"
+            )
         if not inner_layer_norm:
             del self.ttt_norm_weight, self.ttt_norm_bias
         if builtin:  # the dense stack's W1, b1 (, W2, b2) made by TTTLayer are the initial weights
@@ -127,7 +129,8 @@ class TTT(TTTLayer):
             modules = [cls(head_dim, **(inner_kwargs or {})) for _ in range(n_heads)]
             probe = modules[0](torch.zeros(2, head_dim))
             if probe.shape != (2, head_dim):
-                raise ValueError(f"ttt: inner model {inner!r} maps (2, {head_dim}) to {tuple(probe.shape)}, not (2, {head_dim})")
+                shapes = f"(2, {head_dim}) to {tuple(probe.shape)}, not (2, {head_dim})"
+                raise ValueError(f"ttt: inner model {inner!r} maps {shapes}")
             params, self._inner_fn = module_inner_fn(modules)
             self.inner_names = list(params)
             self.inner_init = nn.ParameterList(nn.Parameter(p) for p in params.values())

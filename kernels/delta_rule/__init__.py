@@ -8,7 +8,7 @@ or ``None``, and return ``(o, final_state)`` with
 
 one step of gradient descent on ``1/2 ||k_t S - v_t||^2`` with learning rate ``beta_t`` per token:
 TTT-Linear with mini-batch 1 and no LayerNorm, residual or bias (Yang et al. 2024, "Parallelizing
-Linear Transformers with the Delta Rule over Sequence Length"). ``tests/kernels/test_linear_family.py``
+Linear Transformers with the Delta Rule over Sequence Length"). ``tests/kernels/test_linear_recurrences.py``
 holds the forms to each other.
 """
 

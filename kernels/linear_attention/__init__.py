@@ -4,7 +4,7 @@ All three take ``(q, k, v, initial_state, scale)`` with ``q, k: (batch, heads, T
 ``v: (batch, heads, T, d_v)``, ``initial_state: (batch, heads, d_k, d_v)`` or ``None``, and
 return ``(o, final_state)`` with ``o_t = scale * q_t S_t``, ``S_t = S_{t-1} + k_t^T v_t``
 (no feature map, no normaliser: the form Theorem 1 of the TTT paper names).
-``tests/kernels/test_linear_family.py`` holds them to each other.
+``tests/kernels/test_linear_recurrences.py`` holds them to each other.
 """
 
 from kernels.linear_attention.chunked import linear_attention_chunked, linear_attention_flops

@@ -47,11 +47,11 @@ def inner_loss(inner_fn: InnerFn, params, x, target, ln_weight, ln_bias) -> torc
 
 def _chunk_fn(inner_fn: InnerFn, optimizer: InnerOptimizer, s: torch.Tensor, t: int, has_ln: bool):
     """One head's work on one chunk of ``n`` tokens at mini-batch positions with scales ``s: (n,)``."""
-    token_grads = vmap(grad(lambda p, x, y, w, b: inner_loss(inner_fn, p, x, y, w, b)), in_dims=(None, 0, 0, None, None))
+    token_grads = vmap(grad(inner_loss, argnums=1), in_dims=(None, None, 0, 0, None, None))
     queries = vmap(inner_fn, in_dims=(0, 0))
 
     def per_head(params, grads, moments, q, k, target, lr, ln_w, ln_b):
-        g = token_grads(params, k[:, None], target[:, None], ln_w, ln_b)  # per token, at W_0
+        g = token_grads(inner_fn, params, k[:, None], target[:, None], ln_w, ln_b)  # per token, at W_0
         acc = tuple(g0 + torch.cumsum(lr.reshape(-1, *(1,) * g0.dim()) * gi, 0) for g0, gi in zip(grads, g))
         steps = [
             optimizer.step(s.reshape(-1, *(1,) * (a.dim() - 1)) * a, tuple(m[i] for m in moments), t)

@@ -18,6 +18,16 @@ from kernels.ttt.optim import GenericState, InnerOptimizer
 from kernels.ttt.reference import scan_tokens
 
 
+def _head(tensors: tuple[torch.Tensor, ...], i: int, h: int) -> tuple[torch.Tensor, ...]:
+    return tuple(t[i, h] for t in tensors)
+
+
+def _stack(nested: list[list[tuple]]) -> tuple[torch.Tensor, ...]:
+    """``[batch][heads]`` tuples of per-head tensors -> a tuple of ``(batch, heads, ...)`` tensors."""
+    n_params = len(nested[0][0])
+    return tuple(torch.stack([torch.stack([cell[p] for cell in row]) for row in nested]) for p in range(n_params))
+
+
 class OptimizerLearner:
     """``step(state, q, k, v, lr)`` on one token (``(batch, heads, 1, head_dim)``, ``lr: (batch, heads, 1)``)."""
 
@@ -25,26 +35,23 @@ class OptimizerLearner:
         self.inner_fn, self.optimizer, self.token_scale = inner_fn, optimizer, token_scale
         self.ln_weight, self.ln_bias, self.residual = ln_weight, ln_bias, residual
 
-    def _per_head(self, fn, *tensors: torch.Tensor) -> list[list]:
-        batch, heads = tensors[0].shape[:2]
-        ln = [(None, None) if self.ln_weight is None else (self.ln_weight[h], self.ln_bias[h]) for h in range(heads)]
-        return [[fn(*(t[i, h] for t in tensors), *ln[h]) for h in range(heads)] for i in range(batch)]
+    def _ln(self, h: int) -> tuple:
+        return (None, None) if self.ln_weight is None else (self.ln_weight[h], self.ln_bias[h])
 
     def step(self, state: GenericState, q, k, v, lr) -> tuple[torch.Tensor, GenericState]:
-        n_params = len(state.params)
+        batch, heads = q.shape[:2]
         target = reconstruction_target(k, v, self.residual)
-        per_head = self._per_head(
-            lambda *a: grad(lambda p: inner_loss(self.inner_fn, p, a[n_params], a[n_params + 1], *a[-2:]))(a[:n_params]),
-            *state.params, k, target,
-        )  # fmt: skip
-        g = [torch.stack([torch.stack([per_head[i][h][p] for h in range(len(per_head[i]))]) for i in range(len(per_head))])
-             for p in range(n_params)]  # fmt: skip
+        g = _stack([
+            [grad(inner_loss, argnums=1)(self.inner_fn, _head(state.params, i, h), k[i, h], target[i, h], *self._ln(h))
+             for h in range(heads)]
+            for i in range(batch)
+        ])  # fmt: skip
         acc = tuple(a + lr.reshape(*lr.shape[:2], *(1,) * (gi.dim() - 2)) * gi for a, gi in zip(state.grads, g))
         s = self.token_scale[state.pos]
-        steps = [self.optimizer.step(s * a, tuple(m[i] for m in state.moments), state.steps + 1) for i, a in enumerate(acc)]
+        t = state.steps + 1
+        steps = [self.optimizer.step(s * a, tuple(m[i] for m in state.moments), t) for i, a in enumerate(acc)]
         weights = tuple(p - d for p, (d, _) in zip(state.params, steps))
-        zq = self._per_head(lambda *a: self.inner_fn(a[:n_params], a[n_params]), *weights, q)
-        z = torch.stack([torch.stack(row) for row in zq])
+        (z,) = _stack([[(self.inner_fn(_head(weights, i, h), q[i, h]),) for h in range(heads)] for i in range(batch)])
         y = finish_output(z, q, self.ln_weight, self.ln_bias, self.residual)
         if state.pos + 1 == len(self.token_scale):  # mini-batch complete
             moments = tuple(tuple(ms[j] for _, ms in steps) for j in range(self.optimizer.n_moments))

@@ -100,7 +100,8 @@ def test_online_gd_ttt_linear_is_the_delta_rule(form):
     opts = dict(token_scale=torch.ones(1, dtype=F64), residual=False)
     if form == "generic":
         opt = InnerOptimizer("gd")
-        z, _ = ttt_generic(q, k, v, beta, fresh_generic_state((s0,), opt), inner_fn=dense_stack(False), optimizer=opt, **opts)
+        start = fresh_generic_state((s0,), opt)
+        z, _ = ttt_generic(q, k, v, beta, start, inner_fn=dense_stack(False), optimizer=opt, **opts)
     else:
         z, _ = ttt_dual(q, k, v, beta, fresh_state(((s0, None),)), **opts)
     torch.testing.assert_close(z, delta_rule_chunked(q, k, v, beta, s0, chunk_size=4)[0], rtol=1e-10, atol=1e-10)

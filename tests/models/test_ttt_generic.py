@@ -69,9 +69,8 @@ def _inner(kind: str, batch: int, heads: int, dim: int):
         params = tuple(p.detach() * 20 for p in stacked.values())  # std 0.4: well off zero
     else:
         widths = (dim, 4 * dim, dim) if kind == "mlp" else (dim, dim)
-        params = tuple(
-            t for a, b in zip(widths[:-1], widths[1:]) for t in (torch.randn(heads, a, b) * 0.3, torch.randn(heads, 1, b) * 0.1)
-        )
+        layers = [(torch.randn(heads, a, b) * 0.3, torch.randn(heads, 1, b) * 0.1) for a, b in zip(widths, widths[1:])]
+        params = tuple(t for layer in layers for t in layer)
         fn = dense_stack(True)
     return tuple(p.to(F64).expand(batch, *p.shape).clone().requires_grad_() for p in params), fn
 
@@ -89,8 +88,9 @@ def test_fast_form_equals_the_token_loop_forward_and_backward(kind, optimizer):
     kw = dict(inner_fn=fn, optimizer=opt, token_scale=torch.tensor([1.1, 0.5, 0.3, 0.2], dtype=F64), **ln)
     out = {}
     for name, form in (("fast", ttt_generic), ("loop", ttt_generic_primal)):
-        y1, state = form(q[:, :, :10], k[:, :, :10], v[:, :, :10], lr[:, :, :10], fresh_generic_state(params, opt), **kw)
-        y2, state = form(q[:, :, 10:], k[:, :, 10:], v[:, :, 10:], lr[:, :, 10:], state, **kw)
+        state = fresh_generic_state(params, opt)
+        y1, state = form(*(t[:, :, :10] for t in (q, k, v, lr)), state, **kw)
+        y2, state = form(*(t[:, :, 10:] for t in (q, k, v, lr)), state, **kw)
         y = torch.cat([y1, y2], 2)
         out[name] = (y, state, torch.autograd.grad(y.square().sum(), [q, k, v, lr, *params]))
     (y, state, grads), (y_ref, state_ref, grads_ref) = out["fast"], out["loop"]
@@ -107,7 +107,7 @@ def test_fast_form_equals_the_token_loop_forward_and_backward(kind, optimizer):
 
 
 def test_optimizer_rules_by_hand():
-    u, m0, v0 = torch.tensor([0.5, -2.0], dtype=F64), torch.tensor([0.1, 0.2], dtype=F64), torch.tensor([0.3, 0.0], dtype=F64)
+    u, m0, v0 = torch.tensor([[0.5, -2.0], [0.1, 0.2], [0.3, 0.0]], dtype=F64).unbind(0)
     d, (m,) = InnerOptimizer("momentum", beta1=0.9).step(u, (m0,), 1)
     assert_close(d, 0.9 * m0 + u)
     assert_close(m, d)
@@ -122,7 +122,8 @@ def test_optimizer_rules_by_hand():
 def test_prefill_then_step_matches_forward(inner, optimizer):
     torch.manual_seed(2)
     backbone = "mamba" if inner == "linear" else "transformer"
-    m = perturb(TTT(16, n_heads=2, backbone=backbone, inner=inner, inner_optimizer=optimizer, mini_batch_size=4).to(F64))
+    m = TTT(16, n_heads=2, backbone=backbone, inner=inner, inner_optimizer=optimizer, mini_batch_size=4)
+    m = perturb(m.to(F64))
     x = torch.randn(2, 11, 16, dtype=F64)
     full, _ = m(x)
     with torch.no_grad():
