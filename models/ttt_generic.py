@@ -55,6 +55,11 @@ def load_inner_model(path: str) -> type[nn.Module]:
     return cls
 
 
+def inner_call_text(cls: type, kwargs: dict[str, Any] | None) -> str:
+    """How the layer calls an inner model's class, for error messages."""
+    return f"{cls.__name__}(head_dim{''.join(f', {k}={v!r}' for k, v in (kwargs or {}).items())})"
+
+
 def module_inner_fn(modules: list[nn.Module]) -> tuple[dict[str, torch.Tensor], InnerFn]:
     """Per-head copies of a module -> their stacked initial parameters and a pure ``InnerFn``."""
     if any(True for _ in modules[0].buffers()):
@@ -102,6 +107,8 @@ class TTT(TTTLayer):
             raise ValueError(f"ttt: inner {inner!r} is not 'linear', 'mlp' or a dotted path 'package.module:Class'")
         if not builtin and not inner_bias:
             raise ValueError("ttt: inner_bias applies to the built-in inner models; a custom one defines its own")
+        if builtin and inner_kwargs:
+            raise ValueError(f"ttt: inner_kwargs applies to a custom inner model, not to {inner!r}")
         head_dim = d_model // max(n_heads, 1)
         hidden = tuple(m * head_dim for m in BUILTIN_INNER.get(inner, ()))
         lr = base_lr if base_lr is not None else (1.0 if inner == "linear" else 0.1)
@@ -126,7 +133,11 @@ class TTT(TTTLayer):
         else:
             del self.W1, self.b1
             cls = load_inner_model(inner)
-            modules = [cls(head_dim, **(inner_kwargs or {})) for _ in range(n_heads)]
+            try:
+                modules = [cls(head_dim, **(inner_kwargs or {})) for _ in range(n_heads)]
+            except TypeError as exc:
+                call = inner_call_text(cls, inner_kwargs)
+                raise ValueError(f"ttt: cannot build inner model {inner!r} as {call}: {exc}") from exc
             probe = modules[0](torch.zeros(2, head_dim))
             if probe.shape != (2, head_dim):
                 shapes = f"(2, {head_dim}) to {tuple(probe.shape)}, not (2, {head_dim})"

@@ -164,6 +164,10 @@ def test_bad_settings_raise_one_clear_line():
         TTT(16, n_heads=2, inner="torch:tensor")
     with pytest.raises(ValueError, match=r"maps \(2, 8\) to \(2, 16\)"):
         TTT(16, n_heads=2, inner="torch.nn:Linear", inner_kwargs={"out_features": 16})
+    with pytest.raises(ValueError, match=r"cannot build inner model .* as GatedMLP\(head_dim, width=3\)"):
+        TTT(16, n_heads=2, inner=CUSTOM, inner_kwargs={"width": 3})
+    with pytest.raises(ValueError, match="inner_kwargs applies to a custom inner model, not to 'mlp'"):
+        TTT(16, n_heads=2, inner="mlp", inner_kwargs={"expand": 2})
     with pytest.raises(ValueError, match="has buffers"):
         TTT(16, n_heads=2, inner="torch.nn:BatchNorm1d")
     with pytest.raises(ValueError, match="inner_optimizer 'sgd' is not one of gd, momentum, adam"):
