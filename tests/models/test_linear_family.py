@@ -8,6 +8,8 @@ descent) the same inner learner is the delta rule.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -69,6 +71,28 @@ def test_analytic_flops_equal_the_flop_counter(name):
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             m(torch.randn(1, seq, 32))
         assert m.flops(seq) == counter.get_total_flops(), (name, seq)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fla") is None, reason="fla is not installed")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fla's Triton kernels need a CUDA GPU")
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_fla_backend_equals_chunked_and_decodes_on_gpu(name):
+    torch.manual_seed(0)
+    m = MIXERS[name](64, n_heads=4, chunk_size=16).cuda()
+    x = torch.randn(2, 50, 64, device="cuda")
+    assert m.select_backend(x.device) == "fla"
+    with torch.no_grad():
+        fla_out, _ = m(x)
+        m.backend = "chunked"
+        chunked_out, _ = m(x)
+        m.backend = "fla"
+        y, state = m(x[:, :30], m.init_state(2, x.device, x.dtype))
+        outs = [y]
+        for t in range(30, 50):
+            y_t, state = m.step(x[:, t], state)
+            outs.append(y_t.unsqueeze(1))
+    torch.testing.assert_close(fla_out, chunked_out, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(torch.cat(outs, 1), fla_out, rtol=2e-3, atol=2e-3)
 
 
 def test_theorem1_batch_gd_ttt_linear_is_linear_attention(monkeypatch):
