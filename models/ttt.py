@@ -30,19 +30,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ttt import FORMS, TTTState, fresh_state, triton_unavailable_reason
+from kernels.ttt import FORMS, fresh_state, triton_unavailable_reason
 from models.layers import CausalDepthwiseConv, rotary_cos_sin
 from models.mixer import Backend, SequenceMixer, always
 from models.registry import register_mixer
 
 
-def _state_in(state: TTTState, dtype: torch.dtype) -> TTTState:
-    """``state`` with its tensors in ``dtype`` (a no-op when they already are)."""
+def _state_in(state: tuple, dtype: torch.dtype) -> tuple:
+    """``state`` (any TTT state tuple: ``TTTState``, the generic layer's) with every tensor in ``dtype``."""
 
-    def cast(layers: tuple) -> tuple:
-        return tuple((w.to(dtype), None if b is None else b.to(dtype)) for w, b in layers)
+    def cast(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.to(dtype)
+        if isinstance(x, tuple):
+            parts = [cast(part) for part in x]
+            return type(x)(*parts) if hasattr(x, "_fields") else tuple(parts)
+        return x
 
-    return TTTState(cast(state.params), cast(state.grads), state.pos)
+    return cast(state)
 
 
 def rotary_adjacent_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -166,34 +171,44 @@ class TTTLayer(SequenceMixer):
 
     def forward(self, x: torch.Tensor, state: dict[str, Any] | None = None):
         batch, seq, _ = x.shape
-        inner = state["ttt"] if state is not None else fresh_state(self._initial_params(batch))
         q, k, v, convs = self._qkv(x, state)
-        q, k = self._rope(q, k, inner.pos)
         backend = self.select_backend(x.device, q.dtype)
-        shape = (self.n_heads, 1, self.head_dim)
+        inner = state["ttt"] if state is not None else self._fresh_inner(backend, batch)
+        q, k = self._rope(q, k, inner.pos)
         # The inner loop runs in float32 (or float64) whatever the autocast or model dtype, as the
         # paper's kernels keep the state in fp32: in bf16 the small updates of W would round away.
         # The Triton kernel reads bf16/fp16 inputs as they are and computes in float32 on chip;
         # casting them up front would only make its dots slower.
-        work, lr = torch.promote_types(q.dtype, torch.float32), self.inner_lr(x)
+        work = torch.promote_types(q.dtype, torch.float32)
         inputs = q.dtype if backend == "triton" else work
         with torch.autocast(x.device.type, enabled=False):
-            z, inner = FORMS[backend](
-                q.to(inputs), k.to(inputs), v.to(inputs), lr.to(inputs), _state_in(inner, work),
-                token_scale=self.token_scale().to(inputs),
-                ln_weight=self.ttt_norm_weight.reshape(shape).to(inputs),
-                ln_bias=self.ttt_norm_bias.reshape(shape).to(inputs),
-            )  # fmt: skip
+            z, inner = self._inner_loop(
+                backend, q.to(inputs), k.to(inputs), v.to(inputs), self.inner_lr(x).to(inputs), _state_in(inner, work)
+            )
         z = z.to(q.dtype)
         y = self.post_norm(z.transpose(1, 2).reshape(batch, seq, self.d_model))
         if self.use_gate:
             y = F.gelu(self.g_proj(x), approximate="tanh") * y
         return self.o_proj(y), (None if state is None else {"ttt": inner, **convs})
 
+    def _fresh_inner(self, backend: str, batch: int, device: torch.device | None = None,
+                     dtype: torch.dtype | None = None) -> tuple:  # fmt: skip
+        """The inner learner's state before the first token (``backend`` picks its form)."""
+        return fresh_state(tuple((w.to(device=device), b.to(device=device)) for w, b in self._initial_params(batch, dtype)))
+
+    def _inner_loop(self, backend: str, q, k, v, lr, inner) -> tuple[torch.Tensor, tuple]:
+        """``backend``'s inner loop over the tokens; inputs already in the dtype it computes in."""
+        shape = (self.n_heads, 1, self.head_dim)
+        return FORMS[backend](
+            q, k, v, lr, inner,
+            token_scale=self.token_scale().to(q.dtype),
+            ln_weight=self.ttt_norm_weight.reshape(shape).to(q.dtype),
+            ln_bias=self.ttt_norm_bias.reshape(shape).to(q.dtype),
+        )  # fmt: skip
+
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         work = torch.promote_types(dtype, torch.float32)  # the inner state is kept in float32 (see forward)
-        params = tuple((w.to(device), b.to(device)) for w, b in self._initial_params(batch_size, work))
-        state: dict[str, Any] = {"ttt": fresh_state(params)}
+        state: dict[str, Any] = {"ttt": self._fresh_inner(self.select_backend(device, dtype), batch_size, device, work)}
         if self.share_qk:
             state["conv_q"] = self.conv_q.init_state(batch_size, device, dtype)
             state["conv_k"] = self.conv_k.init_state(batch_size, device, dtype)

@@ -43,3 +43,25 @@ def test_readme_plugin_example_runs_from_a_suite_by_dotted_path(tmp_path, monkey
 def test_readme_names_the_test_command_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README.read_text() and "python -m pytest -q" in ci
+
+
+def test_readme_inner_model_example_trains_through_a_suite(tmp_path, monkeypatch, small_corpus):
+    source = re.search(r"```python\n# my_inner.py\n(.*?)```", README.read_text(), re.S).group(1)
+    assert len(source.strip().splitlines()) <= 15
+    (tmp_path / "my_inner.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    settings = {"inner": "my_inner:LowRankGelu", "inner_kwargs": {"rank": 8}, "inner_optimizer": "adam"}
+    suite = {
+        "name": "inner",
+        "data": {"source": str(small_corpus), "tokenizer": "bytes", "seq_len": 32},
+        "models": ["ttt@transformer"],
+        "sizes": ["micro"],
+        "train": {"tokens": 512, "batch_tokens": 256, "lr": 1e-3},
+        "overrides": {"ttt": {**settings, "mini_batch_size": 8}},
+    }
+    (tmp_path / "inner.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["run", str(tmp_path / "inner.yaml")]) == 0
+    [run] = Store().runs()
+    assert run.status == "done" and run.backend == "generic"
+    assert {k: run.config["model"]["mixer_settings"][k] for k in settings} == settings
