@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -219,7 +220,7 @@ def _enable_wal(engine: Engine, patience_s: float = 60.0) -> None:
                     return
                 raw.execute("PRAGMA journal_mode=WAL")
                 return
-            except Exception as exc:  # sqlite3.OperationalError; the driver module is not imported here
+            except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(delay)
@@ -296,14 +297,16 @@ class Store:
                 _enable_wal(self.engine)
             with self.engine.begin() as conn:  # one transaction: a second runner sees all or nothing
                 self._prepare_schema(conn, upgrade=sqlite if upgrade is None else upgrade)
-        except DBAPIError as exc:
+        except (DBAPIError, sqlite3.DatabaseError) as exc:  # the WAL switch runs on the raw sqlite3 connection
             raise StoreError(self._cannot_open(exc)) from None
 
-    def _cannot_open(self, exc: DBAPIError) -> str:
+    def _cannot_open(self, exc: Exception) -> str:
         message = _one_line(exc)
-        if self.engine.dialect.name == "sqlite" and "not a database" in message:
-            return f"{self.where} is not a SQLite database ({message}); point --db at a mixbench database or a new file"
-        return f"cannot open database {self.where}: {message}"
+        if self.engine.dialect.name == "sqlite":
+            if "not a database" in message:
+                return f"{self.where} is not a SQLite database ({message}); point --db at a mixbench database or a new file"
+            return f"cannot open database {self.where}: {message}"
+        return f"cannot open database {self.where}: {message} (check host, port, user and password in --db or ${DB_ENV})"
 
     def _prepare_schema(self, conn: Connection, upgrade: bool) -> None:
         """Create a new database, or check (and if asked, upgrade) an existing one, with Alembic."""
