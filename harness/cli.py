@@ -16,6 +16,7 @@ from rich.table import Table
 
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
+from harness.launch.submit import LaunchError, submit_suite
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, stored_latency, write_reports
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
@@ -24,7 +25,7 @@ from harness.store_copy import copy_store
 from harness.suite import Suite, SuiteError, load_suite
 from models.registry import UnknownMixerError, list_mixers
 
-EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError)
+EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, LaunchError)
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -103,10 +104,11 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
     store = Store(args.db)
-    if args.launcher != "local" and not args.dry_run:  # imported here: submitit is needed only to submit
-        from harness.launch import submit_suite
-
-        return submit_suite(suite, args.suite, store, args.only, console)
+    if args.launcher == "slurm" and not args.dry_run:
+        submit_suite(suite, args.suite, store, args.only, console, extra_args=(
+            "--cache-dir", str(args.cache_dir.resolve()), "--checkpoint-dir", str(args.checkpoint_dir.resolve()),
+        ))  # fmt: skip
+        return 0
     runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console)
     if args.dry_run:
         if suite.spec.trains:

@@ -51,7 +51,7 @@ from harness import migrations
 SCHEMA_VERSION = 3  # schema_info.version written by the Alembic head (harness/migrations/versions)
 DEFAULT_DB = Path("results") / "mixbench.db"
 DB_ENV = "MIXBENCH_DB"  # the store when no --db is given
-JOB_ENV = ("SLURM_JOB_ID", "MIXBENCH_JOB_ID")  # where a launched job finds its id
+JOB_ENV = ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID")  # where a launched job finds its id (Slurm, submitit's local executor)
 # Counts that outgrow 32 bits (GPU memory in bytes) are BIGINT on PostgreSQL; SQLite's INTEGER is 64-bit.
 BigInt = Integer().with_variant(BigInteger(), "postgresql")
 
@@ -386,17 +386,22 @@ class Store:
             s.execute(delete(PositionLoss).where(PositionLoss.run_id == row.id))
             return True
 
-    def enqueue(self, record: RunRecord, job_id: str) -> bool:
-        """Record a cell as ``queued`` in a launcher's job; False (and no change) if it is done or running."""
+    def enqueue(self, record: RunRecord) -> bool:
+        """Mark a cell ``queued`` before a launcher submits its job; False (and no change) if done or running."""
         with self.session() as s:
             row = s.scalar(select(Run).where(Run.run_key == record.run_key).with_for_update())
             if row is None:
-                s.add(Run(**record.__dict__, status="queued", job_id=job_id))
+                s.add(Run(**record.__dict__, status="queued"))
                 return True
             if row.status in ("done", "running"):
                 return False
-            row.status, row.job_id, row.error, row.claimed_by = "queued", job_id, None, None
+            row.status, row.job_id, row.error, row.claimed_by = "queued", None, None, None
             return True
+
+    def note_job(self, run_key: str, job_id: str) -> None:
+        """The job id of a cell just submitted, unless its job already started and claimed it (then it wrote its own)."""
+        with self.session() as s:
+            s.execute(update(Run).where(Run.run_key == run_key, Run.job_id.is_(None)).values(job_id=job_id))
 
     def finish(
         self,
