@@ -20,7 +20,7 @@ from harness.launch.submit import LaunchError, submit_suite
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, stored_latency, write_reports
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
-from harness.store import SCHEMA_VERSION, Store, StoreError
+from harness.store import SCHEMA_VERSION, Store, StoreError, resolve_url
 from harness.store_copy import copy_store
 from harness.suite import Suite, SuiteError, load_suite
 from models.registry import UnknownMixerError, list_mixers
@@ -92,7 +92,10 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
         done = f"upgraded from {store.upgraded_from} to" if store.upgraded_from else "already at"
         console.print(f"{store.where}: {done} schema version {SCHEMA_VERSION}")
         return 0
-    src, dst = Store(args.src), Store(args.dst)
+    source = resolve_url(args.src)
+    if source.startswith("sqlite:///") and not Path(source.removeprefix("sqlite:///")).exists():
+        raise StoreError(f"db copy: there is no database at {args.src} to copy from")
+    src, dst = Store(source), Store(args.dst)
     summary = copy_store(src, dst)
     console.print(
         f"copied {summary.runs} runs and {summary.latency} latency rows from {src.where} to {dst.where}"

@@ -95,6 +95,11 @@ def test_db_copy_moves_finished_runs_from_sqlite_into_postgresql_once(capsys, tm
     assert {r.run_key: r.finished_at for r in dst.runs()}["done1"] is not None
 
 
+def test_db_copy_from_nowhere_creates_nothing(capsys, tmp_path):
+    err = one_line_error(capsys, "db", "copy", str(tmp_path / "typo.db"), str(tmp_path / "dst.db"))
+    assert "no database at" in err and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", ["foo://x", "mysql://me@host/db"])
 def test_db_urls_nobody_can_open(capsys, bad):
     err = one_line_error(capsys, "results", "--db", bad)
