@@ -13,11 +13,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 GRACE_S = 60  # how long a rank may take to write its checkpoint after SIGTERM (Slurm's warning is 90 s)
+
+
+def _running(pid: int) -> bool:
+    """Reaps the child if it exited. Not through Popen: its lock may be held by the frame this signal interrupted."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:  # already reaped
+        return False
 
 
 @dataclass
@@ -46,7 +55,10 @@ class CellJob:
         hosts = submitit.JobEnvironment().hostnames
         env = {**os.environ, "MIXBENCH_DB": self.db}
         self._process = subprocess.Popen(self.command(hosts[0]), cwd=self.workdir, env=env)
-        code = self._process.wait()
+        # Polled, not wait()ed: Popen.wait holds a lock that would keep checkpoint(), which runs
+        # in a signal handler on this thread, from ever seeing torchrun exit.
+        while (code := self._process.poll()) is None:
+            time.sleep(0.5)
         if code != 0:
             raise RuntimeError(f"{self.label}: torchrun exited with status {code} (the store says why)")
         return self.label
@@ -56,12 +68,14 @@ class CellJob:
         import submitit
 
         process = getattr(self, "_process", None)
-        if process is not None and process.poll() is None:
+        if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            deadline = time.monotonic() + GRACE_S
+            while _running(process.pid):
+                if time.monotonic() > deadline:
+                    process.kill()
+                    break
+                time.sleep(0.2)
         return submitit.helpers.DelayedSubmission(CellJob(**self.__getstate__()))
 
     def __getstate__(self) -> dict[str, Any]:  # the running process stays behind when the job is pickled

@@ -8,6 +8,7 @@ their version to the revision they match, which is stamped before upgrading.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic.config import Config
@@ -26,6 +27,7 @@ def config(connection: Connection) -> Config:
     return cfg
 
 
+@cache
 def script() -> ScriptDirectory:
     cfg = Config()
     cfg.set_main_option("script_location", str(HERE))
