@@ -45,6 +45,8 @@ def submit_suite(
     executor: Any = None, extra_args: tuple[str, ...] = (),
 ) -> list[Any]:  # fmt: skip
     """Submit every pending cell as its own job; returns submitit's jobs (``executor`` default: Slurm, from the suite)."""
+    if not suite.spec.trains:
+        raise LaunchError(f"suite {suite.name} only measures latency; --launcher slurm runs training cells (use local)")
     launcher = suite.spec.launcher
     folder = (DEFAULT_JOB_DIR / suite.name).resolve()
     executor = executor if executor is not None else slurm_executor(launcher, folder, f"mixbench-{suite.name}")

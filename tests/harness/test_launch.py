@@ -89,6 +89,13 @@ def test_slurm_without_a_cluster_is_one_line(write_suite, capsys, monkeypatch):
     assert Store().runs() == [], "nothing was queued"
 
 
+def test_a_latency_only_suite_is_not_submitted(tmp_path, fake_sbatch, capsys):
+    suite = tmp_path / "lat.yaml"
+    suite.write_text("name: lat\nmodels: [attention@transformer]\nsizes: [micro]\nlatency: {contexts: [16]}\n")
+    assert main(["run", str(suite), "--launcher", "slurm"]) == 2
+    assert "only measures latency" in capsys.readouterr().err and list(fake_sbatch.iterdir()) == []
+
+
 def test_a_bad_launcher_section_names_the_field(write_suite):
     with pytest.raises(SuiteError, match="time"):
         load_suite(write_suite(launcher={"time": "soon"}))
