@@ -11,22 +11,28 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
+from harness.launch.submit import LaunchError, submit_suite
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
-from harness.store import Store, StoreError
+from harness.store import SCHEMA_VERSION, Store, StoreError, resolve_url
+from harness.store_copy import copy_store
 from harness.suite import Suite, SuiteError, load_suite
 from models.registry import UnknownMixerError, list_mixers
 
-EXPECTED_ERRORS = (SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError)
+EXPECTED_ERRORS = (
+    SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError, LaunchError
+)
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None, help="SQLite path or SQLAlchemy URL (default results/mixbench.db)")
+    p.add_argument("--db", default=None, help="SQLite path or SQLAlchemy URL, e.g. postgresql://user@host/db "
+                   "(default $MIXBENCH_DB, else results/mixbench.db)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="packed-token cache")
     run.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR, help="final weights per run")
     run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
+    run.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                     help="local: run here (default); slurm: one job per pending cell (the suite's launcher: section)")
 
     sub.add_parser("mixers", help="list registered mixers, their backends and availability")
 
@@ -72,12 +80,41 @@ def parser() -> argparse.ArgumentParser:
     lme.add_argument("--device", help="default: CUDA if present, else CPU")
     lme.add_argument("--batch-size", type=int, default=8)
     lme.add_argument("--max-length", type=int, help="tokens the model sees (default: the run's training seq_len)")
+    db = sub.add_parser("db", help="the store itself: upgrade its schema, copy results between stores")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    _add_db(db_sub.add_parser("upgrade", help="migrate the store's schema to this mixbench's (Alembic)"))
+    copy = db_sub.add_parser("copy", help="copy finished runs and latency rows from SRC into DST")
+    copy.add_argument("src", help="SQLite path or SQLAlchemy URL")
+    copy.add_argument("dst", help="SQLite path or SQLAlchemy URL (created if new)")
     return ap
+
+
+def cmd_db(args: argparse.Namespace, console: Console) -> int:
+    if args.db_command == "upgrade":
+        store = Store(args.db, upgrade=True)
+        done = f"upgraded from {store.upgraded_from} to" if store.upgraded_from else "already at"
+        console.print(f"{store.where}: {done} schema version {SCHEMA_VERSION}")
+        return 0
+    source = resolve_url(args.src)
+    if source.startswith("sqlite:///") and not Path(source.removeprefix("sqlite:///")).exists():
+        raise StoreError(f"db copy: there is no database at {args.src} to copy from")
+    src, dst = Store(source), Store(args.dst)
+    summary = copy_store(src, dst)
+    console.print(
+        f"copied {summary.runs} runs and {summary.latency} latency rows from {src.where} to {dst.where}"
+        f" ({summary.runs_skipped} runs already there)"
+    )
+    return 0
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
     store = Store(args.db)
+    if args.launcher == "slurm" and not args.dry_run:
+        submit_suite(suite, args.suite, store, args.only, console, extra_args=(
+            "--cache-dir", str(args.cache_dir.resolve()), "--checkpoint-dir", str(args.checkpoint_dir.resolve()),
+        ))  # fmt: skip
+        return 0
     runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console)
     if args.dry_run:
         if suite.spec.trains:
@@ -141,14 +178,14 @@ def cmd_mixers(console: Console) -> int:
 def results_table(store: Store, suite: str | None) -> Table:
     values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
     table = Table(title=f"results{f' of suite {suite}' if suite else ''}")
-    for col in ("run key", "suite", "model", "size", "seq", "params", "status", "val ppl", "train FLOPs", "backend", "error"):
+    for col in ("run key", "suite", "model", "size", "seq", "params", "status", "job", "val ppl", "train FLOPs", "backend", "error"):
         table.add_column(col)
     for r in store.runs(suite):
         ppl = values.get((r.run_key, "val/ppl"))
         flops = values.get((r.run_key, "flops/train"))
         table.add_row(
             r.run_key, r.suite, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len),
-            f"{r.n_params:,}" if r.n_params else "-", r.status, f"{ppl:.2f}" if ppl else "-",
+            f"{r.n_params:,}" if r.n_params else "-", r.status, r.job_id or "-", f"{ppl:.2f}" if ppl else "-",
             f"{flops:.3g}" if flops else "-", r.backend or "-", r.error or "",
         )  # fmt: skip
     return table
@@ -181,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "query":
             return cmd_query(args, console)
+        if args.command == "db":
+            return cmd_db(args, console)
         if args.command == "latency":
             return cmd_latency(args, console)
         if args.command == "lm-eval":  # imported here: lm-eval is an optional extra
@@ -195,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     except EXPECTED_ERRORS as exc:
-        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted; finished cells are stored, rerun to resume")

@@ -78,6 +78,15 @@ def backend_label(model: nn.Module, device: torch.device) -> str:
     return trained if trained == evaluated else f"train: {trained}; eval: {evaluated}"
 
 
+def run_record(cell: Cell) -> RunRecord:
+    """The store's row for a cell, as claimed (or queued by a launcher)."""
+    return RunRecord(
+        run_key=cell.run_key, suite=cell.suite, mixer=cell.mixer, backbone=cell.backbone, size=cell.size,
+        seq_len=cell.seq_len, dataset=cell.data.source if cell.task is None else f"task:{cell.task['name']}",
+        config=cell.config,
+    )  # fmt: skip
+
+
 def select_cells(suite: Suite, only: str | None) -> list[Cell]:
     """Cells whose label (``arch/size/Tseq_len``) matches the glob ``only`` (all if None)."""
     cells = suite.cells()
@@ -138,12 +147,7 @@ class SuiteRunner:
         cells = select_cells(self.suite, only)
         for i, cell in enumerate(cells, 1):
             label = cell_label(cell)
-            record = RunRecord(
-                run_key=cell.run_key, suite=cell.suite, mixer=cell.mixer, backbone=cell.backbone, size=cell.size,
-                seq_len=cell.seq_len, dataset=cell.data.source if cell.task is None else f"task:{cell.task['name']}",
-                config=cell.config,
-            )  # fmt: skip
-            if not self.store.claim(record):
+            if not self.store.claim(run_record(cell)):
                 summary.skipped.append(label)
                 self.console.print(f"[dim][{i}/{len(cells)}] {label}: already {self.store.status(cell.run_key)}, skipped[/]")
                 continue

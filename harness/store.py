@@ -2,9 +2,10 @@
 
 Tables (one row per ...): ``runs`` (suite cell), ``metrics`` (run, step, name),
 ``position_loss`` (run, position bucket), ``latency`` (measurement), ``schema_info``
-(the schema version). Every write that finishes a run is one transaction, so a crash loses
-at most the run in flight; a run is claimed before it starts, so a rerun resumes and two
-runners on one database never train the same cell twice.
+(the schema version, beside Alembic's ``alembic_version``). Every write that finishes a run
+is one transaction, so a crash loses at most the run in flight; a run is claimed before it
+starts, so a rerun resumes and any number of runners on one database never train the same
+cell twice. The schema's history is in ``harness/migrations`` (Alembic, SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -32,24 +37,23 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    insert,
     inspect,
     select,
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-SCHEMA_VERSION = 2
+from harness import migrations
+
+SCHEMA_VERSION = 3  # schema_info.version written by the Alembic head (harness/migrations/versions)
 DEFAULT_DB = Path("results") / "mixbench.db"
-
-
-# Statements that take a database from version N to N + 1.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE runs ADD COLUMN checkpoint_path VARCHAR(1000)",),
-}
+DB_ENV = "MIXBENCH_DB"  # the store when no --db is given
+JOB_ENV = ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID")  # where a launched job finds its id (Slurm, submitit's local executor)
+# Counts that outgrow 32 bits (GPU memory in bytes) are BIGINT on PostgreSQL; SQLite's INTEGER is 64-bit.
+BigInt = Integer().with_variant(BigInteger(), "postgresql")
 
 
 class StoreError(Exception):
@@ -79,15 +83,16 @@ class Run(Base):
     size: Mapped[str] = mapped_column(String(32))
     seq_len: Mapped[int] = mapped_column(Integer)
     dataset: Mapped[str] = mapped_column(String(500))
-    n_params: Mapped[int | None] = mapped_column(Integer)
-    n_params_non_embedding: Mapped[int | None] = mapped_column(Integer)
+    n_params: Mapped[int | None] = mapped_column(BigInt)
+    n_params_non_embedding: Mapped[int | None] = mapped_column(BigInt)
     backend: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), index=True)  # running | done | failed
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed
     error: Mapped[str | None] = mapped_column(Text)
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
+    job_id: Mapped[str | None] = mapped_column(String(200))  # the launcher's job that last queued or ran it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -132,7 +137,7 @@ class Latency(Base):
     p20_ms: Mapped[float | None] = mapped_column(Float)
     p80_ms: Mapped[float | None] = mapped_column(Float)
     tokens_per_s: Mapped[float | None] = mapped_column(Float)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInt)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
@@ -152,24 +157,34 @@ class RunRecord:
 
 
 def resolve_url(db: str | Path | None) -> str:
-    """A path (or nothing: ``results/mixbench.db``) becomes a SQLite URL; URLs pass through."""
+    """A path (or nothing: ``$MIXBENCH_DB``, else ``results/mixbench.db``) becomes a SQLite URL.
+
+    URLs pass through, except that ``postgresql://`` gets the one driver mixbench ships in its
+    ``[postgres]`` extra (psycopg 3) instead of SQLAlchemy's default psycopg2.
+    """
     if db is None:
-        db = DEFAULT_DB
+        db = os.environ.get(DB_ENV) or DEFAULT_DB
     db = str(db)
     if "://" in db:
-        return db
+        return "postgresql+psycopg://" + db.removeprefix("postgresql://") if db.startswith("postgresql://") else db
     path = Path(db).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
 
+def masked(url: str) -> str:
+    """The URL as it may be printed: no password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _sqlite_setup(engine: Engine) -> None:
-    """WAL, foreign keys, waiting on locks, and real transactions around DDL and claims.
+    """Foreign keys, waiting on locks, and real transactions around DDL and claims.
 
     pysqlite runs DDL outside any transaction and opens write transactions lazily; both would
     let two runners creating or claiming on one new database see each other half-way. So the
     driver's own transaction handling is switched off and every transaction starts with
-    ``BEGIN IMMEDIATE``: writers queue (``busy_timeout``), readers are never blocked (WAL).
+    ``BEGIN IMMEDIATE``: writers queue (``busy_timeout``), readers are never blocked (WAL, set
+    once per database by ``_enable_wal``: the mode is stored in the file).
     """
 
     @event.listens_for(engine, "connect")
@@ -177,7 +192,6 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=60000")
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -186,13 +200,51 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _enable_wal(engine: Engine, patience_s: float = 60.0) -> None:
+    """Put a SQLite database in WAL mode, retrying while another process holds it.
+
+    Switching a new database to WAL rewrites its header. Two processes switching at once
+    deadlock, and SQLite breaks the deadlock by failing one of them with ``database is locked``
+    at once, without waiting out ``busy_timeout`` (the busy handler is skipped on purpose). That
+    was the race of runners starting together on a fresh database; the fix is what SQLite asks
+    of the loser: retry the statement. The mode is persistent, so later opens skip this.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.005
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        while True:
+            try:
+                mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode in ("wal", "memory"):
+                    return
+                raw.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claim_is_stale(claimed_by: str | None) -> bool:
-    """A ``running`` row whose process on this host is gone was interrupted: it may be retaken."""
+def this_job() -> str | None:
+    """The launcher's job this process runs in (Slurm's id survives a requeue), if any."""
+    return next((os.environ[name] for name in JOB_ENV if os.environ.get(name)), None)
+
+
+def _claim_is_stale(claimed_by: str | None, job_id: str | None = None) -> bool:
+    """A ``running`` row whose process is gone was interrupted: it may be retaken.
+
+    Gone means: a process on this host that no longer exists, or an earlier attempt of the very
+    job this process runs (a preempted Slurm job requeued, perhaps on another node).
+    """
     if not claimed_by:
+        return True
+    if job_id is not None and job_id == this_job():
         return True
     host, _, pid = claimed_by.rpartition(":")
     if host != socket.gethostname():
@@ -206,48 +258,89 @@ def _claim_is_stale(claimed_by: str | None) -> bool:
     return False
 
 
+def _one_line(exc: BaseException) -> str:
+    """A driver's message, first line only (psycopg's run to several)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+def _create_engine(url: str, where: str) -> Engine:
+    try:
+        return create_engine(url)
+    except ModuleNotFoundError as exc:
+        extra = " (pip install 'mixbench[postgres]')" if "psycopg" in str(exc.name) else ""
+        raise StoreError(f"cannot open {where}: its driver {exc.name} is not installed{extra}") from None
+    except ArgumentError as exc:
+        raise StoreError(f"--db {where} is not a database URL or path: {exc}") from None
+
+
 class Store:
-    """All reads and writes of results go through here."""
+    """All reads and writes of results go through here.
 
-    def __init__(self, db: str | Path | None = None) -> None:
+    Opening a store creates a new database or checks an existing one. A SQLite file is
+    upgraded in place when it is older than this mixbench; a shared server database is only
+    upgraded by ``mixbench db upgrade`` (``upgrade=True``), because every user of it must then
+    run a mixbench that knows the new schema.
+    """
+
+    def __init__(self, db: str | Path | None = None, *, upgrade: bool | None = None) -> None:
         self.url = resolve_url(db)
-        self.engine = create_engine(self.url)
-        if self.engine.dialect.name == "sqlite":
+        self.where = masked(self.url)
+        self.engine = _create_engine(self.url, self.where)
+        sqlite = self.engine.dialect.name == "sqlite"
+        if sqlite:
             _sqlite_setup(self.engine)
-        self._check_or_create_schema()
-
-    def _check_or_create_schema(self) -> None:
-        where = make_url(self.url).render_as_string(hide_password=True)
+        self.upgraded_from: str | None = None  # the revision before this open upgraded it, if it did
         try:
+            if sqlite:
+                _enable_wal(self.engine)
             with self.engine.begin() as conn:  # one transaction: a second runner sees all or nothing
-                tables = set(inspect(conn).get_table_names())
-                if not tables:
-                    Base.metadata.create_all(conn)
-                    conn.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
-                    return
-                if "schema_info" not in tables:
-                    raise StoreError(f"{where} is not a mixbench database (no schema_info table); use another --db")
-                version = conn.scalar(select(SchemaInfo.version))
-        except OperationalError as exc:
-            raise StoreError(f"cannot open database {where}: {exc.orig}") from exc
-        if version is None or version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{where} has schema version {version}, newer than this mixbench understands "
-                f"({SCHEMA_VERSION}); upgrade mixbench to read it"
-            )
-        if version < SCHEMA_VERSION:
-            self._migrate(version, where)
+                self._prepare_schema(conn, upgrade=sqlite if upgrade is None else upgrade)
+        except (DBAPIError, sqlite3.DatabaseError) as exc:  # the WAL switch runs on the raw sqlite3 connection
+            raise StoreError(self._cannot_open(exc)) from None
 
-    def _migrate(self, version: int, where: str) -> None:
-        """Bring an older database up to ``SCHEMA_VERSION``, one step per version, all in one transaction."""
-        with self.engine.begin() as conn:
-            while version < SCHEMA_VERSION:
-                if version not in MIGRATIONS:
-                    raise StoreError(f"{where} has schema version {version}, which this mixbench cannot migrate")
-                for statement in MIGRATIONS[version]:
-                    conn.execute(text(statement))
-                version += 1
-            conn.execute(update(SchemaInfo).values(version=version))
+    def _cannot_open(self, exc: Exception) -> str:
+        message = _one_line(exc)
+        if self.engine.dialect.name == "sqlite":
+            if "not a database" in message:
+                return f"{self.where} is not a SQLite database ({message}); point --db at a mixbench database or a new file"
+            return f"cannot open database {self.where}: {message}"
+        return f"cannot open database {self.where}: {message} (check host, port, user and password in --db or ${DB_ENV})"
+
+    def _prepare_schema(self, conn: Connection, upgrade: bool) -> None:
+        """Create a new database, or check (and if asked, upgrade) an existing one, with Alembic."""
+        if conn.dialect.name == "postgresql":  # runners meeting one new database create it once
+            conn.execute(text("SELECT pg_advisory_xact_lock(7234019)"))
+        tables = set(inspect(conn).get_table_names())
+        cfg = migrations.config(conn)
+        if not tables:
+            command.upgrade(cfg, "head")
+            return
+        if "schema_info" not in tables:
+            raise StoreError(f"{self.where} is not a mixbench database (no schema_info table); use another --db")
+        version = conn.scalar(select(SchemaInfo.version))
+        revision = conn.scalar(text("SELECT version_num FROM alembic_version")) if "alembic_version" in tables else None
+        future = f"revision {revision}" if revision is not None and not migrations.known(revision) else None
+        if future or version is None or version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.where} has schema {future or f'version {version}'}, newer than this mixbench understands "
+                f"({SCHEMA_VERSION}, {migrations.head()}); upgrade mixbench to use it"
+            )
+        if revision is None:  # made before Alembic: its schema_info version names its revision
+            if version not in migrations.LEGACY:
+                raise StoreError(f"{self.where} has schema version {version}, which this mixbench cannot migrate")
+            revision = migrations.LEGACY[version]
+            command.stamp(cfg, revision)
+        if revision == migrations.head():
+            return
+        if not upgrade:
+            raise StoreError(
+                f"{self.where} has schema version {version}, older than this mixbench ({SCHEMA_VERSION}); "
+                f"run `mixbench db upgrade --db URL` once (every user of it then needs this mixbench or newer)"
+            )
+        command.upgrade(cfg, "head")
+        self.upgraded_from = revision
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -262,33 +355,53 @@ class Store:
     def claim(self, record: RunRecord) -> bool:
         """Mark a cell ``running`` for this process; False if it is done or live elsewhere.
 
-        A failed or interrupted run is retaken and its partial rows are cleared in the same
-        transaction, so a rerun never duplicates rows. The update is a compare-and-set on the
-        previous claim, so two runners racing for one cell cannot both win.
+        A queued, failed or interrupted run is retaken and its partial rows are cleared in the
+        same transaction, so a rerun never duplicates rows. The row is read with
+        ``FOR UPDATE SKIP LOCKED`` (PostgreSQL: a row another runner is claiming right now is
+        passed over; SQLite needs no row lock, ``BEGIN IMMEDIATE`` already serialises writers),
+        a new row is inserted under a savepoint (losing an insert race is an answer, not an
+        error), and the update is a compare-and-set on the previous claim.
         """
-        me = this_process()
+        me, job = this_process(), this_job()
         with self.session() as s:
-            row = s.scalar(select(Run).where(Run.run_key == record.run_key))
+            row = s.scalar(select(Run).where(Run.run_key == record.run_key).with_for_update(skip_locked=True))
             if row is None:
-                s.add(Run(**record.__dict__, status="running", claimed_by=me, started_at=_now()))
                 try:
-                    s.flush()
+                    with s.begin_nested():
+                        s.add(Run(**record.__dict__, status="running", claimed_by=me, job_id=job, started_at=_now()))
                 except IntegrityError:
-                    return False  # another runner inserted it first
+                    return False  # another runner inserted it first, or holds its row locked
                 return True
-            if row.status == "done" or (row.status == "running" and not _claim_is_stale(row.claimed_by)):
+            if row.status == "done" or (row.status == "running" and not _claim_is_stale(row.claimed_by, row.job_id)):
                 return False
             taken = s.execute(
                 update(Run)
-                .where(Run.id == row.id, Run.status == row.status, Run.claimed_by == row.claimed_by)
-                .values(status="running", claimed_by=me, error=None, started_at=_now(), finished_at=None,
-                        config=record.config)
-            ).rowcount
+                .where(Run.id == row.id, Run.status == row.status, Run.claimed_by.is_not_distinct_from(row.claimed_by))
+                .values(status="running", claimed_by=me, job_id=job or row.job_id, error=None, started_at=_now(),
+                        finished_at=None, config=record.config)
+            ).rowcount  # fmt: skip
             if taken != 1:
                 return False
             s.execute(delete(Metric).where(Metric.run_id == row.id))
             s.execute(delete(PositionLoss).where(PositionLoss.run_id == row.id))
             return True
+
+    def enqueue(self, record: RunRecord) -> bool:
+        """Mark a cell ``queued`` before a launcher submits its job; False (and no change) if done or running."""
+        with self.session() as s:
+            row = s.scalar(select(Run).where(Run.run_key == record.run_key).with_for_update())
+            if row is None:
+                s.add(Run(**record.__dict__, status="queued"))
+                return True
+            if row.status in ("done", "running"):
+                return False
+            row.status, row.job_id, row.error, row.claimed_by = "queued", None, None, None
+            return True
+
+    def note_job(self, run_key: str, job_id: str) -> None:
+        """The job id of a cell just submitted, unless its job already started and claimed it (then it wrote its own)."""
+        with self.session() as s:
+            s.execute(update(Run).where(Run.run_key == run_key, Run.job_id.is_(None)).values(job_id=job_id))
 
     def finish(
         self,
@@ -369,6 +482,8 @@ class Store:
         engine = self._read_only_engine()
         with engine.connect() as conn:
             try:
+                if engine.dialect.name == "postgresql":  # the server itself refuses writes, as mode=ro does
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
                 result = conn.execute(text(statement))
                 columns = list(result.keys())
                 rows = [tuple(r) for r in result]

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.launch.resources import LauncherSection
 from harness.tasks import TaskError, TaskParamError, get_task
 from models.backbones import BACKBONES, SIZES
 from models.lm import split_arch
@@ -231,6 +232,7 @@ class SuiteSpec(_Section):
     overrides: dict[str, dict[str, Any]] = {}
     latency: LatencySection | None = None
     task: TaskSection | None = None  # a synthetic-task suite (accuracy) instead of text (perplexity)
+    launcher: LauncherSection = LauncherSection()  # what each cell's job asks of Slurm (--launcher slurm)
 
     def mixer_settings(self, mixer: str) -> dict[str, Any]:
         """The mixer's defaults with this suite's overrides on top: what a cell is built with."""

@@ -1,14 +1,25 @@
-"""The store: round trip, resumable claims, read-only queries, schema version checks."""
+"""The store: round trip, resumable claims, read-only queries, schema version checks.
+
+Every test taking ``db`` runs on SQLite and on a real PostgreSQL server (tests/harness/conftest.py).
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
 
-from harness.store import SCHEMA_VERSION, RunRecord, Store, StoreError
+from harness import migrations
+from harness.store import SCHEMA_VERSION, Base, RunRecord, Store, StoreError
 
 
 def record(key: str = "k1", **kw) -> RunRecord:
@@ -30,8 +41,8 @@ def finish(store: Store, key: str = "k1") -> None:
     )
 
 
-def test_round_trip(tmp_path):
-    store = Store(tmp_path / "r.db")
+def test_round_trip(db):
+    store = Store(db)
     assert store.claim(record())
     finish(store)
     [run] = store.runs()
@@ -46,15 +57,15 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     assert sqlite3.connect(tmp_path / "w.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_done_runs_are_never_claimed_again(tmp_path):
-    store = Store(tmp_path / "r.db")
+def test_done_runs_are_never_claimed_again(db):
+    store = Store(db)
     assert store.claim(record())
     finish(store)
     assert not store.claim(record())
 
 
-def test_a_live_claim_blocks_and_a_dead_one_is_retaken_without_duplicates(tmp_path):
-    store = Store(tmp_path / "r.db")
+def test_a_live_claim_blocks_and_a_dead_one_is_retaken_without_duplicates(db):
+    store = Store(db)
     assert store.claim(record())
     assert not store.claim(record()), "this process is alive: its claim must hold"
     # A runner that died mid-run: its claim names a process that no longer exists.
@@ -71,8 +82,8 @@ def test_a_live_claim_blocks_and_a_dead_one_is_retaken_without_duplicates(tmp_pa
     assert len(store.metric_values()) == 2 and len(store.runs()) == 1
 
 
-def test_failed_runs_are_retaken_and_keep_their_error_until_then(tmp_path):
-    store = Store(tmp_path / "r.db")
+def test_failed_runs_are_retaken_and_keep_their_error_until_then(db):
+    store = Store(db)
     assert store.claim(record())
     store.fail("k1", "TrainingDiverged: loss became nan at step 3 of 10")
     [run] = store.runs()
@@ -92,35 +103,39 @@ def test_failed_runs_are_retaken_and_keep_their_error_until_then(tmp_path):
         "PRAGMA query_only=OFF",
     ],
 )
-def test_query_refuses_anything_that_writes(tmp_path, sql):
-    store = Store(tmp_path / "r.db")
+def test_query_refuses_anything_that_writes(db, sql):
+    store = Store(db)
     store.claim(record())
     with pytest.raises(StoreError):
         store.query(sql)
     assert len(store.runs()) == 1
 
 
-def test_query_reads(tmp_path):
-    store = Store(tmp_path / "r.db")
+def test_query_reads(db):
+    store = Store(db)
     store.claim(record())
     finish(store)
     columns, rows = store.query("SELECT mixer, status FROM runs")
     assert columns == ["mixer", "status"] and rows == [("attention", "done")]
-    with pytest.raises(StoreError, match="no such table"):
+    with pytest.raises(StoreError, match="no such table|does not exist"):
         store.query("SELECT * FROM missing_table")
     assert store.claim(record("k2"))  # the store still writes after a read-only query
     assert [r.run_key for r in store.runs()] == ["k1", "k2"]
 
 
-def test_newer_schema_is_refused_with_a_message(tmp_path):
-    path = tmp_path / "future.db"
-    Store(path)
-    con = sqlite3.connect(path)
-    con.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION + 1,))
-    con.commit()
-    con.close()
+def test_newer_schema_is_refused_with_a_message(db):
+    store = Store(db)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE schema_info SET version = :v"), {"v": SCHEMA_VERSION + 1})
+    store.engine.dispose()
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this mixbench"):
-        Store(path)
+        Store(db)
+    with store.engine.begin() as conn:  # a future mixbench's Alembic revision, unknown here
+        conn.execute(text("UPDATE schema_info SET version = :v"), {"v": SCHEMA_VERSION})
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    store.engine.dispose()
+    with pytest.raises(StoreError, match="schema revision 9999_future, newer than this mixbench"):
+        Store(db)
 
 
 def test_foreign_database_is_refused(tmp_path):
@@ -133,25 +148,92 @@ def test_foreign_database_is_refused(tmp_path):
         Store(path)
 
 
-def test_older_database_is_migrated_in_place(tmp_path):
-    path = tmp_path / "old.db"
-    store = Store(path)
-    store.claim(record())
-    store.engine.dispose()
-    con = sqlite3.connect(path)  # make it look like a version-1 database: no checkpoint_path column
-    con.execute("ALTER TABLE runs DROP COLUMN checkpoint_path")
-    con.execute("UPDATE schema_info SET version = 1")
-    con.commit()
+STRESS_REPEATS = int(os.environ.get("MIXBENCH_STRESS_REPEATS", "2"))  # the fix was proven with 20 and more
+STRESS_RUNNER = Path(__file__).parent / "store_runner.py"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_eight_runners_starting_together_on_a_fresh_database_run_every_cell_once(new_db, tmp_path):
+    """The race of runners creating one new database (SQLite's WAL switch failed one with ``database is locked``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for repeat in range(STRESS_REPEATS):
+        url, go, n_cells = new_db(), tmp_path / f"go{repeat}", 12
+        procs = [subprocess.Popen([sys.executable, STRESS_RUNNER, url, str(n_cells), go], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)]  # fmt: skip
+        while len(list(tmp_path.glob(f"go{repeat}.ready.*"))) < len(procs) and all(p.poll() is None for p in procs):
+            time.sleep(0.01)
+        go.touch()  # every runner has imported everything: they open the store together
+        outputs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, f"repeat {repeat}: " + "".join(err for _, err in outputs)
+        ran = [key for out, _ in outputs for key in out.split()]
+        assert sorted(ran) == [f"cell{i:03d}" for i in range(n_cells)], f"repeat {repeat}: cells run {sorted(ran)}"
+        store = Store(url)
+        assert [r.status for r in store.runs()] == ["done"] * n_cells and len(store.metric_values()) == 2 * n_cells
+        store.engine.dispose()
+
+
+LEGACY = Path(__file__).parent / "data"  # stores written by earlier mixbench releases (make_legacy_store.py)
+
+
+def table_rows(path: Path) -> dict[str, set[tuple]]:
+    """Every table's rows, each as sorted (column, value) pairs, so added columns can be set aside."""
+    con = sqlite3.connect(path)
+    rows = {}
+    for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        cur = con.execute(f"SELECT * FROM {table}")
+        columns = [d[0] for d in cur.description]
+        rows[table] = {tuple(sorted(zip(columns, row))) for row in cur}
     con.close()
-    migrated = Store(path)
-    assert [r.run_key for r in migrated.runs()] == ["k1"], "rows survive the migration"
-    assert migrated.query("SELECT version FROM schema_info")[1] == [(SCHEMA_VERSION,)]
-    finish(migrated)
-    assert migrated.runs()[0].checkpoint_path is None and migrated.runs()[0].status == "done"
+    return rows
 
 
-def test_add_metrics_to_a_done_run_replaces_same_names(tmp_path):
-    store = Store(tmp_path / "r.db")
+@pytest.mark.parametrize("made_by", ["store_v1", "store_v1_with_checkpoint_column", "store_v2"])
+def test_a_legacy_sqlite_database_upgrades_in_place_keeping_every_row(tmp_path, made_by):
+    path = tmp_path / "legacy.db"
+    con = sqlite3.connect(path)
+    con.executescript((LEGACY / f"{made_by}.sql").read_text())
+    con.close()
+    before = table_rows(path)
+    assert {len(before[t]) for t in ("runs", "metrics", "position_loss", "latency")} >= {2}, "the fixture has rows"
+    store = Store(path)
+    assert store.upgraded_from == migrations.LEGACY[next(iter(before["schema_info"]))[0][1]]
+    after = table_rows(path)
+    for table, rows in before.items():
+        if table == "schema_info":
+            assert after[table] == {(("version", SCHEMA_VERSION),)}
+            continue
+        old_columns = {name for row in rows for name, _ in row}
+        assert {tuple(c for c in row if c[0] in old_columns) for row in after[table]} == rows, f"{table} rows changed"
+    assert all(dict(r)["job_id"] is None for r in after["runs"]) and "checkpoint_path" in dict(next(iter(after["runs"])))
+    assert store.query("SELECT version_num FROM alembic_version")[1] == [(migrations.head(),)]
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.claim(record("new")), "the upgraded store takes new runs"
+    finish(store, "new")
+    assert {r.status for r in Store(path).runs()} == {"done", "failed"}
+
+
+def test_the_migrations_build_exactly_the_models_schema(db):
+    store = Store(db)
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_a_server_database_upgrades_only_when_asked(postgres_db):
+    url = postgres_db
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(conn), "0002_checkpoint_path")
+    engine.dispose()
+    with pytest.raises(StoreError, match="older than this mixbench .* run `mixbench db upgrade"):
+        Store(url)
+    store = Store(url, upgrade=True)
+    assert store.upgraded_from == "0002_checkpoint_path" and store.claim(record())
+    assert Store(url).upgraded_from is None
+
+
+def test_add_metrics_to_a_done_run_replaces_same_names(db):
+    store = Store(db)
     store.claim(record())
     with pytest.raises(StoreError, match="is not a done run"):
         store.add_metrics("k1", [("lm_eval/x/acc", 0.5)])

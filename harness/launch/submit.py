@@ -1,0 +1,75 @@
+"""``mixbench run SUITE --launcher slurm``: one submitit job per pending cell; no scheduler of our own.
+
+Each pending cell (not done, not running) is marked ``queued`` in the store, then submitted
+as a :class:`~harness.launch.job.CellJob`; the store records the job id, so ``mixbench
+results`` shows queued, running, done and failed across jobs. The store's claim, not this
+module, guarantees that a cell runs once however many jobs or launchers ask for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.launch.job import CellJob
+from harness.launch.resources import LauncherSection
+from harness.runner import cell_label, one_line, run_record, select_cells
+from harness.store import Store
+from harness.suite import Suite
+
+DEFAULT_JOB_DIR = Path("results") / "jobs"  # submitit's scripts, pickles and logs, one folder per suite
+
+
+class LaunchError(Exception):
+    """Jobs that cannot be submitted; the message says why and what to install or set."""
+
+
+def slurm_executor(launcher: LauncherSection, folder: Path, name: str) -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise LaunchError("--launcher slurm needs submitit: pip install 'mixbench[slurm]'") from None
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=launcher.requeues)
+    except RuntimeError as exc:  # no srun: not a Slurm machine
+        raise LaunchError(f"--launcher slurm: {exc} (submit from a login node of the cluster)") from None
+    executor.update_parameters(job_name=name, **launcher.slurm_parameters())
+    return executor
+
+
+def submit_suite(
+    suite: Suite, suite_path: Path, store: Store, only: str | None, console: Console,
+    executor: Any = None, extra_args: tuple[str, ...] = (),
+) -> list[Any]:  # fmt: skip
+    """Submit every pending cell as its own job; returns submitit's jobs (``executor`` default: Slurm, from the suite)."""
+    if not suite.spec.trains:
+        raise LaunchError(f"suite {suite.name} only measures latency; --launcher slurm runs training cells (use local)")
+    launcher = suite.spec.launcher
+    folder = (DEFAULT_JOB_DIR / suite.name).resolve()
+    executor = executor if executor is not None else slurm_executor(launcher, folder, f"mixbench-{suite.name}")
+    table = Table(title=f"suite {suite.name}: jobs")
+    for col in ("cell", "run key", "job"):
+        table.add_column(col)
+    jobs = []
+    for cell in select_cells(suite, only):
+        record = run_record(cell)
+        if not store.enqueue(record):
+            table.add_row(cell_label(cell), cell.run_key, f"already {store.status(cell.run_key)}")
+            continue
+        try:
+            job = executor.submit(CellJob(
+                suite=Path(suite_path).resolve(), label=cell_label(cell), db=store.url, nodes=launcher.nodes,
+                ranks_per_node=launcher.ranks_per_node, workdir=Path.cwd(), extra_args=extra_args,
+            ))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - sbatch missing or refusing: the cell must not stay queued
+            store.fail(cell.run_key, f"job submission failed: {one_line(exc)}")
+            raise LaunchError(f"submitting {cell_label(cell)} failed: {one_line(exc)}") from None
+        store.note_job(cell.run_key, str(job.job_id))
+        table.add_row(cell_label(cell), cell.run_key, str(job.job_id))
+        jobs.append(job)
+    console.print(table)
+    console.print(f"{len(jobs)} jobs submitted; watch them with `mixbench results --suite {suite.name}`")
+    return jobs
