@@ -84,12 +84,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         if not group.is_main:  # a follower rank trains; rank 0 alone opens the store, reports and measures
             runner = SuiteRunner(suite, None, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir,
                                  console=console, group=group)  # fmt: skip
-            return 1 if (suite.spec.trains and not args.dry_run and runner.run(args.only).failed) else 0
+            if suite.spec.trains and not args.dry_run and runner.run(args.only).failed:
+                group.wait_main_finished()  # torchrun would stop rank 0 the moment we exit with an error
+                return 1
+            return 0
         return _run_main(args, suite, group, console)
     except Preempted:
         return PREEMPTED_EXIT_CODE  # rank 0 printed the one line that says how to resume
     finally:
-        group.close()
+        group.finish()
 
 
 def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Console) -> int:

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 TIMEOUT_ENV = "MIXBENCH_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
-ERROR_KEY, ACK_KEY = "error", "error-recorded"
+ERROR_KEY, FINISHED_KEY = "error", "rank0-finished"
 DECISION_TIMEOUT_ENV = "MIXBENCH_DECISION_TIMEOUT_S"
 DEFAULT_DECISION_TIMEOUT_S = 24 * 3600.0
 
@@ -124,10 +124,9 @@ class Group:
 
         Every failing rank posts its error (the first post wins) and closes its process group,
         which unblocks peers waiting on it in a collective so that they fail too, instead of
-        hanging until the timeout. Rank 0 then records the first posted error and acknowledges;
-        the other ranks wait for that acknowledgement (bounded by the timeout) before they exit,
-        so a launcher that stops the whole job when one rank exits cannot kill rank 0 before
-        the failure is stored.
+        hanging until the timeout. Rank 0 records the first posted error; the others then wait
+        for rank 0 to finish (:meth:`wait_main_finished`) before they exit, because a launcher
+        such as torchrun stops every rank as soon as one exits with an error.
         """
         if not self.distributed:
             return message
@@ -135,24 +134,26 @@ class Group:
         self.close()
         return self.posted_error() or f"rank {self.rank}: {message}"
 
-    def failure_recorded(self) -> None:
-        """Rank 0: the failure is stored; the waiting ranks may exit."""
-        if self.distributed and self.is_main:
-            try:
-                self._kv.set(ACK_KEY, "1")
-            except Exception:  # noqa: BLE001 - the others time out and exit anyway
-                pass
-
-    def wait_failure_recorded(self) -> None:
+    def wait_main_finished(self) -> None:
+        """A follower after a failure: wait (at most the timeout) until rank 0 has stored and reported."""
         if self.distributed and not self.is_main:
             try:
-                self._kv.wait([ACK_KEY], self.timeout)
+                self._kv.wait([FINISHED_KEY], self.timeout)
             except Exception:  # noqa: BLE001 - rank 0 is gone or stuck; exit anyway
                 pass
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+    def finish(self) -> None:
+        """At the very end: every rank leaves the group; then rank 0 lets waiting followers go."""
+        self.close()
+        if self.distributed and self.is_main:
+            try:
+                self._kv.set(FINISHED_KEY, "1")
+            except Exception:  # noqa: BLE001 - the followers time out and exit anyway
+                pass
 
 
 def init_from_env() -> Group:

@@ -175,10 +175,7 @@ class SuiteRunner:
                 error = self.group.fail_together(error)  # the first failing rank's error, on rank 0
                 if main:
                     self.store.fail(cell.run_key, error)
-                    self.group.failure_recorded()
                     self.console.print(f"[red]{label}: failed: {error}[/]")
-                else:
-                    self.group.wait_failure_recorded()
                 summary.failed.append((label, error))
                 if self.group.distributed:
                     break  # the process group is closed: this launch ends; a rerun goes on

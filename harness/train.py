@@ -152,7 +152,8 @@ def train(
     optimizer = make_optimizer(model, plan.lr, train_cfg.weight_decay, tuple(train_cfg.betas), fused=device.type == "cuda")
     result, step, prior_seconds = TrainResult(), 0, 0.0
     if checkpoints is not None and (path := checkpoints.latest()) is not None:
-        saved = checkpoints.load(path, model, optimizer, {"step": 0, "sampler": {}, "metrics": [], "tokens": 0, "seconds": 0.0})
+        template = {"step": 0, "sampler": sampler.state_dict(), "metrics": [], "tokens": 0, "seconds": 0.0}
+        saved = checkpoints.load(path, model, optimizer, template)
         sampler.load_state_dict(saved["sampler"])
         step = result.resumed_from = int(saved["step"])
         result.metrics = [(int(s), str(n), float(v)) for s, n, v in saved["metrics"]]
@@ -165,7 +166,7 @@ def train(
     start = time.perf_counter()
     title = f"train {label}" + (f" (resumed at step {step})" if step else "")
     with (flag.installed() if checkpoints is not None else nullcontext()), \
-            progress_bar(title, total=plan.steps, unit="step") as bar:  # fmt: skip
+            progress_bar(title, total=plan.steps, unit="step", enabled=group.is_main) as bar:  # fmt: skip
         bar.update(advance=step)
         for step in range(step, plan.steps):
             lr = learning_rate(step, plan, train_cfg.min_lr_ratio)
