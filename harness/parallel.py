@@ -22,8 +22,6 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from harness.distributed import Group
@@ -64,6 +62,8 @@ def prepare(model: nn.Module, mode: str, device: torch.device, *, compile: bool 
         for block in blocks:
             block.compile()
     if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # imported only when used (slow)
+
         policy = (
             MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
             if device.type == "cuda" else MixedPrecisionPolicy()
@@ -84,7 +84,7 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         with model.no_sync():
             yield
         return
-    if isinstance(model, FSDPModule):
+    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module
         model.set_requires_gradient_sync(enabled)
     yield
 
@@ -96,8 +96,10 @@ def full_model(model: nn.Module, group: Group, device: torch.device) -> nn.Modul
     """
     if isinstance(model, DistributedDataParallel):
         return model.module if group.is_main else None
-    if not isinstance(model, FSDPModule):
+    if not hasattr(model, "set_requires_gradient_sync"):  # not FSDP2: the model itself
         return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not group.is_main:
         return None

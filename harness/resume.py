@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from harness.distributed import Group
 
@@ -110,6 +108,9 @@ class StepCheckpoints:
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict[str, Any]) -> Path:
         """Every rank writes its shards; rank 0 publishes the folder and prunes old ones."""
+        import torch.distributed.checkpoint as dcp  # here: a 3 s import that a run without checkpoints skips
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
         final = self.folder / f"step-{step:06d}"
         partial = final.with_name(final.name + ".partial")
         if self.group.is_main:
@@ -133,6 +134,9 @@ class StepCheckpoints:
 
         ``train_state`` is a template with the keys the loop saved (values are replaced).
         """
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state, "train": {**train_state, "rng": _rng_state()}}
         with warnings.catch_warnings():
