@@ -166,12 +166,17 @@ class TTTLayer(SequenceMixer):
         q, k = self._rope(q, k, inner.pos)
         ttt = FORMS[self.select_backend(x.device)]
         shape = (self.n_heads, 1, self.head_dim)
-        z, inner = ttt(
-            q, k, v, self.inner_lr(x), inner,
-            token_scale=self.token_scale(),
-            ln_weight=self.ttt_norm_weight.reshape(shape),
-            ln_bias=self.ttt_norm_bias.reshape(shape),
-        )  # fmt: skip
+        eta = self.inner_lr(x)
+        # The inner loop (gradient steps on the hidden state W) stays float32 under bf16 autocast:
+        # its updates are small differences that bf16 would round away.
+        with torch.autocast(x.device.type, enabled=False):
+            q, k, v, eta = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in (q, k, v, eta))
+            z, inner = ttt(
+                q, k, v, eta, inner,
+                token_scale=self.token_scale(),
+                ln_weight=self.ttt_norm_weight.reshape(shape),
+                ln_bias=self.ttt_norm_bias.reshape(shape),
+            )  # fmt: skip
         y = self.post_norm(z.transpose(1, 2).reshape(batch, seq, self.d_model))
         if self.use_gate:
             y = F.gelu(self.g_proj(x), approximate="tanh") * y
