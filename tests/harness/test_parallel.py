@@ -85,3 +85,15 @@ def test_results_show_step_and_tokens_of_a_running_cell(write_suite, tmp_path, c
     assert main(["results", "--db", str(tmp_path / "live.db")]) == 0
     assert "running (step 6, 1,536 tokens)" in capsys.readouterr().out.replace("\n", "")
     assert results_table(store, "unit").row_count == 1
+
+
+def test_bad_engine_settings_are_one_clear_line(write_suite, monkeypatch):
+    from harness.distributed import timeout_from_env
+    from harness.suite import SuiteError
+
+    monkeypatch.setenv("MIXBENCH_DIST_TIMEOUT_S", "ten minutes")
+    with pytest.raises(ValueError, match="MIXBENCH_DIST_TIMEOUT_S='ten minutes' is not a number of seconds"):
+        timeout_from_env()
+    bad = write_suite(train={"tokens": 2048, "batch_tokens": 256, "parallel": "zero3"})
+    with pytest.raises(SuiteError, match="parallel"):
+        load_suite(bad)
