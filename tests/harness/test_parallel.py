@@ -63,7 +63,7 @@ def test_ttt_inner_loop_stays_float32_under_bf16_autocast(monkeypatch):
     assert seen and all(s == (torch.float32,) * 4 + (False,) for s in seen)
 
 
-def test_compile_and_activation_checkpointing_keep_parameter_names():
+def test_compile_and_activation_checkpointing_keep_parameter_names(monkeypatch):
     model = build(ModelSpec.parse("attention@transformer", "micro", 64))
     names = [n for n, _ in model.named_parameters()]
     prepared = prepare(model, "none", torch.device("cpu"), activation_checkpointing=True)
@@ -71,6 +71,11 @@ def test_compile_and_activation_checkpointing_keep_parameter_names():
     x = torch.randint(0, 64, (2, 8))
     prepared(x).sum().backward()  # recomputes each block in the backward pass
     assert all(p.grad is not None for p in prepared.parameters())
+
+    compiled: list[torch.nn.Module] = []  # torch.compile itself is for the GPU benchmark: here, that it is asked per block
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    again = prepare(build(ModelSpec.parse("attention@transformer", "micro", 64)), "none", torch.device("cpu"), compile=True)
+    assert compiled == list(again.blocks) and [n for n, _ in again.named_parameters()] == names
 
 
 def test_results_show_step_and_tokens_of_a_running_cell(write_suite, tmp_path, capsys):
