@@ -25,7 +25,7 @@ from models.lm import split_arch
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
 
 # Bumped whenever the training or evaluation protocol changes what a cell would measure.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the per-rank sampler's data order (harness/sampler.py), bf16 evaluation on CUDA
 
 
 class SuiteError(Exception):
