@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from dist_worker import TRAIN, train_micro, worker
+from dist_worker import train_micro, weight_norms, worker
 from harness.data import DataConfig, load_packed
 from harness.distributed import Group
 from harness.resume import PREEMPTED_EXIT_CODE
@@ -47,26 +47,27 @@ def two_rank_runs(tmp_path_factory):
     corpus.write_text("\n".join(kjv.read_text().splitlines()[:40]) + "\n")
     load_packed(DataConfig(source=str(corpus), tokenizer="bytes", seq_len=32), out / "cache")  # before the ranks read it
     mp.start_processes(worker, args=(2, free_port(), str(corpus), str(out)), nprocs=2, start_method="spawn")
-    single = train_micro(corpus, out / "cache", None, Group())
-    return out, corpus, single
+    single, model = train_micro(corpus, out / "cache", None, Group())
+    return out, corpus, single, weight_norms(model)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_follow_the_single_process_loss_curve(two_rank_runs, mode):
-    out, _, single = two_rank_runs
-    curve = json.loads((out / f"{mode}.json").read_text())
-    assert len(curve) == len(single) == 8
-    assert curve == pytest.approx(single, rel=CURVE_RTOL)
+    out, _, single, single_norms = two_rank_runs
+    run = json.loads((out / f"{mode}.json").read_text())
+    assert len(run["losses"]) == len(single) == 8
+    assert run["losses"] == pytest.approx(single, rel=CURVE_RTOL)
     assert single[-1] < single[0] - 0.5, "the run learns, so the comparison means something"
+    assert run["norms"] == pytest.approx(single_norms, rel=CURVE_RTOL), "rank 0's full model has every trained weight"
 
 
 def test_a_two_rank_fsdp_checkpoint_resumes_in_one_process(two_rank_runs):
-    out, corpus, single = two_rank_runs
+    out, corpus, single, _ = two_rank_runs
     folder = out / "fsdp"
     assert sorted(p.name for p in folder.iterdir()) == ["step-000004", "step-000008"]
     torch.manual_seed(123)  # the checkpoint restores the RNG too; the model's init must not matter
     (folder / "step-000008").rename(folder / "step-000008.partial")  # a save that never completed
-    resumed = train_micro(corpus, out / "cache", folder, Group())
+    resumed, _ = train_micro(corpus, out / "cache", folder, Group())
     assert resumed[:4] == pytest.approx(single[:4], rel=CURVE_RTOL), "the losses before the checkpoint come back"
     assert resumed[4:] == pytest.approx(single[4:], rel=CURVE_RTOL)
 
