@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-import yaml
 
 from dist_worker import train_micro, weight_norms, worker
 from harness.data import DataConfig, load_packed
