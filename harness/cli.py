@@ -7,6 +7,7 @@ attempted through ``query``) ends with one clear line on stderr and exit status 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from rich.table import Table
 
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
+from harness.distributed import Group, init_from_env
 from harness.launch.submit import LaunchError, submit_suite
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
+from harness.resume import PREEMPTED_EXIT_CODE, Preempted
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
 from harness.store import SCHEMA_VERSION, Store, StoreError, resolve_url
 from harness.store_copy import copy_store
@@ -109,13 +112,31 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
+    group = init_from_env()  # world size 1 unless started by torchrun
+    try:
+        if not group.is_main:  # a follower rank trains; rank 0 alone opens the store, reports and measures
+            runner = SuiteRunner(suite, None, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir,
+                                 console=console, group=group)  # fmt: skip
+            if suite.spec.trains and not args.dry_run and runner.run(args.only).failed:
+                group.wait_main_finished()  # torchrun would stop rank 0 the moment we exit with an error
+                return 1
+            return 0
+        return _run_main(args, suite, group, console)
+    except Preempted:
+        return PREEMPTED_EXIT_CODE  # rank 0 printed the one line that says how to resume
+    finally:
+        group.finish()
+
+
+def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Console) -> int:
     store = Store(args.db)
     if args.launcher == "slurm" and not args.dry_run:
         submit_suite(suite, args.suite, store, args.only, console, extra_args=(
             "--cache-dir", str(args.cache_dir.resolve()), "--checkpoint-dir", str(args.checkpoint_dir.resolve()),
         ))  # fmt: skip
         return 0
-    runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console)
+    runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console,
+                         group=group, resume_command="python -m harness " + shlex.join(sys.argv[1:]))  # fmt: skip
     if args.dry_run:
         if suite.spec.trains:
             console.print(runner.dry_run(args.only))
@@ -183,9 +204,12 @@ def results_table(store: Store, suite: str | None) -> Table:
     for r in store.runs(suite):
         ppl = values.get((r.run_key, "val/ppl"))
         flops = values.get((r.run_key, "flops/train"))
+        status = r.status
+        if r.status == "running" and (step := values.get((r.run_key, "progress/step"))) is not None:
+            status += f" (step {step:.0f}, {values.get((r.run_key, 'progress/tokens'), 0):,.0f} tokens)"
         table.add_row(
             r.run_key, r.suite, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len),
-            f"{r.n_params:,}" if r.n_params else "-", r.status, r.job_id or "-", f"{ppl:.2f}" if ppl else "-",
+            f"{r.n_params:,}" if r.n_params else "-", status, r.job_id or "-", f"{ppl:.2f}" if ppl else "-",
             f"{flops:.3g}" if flops else "-", r.backend or "-", r.error or "",
         )  # fmt: skip
     return table

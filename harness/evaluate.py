@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.parallel import autocast
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -39,7 +41,8 @@ def evaluate(model: nn.Module, data, eval_cfg, device: torch.device) -> EvalResu
     for lo in range(0, n, eval_cfg.batch_size):
         inputs, targets = data.batch("val", range(lo, min(n, lo + eval_cfg.batch_size)))
         inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs).float()
+        with autocast(device):  # bf16 on CUDA, as in training
+            logits = model(inputs).float()
         losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (batch, seq)
         batch_sum = losses.sum(0).double().cpu()
         loss_sum_by_position = batch_sum if loss_sum_by_position is None else loss_sum_by_position + batch_sum

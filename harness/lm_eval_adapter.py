@@ -61,6 +61,7 @@ import torch
 from harness.checkpoints import load_checkpoint
 from harness.data import TextTokenizer, load_tokenizer
 from harness.environment import pick_device
+from harness.parallel import autocast
 from harness.progress import progress_bar
 from harness.store import Store, StoreError
 
@@ -232,7 +233,8 @@ class MixbenchLM(_LMBase):
                 ids = torch.full((len(batch), width), self.eos_id, dtype=torch.long)
                 for row, i in enumerate(batch):
                     ids[row, : len(inputs[i])] = torch.tensor(inputs[i])
-                logits = self.model(ids.to(self._device))
+                with autocast(self._device):  # bf16 on CUDA, as in training; log-probs in float32 below
+                    logits = self.model(ids.to(self._device))
                 for row, i in enumerate(batch):
                     cont = pairs[i][1]
                     end = len(inputs[i])
@@ -294,7 +296,8 @@ class MixbenchLM(_LMBase):
     @torch.no_grad()
     def greedy(self, prompt: list[int], until: Sequence[str], max_new_tokens: int) -> str:
         """Argmax decoding with ``prefill`` then ``step``; stops at end-of-text, the budget or an ``until`` string."""
-        logits, state = self.model.prefill(torch.tensor([prompt], device=self._device))
+        with autocast(self._device):
+            logits, state = self.model.prefill(torch.tensor([prompt], device=self._device))
         next_logits = logits[0, -1]
         generated: list[int] = []
         while len(generated) < max_new_tokens:
@@ -307,7 +310,8 @@ class MixbenchLM(_LMBase):
             if stops:
                 return text[: min(stops)]
             if len(generated) < max_new_tokens:
-                step_logits, state = self.model.step(torch.tensor([token], device=self._device), state)
+                with autocast(self._device):
+                    step_logits, state = self.model.step(torch.tensor([token], device=self._device), state)
                 next_logits = step_logits[0]
         return self.tokenizer.decode(generated)
 

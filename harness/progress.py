@@ -20,7 +20,8 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, unit: str = "") -> Iterator[_Bar]:
+def progress_bar(description: str, total: int, unit: str = "", enabled: bool = True) -> Iterator[_Bar]:
+    """``enabled=False`` draws nothing (e.g. on every rank but rank 0)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -31,5 +32,5 @@ def progress_bar(description: str, total: int, unit: str = "") -> Iterator[_Bar]
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, transient=False, disable=not enabled) as progress:
         yield _Bar(progress, progress.add_task(description, total=total, figures=""))

@@ -22,9 +22,13 @@ from rich.table import Table
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
 from harness.data import DataConfig, DataError, PackedData, load_packed, load_tokenizer
 from harness.device_memory import free_memory
+from harness.distributed import Group
 from harness.environment import environment, pick_device
 from harness.evaluate import evaluate
 from harness.flops import training_flops
+from harness.mfu import mfu, peak_tflops
+from harness.parallel import choose_mode, full_model, prepare
+from harness.resume import Preempted, StepCheckpoints
 from harness.store import RunRecord, Store
 from harness.suite import Cell, Suite
 from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
@@ -120,7 +124,12 @@ class SuiteRunner:
         cache_dir: Path = DEFAULT_CACHE_DIR,
         checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
         console: Console | None = None,
+        group: Group | None = None,
+        resume_command: str = "rerun the same command",
     ):
+        """``store`` is rank 0's alone: under torchrun the other ranks pass None and follow rank 0."""
+        self.group = group or Group()
+        self.resume_command = resume_command
         self.suite, self.store = suite, store
         self.cache_dir, self.checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
         self.console = console or Console()
@@ -143,28 +152,46 @@ class SuiteRunner:
         return self._task_data[key]
 
     def run(self, only: str | None = None) -> Summary:
+        """Every selected cell not yet done. Under torchrun, rank 0 claims and the others follow;
+        a failure on any rank ends every rank and is recorded once, and the launch stops there."""
         summary = Summary()
         cells = select_cells(self.suite, only)
+        main = self.group.is_main
         for i, cell in enumerate(cells, 1):
             label = cell_label(cell)
-            if not self.store.claim(run_record(cell)):
+            if not self.group.broadcast(self.store.claim(run_record(cell)) if main else None):
                 summary.skipped.append(label)
-                self.console.print(f"[dim][{i}/{len(cells)}] {label}: already {self.store.status(cell.run_key)}, skipped[/]")
+                if main:
+                    self.console.print(f"[dim][{i}/{len(cells)}] {label}: already {self.store.status(cell.run_key)}, skipped[/]")
                 continue
-            self.console.print(f"[bold][{i}/{len(cells)}] {label}[/] run {cell.run_key}")
+            if main:
+                self.console.print(f"[bold][{i}/{len(cells)}] {label}[/] run {cell.run_key}")
             try:
                 self.run_cell(cell)
+            except Preempted as stop:
+                if main:
+                    self.store.fail(cell.run_key, f"stopped by {stop} (rerun resumes from it)")
+                    self.console.print(
+                        f"{label}: {stop.signal_name} at step {stop.step} of {stop.steps}, checkpoint saved in "
+                        f"{stop.path}; resume with: {self.resume_command}", soft_wrap=True, markup=False, highlight=False,
+                    )  # fmt: skip
+                raise
             except KeyboardInterrupt:
-                self.store.fail(cell.run_key, "interrupted by the user (Ctrl-C); rerun the suite to redo it")
-                self.console.print(f"[yellow]{label}: interrupted; results stored so far are kept[/]")
+                if main:
+                    self.store.fail(cell.run_key, "interrupted by the user (Ctrl-C); rerun the suite to redo it")
+                    self.console.print(f"[yellow]{label}: interrupted; results stored so far are kept[/]")
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is recorded and the suite goes on
                 error = one_line(exc)
                 if isinstance(exc, torch.cuda.OutOfMemoryError):
                     error = f"out of memory: {error}"
-                self.store.fail(cell.run_key, error)
+                error = self.group.fail_together(error)  # the first failing rank's error, on rank 0
+                if main:
+                    self.store.fail(cell.run_key, error)
+                    self.console.print(f"[red]{label}: failed: {error}[/]")
                 summary.failed.append((label, error))
-                self.console.print(f"[red]{label}: failed: {error}[/]")
+                if self.group.distributed:
+                    break  # the process group is closed: this launch ends; a rerun goes on
             else:
                 summary.done.append(label)
                 continue
@@ -200,16 +227,34 @@ class SuiteRunner:
         return Workload(data, f"task:{cell.task['name']}", score_task)
 
     def run_cell(self, cell: Cell) -> None:
-        device = pick_device(cell.train.device)
-        if cell.eval.lm_eval:  # before training: lm-eval missing or an unknown task fails now
+        group, main = self.group, self.group.is_main
+        device = group.device(pick_device(cell.train.device))
+        if cell.eval.lm_eval and main:  # before training: lm-eval missing or an unknown task fails now
             from harness import lm_eval_adapter
 
             lm_eval_adapter.check_tasks(cell.eval.lm_eval)
-        work = self.workload(cell)
+        work = self.workload(cell) if main else None
+        group.broadcast(None)  # rank 0 prepares the data first; the others then only open the cache
+        work = work or self.workload(cell)
         seed_everything(cell.train.seed)
         model = build(model_spec(cell, work.data.vocab_size)).to(device)
-        plan = plan_training(cell.train, model.num_params(), cell.seq_len)
-        result = train(model, work.data, cell.train, plan, device, label=cell_label(cell))
+        n_params, n_params_non_embedding = model.num_params(), model.num_params(non_embedding=True)
+        plan = plan_training(cell.train, n_params, cell.seq_len)
+        mode = choose_mode(cell.train.parallel, n_params, group)
+        wrapped = prepare(model, mode, device, compile=cell.train.compile,
+                          activation_checkpointing=cell.train.activation_checkpointing)  # fmt: skip
+        steps = StepCheckpoints(self.checkpoint_dir / cell.run_key / "steps", group, cell.train.keep_checkpoints)
+
+        def store_progress(step: int, tokens: int) -> None:  # live progress of a running cell, rank 0 only
+            self.store.record_progress(cell.run_key, step, {"progress/step": step, "progress/tokens": tokens})
+
+        result = train(wrapped, work.data, cell.train, plan, device, label=cell_label(cell), group=group,
+                       checkpoints=steps, on_log=store_progress if main else None)  # fmt: skip
+        if result.resumed_from and main:
+            self.console.print(f"  resumed from the checkpoint of step {result.resumed_from} of {plan.steps}")
+        model = full_model(wrapped, group, device)  # rank 0 evaluates and writes; the others are done
+        if not main:
+            return
         # Saved before anything else can fail: an error in evaluation never loses a trained model.
         checkpoint = save_checkpoint(model, self.checkpoint_dir / cell.run_key, work.tokenizer, cell.config)
         evaluation, scores = work.score(model, device)
@@ -221,8 +266,13 @@ class SuiteRunner:
             (final, "train/tokens", float(result.tokens)),
             (final, "train/seconds", result.seconds),
             (final, "train/tokens_per_s", result.tokens_per_second),
+            (final, "train/world_size", float(group.world_size)),
         ]
-        metrics += [(final, name, value) for name, value in training_flops(model, cell.seq_len, result.tokens).items()]
+        flops = training_flops(model, cell.seq_len, result.tokens)
+        metrics += [(final, name, value) for name, value in flops.items()]
+        utilisation = mfu(flops["flops/train"], result.seconds, peak_tflops(device, cell.train.peak_tflops), group.world_size)
+        if utilisation is not None:
+            metrics.append((final, "train/mfu", utilisation))
         if cell.eval.lm_eval:
             from harness import lm_eval_adapter
 
@@ -235,12 +285,13 @@ class SuiteRunner:
             cell.run_key,
             metrics=metrics,
             position_loss=evaluation.position_loss,
-            n_params=model.num_params(),
-            n_params_non_embedding=model.num_params(non_embedding=True),
+            n_params=n_params,
+            n_params_non_embedding=n_params_non_embedding,
             backend=backend_label(model, device),
-            environment=environment(device),
+            environment=environment(device) | {"world_size": group.world_size, "parallel": mode},
             checkpoint_path=str(checkpoint.resolve()),
         )
+        steps.remove()  # the final weights are stored; the mid-cell checkpoints have served
         accuracy = f"accuracy {scores['task/accuracy']:.4f}  " if "task/accuracy" in scores else ""
         self.console.print(
             f"  {accuracy}val loss {evaluation.loss:.4f}  ppl {evaluation.perplexity:.2f}  "

@@ -452,6 +452,19 @@ class Store:
             s.add_all(Metric(run_id=run.id, step=step, name=name, value=float(v)) for name, v in metrics)
             return step
 
+    def record_progress(self, run_key: str, step: int, values: dict[str, float]) -> None:
+        """A running cell's live figures (e.g. ``progress/step``): the latest value of each name replaces the last.
+
+        Tidy metric rows, so another process (``mixbench results``) sees a cell's progress
+        while it trains; a rerun's ``claim`` clears them with the run's other rows.
+        """
+        with self.session() as s:
+            run_id = s.scalar(select(Run.id).where(Run.run_key == run_key))
+            if run_id is None:
+                raise StoreError(f"run {run_key} was never claimed")
+            s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.name.in_(list(values))))
+            s.add_all(Metric(run_id=run_id, step=step, name=name, value=float(v)) for name, v in values.items())
+
     def add_latency(self, rows: Iterable[dict[str, Any]]) -> None:
         with self.session() as s:
             s.add_all(Latency(**row) for row in rows)

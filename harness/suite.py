@@ -14,7 +14,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,7 @@ from models.lm import split_arch
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
 
 # Bumped whenever the training or evaluation protocol changes what a cell would measure.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the per-rank sampler's data order (harness/sampler.py), bf16 evaluation on CUDA
 
 
 class SuiteError(Exception):
@@ -65,6 +65,17 @@ class TrainSection(_Section):
     seed: int = 0
     log_every: int = Field(10, gt=0)
     device: str = "auto"
+    # How the cell runs, not what it computes (left out of the run key; harness/parallel.py, resume.py):
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun; auto: FSDP from 300M parameters
+    checkpoint_every: int = Field(0, ge=0)  # steps between mid-cell checkpoints (0: only on SIGTERM/SIGUSR1)
+    keep_checkpoints: int = Field(2, gt=0)
+    compile: bool = False  # torch.compile per block
+    activation_checkpointing: bool = False  # recompute each block in the backward pass
+    peak_tflops: float | None = Field(None, gt=0)  # the device's peak for MFU (default: harness/mfu.py table)
+
+    ENGINE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "parallel", "checkpoint_every", "keep_checkpoints", "compile", "activation_checkpointing", "peak_tflops",
+    )  # fmt: skip
 
     @field_validator("tokens")
     @classmethod
@@ -327,6 +338,7 @@ class Cell:
     @property
     def run_key(self) -> str:
         hashed = {k: v for k, v in self.config.items() if k != "selection"}
+        hashed["train"] = {k: v for k, v in hashed["train"].items() if k not in TrainSection.ENGINE_FIELDS}
         canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -2,13 +2,17 @@
 
 AdamW (β 0.9/0.95, decoupled weight decay on matrices only), linear warm-up then cosine decay
 to ``min_lr_ratio``, gradient clipping, gradient accumulation up to a token batch, bf16
-autocast on CUDA, fixed seeds. A NaN or infinite loss stops the run with the step named.
+autocast on CUDA, fixed seeds. The same loop runs on one process or data-parallel under
+torchrun (``harness.distributed``, ``harness.parallel``), and resumes mid-cell from
+``torch.distributed.checkpoint`` snapshots (``harness.resume``). A NaN or infinite loss stops the run with the step named.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.distributed import Group
+from harness.parallel import autocast, gradient_sync
 from harness.progress import progress_bar
+from harness.resume import Preempted, PreemptionFlag, StepCheckpoints
+from harness.sampler import BlockSampler
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,14 +70,19 @@ def learning_rate(step: int, plan: TrainPlan, min_lr_ratio: float) -> float:
     return floor + 0.5 * (plan.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: norms, biases and gains are not decayed."""
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: norms, biases and gains are not decayed.
+
+    ``fused`` (one kernel for the whole update) is for CUDA.
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def seed_everything(seed: int) -> None:
@@ -82,66 +95,124 @@ class TrainResult:
     metrics: list[tuple[int, str, float]] = field(default_factory=list)  # (step, name, value)
     tokens: int = 0
     seconds: float = 0.0
+    resumed_from: int = 0  # the step of the checkpoint this run went on from (0: from scratch)
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def train(model: nn.Module, data, train_cfg, plan: TrainPlan, device: torch.device, label: str = "") -> TrainResult:  # noqa: ANN001
-    """Train ``model`` on ``data.train`` for ``plan.steps`` optimiser steps; returns the logged metrics."""
-    generator = np.random.default_rng(train_cfg.seed)
-    n_train = len(data.train)
-    order = generator.permutation(n_train)
-    cursor = 0
+def micro_batching(plan: TrainPlan, world_size: int) -> tuple[int, int]:
+    """(sequences per forward pass, micro-batches per step) on each rank.
 
-    def next_indices(count: int) -> np.ndarray:
-        nonlocal order, cursor
-        picked = []
-        while count:
-            take = min(count, n_train - cursor)
-            picked.append(order[cursor : cursor + take])
-            cursor += take
-            count -= take
-            if cursor == n_train:  # a new epoch gets a new permutation
-                order, cursor = generator.permutation(n_train), 0
-        return np.concatenate(picked)
+    The global batch is the same at any world size: micro-batch × accumulation × ranks.
+    """
+    per_rank = plan.batch_size // world_size
+    micro = min(plan.micro_batch_size, per_rank)
+    if plan.batch_size % world_size or per_rank % micro:
+        raise ValueError(
+            f"the batch of {plan.batch_size} sequences does not split into micro-batches of {micro} "
+            f"on each of {world_size} ranks; change train.batch_tokens or train.micro_batch_size"
+        )
+    return micro, per_rank // micro
 
-    optimizer = make_optimizer(model, plan.lr, train_cfg.weight_decay, tuple(train_cfg.betas))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    accumulation = plan.batch_size // plan.micro_batch_size
-    result = TrainResult()
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Pinned host memory and an asynchronous copy on CUDA, so the copy overlaps compute."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def train(
+    model: nn.Module,
+    data,  # noqa: ANN001 - PackedData or TaskData: ``train`` blocks and ``batch()``
+    train_cfg,  # noqa: ANN001 - a TrainSection
+    plan: TrainPlan,
+    device: torch.device,
+    label: str = "",
+    *,
+    group: Group | None = None,
+    checkpoints: StepCheckpoints | None = None,
+    on_log: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data.train`` for ``plan.steps`` optimiser steps; returns the logged metrics.
+
+    The one loop at every world size: ``model`` may be wrapped for DDP/FSDP
+    (``harness.parallel``), and each rank reads its slice of every global batch. With
+    ``checkpoints`` the run resumes from the latest complete one, saves every
+    ``train.checkpoint_every`` steps, and on SIGTERM/SIGUSR1 saves and raises
+    :class:`Preempted`. Losses stay on the device and are read once per ``log_every`` steps
+    (all ranks averaged); ``on_log(step, tokens)`` is then called, e.g. to store progress.
+    """
+    group = group or Group()
+    micro, accumulation = micro_batching(plan, group.world_size)
+    sampler = BlockSampler(len(data.train), plan.batch_size, rank=group.rank, world_size=group.world_size,
+                           seed=train_cfg.seed)  # fmt: skip
+    optimizer = make_optimizer(model, plan.lr, train_cfg.weight_decay, tuple(train_cfg.betas), fused=device.type == "cuda")
+    result, step, prior_seconds = TrainResult(), 0, 0.0
+    if checkpoints is not None and (path := checkpoints.latest()) is not None:
+        template = {"step": 0, "sampler": sampler.state_dict(), "metrics": [], "tokens": 0, "seconds": 0.0}
+        saved = checkpoints.load(path, model, optimizer, template)
+        sampler.load_state_dict(saved["sampler"])
+        step = result.resumed_from = int(saved["step"])
+        result.metrics = [(int(s), str(n), float(v)) for s, n, v in saved["metrics"]]
+        result.tokens, prior_seconds = int(saved["tokens"]), float(saved["seconds"])
+    every = train_cfg.checkpoint_every if checkpoints is not None else 0
+    flag = PreemptionFlag()
+    pending_loss: list[torch.Tensor] = []  # per-step losses on the device, read every log_every steps
+    pending_from = step
     model.train()
     start = time.perf_counter()
-    with progress_bar(f"train {label}", total=plan.steps, unit="step") as bar:
-        for step in range(plan.steps):
+    title = f"train {label}" + (f" (resumed at step {step})" if step else "")
+    with (flag.installed() if checkpoints is not None else nullcontext()), \
+            progress_bar(title, total=plan.steps, unit="step", enabled=group.is_main) as bar:  # fmt: skip
+        bar.update(advance=step)
+        for step in range(step, plan.steps):
             lr = learning_rate(step, plan, train_cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            total_loss = 0.0
-            for _ in range(accumulation):
-                inputs, targets = data.batch("train", next_indices(plan.micro_batch_size))
-                inputs, targets = inputs.to(device), targets.to(device)
-                with autocast:
-                    logits = model(inputs)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-                (loss / accumulation).backward()
-                total_loss += loss.item() / accumulation
-            if not math.isfinite(total_loss):
-                raise TrainingDiverged(f"loss became {total_loss} at step {step + 1} of {plan.steps}")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip).item()
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+            indices = sampler.next_batch()
+            step_loss = torch.zeros((), device=device)
+            for i in range(accumulation):
+                inputs, targets = data.batch("train", indices[i * micro : (i + 1) * micro])
+                inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+                with gradient_sync(model, i == accumulation - 1):
+                    with autocast(device):
+                        logits = model(inputs)
+                        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                    (loss / accumulation).backward()
+                step_loss += loss.detach() / accumulation
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            pending_loss.append(step_loss)
             result.tokens += plan.batch_size * inputs.shape[1]
-            elapsed = time.perf_counter() - start
-            tokens_per_s = result.tokens / elapsed
             if step % train_cfg.log_every == 0 or step == plan.steps - 1:
+                losses = group.mean(torch.stack(pending_loss)).tolist()  # the one host sync per log_every steps
+                for offset, value in enumerate(losses):
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(f"loss became {value} at step {pending_from + offset + 1} of {plan.steps}")
+                norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+                tokens_per_s = result.tokens / (prior_seconds + time.perf_counter() - start)
                 result.metrics += [
-                    (step + 1, "train/loss", total_loss),
+                    (step + 1, "train/loss", losses[-1]),
                     (step + 1, "train/lr", lr),
-                    (step + 1, "train/grad_norm", grad_norm),
+                    (step + 1, "train/grad_norm", norm.item()),
                     (step + 1, "tokens/s", tokens_per_s),
                 ]
-            bar.update(loss=total_loss, tokens_per_s=tokens_per_s)
-    result.seconds = time.perf_counter() - start
+                bar.update(advance=len(losses), loss=losses[-1], tokens_per_s=tokens_per_s)
+                pending_loss, pending_from = [], step + 1
+                if on_log is not None:
+                    on_log(step + 1, result.tokens)
+            stop = checkpoints is not None and group.any(flag.requested)
+            if checkpoints is not None and (stop or (every and ((step + 1) % every == 0 or step == plan.steps - 1))):
+                seconds = prior_seconds + time.perf_counter() - start
+                saved_at = checkpoints.save(step + 1, model, optimizer, {
+                    "step": step + 1, "sampler": sampler.state_dict(), "metrics": result.metrics,
+                    "tokens": result.tokens, "seconds": seconds,
+                })  # fmt: skip
+                if stop:
+                    raise Preempted(step + 1, plan.steps, saved_at, flag.signal_name or "a signal on another rank")
+    result.seconds = prior_seconds + time.perf_counter() - start
     return result
