@@ -20,7 +20,8 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, unit: str = "") -> Iterator[_Bar]:
+def progress_bar(description: str, total: int | None, unit: str = "", completed: int = 0) -> Iterator[_Bar]:
+    """A bar from ``completed`` (work done before, e.g. by a resumed run) to ``total`` (None: unknown)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -32,4 +33,4 @@ def progress_bar(description: str, total: int, unit: str = "") -> Iterator[_Bar]
         TimeRemainingColumn(),
     )
     with Progress(*columns, transient=False) as progress:
-        yield _Bar(progress, progress.add_task(description, total=total, figures=""))
+        yield _Bar(progress, progress.add_task(description, total=total, completed=completed, figures=""))
