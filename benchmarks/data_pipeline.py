@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shlex
 import shutil
 import sys
@@ -30,14 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data import BUILTIN_FILES, DataConfig, load_packed, load_tokenizer, val_block_mask  # noqa: E402
 from harness.data.prepare import encode  # noqa: E402
 from harness.data.source import iter_documents, open_datasets, resolve_source  # noqa: E402
-from harness.environment import machine_summary  # noqa: E402
 
 SEQ_LEN = 2048
 FILES = 8
@@ -70,6 +69,12 @@ def digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def reading_rate(source: Path) -> tuple[float, int]:
     """Characters per second the main process reads documents at (no tokenizing)."""
     src = resolve_source(str(source))
@@ -88,6 +93,12 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="worker counts to time, comma-separated")
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
+    if 1 not in counts:
+        ap.error("--workers must include 1, the baseline")
+    # Here, not at the top: the spawned workers import this module and need no torch.
+    import torch
+
+    from harness.environment import machine_summary
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print("machine:", machine_summary(torch.device("cpu")))
 
@@ -101,14 +112,14 @@ def main() -> None:
         rows, digests = [], {}
         for w in counts:
             cfg = DataConfig(source=str(corpus), tokenizer="builtin:kjv", seq_len=SEQ_LEN, workers=w)
-            load_before = os.getloadavg()[0]
+            load_before, cpu_before = os.getloadavg()[0], cpu_seconds()
             start = time.perf_counter()
             packed = load_packed(cfg, work / f"cache-{w}")
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_before
             folder = work / f"cache-{w}" / packed.cache_key
             tokens = (len(packed.train) + len(packed.val)) * (SEQ_LEN + 1)
             digests[w] = digest(folder)
-            rows.append((w, tokens, seconds, load_before, os.getloadavg()[0]))
+            rows.append((w, tokens, seconds, cpu, load_before, os.getloadavg()[0]))
             if w == counts[0]:  # the first block is the first documents' tokens, each followed by eos
                 with open(next(p for p in sorted(corpus.glob("*.txt")) if p.stat().st_size)) as f:
                     first = [f.readline().rstrip("\n") for _ in range(50)]
@@ -122,17 +133,24 @@ def main() -> None:
 
         read_chars_per_s, _ = reading_rate(corpus)
         print()
-        print("| workers | tokens | seconds | tokens/s | speed-up | tokens/s per worker | load avg before/after |")
-        print("|---:|---:|---:|---:|---:|---:|---|")
-        base = rows[0][1] / rows[0][2]
-        for w, tokens, seconds, lb, la in rows:
+        print("| workers | tokens | wall s | tokens/s | speed-up | CPU s (all processes) | tokens per CPU-s | load avg before/after |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---|")
+        rows.sort()  # timed in the order given (--workers 2,1 shows how the load drifts), shown by workers
+        base, base_cpu = rows[0][1] / rows[0][2], rows[0][1] / rows[0][3]
+        for w, tokens, seconds, cpu, lb, la in rows:
             rate = tokens / seconds
             print(f"| {w} | {tokens / 1e6:.1f}M | {seconds:.1f} | {rate / 1e6:.3f}M | {rate / base:.2f}x "
-                  f"| {rate / w / 1e6:.3f}M | {lb:.1f} / {la:.1f} |")  # fmt: skip
+                  f"| {cpu:.1f} | {tokens / cpu / 1e6:.3f}M | {lb:.1f} / {la:.1f} |")  # fmt: skip
         tokens_per_char = rows[0][1] / chars
         reader = read_chars_per_s * tokens_per_char
         print()
-        print(f"per-core rate (1 worker): {base / 1e6:.3f}M tokens/s")
+        print("On a loaded machine wall-clock speed-ups mean little; CPU-seconds depend less on the load:")
+        for w, tokens, seconds, cpu, _, _ in rows[1:]:
+            print(f"  {w} workers spend {cpu / rows[0][3]:.2f}x the CPU of 1 worker: on {w} idle cores, "
+                  f"about {w * rows[0][3] / cpu:.2f}x the speed of 1 worker")  # fmt: skip
+        print(f"per-core rate (1 worker, tokens per CPU-second): {base_cpu / 1e6:.3f}M tokens/s "
+              f"(wall-clock on this loaded machine: {base / 1e6:.3f}M)")  # fmt: skip
+        base = base_cpu
         print(f"main-process reading rate: {read_chars_per_s / 1e6:.1f}M chars/s = about {reader / 1e6:.1f}M tokens/s, "
               "the ceiling for any worker count")  # fmt: skip
         print(f"a 64-core node, predicted: min(64 x {base / 1e6:.3f}M, {reader / 1e6:.1f}M) = "
