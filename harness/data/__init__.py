@@ -14,7 +14,7 @@ tokens (inputs ``block[:-1]``, targets ``block[1:]``).
 
 from harness.data.cache import FORMAT_VERSION, token_dtype
 from harness.data.common import DataError
-from harness.data.packed import DataNeed, PackedData, disk_bytes, load_packed, targets
+from harness.data.packed import DataNeed, PackedData, disk_bytes, load_packed
 from harness.data.source import BUILTIN_FILES, BUILTIN_SOURCE, DataConfig
 from harness.data.split import blocks_needed, count_val, val_block_mask
 from harness.data.tokenizer import (
@@ -31,6 +31,6 @@ from harness.data.tokenizer import (
 __all__ = [
     "BUILTIN_FILES", "BUILTIN_SOURCE", "BUILTIN_TOKENIZER", "BUILTIN_TOKENIZER_FILES", "BYTE_TOKENIZER", "FORMAT_VERSION", "ByteTokenizer",
     "DataConfig", "DataError", "DataNeed", "HFTokenizer", "PackedData", "TextTokenizer", "TransformersTokenizer",
-    "blocks_needed", "count_val", "disk_bytes", "load_packed", "load_tokenizer", "targets", "token_dtype",
+    "blocks_needed", "count_val", "disk_bytes", "load_packed", "load_tokenizer", "token_dtype",
     "val_block_mask",
 ]  # fmt: skip
