@@ -140,6 +140,8 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
     if args.dry_run:
         if suite.spec.trains:
             console.print(runner.dry_run(args.only))
+            if suite.spec.task is None:  # the token budget and disk each cache will take
+                console.print(runner.data_table())
         if suite.spec.latency is not None:
             console.print(plan_table(suite, args.only))
         return 0

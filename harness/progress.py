@@ -20,8 +20,12 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, unit: str = "", enabled: bool = True) -> Iterator[_Bar]:
-    """``enabled=False`` draws nothing (e.g. on every rank but rank 0)."""
+def progress_bar(
+    description: str, total: int | None, unit: str = "", completed: int = 0, enabled: bool = True
+) -> Iterator[_Bar]:
+    """A bar from ``completed`` (work done before, e.g. by a resumed run) to ``total`` (None: unknown).
+
+    ``enabled=False`` draws nothing (e.g. on every rank but rank 0)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -33,4 +37,4 @@ def progress_bar(description: str, total: int, unit: str = "", enabled: bool = T
         TimeRemainingColumn(),
     )
     with Progress(*columns, transient=False, disable=not enabled) as progress:
-        yield _Bar(progress, progress.add_task(description, total=total, figures=""))
+        yield _Bar(progress, progress.add_task(description, total=total, completed=completed, figures=""))

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
-from harness.data import DataConfig, DataError, PackedData, load_packed, load_tokenizer
+from harness.budget import cell_need, largest_needs
+from harness.data import DataConfig, DataError, DataNeed, PackedData, disk_bytes, load_packed, load_tokenizer
 from harness.device_memory import free_memory
 from harness.distributed import Group
 from harness.environment import environment, pick_device
@@ -109,6 +110,10 @@ def data_config(cell: Cell) -> DataConfig:
         split=d.split,
         val_fraction=d.val_fraction,
         max_tokens=d.max_tokens,
+        val_source=None if d.val_source is None else cell.resolve_path(d.val_source),
+        val_split=d.val_split,
+        workers=d.workers,
+        vocab_size=d.vocab_size,
     )
 
 
@@ -133,14 +138,33 @@ class SuiteRunner:
         self.suite, self.store = suite, store
         self.cache_dir, self.checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
         self.console = console or Console()
-        self._data: dict[DataConfig, PackedData] = {}
+        self._data: dict[tuple[DataConfig, DataNeed], PackedData] = {}
+        self._needs: dict[str, DataNeed] = {}  # by run_key
         self._task_data: dict[str, TaskData] = {}
 
     def data(self, cell: Cell) -> PackedData:
-        cfg = data_config(cell)
-        if cfg not in self._data:
-            self._data[cfg] = load_packed(cfg, self.cache_dir)
-        return self._data[cfg]
+        """The cell's prefix of its cache, which is first prepared for the whole suite (once)."""
+        cfg, need = data_config(cell), self.data_need(cell)
+        if (cfg, need) not in self._data:
+            prepare = self.suite_data_needs().get(cfg, need).union(need)
+            self._data[cfg, need] = load_packed(cfg, self.cache_dir, need=need, prepare=prepare)
+        return self._data[cfg, need]
+
+    def data_need(self, cell: Cell) -> DataNeed:
+        if cell.run_key not in self._needs:
+            self._needs[cell.run_key] = cell_need(cell, self.vocab_size(cell))
+        return self._needs[cell.run_key]
+
+    def suite_data_needs(self) -> dict[DataConfig, DataNeed]:
+        """Per cache, the largest need among all the suite's text cells (a cell whose plan is invalid fails alone)."""
+        pairs = []
+        for cell in self.suite.cells():
+            if cell.task is None:
+                try:
+                    pairs.append((data_config(cell), self.data_need(cell)))
+                except ValueError:
+                    continue
+        return largest_needs(pairs)
 
     def task_data(self, cell: Cell) -> TaskData:
         """A task cell's sequences, generated once per runner and shared by its learning-rate grid."""
@@ -203,11 +227,7 @@ class SuiteRunner:
     def workload(self, cell: Cell) -> Workload:
         """The one place where a text-corpus cell and a synthetic-task cell differ."""
         if cell.task is None:
-            data = self.data(cell)
-            if cell.data.vocab_size not in (None, data.vocab_size):
-                raise DataError(
-                    f"data.vocab_size is {cell.data.vocab_size} but tokenizer {cell.data.tokenizer!r} has {data.vocab_size}"
-                )
+            data = self.data(cell)  # checks data.vocab_size against the tokenizer before reading
 
             def score_text(model: nn.Module, device: torch.device) -> tuple[Any, dict[str, float]]:
                 return evaluate(model, data, cell.eval, device), {}
@@ -314,6 +334,21 @@ class SuiteRunner:
                 f"{model.num_params():,}",
                 f"{model.num_params(non_embedding=True):,}", f"{plan.tokens:,}", f"{flops:.3g}",
                 self.store.status(cell.run_key) or "new",
+            )  # fmt: skip
+        return table
+
+    def data_table(self) -> Table:
+        """Per cache: the largest training budget, the validation sequences, and the disk they take."""
+        table = Table(title=f"suite {self.suite.name}: data to prepare (2 bytes a token up to a 65,536 vocabulary, else 4)")
+        for col in ("source", "split", "val", "seq", "train tokens", "val seqs", "tokens to prepare", "disk"):
+            table.add_column(col, justify="left" if col in {"source", "split", "val"} else "right")
+        vocab = {data_config(c): self.vocab_size(c) for c in self.suite.cells() if c.task is None}
+        for cfg, need in self.suite_data_needs().items():
+            tokens, size = disk_bytes(cfg, need, vocab[cfg])
+            val = "hashed blocks" if cfg.separate_val is None else "{} ({})".format(*cfg.separate_val)
+            table.add_row(
+                cfg.source, cfg.split, val, str(cfg.seq_len), f"{need.train_tokens:,}", f"{need.val_sequences:,}",
+                f"{tokens:,}", f"{size / 1e9:.3g} GB",
             )  # fmt: skip
         return table
 

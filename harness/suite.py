@@ -44,7 +44,11 @@ class DataSection(_Section):
     text_field: str = "text"
     split: str = "train"
     val_fraction: float = Field(0.05, gt=0, lt=1)
-    max_tokens: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)  # overrides the suite's budget: read only these tokens
+    # Validation from the source's own split (e.g. a Hub dataset's `validation`) instead of hashed blocks
+    val_source: str | None = None  # default: source
+    val_split: str | None = None  # default: train (a local val_source's one split)
+    workers: int | None = Field(None, gt=0)  # tokenizing processes (default: all cores); never changes a byte
     # The tokenizer's vocabulary size, for a dry run that must not download the tokenizer;
     # a real run checks it against the tokenizer it loads.
     vocab_size: int | None = Field(None, gt=0)
@@ -323,7 +327,7 @@ class Cell:
             "protocol": PROTOCOL_VERSION,
             "suite": self.suite,
             "model": {"arch": self.arch, "size": self.size, "mixer_settings": self.mixer_settings},
-            "data": self.data.model_dump(),
+            "data": self.data.model_dump(exclude={"workers"}),  # how fast, not what
             "train": self.train.model_dump(),
             "eval": self.eval.model_dump(),
         }

@@ -40,10 +40,11 @@ def byte_stream(docs: list[str]) -> np.ndarray:
     return np.array([t for d in docs for t in [*d.encode("utf-8"), 256]], dtype=np.int64)
 
 
-def unpack(packed: data.PackedData) -> np.ndarray:
+def unpack(packed: data.PackedData, val_fraction: float = 0.05) -> np.ndarray:
     """Put train and val blocks back in source order and flatten them into the token stream."""
     n = len(packed.train) + len(packed.val)
-    mask = val_block_mask(n, len(packed.val) / n)
+    mask = val_block_mask(n, val_fraction)
+    assert mask.sum() == len(packed.val)
     blocks = np.empty((n, packed.train.shape[1]), dtype=np.int64)
     blocks[~mask], blocks[mask] = packed.train, packed.val
     return blocks.reshape(-1)
@@ -97,9 +98,9 @@ def test_tokenizer_from_path_matches_builtin(tmp_path):
 
 
 def test_token_dtype():
-    assert data._token_dtype(257) == np.uint16
-    assert data._token_dtype(65536) == np.uint16
-    assert data._token_dtype(65537) == np.uint32
+    assert data.token_dtype(257) == np.uint16
+    assert data.token_dtype(65536) == np.uint16
+    assert data.token_dtype(65537) == np.uint32
 
 
 # --------------------------------------------------------------------------- sources and packing
@@ -113,7 +114,7 @@ def test_local_txt_packs_documents_with_eos(txt, tmp_path):
     n_blocks = len(stream) // width
     assert packed.train.shape[1] == packed.val.shape[1] == width
     assert len(packed.train) + len(packed.val) == n_blocks
-    assert len(packed.val) == round(n_blocks * 0.05)
+    assert len(packed.val) == val_block_mask(n_blocks, 0.05).sum() > 0
     assert packed.train.dtype == np.uint16 and not packed.train.flags.writeable
     np.testing.assert_array_equal(unpack(packed), stream[: n_blocks * width])
     assert packed.vocab_size == 257 and packed.tokenizer.name == BYTE_TOKENIZER
@@ -155,8 +156,8 @@ def test_folder_source_reads_supported_files_in_order(tmp_path):
 def test_builtin_source_with_token_cap(tmp_path):
     cfg = DataConfig(source=BUILTIN_SOURCE, seq_len=63, max_tokens=20_000)
     packed = load_packed(cfg, tmp_path / "cache")
-    meta = json.loads((tmp_path / "cache" / packed.cache_key / "meta.json").read_text())
-    assert meta["n_tokens"] == 20_000
+    state = json.loads((tmp_path / "cache" / packed.cache_key / "state.json").read_text())
+    assert state["tokens"] >= 20_000  # prepared to a shard boundary; read up to the cap
     assert len(packed.train) + len(packed.val) == 20_000 // 64
     text = packed.tokenizer.decode(packed.train[0].tolist())
     assert text.startswith("In the beginning God created the heaven and the earth.")
@@ -184,9 +185,11 @@ def test_val_block_mask_is_fixed():
     # Golden values: the split must be the same on every machine and numpy version.
     assert np.flatnonzero(val_block_mask(20, 0.1)).tolist() == [10, 18]
     assert np.flatnonzero(val_block_mask(1000, 0.01)).tolist() == [
-        196, 295, 472, 558, 689, 710, 963, 975, 976, 992]
-    assert val_block_mask(2, 0.05).tolist() == [False, True]  # at least one val block
-    assert val_block_mask(10, 0.99).sum() == 9  # always one block left for training
+        196, 295, 472, 558, 663, 689, 710, 963, 975, 976, 992]
+    # A block's side depends on its index alone: a longer stream keeps the split of its prefix.
+    np.testing.assert_array_equal(val_block_mask(5000, 0.05)[:1234], val_block_mask(1234, 0.05))
+    assert val_block_mask(100_000, 0.05).mean() == pytest.approx(0.05, abs=0.003)
+    assert not val_block_mask(50, 0.0).any() and val_block_mask(50, 1.0).all()
 
 
 def test_split_is_deterministic_and_disjoint(txt, tmp_path):
@@ -204,7 +207,7 @@ def test_split_is_deterministic_and_disjoint(txt, tmp_path):
 def test_second_load_reads_the_cache_without_tokenizing(txt, tmp_path, monkeypatch):
     cfg = cfg_for(txt[0])
     first = load_packed(cfg, tmp_path / "cache")
-    meta = tmp_path / "cache" / first.cache_key / "meta.json"
+    meta = tmp_path / "cache" / first.cache_key / "state.json"
     mtime = meta.stat().st_mtime_ns
 
     def boom(self, texts):
@@ -225,7 +228,6 @@ def test_cache_key_follows_config_tokenizer_and_source(txt, tmp_path):
     keys = {
         "seq_len": load_packed(cfg_for(path, seq_len=15), cache).cache_key,
         "val_fraction": load_packed(cfg_for(path, val_fraction=0.1), cache).cache_key,
-        "max_tokens": load_packed(cfg_for(path, max_tokens=5000), cache).cache_key,
         "tokenizer": load_packed(cfg_for(path, tokenizer=BUILTIN_TOKENIZER), cache).cache_key,
     }
     copy = tmp_path / "copy.txt"
@@ -236,6 +238,10 @@ def test_cache_key_follows_config_tokenizer_and_source(txt, tmp_path):
     assert base not in keys.values() and len(set(keys.values())) == len(keys)
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
         [base, *keys.values()])
+    # A cap on what a run reads, or the worker count, share the one cache of the source.
+    capped = load_packed(cfg_for(copy, max_tokens=5000), cache)
+    assert capped.cache_key == load_packed(cfg_for(copy, workers=1), cache).cache_key == keys["other path"]
+    assert len(capped.train) + len(capped.val) == 5000 // 32
 
 
 def test_broken_cache_is_rebuilt_and_failed_build_leaves_nothing(txt, tmp_path, monkeypatch):
@@ -250,10 +256,10 @@ def test_broken_cache_is_rebuilt_and_failed_build_leaves_nothing(txt, tmp_path, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "val_block_mask", interrupted)
+    monkeypatch.setattr(data.cache.TokenCache, "append", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_packed(cfg_for(txt[0], seq_len=7), cache)
-    assert sorted(p.name for p in cache.iterdir() if p.name != ".hf-datasets") == [key]
+    assert sorted(p.name for p in cache.iterdir() if p.name not in (".hf-datasets", ".locks")) == [key]
 
 
 # --------------------------------------------------------------------------- errors
