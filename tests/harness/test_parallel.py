@@ -33,7 +33,7 @@ def test_the_global_batch_is_the_same_at_every_world_size():
 
 def test_engine_settings_do_not_change_the_run_key(write_suite):
     plain = load_suite(write_suite()).cells()[0]
-    engine = load_suite(write_suite(train={"tokens": 2048, "batch_tokens": 256, "lr": 3e-3, "log_every": 2,
+    engine = load_suite(write_suite(train={"tokens": 2048, "batch_tokens": 256, "lr": 3e-3, "log_every": 2, "device": "cpu",
                                            "checkpoint_every": 5, "compile": True, "parallel": "fsdp"})).cells()[0]  # fmt: skip
     assert engine.run_key == plain.run_key
     assert engine.config["train"]["checkpoint_every"] == 5, "recorded with the run, only not hashed"
