@@ -42,10 +42,15 @@ def choose_mode(requested: str, n_params: int, group: Group) -> str:
     return requested
 
 
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype training, evaluation and lm-eval compute in on ``device``: bf16 on CUDA, else float32."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def autocast(device: torch.device):  # noqa: ANN201 - a context manager
-    """bf16 autocast on CUDA for training, evaluation and lm-eval alike; float32 elsewhere."""
+    """Autocast to ``compute_dtype`` on CUDA for training, evaluation and lm-eval alike; none elsewhere."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=compute_dtype(device))
     return nullcontext()
 
 

@@ -28,7 +28,7 @@ from harness.environment import environment, pick_device
 from harness.evaluate import evaluate
 from harness.flops import training_flops
 from harness.mfu import mfu, peak_tflops
-from harness.parallel import choose_mode, full_model, prepare
+from harness.parallel import choose_mode, compute_dtype, full_model, prepare
 from harness.resume import Preempted, StepCheckpoints
 from harness.store import RunRecord, Store
 from harness.suite import Cell, Suite
@@ -76,11 +76,9 @@ def cell_label(cell: Cell) -> str:
 
 
 def backend_label(model: nn.Module, device: torch.device) -> str:
-    """The backends that ran: training (bf16 autocast on CUDA, as ``harness.train``) and the
-    float32 evaluation, named apart when they differ (flash-attn takes no float32)."""
-    trained = ",".join(model.backends(device, torch.bfloat16 if device.type == "cuda" else torch.float32))
-    evaluated = ",".join(model.backends(device, torch.float32))
-    return trained if trained == evaluated else f"train: {trained}; eval: {evaluated}"
+    """The backends that ran: training, evaluation and lm-eval all compute in
+    ``compute_dtype(device)`` (bf16 autocast on CUDA), so one dtype names them all."""
+    return ",".join(model.backends(device, compute_dtype(device)))
 
 
 def run_record(cell: Cell) -> RunRecord:

@@ -2,8 +2,8 @@
 
 Backends, fastest first: ``flash-attn`` (FlashAttention-2: CUDA, fp16/bf16 inputs only) and
 ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``, everywhere, any dtype). The
-choice is made per call from the device and the dtype of q (float32 evaluation on a GPU runs
-sdpa; bf16 training under autocast runs flash-attn). Both compute exactly causal softmax
+choice is made per call from the device and the dtype of q (bf16 training and evaluation under
+autocast run flash-attn on a GPU; float32 latency rows run sdpa). Both compute exactly causal softmax
 attention; ``tests/models/test_attention.py`` checks sdpa against a naive float64 reference,
 and flash-attn against sdpa where a GPU is present.
 
