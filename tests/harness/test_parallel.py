@@ -45,24 +45,6 @@ def test_mfu_uses_the_peak_table_or_the_override():
     assert mfu(1e15, 2.0, None) is None
 
 
-def test_ttt_inner_loop_stays_float32_under_bf16_autocast(monkeypatch):
-    import models.ttt as ttt
-
-    model = build(ModelSpec.parse("ttt_linear@transformer", "micro", 64))
-    seen = []
-    form = ttt.FORMS[model.blocks[0].mixer.select_backend(torch.device("cpu"))]
-
-    def spy(q, k, v, eta, *args, **kwargs):  # noqa: ANN001, ANN202
-        seen.append((q.dtype, k.dtype, v.dtype, eta.dtype, torch.is_autocast_enabled("cpu")))
-        return form(q, k, v, eta, *args, **kwargs)
-
-    monkeypatch.setitem(ttt.FORMS, model.blocks[0].mixer.select_backend(torch.device("cpu")), spy)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(torch.randint(0, 64, (2, 16)))
-    assert logits.dtype == torch.bfloat16, "the rest of the model does run in bf16"
-    assert seen and all(s == (torch.float32,) * 4 + (False,) for s in seen)
-
-
 def test_compile_and_activation_checkpointing_keep_parameter_names(monkeypatch):
     model = build(ModelSpec.parse("attention@transformer", "micro", 64))
     names = [n for n, _ in model.named_parameters()]

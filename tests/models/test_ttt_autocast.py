@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models import ModelSpec, build
 from models.ttt import TTTLinear, TTTMLP
 
 CPU = torch.device("cpu")
@@ -42,3 +43,21 @@ def test_a_bf16_model_keeps_a_float32_inner_state():
     assert all(w.dtype == torch.float32 for w, _ in state["ttt"].params)
     y, state = mixer(torch.randn(1, 6, 32, dtype=torch.bfloat16), state)
     assert y.dtype == torch.bfloat16 and all(w.dtype == torch.float32 for w, _ in state["ttt"].params + state["ttt"].grads)
+
+
+def test_ttt_inner_loop_stays_float32_under_bf16_autocast(monkeypatch):
+    import models.ttt as ttt
+
+    model = build(ModelSpec.parse("ttt_linear@transformer", "micro", 64))
+    seen = []
+    form = ttt.FORMS[model.blocks[0].mixer.select_backend(torch.device("cpu"))]
+
+    def spy(q, k, v, eta, *args, **kwargs):  # noqa: ANN001, ANN202
+        seen.append((q.dtype, k.dtype, v.dtype, eta.dtype, torch.is_autocast_enabled("cpu")))
+        return form(q, k, v, eta, *args, **kwargs)
+
+    monkeypatch.setitem(ttt.FORMS, model.blocks[0].mixer.select_backend(torch.device("cpu")), spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randint(0, 64, (2, 16)))
+    assert logits.dtype == torch.bfloat16, "the rest of the model does run in bf16"
+    assert seen and all(s == (torch.float32,) * 4 + (False,) for s in seen)
