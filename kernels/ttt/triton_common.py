@@ -3,8 +3,9 @@
 Both kernels (``triton_linear``, ``triton_mlp``) follow one layout, so the host side is written
 once here: one program per (batch, head) walks the chunks of the sequence; the forward kernel takes
 ``(Q, K, V, LR, TS, LNW, LNB, *state_in, Y, *state_out, *saved, seq, heads, start_pos, n_chunks)``
-and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *grads_in, *saved, DY, *d_state_out,
-DQ, DK, DV, DLR, DTS, DLNW, DLNB, *d_state_in, seq, heads, start_pos, n_chunks)``, where a state
+and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *grads_in, *saved, DY, DQ, DK, DV, DLR, DTS,
+DLNW, DLNB, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
+gradients of the state out on entry and those of the state in on exit, and where a state
 is its weights ``(W_l, b_l for each layer)`` then the running gradient sums in the same order,
 and ``saved`` the weights at the start of every chunk (padded blocks, float32).
 
@@ -77,6 +78,45 @@ def load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask,
 
 
 @triton.jit
+def query_input_bwd(a, dzq, w, gw, s, dw, dgw, HAS_ACC: tl.constexpr, PREC: tl.constexpr):
+    """The input side of a layer at the queries, ``zq = a W + b - mix G [- s (a GW + gb)]``.
+
+    Returns ``(da, dw, dgw)``: the gradient of ``a`` through ``W`` (and ``GW``), and ``dw``/``dgw``
+    with this layer's terms added. Works on a block of ``W``'s rows or columns as on all of it.
+    """
+    da = tl.dot(dzq, tl.trans(w), input_precision=PREC)
+    dw += tl.dot(tl.trans(a), dzq, input_precision=PREC)
+    if HAS_ACC:
+        s_dzq = s[:, None] * dzq
+        da -= tl.dot(s_dzq, tl.trans(gw), input_precision=PREC)
+        dgw -= tl.dot(tl.trans(a), s_dzq, input_precision=PREC)
+    return da, dw, dgw
+
+
+@triton.jit
+def query_output_bwd(dzq, g, mix, s, acc_q, db, dgb, ds, HAS_ACC: tl.constexpr, PREC: tl.constexpr):
+    """The output side of the same layer: ``(dmix, dG, db, dgb, ds)``, the last three accumulated.
+
+    ``acc_q = a GW + gb`` (read only when ``HAS_ACC``). On a block of the layer's output columns
+    ``dmix`` is that block's part of the sum over columns.
+    """
+    db += tl.sum(dzq, axis=0)
+    dmix = -tl.dot(dzq, tl.trans(g), input_precision=PREC)
+    dg = -tl.dot(tl.trans(mix), dzq, input_precision=PREC)
+    if HAS_ACC:
+        s_dzq = s[:, None] * dzq
+        dgb -= tl.sum(s_dzq, axis=0)
+        ds -= tl.sum(dzq * acc_q, axis=1)
+    return dmix, dg, db, dgb, ds
+
+
+@triton.jit
+def mix_bwd(dmix, scores, eta, rows):
+    """``mix = eta * scores`` with ``eta[i, j] = s_i lr_j`` on the causal triangle: ``(deta, dscores)``."""
+    return tl.where(rows[None, :] <= rows[:, None], dmix * scores, 0.0), dmix * eta
+
+
+@triton.jit
 def tanh(u):
     """``tanh`` from ``exp`` (the interpreter and every backend have it); saturates cleanly."""
     return 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
@@ -110,6 +150,8 @@ class KernelPair:
     bwd: Any
     constexprs: Callable[[tuple[int, ...]], dict]  # widths of f -> kernel-specific compile-time sizes
     num_warps: Callable[[tuple[int, ...]], int]
+    # widths of f, rows of a chunk block -> shapes of the backward's per-program float32 scratch buffers
+    scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
 
 
 def _widths(state: list[torch.Tensor]) -> tuple[int, ...]:
@@ -182,16 +224,18 @@ class _KernelFn(torch.autograd.Function):
             return torch.zeros(like.shape, **f32) if g is None else g.float().contiguous()
 
         dy = given(dy, q)
-        d_out = [given(g, t) for g, t in zip(d_out, state)]
+        # The kernel turns the gradients of the state out into those of the state in, in place.
+        d_state = [given(g, t).clone() for g, t in zip(d_out, state)]
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
         dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
-        d_state = [torch.empty(t.shape, **f32) for t in state]
+        widths = _widths(state)
+        scratch = [torch.empty(bh, *shape, **f32) for shape in pair.scratch(widths, padded(mb))]
         pair.bwd[(bh,)](
-            *inputs, *state[len(state) // 2 :], *saved, dy, *d_out,
-            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_state,
+            *inputs, *state[len(state) // 2 :], *saved, dy,
+            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_state, *scratch,
             seq, heads, start_pos, -(-(seq + start_pos) // mb),
-            HAS_ACC=start_pos > 0, **_options(pair, _widths(state), mb, q.dtype),
+            HAS_ACC=start_pos > 0, **_options(pair, widths, mb, q.dtype),
         )  # fmt: skip
         # Per-token token-scale gradients go to their position in the mini-batch.
         positions = (torch.arange(seq, device=q.device) + start_pos) % mb

@@ -105,8 +105,8 @@ def _ttt_linear_fwd(
 @triton.jit
 def _ttt_linear_bwd(
     Q, K, V, LR, TS, LNW, LNB, GW0, GB0, WS, BS,  # forward inputs and the stored chunk-start weights
-    DY, DW1, DB1, DGW1, DGB1,  # gradients of the outputs
-    DQ, DK, DV, DLR, DTS, DLNW, DLNB, DW0, DB0, DGW0, DGB0,  # gradients of the inputs (DTS, DLN*: per program)
+    DY, DQ, DK, DV, DLR, DTS, DLNW, DLNB,  # gradients of y and of the inputs (DTS, DLN*: per program)
+    DW, DB, DGW, DGB,  # in: gradients of the state out; out: of the state in
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
@@ -117,10 +117,10 @@ def _ttt_linear_bwd(
     mat, mmask = cols[:, None] * D + cols[None, :], cmask[:, None] & cmask[None, :]
     block = cols[:, None] * BD + cols[None, :]
     # Gradients w.r.t. the state after the chunk being processed (start: the final state).
-    dw = tl.load(DW1 + pid * D * D + mat, mask=mmask, other=0.0)
-    db = tl.load(DB1 + pid * D + cols, mask=cmask, other=0.0)
-    dgw = tl.load(DGW1 + pid * D * D + mat, mask=mmask, other=0.0)
-    dgb = tl.load(DGB1 + pid * D + cols, mask=cmask, other=0.0)
+    dw = tl.load(DW + pid * D * D + mat, mask=mmask, other=0.0)
+    db = tl.load(DB + pid * D + cols, mask=cmask, other=0.0)
+    dgw = tl.load(DGW + pid * D * D + mat, mask=mmask, other=0.0)
+    dgb = tl.load(DGB + pid * D + cols, mask=cmask, other=0.0)
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     dln_w = tl.zeros((BD,), tl.float32)
@@ -214,10 +214,10 @@ def _ttt_linear_bwd(
         tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=mask)
         tl.store(DLR + tok_base + t0 + rows, dlr, mask=valid)
         tl.store(DTS + tok_base + t0 + rows, ds, mask=valid)
-    tl.store(DW0 + pid * D * D + mat, dw, mask=mmask)
-    tl.store(DB0 + pid * D + cols, db, mask=cmask)
-    tl.store(DGW0 + pid * D * D + mat, dgw, mask=mmask)
-    tl.store(DGB0 + pid * D + cols, dgb, mask=cmask)
+    tl.store(DW + pid * D * D + mat, dw, mask=mmask)
+    tl.store(DB + pid * D + cols, db, mask=cmask)
+    tl.store(DGW + pid * D * D + mat, dgw, mask=mmask)
+    tl.store(DGB + pid * D + cols, dgb, mask=cmask)
     tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
     tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
 

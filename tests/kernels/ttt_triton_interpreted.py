@@ -5,7 +5,8 @@ runs this file in a subprocess with ``TRITON_INTERPRET=1`` (triton reads it when
 imported, so it cannot be switched on inside a process that already imported triton). Sizes are
 tiny (the interpreter runs every block op in numpy) and chosen so that chunks are partial:
 mini-batches of 5 and 8 over lengths that are not multiples, states starting mid-mini-batch,
-head_dim 12 (padded to 16 columns) and 16/32, the 16-row blocks ``tl.dot`` needs masking the rest.
+head_dim 12 (padded to 16 columns) and 16/32, the 16-row blocks ``tl.dot`` needs masking the rest;
+TTT-MLP at head_dim 20 walks its hidden width (80, padded to 128) in several blocks.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ CASES = [
     Case("linear", batch=1, heads=1, seq=21, dim=32, mb=16, pos=9),
     Case("mlp", batch=1, heads=2, seq=24, dim=16, mb=8),
     Case("mlp", batch=2, heads=1, seq=13, dim=12, mb=5, pos=2),
+    # Hidden width 80 in blocks of 32 (triton_mlp.hidden_tile): full, partly and wholly masked blocks.
+    Case("mlp", batch=2, heads=1, seq=9, dim=20, mb=8),
+    Case("mlp", batch=1, heads=1, seq=11, dim=20, mb=4, pos=3),
 ]
 KERNELS = {"linear": ttt_linear_triton, "mlp": ttt_mlp_triton}
 
