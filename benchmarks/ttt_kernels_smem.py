@@ -1,6 +1,6 @@
 """Compile the TTT Triton kernels for a GPU architecture without a GPU; print each one's shared memory.
 
-    python benchmarks/ttt_kernels_smem.py                         # sm_90, TTT-Linear d=64,128 and TTT-MLP d=32,64, bf16
+    python benchmarks/ttt_kernels_smem.py                         # sm_90, TTT-Linear and TTT-MLP at d=64,128, bf16
     python benchmarks/ttt_kernels_smem.py --arch 80 --kinds linear --dims 64 --dtypes bf16,fp32 --acc 0,1
 
 A kernel whose shared memory exceeds the block limit of the target (227 KB on H100/H200, 163 KB
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
     p.add_argument("--kinds", default="linear,mlp")
-    p.add_argument("--dims", default="", help="head dims (default: linear 64,128; mlp 32,64)")
+    p.add_argument("--dims", default="64,128", help="head dims")
     p.add_argument("--dtypes", default="bf16", help="input dtypes: bf16, fp16, fp32")
     p.add_argument("--acc", default="0", help="0: start at a mini-batch boundary, 1: mid-mini-batch (decode state)")
     p.add_argument("--mini-batch", type=int, default=16)
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---|---|---:|---:|")
     for kind in args.kinds.split(","):
         pair = PAIRS[kind]
-        dims = [int(d) for d in args.dims.split(",")] if args.dims else ([64, 128] if kind == "linear" else [32, 64])
-        for dim in dims:
+        for dim in (int(d) for d in args.dims.split(",")):
             widths = (dim, dim) if kind == "linear" else (dim, 4 * dim, dim)
             for in_dtype in args.dtypes.split(","):
                 options = _options(pair, widths, args.mini_batch, getattr(torch, torch_dtypes[in_dtype]))

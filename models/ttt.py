@@ -266,11 +266,6 @@ class TTTLinear(TTTLayer):
 class TTTMLP(TTTLayer):
     """TTT-MLP: ``f(x) = x + LN(gelu(x W1 + b1) W2 + b2)`` per head, hidden width 4x."""
 
-    # "auto" keeps the dual form: the Triton backward holds all of W1, W2 per program and needs
-    # ~285 KB of shared memory at head_dim 64, more than an H100/H200 block has (docs/design.md).
-    # backend="triton" selects the kernels (prefill and decode fit; training fits to head_dim 32).
-    backends = (Backend("dual", always), Backend("triton", triton_unavailable_reason), Backend("primal", always))
-
     def __init__(
         self,
         d_model: int,

@@ -2,7 +2,8 @@
 
 Both kernels (``triton_linear``, ``triton_mlp``) follow one layout, so the host side is written
 once here: one program per (batch, head) walks the chunks of the sequence; the forward kernel takes
-``(Q, K, V, LR, TS, LNW, LNB, *state_in, Y, *state_out, *saved, seq, heads, start_pos, n_chunks)``
+``(Q, K, V, LR, TS, LNW, LNB, *state, Y, *saved, seq, heads, start_pos, n_chunks)``, where
+``state`` (float32) holds the state in on entry and the state out on exit,
 and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *grads_in, *saved, DY, DQ, DK, DV, DLR, DTS,
 DLNW, DLNB, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
 gradients of the state out on entry and those of the state in on exit, and where a state
@@ -181,7 +182,7 @@ def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Ten
     f32 = dict(device=q.device, dtype=torch.float32)
     widths = _widths(state)
     y = torch.empty_like(q)
-    out = [torch.empty(t.shape, **f32) for t in state]
+    out = [t.to(torch.float32, copy=True) for t in state]  # the kernel turns the state in into the state out
     saved = []  # a dummy pointer (out[...]) when nothing is saved
     for d_in, d_out in zip(widths[:-1], widths[1:]):
         saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
@@ -189,7 +190,7 @@ def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Ten
     if not save:
         saved = out[: len(saved)]
     pair.fwd[(bh,)](
-        *inputs, *state, y, *out, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
+        *inputs, *out, y, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
         HAS_ACC=start_pos > 0, SAVE=save, **_options(pair, widths, ts.shape[0], q.dtype),
     )  # fmt: skip
     return y, out, saved

@@ -45,8 +45,8 @@ from kernels.ttt.triton_common import KernelPair, centre, chunk_bounds, ln_proje
 @triton.jit
 def _ttt_linear_fwd(
     Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
-    W0, B0, GW0, GB0,  # the state in: (BH, D, D), (BH, D), (BH, D, D), (BH, D)
-    Y, W1, B1, GW1, GB1,  # outputs: (BH, T, D) and the state out
+    W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
+    Y,  # the output, (BH, T, D)
     WS, BS,  # weights at each chunk's start, (BH, n_chunks, BD, BD) / (BH, n_chunks, BD), if SAVE
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -57,13 +57,13 @@ def _ttt_linear_fwd(
     cmask = cols < D
     mat, mmask = cols[:, None] * D + cols[None, :], cmask[:, None] & cmask[None, :]
     block = cols[:, None] * BD + cols[None, :]
-    w = tl.load(W0 + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
-    b = tl.load(B0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    w = tl.load(W + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
+    b = tl.load(B + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
     gw = tl.zeros((BD, BD), tl.float32)
     gb = tl.zeros((BD,), tl.float32)
     if HAS_ACC:
-        gw += tl.load(GW0 + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
-        gb += tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
+        gw += tl.load(GW + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
+        gb += tl.load(GB + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     base, tok_base = pid * seq * D, pid * seq
@@ -96,10 +96,10 @@ def _ttt_linear_fwd(
         b -= s_last * gb
         gw *= 1.0 - closes
         gb *= 1.0 - closes
-    tl.store(W1 + pid * D * D + mat, w, mask=mmask)
-    tl.store(B1 + pid * D + cols, b, mask=cmask)
-    tl.store(GW1 + pid * D * D + mat, gw, mask=mmask)
-    tl.store(GB1 + pid * D + cols, gb, mask=cmask)
+    tl.store(W + pid * D * D + mat, w, mask=mmask)
+    tl.store(B + pid * D + cols, b, mask=cmask)
+    tl.store(GW + pid * D * D + mat, gw, mask=mmask)
+    tl.store(GB + pid * D + cols, gb, mask=cmask)
 
 
 @triton.jit

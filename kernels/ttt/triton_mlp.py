@@ -19,10 +19,24 @@ unlike TTT-Linear) the forward kernel runs again inside the backward to store th
 keeping them from the forward costs ``4 (2 d F + F + d) / b`` bytes per token per head: 8.3 KB
 at d=64, b=16 (about 22x a bf16 q, k, v); recomputing costs one more forward pass.
 
-The whole ``W1, W2`` live in registers: right for the interpreter and small heads; at d=64
-(``F = 256``) that is 2 x 16K float32 per program (4 x with the backward's gradients), which
-spills. Tiling ``F`` through shared memory is the GPU tuning left to do; the function does not
-change.
+Tiling the hidden width. ``W1, W2`` and their gradients are ``d x F`` each (64 KB float32 at
+d=64): too big to hold in a program's registers or shared memory. So the hidden-wide state lives
+in global memory (the state-out buffers in the forward, the state-gradient buffers in the
+backward; a program's own slice, which stays in L2), and each chunk walks it in blocks of ``HB``
+hidden columns (``hidden_tile``: columns of ``W1``, rows of ``W2``); only the ``d``-wide parts
+(``b2``, its sum and their gradients) stay in registers. Everything in ``F`` splits per block
+except what goes through ``Z2``/``Zq2`` (sums over blocks), hence passes over the blocks:
+
+* forward: (1) ``Z2`` -> ``G2``; (2) per block ``G1``, ``Xq2``, the block's share of ``Zq2`` and
+  of ``Xq2 X2^T``, and the block's update, stored back;
+* backward: (1) ``Z2``; (2) ``Zq2``; (3) per block, all gradients that do not need ``dZ2``
+  (the ``dZ1`` part known so far goes to a ``BLOCK_N x F`` scratch); (4) with ``dZ2`` known, the
+  rest of ``dZ1`` and the terms through it.
+
+The per-block quantities (``Z1``, ``X2``, ``G1``, ``Zq1``, ``Xq2``) are recomputed in each pass
+(``_hidden_forward``) rather than stored: a few ``BLOCK_N x d x HB`` dots per pass, against
+``BLOCK_N x F`` float32 round trips through memory. A barrier separates passes that write and
+read the same blocks (different threads of the program touch them).
 """
 
 from __future__ import annotations
@@ -47,97 +61,6 @@ from kernels.ttt.triton_common import (
     row_layer_norm,
     run_kernel,
 )
-
-
-@triton.jit
-def _weights(W1, B1, W2, B2, pid, m1, m1mask, m2, m2mask, cols, cmask, hcols, hmask, D: tl.constexpr, F: tl.constexpr):
-    """One program's ``W1 (D, F), b1 (F), W2 (F, D), b2 (D)`` from a flat state, float32, zero-padded."""
-    w1 = tl.load(W1 + pid * D * F + m1, mask=m1mask, other=0.0).to(tl.float32)
-    b1 = tl.load(B1 + pid * F + hcols, mask=hmask, other=0.0).to(tl.float32)
-    w2 = tl.load(W2 + pid * F * D + m2, mask=m2mask, other=0.0).to(tl.float32)
-    b2 = tl.load(B2 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    return w1, b1, w2, b2
-
-
-@triton.jit
-def _store_weights(
-    W1, B1, W2, B2, w1, b1, w2, b2, pid, m1, m1mask, m2, m2mask, cols, cmask, hcols, hmask, D: tl.constexpr, F: tl.constexpr
-):
-    tl.store(W1 + pid * D * F + m1, w1, mask=m1mask)
-    tl.store(B1 + pid * F + hcols, b1, mask=hmask)
-    tl.store(W2 + pid * F * D + m2, w2, mask=m2mask)
-    tl.store(B2 + pid * D + cols, b2, mask=cmask)
-
-
-@triton.jit
-def _ttt_mlp_fwd(
-    Q, K, V, LR, TS, LNW, LNB,
-    W10, B10, W20, B20, GW10, GB10, GW20, GB20,  # the state in
-    Y, W11, B11, W21, B21, GW11, GB11, GW21, GB21,  # the output and the state out
-    W1S, B1S, W2S, B2S,  # weights at each chunk's start (padded blocks), if SAVE
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, HB: tl.constexpr, MB: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
-    EPS: tl.constexpr, C: tl.constexpr,
-):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    cols, hcols = tl.arange(0, BD), tl.arange(0, BF)
-    cmask, hmask = cols < D, hcols < F
-    m1, m1mask = cols[:, None] * F + hcols[None, :], cmask[:, None] & hmask[None, :]
-    m2, m2mask = hcols[:, None] * D + cols[None, :], hmask[:, None] & cmask[None, :]
-    blk1, blk2 = cols[:, None] * BF + hcols[None, :], hcols[:, None] * BD + cols[None, :]
-    idx = (pid, m1, m1mask, m2, m2mask, cols, cmask, hcols, hmask, D, F)
-    w1, b1, w2, b2 = _weights(W10, B10, W20, B20, *idx)
-    gw1, gb1 = tl.zeros((BD, BF), tl.float32), tl.zeros((BF,), tl.float32)
-    gw2, gb2 = tl.zeros((BF, BD), tl.float32), tl.zeros((BD,), tl.float32)
-    if HAS_ACC:
-        a1, c1, a2, c2 = _weights(GW10, GB10, GW20, GB20, *idx)
-        gw1, gb1, gw2, gb2 = gw1 + a1, gb1 + c1, gw2 + a2, gb2 + c2
-    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    base, tok_base = pid * seq * D, pid * seq
-    for c in range(n_chunks):
-        t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-        offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
-        if SAVE:
-            at = pid * n_chunks + c
-            tl.store(W1S + at * BD * BF + blk1, w1)
-            tl.store(B1S + at * BF + hcols, b1)
-            tl.store(W2S + at * BF * BD + blk2, w2)
-            tl.store(B2S + at * BD + cols, b2)
-        # The inner model on the keys and its analytic gradient at the chunk's starting weights.
-        z1 = tl.dot(x, w1, input_precision=PREC) + b1[None, :]
-        x2, gelu1, _ = gelu_tanh(z1, C)
-        z_hat, rstd = row_layer_norm(tl.dot(x2, w2, input_precision=PREC) + b2[None, :], cmask, D, EPS)
-        g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
-        g2 = ln_project(g_hat, z_hat, rstd, cmask, D)
-        g1 = tl.dot(g2, tl.trans(w2), input_precision=PREC) * gelu1
-        # The queries through both layers, each with its dual-form correction.
-        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        mix1 = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
-        zq1 = tl.dot(q, w1, input_precision=PREC) + b1[None, :] - tl.dot(mix1, g1, input_precision=PREC)
-        if HAS_ACC:
-            zq1 -= s[:, None] * (tl.dot(q, gw1, input_precision=PREC) + gb1[None, :])
-        xq2, _, _ = gelu_tanh(zq1, C)
-        mix2 = eta * (tl.dot(xq2, tl.trans(x2), input_precision=PREC) + 1.0)
-        zq2 = tl.dot(xq2, w2, input_precision=PREC) + b2[None, :] - tl.dot(mix2, g2, input_precision=PREC)
-        if HAS_ACC:
-            zq2 -= s[:, None] * (tl.dot(xq2, gw2, input_precision=PREC) + gb2[None, :])
-        zq_hat, _ = row_layer_norm(zq2, cmask, D, EPS)
-        tl.store(Y + offs, (q + zq_hat * ln_w[None, :] + ln_b[None, :]).to(Y.dtype.element_ty), mask=mask)
-        # The update.
-        lr_g1, lr_g2 = lr[:, None] * g1, lr[:, None] * g2
-        gw1 += tl.dot(tl.trans(x), lr_g1, input_precision=PREC)
-        gb1 += tl.sum(lr_g1, axis=0)
-        gw2 += tl.dot(tl.trans(x2), lr_g2, input_precision=PREC)
-        gb2 += tl.sum(lr_g2, axis=0)
-        closes = (p + n == MB).to(tl.float32)
-        s_last = tl.load(TS + p + n - 1).to(tl.float32) * closes
-        w1, b1, w2, b2 = w1 - s_last * gw1, b1 - s_last * gb1, w2 - s_last * gw2, b2 - s_last * gb2
-        keep = 1.0 - closes
-        gw1, gb1, gw2, gb2 = gw1 * keep, gb1 * keep, gw2 * keep, gb2 * keep
-    _store_weights(W11, B11, W21, B21, w1, b1, w2, b2, *idx)
-    _store_weights(GW11, GB11, GW21, GB21, gw1, gb1, gw2, gb2, *idx)
 
 
 @triton.jit
@@ -180,7 +103,9 @@ def _running_sums(
 
 
 @triton.jit
-def _hidden_forward(x, q, w1, b1, w2, g2, mix1, s, gw1, gb1, HAS_ACC: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
+def _hidden_forward(
+    x, q, w1, b1, w2, g2, mix1, s, gw1, gb1, HAS_ACC: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr
+):
     """One block of hidden columns of a chunk: the keys' ``X2 = gelu(Z1)`` and ``G1``, the queries' ``Xq2``.
 
     Returns ``(x2, gelu'(Z1), gelu''(Z1), H1 = G2 W2^T, G1, Q GW1 + gb1, Xq2, gelu'(Zq1))`` on the
@@ -196,6 +121,88 @@ def _hidden_forward(x, q, w1, b1, w2, g2, mix1, s, gw1, gb1, HAS_ACC: tl.constex
         zq1 -= s[:, None] * acc_q1
     xq2, gelu_q1, _ = gelu_tanh(zq1, C)
     return x2, gelu1, gelu1_2, h1, g1, acc_q1, xq2, gelu_q1
+
+
+@triton.jit
+def _ttt_mlp_fwd(
+    Q, K, V, LR, TS, LNW, LNB,
+    W1, B1, W2, B2, GW1, GB1, GW2, GB2,  # in: the state in (float32); out: the state out
+    Y, W1S, B1S, W2S, B2S,  # the output; the weights at each chunk's start (padded blocks), if SAVE
+    seq, heads, start_pos, n_chunks,
+    D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, HB: tl.constexpr, MB: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
+    EPS: tl.constexpr, C: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    cols, hrow = tl.arange(0, BD), tl.arange(0, HB)
+    cmask = cols < D
+    # The d-wide b2 and its running sum live in registers; the hidden-wide state in W1..GW2.
+    b2 = tl.load(B2 + pid * D + cols, mask=cmask, other=0.0)
+    gb2 = tl.zeros((BD,), tl.float32)
+    if HAS_ACC:
+        gb2 += tl.load(GB2 + pid * D + cols, mask=cmask, other=0.0)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    base, tok_base = pid * seq * D, pid * seq
+    for c in range(n_chunks):
+        t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+        offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
+        at = pid * n_chunks + c
+        if SAVE:
+            tl.store(B2S + at * BD + cols, b2)
+        # Pass 1: Z2 = gelu(X W1 + b1) W2 + b2 at the chunk's starting weights, HB hidden columns at a time.
+        z2 = tl.zeros((BLOCK_N, BD), tl.float32) + b2[None, :]
+        for h0 in range(0, BF, HB):
+            hc = h0 + hrow
+            w1, b1, w2 = _hidden_block(W1, W2, B1, hc, hc < F, pid, cols, cmask, D, F)
+            if SAVE:
+                tl.store(W1S + at * BD * BF + cols[:, None] * BF + hc[None, :], w1)
+                tl.store(B1S + at * BF + hc, b1)
+                tl.store(W2S + at * BF * BD + hc[:, None] * BD + cols[None, :], w2)
+            x2, _, _ = gelu_tanh(tl.dot(x, w1, input_precision=PREC) + b1[None, :], C)
+            z2 += tl.dot(x2, w2, input_precision=PREC)
+        z_hat, rstd = row_layer_norm(z2, cmask, D, EPS)
+        g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
+        g2 = ln_project(g_hat, z_hat, rstd, cmask, D)
+        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
+        mix1 = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
+        lr_g2 = lr[:, None] * g2
+        closes = (p + n == MB).to(tl.float32)
+        s_last = tl.load(TS + p + n - 1).to(tl.float32) * closes
+        tl.debug_barrier()  # pass 1 read the blocks that pass 2 overwrites
+        # Pass 2, per hidden block: the queries through layer 1, their part of layer 2, and the update.
+        zq2 = tl.zeros((BLOCK_N, BD), tl.float32) + b2[None, :]
+        scores2 = tl.zeros((BLOCK_N, BLOCK_N), tl.float32) + 1.0
+        acc_q2 = tl.zeros((BLOCK_N, BD), tl.float32) + gb2[None, :]
+        for h0 in range(0, BF, HB):
+            hc = h0 + hrow
+            hmask = hc < F
+            w1, b1, w2 = _hidden_block(W1, W2, B1, hc, hmask, pid, cols, cmask, D, F)
+            gw1, gb1, gw2 = _running_sums(GW1, GW2, GB1, 1.0, hc, hmask, pid, cols, cmask, D, BD, F, HB, HAS_ACC)
+            x2, _, _, _, g1, _, xq2, _ = _hidden_forward(x, q, w1, b1, w2, g2, mix1, s, gw1, gb1, HAS_ACC, PREC, C)
+            zq2 += tl.dot(xq2, w2, input_precision=PREC)
+            scores2 += tl.dot(xq2, tl.trans(x2), input_precision=PREC)
+            if HAS_ACC:
+                acc_q2 += tl.dot(xq2, gw2, input_precision=PREC)
+            lr_g1 = lr[:, None] * g1
+            gw1 += tl.dot(tl.trans(x), lr_g1, input_precision=PREC)
+            gb1 += tl.sum(lr_g1, axis=0)
+            gw2 += tl.dot(tl.trans(x2), lr_g2, input_precision=PREC)
+            w1, b1, w2 = w1 - s_last * gw1, b1 - s_last * gb1, w2 - s_last * gw2
+            _store_hidden_block(W1, W2, B1, w1, b1, w2, hc, hmask, pid, cols, cmask, D, F)
+            keep = 1.0 - closes
+            _store_hidden_block(GW1, GW2, GB1, gw1 * keep, gb1 * keep, gw2 * keep, hc, hmask, pid, cols, cmask, D, F)
+        zq2 -= tl.dot(eta * scores2, g2, input_precision=PREC)
+        if HAS_ACC:
+            zq2 -= s[:, None] * acc_q2
+        zq_hat, _ = row_layer_norm(zq2, cmask, D, EPS)
+        tl.store(Y + offs, (q + zq_hat * ln_w[None, :] + ln_b[None, :]).to(Y.dtype.element_ty), mask=mask)
+        gb2 += tl.sum(lr_g2, axis=0)
+        b2 -= s_last * gb2
+        gb2 *= 1.0 - closes
+        tl.debug_barrier()  # the next chunk reads what pass 2 stored
+    tl.store(B2 + pid * D + cols, b2, mask=cmask)
+    tl.store(GB2 + pid * D + cols, gb2, mask=cmask)
 
 
 @triton.jit
@@ -377,10 +384,10 @@ def _ttt_mlp_bwd(
 
 
 def hidden_tile(widths: tuple[int, ...]) -> int:
-    """Hidden columns per block in the backward: tiles of at most 1024 elements (at least 16 columns).
+    """Hidden columns per block: ``d x HB`` tiles of at most 1024 elements (at least 16 columns).
 
-    The block bounds the backward's shared memory whatever the hidden width (sm_90, d=64: 68-111 KB
-    with 16 columns, 122-195 KB with 32, 238-364 KB with 64; docs/design.md).
+    The block bounds the kernels' shared memory whatever the hidden width. sm_90, d=64, backward:
+    68-110 KB with 16 columns, 122-195 KB with 32, 238-364 KB with 64 (docs/design.md).
     """
     return max(16, min(padded(widths[1]), 1024 // padded(widths[0])))
 

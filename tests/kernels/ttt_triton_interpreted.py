@@ -71,14 +71,13 @@ def test_stored_and_recomputed_weights_give_the_same_gradients(kind):
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_layer_prefill_then_fused_steps(kind):
     """Layer level: each fused decode step equals the PyTorch ``step()`` from the same state, and
-    prefill + steps equals the whole forward (of both backends). auto picks the kernel for
-    TTT-Linear; TTT-MLP keeps the dual form unless asked (its backward does not fit a GPU at d=64)."""
+    prefill + steps equals the whole forward (of both backends). auto picks the kernel for both."""
     torch.manual_seed(0)
     m = (TTTMLP if kind == "mlp" else TTTLinear)(32, n_heads=2, mini_batch_size=4, backbone="mamba")
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    assert m.select_backend(torch.device("cpu")) == ("dual" if kind == "mlp" else "triton")
+    assert m.select_backend(torch.device("cpu")) == "triton"
     x = torch.randn(2, 11, 32)
     with torch.no_grad():
         m.backend = "dual"
