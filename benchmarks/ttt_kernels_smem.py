@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> None:
         for dim in (int(d) for d in args.dims.split(",")):
             widths = (dim, dim) if kind == "linear" else (dim, 4 * dim, dim)
             for in_dtype in args.dtypes.split(","):
-                options = _options(pair, widths, args.mini_batch, getattr(torch, torch_dtypes[in_dtype]))
-                num_warps = options.pop("num_warps")
+                dtype = getattr(torch, torch_dtypes[in_dtype])
                 for acc in (bool(int(a)) for a in args.acc.split(",")):
                     for kernel, extra in ((pair.fwd, dict(SAVE=True)), (pair.bwd, {})):
-                        smem = shared_memory(kernel, dict(options, HAS_ACC=acc, **extra), in_dtype, num_warps, args.arch)
+                        options = _options(pair, widths, args.mini_batch, dtype, backward=kernel is pair.bwd)
+                        num_warps = options.pop("num_warps")
+                        options.update(HAS_ACC=acc, **extra)
+                        smem = shared_memory(kernel, options, in_dtype, num_warps, args.arch)
                         print(f"| {kernel.__name__} | {dim} | {in_dtype} | {acc} | {num_warps} | {smem / 1024:.0f} |",
                               flush=True)  # fmt: skip
 

@@ -151,6 +151,8 @@ class KernelPair:
     bwd: Any
     constexprs: Callable[[tuple[int, ...]], dict]  # widths of f -> kernel-specific compile-time sizes
     num_warps: Callable[[tuple[int, ...]], int]
+    # widths of f -> compile-time sizes of the backward kernel only
+    bwd_constexprs: Callable[[tuple[int, ...]], dict] = lambda widths: {}
     # widths of f, rows of a chunk block -> shapes of the backward's per-program float32 scratch buffers
     scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
 
@@ -160,9 +162,10 @@ def _widths(state: list[torch.Tensor]) -> tuple[int, ...]:
     return (weights[0].shape[1], *(w.shape[2] for w in weights))
 
 
-def _options(pair: KernelPair, widths: tuple[int, ...], mb: int, dtype: torch.dtype) -> dict:
+def _options(pair: KernelPair, widths: tuple[int, ...], mb: int, dtype: torch.dtype, backward: bool = False) -> dict:
     """Compile-time sizes; float32 inputs use full-precision dots, other dtypes TF32 (state stays float32)."""
     return dict(
+        **(pair.bwd_constexprs(widths) if backward else {}),
         D=widths[0],
         BD=padded(widths[0]),
         MB=mb,
@@ -236,7 +239,7 @@ class _KernelFn(torch.autograd.Function):
             *inputs, *state[len(state) // 2 :], *saved, dy,
             dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_state, *scratch,
             seq, heads, start_pos, -(-(seq + start_pos) // mb),
-            HAS_ACC=start_pos > 0, **_options(pair, widths, mb, q.dtype),
+            HAS_ACC=start_pos > 0, **_options(pair, widths, mb, q.dtype, backward=True),
         )  # fmt: skip
         # Per-token token-scale gradients go to their position in the mini-batch.
         positions = (torch.arange(seq, device=q.device) + start_pos) % mb

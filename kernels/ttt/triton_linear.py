@@ -19,6 +19,14 @@ d=64, b=16, about 2.7x a bf16 q, k, v) or **recomputed** by running the forward 
 inside the backward (``checkpoint=True``: no memory kept between forward and backward beyond
 the inputs, one more forward pass of time, about a third of forward+backward).
 
+The backward holds no ``d x d`` tile: the gradients of ``W`` and of its running sum live in
+their output buffers (updated in place) and each chunk walks ``W`` in blocks of ``RB`` rows
+(``row_tile``), in three passes: ``X W`` and ``Q W`` summed over blocks; per block the query
+side's input gradients and the running sum's new term; per block the terms through ``dZ``
+(known only after the second pass). A block's columns of ``dq``/``dk`` go through a
+``BLOCK_N x d`` float32 scratch. This keeps the backward's shared memory at 81-128 KB at d=128
+on sm_90 (it was 148-487 KB; docs/design.md).
+
 Shape rules: ``tl.dot`` needs every dim >= 16, so a chunk is a block of ``max(16, b)`` rows
 (rounded up to a power of two), the rows past the chunk masked to zero (a zero learning rate
 and token scale make them contribute nothing); likewise ``head_dim`` is padded to a power of two
@@ -40,7 +48,20 @@ import triton
 import triton.language as tl
 
 from kernels.ttt.inner import TTTState
-from kernels.ttt.triton_common import KernelPair, centre, chunk_bounds, ln_project, load_chunk, row_layer_norm, run_kernel
+from kernels.ttt.triton_common import (
+    KernelPair,
+    centre,
+    chunk_bounds,
+    ln_project,
+    load_chunk,
+    mix_bwd,
+    padded,
+    query_input_bwd,
+    query_output_bwd,
+    row_layer_norm,
+    run_kernel,
+)
+
 
 @triton.jit
 def _ttt_linear_fwd(
@@ -103,45 +124,72 @@ def _ttt_linear_fwd(
 
 
 @triton.jit
+def _row_block(
+    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first,
+    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, HAS_ACC: tl.constexpr,
+):  # fmt: skip
+    """Rows ``rc`` of a chunk's starting ``W`` and running sum (zero unless ``HAS_ACC``), and the
+    matching columns of its queries and keys (float32)."""
+    w = tl.load(WS + at * BD * BD + rc[:, None] * BD + cols[None, :])
+    rmask = rc < D
+    gw = tl.zeros((RB, BD), tl.float32)
+    if HAS_ACC:
+        at_w = pid * D * D + rc[:, None] * D + cols[None, :]
+        gw += first * tl.load(GW0 + at_w, mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    tok, tmask = base + (t0 + rows)[:, None] * D + rc[None, :], valid[:, None] & rmask[None, :]
+    qr = tl.load(Q + tok, mask=tmask, other=0.0).to(tl.float32)
+    xr = tl.load(K + tok, mask=tmask, other=0.0).to(tl.float32)
+    return w, gw, qr, xr
+
+
+@triton.jit
 def _ttt_linear_bwd(
     Q, K, V, LR, TS, LNW, LNB, GW0, GB0, WS, BS,  # forward inputs and the stored chunk-start weights
     DY, DQ, DK, DV, DLR, DTS, DLNW, DLNB,  # gradients of y and of the inputs (DTS, DLN*: per program)
     DW, DB, DGW, DGB,  # in: gradients of the state out; out: of the state in
+    DQS, DKS,  # scratch, (BH, BLOCK_N, BD) each: the parts of dq, dk gathered row block by row block
     seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BD)
+    cols, rrow = tl.arange(0, BD), tl.arange(0, RB)
     cmask = cols < D
-    mat, mmask = cols[:, None] * D + cols[None, :], cmask[:, None] & cmask[None, :]
-    block = cols[:, None] * BD + cols[None, :]
-    # Gradients w.r.t. the state after the chunk being processed (start: the final state).
-    dw = tl.load(DW + pid * D * D + mat, mask=mmask, other=0.0)
+    # The d-wide gradients live in registers; those of W and its running sum in DW, DGW.
     db = tl.load(DB + pid * D + cols, mask=cmask, other=0.0)
-    dgw = tl.load(DGW + pid * D * D + mat, mask=mmask, other=0.0)
     dgb = tl.load(DGB + pid * D + cols, mask=cmask, other=0.0)
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     dln_w = tl.zeros((BD,), tl.float32)
     dln_b = tl.zeros((BD,), tl.float32)
     base, tok_base = pid * seq * D, pid * seq
+    scratch = pid * BLOCK_N * BD + tl.arange(0, BLOCK_N)[:, None] * BD
     for back in range(n_chunks):
         c = n_chunks - 1 - back
         t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
         offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        w = tl.load(WS + (pid * n_chunks + c) * BD * BD + block)
-        b = tl.load(BS + (pid * n_chunks + c) * BD + cols)
-        gw = tl.zeros((BD, BD), tl.float32)
+        at = pid * n_chunks + c
+        b = tl.load(BS + at * BD + cols)
+        first = (c == 0).to(tl.float32)  # only the first chunk starts with a non-zero running sum
         gb = tl.zeros((BD,), tl.float32)
-        if HAS_ACC:  # only the first chunk starts with a non-zero running sum
-            first = (c == 0).to(tl.float32)
-            gw += first * tl.load(GW0 + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
+        if HAS_ACC:
             gb += first * tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
-        # Recompute the chunk's forward.
+        # Recompute the chunk's forward: X W, Q W [and Q GW] summed over row blocks of W.
+        z = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
+        zq = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
+        acc_q = tl.zeros((BLOCK_N, BD), tl.float32) + gb[None, :]
+        for r0 in range(0, BD, RB):
+            rc = r0 + rrow
+            w, gw, qr, xr = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
+            )
+            z += tl.dot(xr, w, input_precision=PREC)
+            zq += tl.dot(qr, w, input_precision=PREC)
+            if HAS_ACC:
+                acc_q += tl.dot(qr, gw, input_precision=PREC)
         target = v - x
-        z_hat, rstd = row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
+        z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - target) * ln_w[None, :]
         zg = tl.sum(g_hat * z_hat, axis=1) / D
         g_in = centre(g_hat, cmask, D) - z_hat * zg[:, None]
@@ -149,50 +197,49 @@ def _ttt_linear_bwd(
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
         scores = tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0
         mix = eta * scores
-        zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
+        zq -= tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:
-            acc_q = tl.dot(q, gw, input_precision=PREC) + gb[None, :]
             zq -= s[:, None] * acc_q
         zq_hat, rstd_q = row_layer_norm(zq, cmask, D, EPS)
         lr_g = lr[:, None] * g
-        gw_total = gw + tl.dot(tl.trans(x), lr_g, input_precision=PREC)
-        gb_total = gb + tl.sum(lr_g, axis=0)
         closes = (p + n == MB).to(tl.float32)
         s_last = tl.load(TS + p + n - 1).to(tl.float32)
 
         # The update: W' = W - s_last * total when the chunk closes its mini-batch, else the
-        # running sum becomes total (total = running sum + X^T (lr G)).
-        d_total_w = closes * (-s_last * dw) + (1.0 - closes) * dgw
+        # running sum becomes total (total = running sum + X^T (lr G)); b's part here, W's per block.
         d_total_b = closes * (-s_last * db) + (1.0 - closes) * dgb
-        ds_last = -closes * (tl.sum(tl.sum(dw * gw_total, axis=1), axis=0) + tl.sum(db * gb_total, axis=0))
-        dgw = d_total_w
+        ds_last = tl.sum(db * (gb + tl.sum(lr_g, axis=0)), axis=0)
         dgb = d_total_b
         # The output: y = q + LN(zq) * ln_w + ln_b.
         dln_w += tl.sum(dy * zq_hat, axis=0)
         dln_b += tl.sum(dy, axis=0)
         dzq = ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
-        dq = dy + tl.dot(dzq, tl.trans(w), input_precision=PREC)
-        dw += tl.dot(tl.trans(q), dzq, input_precision=PREC)
-        db += tl.sum(dzq, axis=0)
-        dmix = -tl.dot(dzq, tl.trans(g), input_precision=PREC)
-        dg = -tl.dot(tl.trans(mix), dzq, input_precision=PREC)
-        ds = tl.where(rows == n - 1, ds_last, 0.0)
-        if HAS_ACC:
-            s_dzq = s[:, None] * dzq
-            dq -= tl.dot(s_dzq, tl.trans(gw), input_precision=PREC)
-            dgw = dgw - tl.dot(tl.trans(q), s_dzq, input_precision=PREC)
-            dgb = dgb - tl.sum(s_dzq, axis=0)
-            ds -= tl.sum(dzq * acc_q, axis=1)
-        # The running sum's new term: X^T (lr * G) and sum(lr * G).
-        dlr_g = tl.dot(x, d_total_w, input_precision=PREC) + d_total_b[None, :]
-        dx = tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC)
+        ds = tl.zeros((BLOCK_N,), tl.float32)
+        dmix, dg, db, dgb, ds = query_output_bwd(dzq, g, mix, s, acc_q, db, dgb, ds, HAS_ACC, PREC)
+        deta, dscores = mix_bwd(dmix, scores, eta, rows)
+        dlr_g = tl.zeros((BLOCK_N, BD), tl.float32) + d_total_b[None, :]
+        # Per row block of W: the query side's input gradients and the running sum's new term
+        # X^T (lr G); dq's and dk's columns of the block go to the scratch.
+        for r0 in range(0, BD, RB):
+            rc = r0 + rrow
+            w, gw, qr, xr = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
+            )
+            at_w = pid * D * D + rc[:, None] * D + cols[None, :]
+            wmask = (rc < D)[:, None] & cmask[None, :]
+            dw = tl.load(DW + at_w, mask=wmask, other=0.0)
+            dgw = tl.load(DGW + at_w, mask=wmask, other=0.0)
+            ds_last += tl.sum(tl.sum(dw * (gw + tl.dot(tl.trans(xr), lr_g, input_precision=PREC)), axis=1), axis=0)
+            d_total_w = closes * (-s_last * dw) + (1.0 - closes) * dgw
+            dq_r, dw, dgw = query_input_bwd(qr, dzq, w, gw, s, dw, d_total_w, HAS_ACC, PREC)
+            dlr_g += tl.dot(xr, d_total_w, input_precision=PREC)
+            tl.store(DQS + scratch + rc[None, :], dq_r)
+            tl.store(DKS + scratch + rc[None, :], tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC))
+            tl.store(DW + at_w, dw, mask=wmask)
+            tl.store(DGW + at_w, dgw, mask=wmask)
+        ds += tl.where(rows == n - 1, -closes * ds_last, 0.0)
         dg += lr[:, None] * dlr_g
         dlr = tl.sum(dlr_g * g, axis=1)
-        # mix = eta * (Q X^T + 1) with eta[i, j] = s_i lr_j (j <= i).
-        deta = tl.where(rows[None, :] <= rows[:, None], dmix * scores, 0.0)
-        dscores = dmix * eta
-        dq += tl.dot(dscores, x, input_precision=PREC)
-        dx += tl.dot(tl.trans(dscores), q, input_precision=PREC)
         ds += tl.sum(deta * lr[None, :], axis=1)
         dlr += tl.sum(deta * s[:, None], axis=0)
         # G = rstd * g_in, g_in = g_hat - mean(g_hat) - z_hat mean(g_hat z_hat),
@@ -205,25 +252,49 @@ def _ttt_linear_bwd(
         dln_w += tl.sum(dg_hat * (2.0 * z_hat * ln_w[None, :] + ln_b[None, :] - target), axis=0)
         dln_b += tl.sum(dg_hat * ln_w[None, :], axis=0)
         dz = ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * rstd * drstd / D)[:, None] * z_hat
-        dx += tl.dot(dz, tl.trans(w), input_precision=PREC) - dtarget
-        dw += tl.dot(tl.trans(x), dz, input_precision=PREC)
         db += tl.sum(dz, axis=0)
+        tl.debug_barrier()  # the blocks stored above are read below by other threads of the program
+        # Per row block of W: the terms through dZ (Z = X W + b).
+        for r0 in range(0, BD, RB):
+            rc = r0 + rrow
+            w, _, _, xr = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, False
+            )
+            at_w = pid * D * D + rc[:, None] * D + cols[None, :]
+            wmask = (rc < D)[:, None] & cmask[None, :]
+            dw = tl.load(DW + at_w, mask=wmask, other=0.0) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
+            tl.store(DW + at_w, dw, mask=wmask)
+            dk_r = tl.load(DKS + scratch + rc[None, :]) + tl.dot(dz, tl.trans(w), input_precision=PREC)
+            tl.store(DKS + scratch + rc[None, :], dk_r)
+        tl.debug_barrier()
+        dq = dy + tl.load(DQS + scratch + cols[None, :]) + tl.dot(dscores, x, input_precision=PREC)
+        dx = tl.load(DKS + scratch + cols[None, :]) + tl.dot(tl.trans(dscores), q, input_precision=PREC) - dtarget
+        tl.debug_barrier()  # the next chunk overwrites the scratch
 
         tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=mask)
         tl.store(DK + offs, dx.to(DK.dtype.element_ty), mask=mask)
         tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=mask)
         tl.store(DLR + tok_base + t0 + rows, dlr, mask=valid)
         tl.store(DTS + tok_base + t0 + rows, ds, mask=valid)
-    tl.store(DW + pid * D * D + mat, dw, mask=mmask)
     tl.store(DB + pid * D + cols, db, mask=cmask)
-    tl.store(DGW + pid * D * D + mat, dgw, mask=mmask)
     tl.store(DGB + pid * D + cols, dgb, mask=cmask)
     tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
     tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
 
 
+def row_tile(widths: tuple[int, ...]) -> int:
+    """Rows of ``W`` per block in the backward: ``RB x d`` tiles of at most 1024 elements (at least 16 rows)."""
+    return max(16, min(padded(widths[0]), 1024 // padded(widths[0])))
+
+
 LINEAR = KernelPair(
-    1, _ttt_linear_fwd, _ttt_linear_bwd, constexprs=lambda widths: {}, num_warps=lambda w: 4 if w[0] <= 64 else 8
+    1,
+    _ttt_linear_fwd,
+    _ttt_linear_bwd,
+    constexprs=lambda widths: {},
+    num_warps=lambda w: 4 if w[0] <= 64 else 8,
+    bwd_constexprs=lambda widths: dict(RB=row_tile(widths)),
+    scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
 )
 
 

@@ -6,7 +6,8 @@ imported, so it cannot be switched on inside a process that already imported tri
 tiny (the interpreter runs every block op in numpy) and chosen so that chunks are partial:
 mini-batches of 5 and 8 over lengths that are not multiples, states starting mid-mini-batch,
 head_dim 12 (padded to 16 columns) and 16/32, the 16-row blocks ``tl.dot`` needs masking the rest;
-TTT-MLP at head_dim 20 walks its hidden width (80, padded to 128) in several blocks.
+TTT-MLP at head_dim 20 walks its hidden width (80, padded to 128) in several blocks, and the
+TTT-Linear backward at head_dim 40 the rows of W.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ CASES = [
     Case("linear", batch=1, heads=2, seq=40, dim=16, mb=8),
     Case("linear", batch=2, heads=1, seq=29, dim=12, mb=5, pos=2),
     Case("linear", batch=1, heads=1, seq=21, dim=32, mb=16, pos=9),
+    # head_dim 40 (64 columns): the backward walks W in row blocks of 16, full, partly and wholly masked.
+    Case("linear", batch=1, heads=1, seq=19, dim=40, mb=8),
+    Case("linear", batch=1, heads=2, seq=13, dim=40, mb=4, pos=1),
     Case("mlp", batch=1, heads=2, seq=24, dim=16, mb=8),
     Case("mlp", batch=2, heads=1, seq=13, dim=12, mb=5, pos=2),
     # Hidden width 80 in blocks of 32 (triton_mlp.hidden_tile): full, partly and wholly masked blocks.
