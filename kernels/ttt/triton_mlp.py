@@ -64,20 +64,20 @@ from kernels.ttt.triton_common import (
 
 
 @triton.jit
-def _hidden_block(X1, X2, B1, hc, hmask, pid, cols, cmask, D: tl.constexpr, F: tl.constexpr):
-    """Hidden columns ``hc`` of a flat ``(D, F), (F,), (F, D)`` triple: ``W1[:, hc], b1[hc], W2[hc, :]``."""
+def _hidden_block(W1, B1, W2, hc, hmask, pid, cols, cmask, D: tl.constexpr, F: tl.constexpr):
+    """Hidden columns ``hc`` of a flat ``(D, F), (F,), (F, D)`` triple (weights, their sums or gradients)."""
     m1, m2 = cols[:, None] * F + hc[None, :], hc[:, None] * D + cols[None, :]
-    w1 = tl.load(X1 + pid * D * F + m1, mask=cmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
+    w1 = tl.load(W1 + pid * D * F + m1, mask=cmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
     b1 = tl.load(B1 + pid * F + hc, mask=hmask, other=0.0).to(tl.float32)
-    w2 = tl.load(X2 + pid * F * D + m2, mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    w2 = tl.load(W2 + pid * F * D + m2, mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     return w1, b1, w2
 
 
 @triton.jit
-def _store_hidden_block(X1, X2, B1, w1, b1, w2, hc, hmask, pid, cols, cmask, D: tl.constexpr, F: tl.constexpr):
-    tl.store(X1 + pid * D * F + cols[:, None] * F + hc[None, :], w1, mask=cmask[:, None] & hmask[None, :])
+def _store_hidden_block(W1, B1, W2, w1, b1, w2, hc, hmask, pid, cols, cmask, D: tl.constexpr, F: tl.constexpr):
+    tl.store(W1 + pid * D * F + cols[:, None] * F + hc[None, :], w1, mask=cmask[:, None] & hmask[None, :])
     tl.store(B1 + pid * F + hc, b1, mask=hmask)
-    tl.store(X2 + pid * F * D + hc[:, None] * D + cols[None, :], w2, mask=hmask[:, None] & cmask[None, :])
+    tl.store(W2 + pid * F * D + hc[:, None] * D + cols[None, :], w2, mask=hmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -91,13 +91,13 @@ def _saved_block(W1S, B1S, W2S, at, hc, cols, BD: tl.constexpr, BF: tl.constexpr
 
 @triton.jit
 def _running_sums(
-    GW1, GW2, GB1, first, hc, hmask, pid, cols, cmask,
+    GW1, GB1, GW2, first, hc, hmask, pid, cols, cmask,
     D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, HB: tl.constexpr, HAS_ACC: tl.constexpr,
 ):  # fmt: skip
     """Hidden columns ``hc`` of the running sums a chunk starts with: the state's in the first chunk, else 0."""
     gw1, gb1, gw2 = tl.zeros((BD, HB), tl.float32), tl.zeros((HB,), tl.float32), tl.zeros((HB, BD), tl.float32)
     if HAS_ACC:
-        a1, c1, a2 = _hidden_block(GW1, GW2, GB1, hc, hmask, pid, cols, cmask, D, F)
+        a1, c1, a2 = _hidden_block(GW1, GB1, GW2, hc, hmask, pid, cols, cmask, D, F)
         gw1, gb1, gw2 = gw1 + first * a1, gb1 + first * c1, gw2 + first * a2
     return gw1, gb1, gw2
 
@@ -154,7 +154,7 @@ def _ttt_mlp_fwd(
         z2 = tl.zeros((BLOCK_N, BD), tl.float32) + b2[None, :]
         for h0 in range(0, BF, HB):
             hc = h0 + hrow
-            w1, b1, w2 = _hidden_block(W1, W2, B1, hc, hc < F, pid, cols, cmask, D, F)
+            w1, b1, w2 = _hidden_block(W1, B1, W2, hc, hc < F, pid, cols, cmask, D, F)
             if SAVE:
                 tl.store(W1S + at * BD * BF + cols[:, None] * BF + hc[None, :], w1)
                 tl.store(B1S + at * BF + hc, b1)
@@ -177,8 +177,8 @@ def _ttt_mlp_fwd(
         for h0 in range(0, BF, HB):
             hc = h0 + hrow
             hmask = hc < F
-            w1, b1, w2 = _hidden_block(W1, W2, B1, hc, hmask, pid, cols, cmask, D, F)
-            gw1, gb1, gw2 = _running_sums(GW1, GW2, GB1, 1.0, hc, hmask, pid, cols, cmask, D, BD, F, HB, HAS_ACC)
+            w1, b1, w2 = _hidden_block(W1, B1, W2, hc, hmask, pid, cols, cmask, D, F)
+            gw1, gb1, gw2 = _running_sums(GW1, GB1, GW2, 1.0, hc, hmask, pid, cols, cmask, D, BD, F, HB, HAS_ACC)
             x2, _, _, _, g1, _, xq2, _ = _hidden_forward(x, q, w1, b1, w2, g2, mix1, s, gw1, gb1, HAS_ACC, PREC, C)
             zq2 += tl.dot(xq2, w2, input_precision=PREC)
             scores2 += tl.dot(xq2, tl.trans(x2), input_precision=PREC)
@@ -189,9 +189,9 @@ def _ttt_mlp_fwd(
             gb1 += tl.sum(lr_g1, axis=0)
             gw2 += tl.dot(tl.trans(x2), lr_g2, input_precision=PREC)
             w1, b1, w2 = w1 - s_last * gw1, b1 - s_last * gb1, w2 - s_last * gw2
-            _store_hidden_block(W1, W2, B1, w1, b1, w2, hc, hmask, pid, cols, cmask, D, F)
+            _store_hidden_block(W1, B1, W2, w1, b1, w2, hc, hmask, pid, cols, cmask, D, F)
             keep = 1.0 - closes
-            _store_hidden_block(GW1, GW2, GB1, gw1 * keep, gb1 * keep, gw2 * keep, hc, hmask, pid, cols, cmask, D, F)
+            _store_hidden_block(GW1, GB1, GW2, gw1 * keep, gb1 * keep, gw2 * keep, hc, hmask, pid, cols, cmask, D, F)
         zq2 -= tl.dot(eta * scores2, g2, input_precision=PREC)
         if HAS_ACC:
             zq2 -= s[:, None] * acc_q2
@@ -263,7 +263,7 @@ def _ttt_mlp_bwd(
             hc = h0 + hrow
             hmask = hc < F
             w1, b1, w2 = _saved_block(W1S, B1S, W2S, at, hc, cols, BD, BF)
-            gw1, gb1, gw2 = _running_sums(GW10, GW20, GB10, first, hc, hmask, pid, cols, cmask, D, BD, F, HB, HAS_ACC)
+            gw1, gb1, gw2 = _running_sums(GW10, GB10, GW20, first, hc, hmask, pid, cols, cmask, D, BD, F, HB, HAS_ACC)
             x2, _, _, _, _, _, xq2, _ = _hidden_forward(x, q, w1, b1, w2, g2, mix1, s, gw1, gb1, HAS_ACC, PREC, C)
             zq2 += tl.dot(xq2, w2, input_precision=PREC)
             scores2 += tl.dot(xq2, tl.trans(x2), input_precision=PREC)
@@ -298,9 +298,9 @@ def _ttt_mlp_bwd(
             hc = h0 + hrow
             hmask = hc < F
             w1, b1, w2 = _saved_block(W1S, B1S, W2S, at, hc, cols, BD, BF)
-            gw1, gb1, gw2 = _running_sums(GW10, GW20, GB10, first, hc, hmask, pid, cols, cmask, D, BD, F, HB, HAS_ACC)
-            dw1, db1, dw2 = _hidden_block(DW1, DW2, DB1, hc, hmask, pid, cols, cmask, D, F)
-            dgw1, dgb1, dgw2 = _hidden_block(DGW1, DGW2, DGB1, hc, hmask, pid, cols, cmask, D, F)
+            gw1, gb1, gw2 = _running_sums(GW10, GB10, GW20, first, hc, hmask, pid, cols, cmask, D, BD, F, HB, HAS_ACC)
+            dw1, db1, dw2 = _hidden_block(DW1, DB1, DW2, hc, hmask, pid, cols, cmask, D, F)
+            dgw1, dgb1, dgw2 = _hidden_block(DGW1, DGB1, DGW2, hc, hmask, pid, cols, cmask, D, F)
             x2, gelu1, gelu1_2, h1, g1, acc_q1, xq2, gelu_q1 = _hidden_forward(
                 x, q, w1, b1, w2, g2, mix1, s, gw1, gb1, HAS_ACC, PREC, C
             )
@@ -335,8 +335,8 @@ def _ttt_mlp_bwd(
             dg2 += tl.dot(dh1, w2, input_precision=PREC)
             dw2 += tl.dot(tl.trans(dh1), g2, input_precision=PREC)
             tl.store(dz1_at + hc[None, :], dg1 * h1 * gelu1_2 + dx2 * gelu1)
-            _store_hidden_block(DW1, DW2, DB1, dw1, db1, dw2, hc, hmask, pid, cols, cmask, D, F)
-            _store_hidden_block(DGW1, DGW2, DGB1, dgw1, dgb1, dgw2, hc, hmask, pid, cols, cmask, D, F)
+            _store_hidden_block(DW1, DB1, DW2, dw1, db1, dw2, hc, hmask, pid, cols, cmask, D, F)
+            _store_hidden_block(DGW1, DGB1, DGW2, dgw1, dgb1, dgw2, hc, hmask, pid, cols, cmask, D, F)
         ds += tl.where(rows == n - 1, -closes * ds_last, 0.0)
         deta1, dscores1 = mix_bwd(dmix1, scores1, eta, rows)
         deta += deta1
@@ -362,14 +362,14 @@ def _ttt_mlp_bwd(
             hc = h0 + hrow
             hmask = hc < F
             w1, b1, w2 = _saved_block(W1S, B1S, W2S, at, hc, cols, BD, BF)
-            dw1, db1, dw2 = _hidden_block(DW1, DW2, DB1, hc, hmask, pid, cols, cmask, D, F)
+            dw1, db1, dw2 = _hidden_block(DW1, DB1, DW2, hc, hmask, pid, cols, cmask, D, F)
             x2, gelu1, _ = gelu_tanh(tl.dot(x, w1, input_precision=PREC) + b1[None, :], C)
             dz1 = tl.load(dz1_at + hc[None, :]) + tl.dot(dz2, tl.trans(w2), input_precision=PREC) * gelu1
             dx += tl.dot(dz1, tl.trans(w1), input_precision=PREC)
             dw1 += tl.dot(tl.trans(x), dz1, input_precision=PREC)
             db1 += tl.sum(dz1, axis=0)
             dw2 += tl.dot(tl.trans(x2), dz2, input_precision=PREC)
-            _store_hidden_block(DW1, DW2, DB1, dw1, db1, dw2, hc, hmask, pid, cols, cmask, D, F)
+            _store_hidden_block(DW1, DB1, DW2, dw1, db1, dw2, hc, hmask, pid, cols, cmask, D, F)
         tl.debug_barrier()  # before the next chunk reads them
 
         tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=mask)
