@@ -101,6 +101,7 @@ GPU_CASES = [
     Case("mlp", batch=2, heads=4, seq=1024 + 5, dim=64, mb=16),
     Case("mlp", batch=1, heads=2, seq=203, dim=64, mb=16, pos=5),
     Case("mlp", batch=1, heads=2, seq=157, dim=32, mb=8, pos=3),
+    Case("mlp", batch=1, heads=2, seq=77, dim=128, mb=16, pos=3),
 ]
 
 
