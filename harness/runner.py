@@ -33,7 +33,7 @@ from harness.resume import Preempted, StepCheckpoints
 from harness.store import RunRecord, Store
 from harness.suite import Cell, Suite
 from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
-from harness.train import plan_training, seed_everything, train
+from harness.train import TrainPlan, plan_training, seed_everything, train
 from models import ModelSpec, build
 
 DEFAULT_CACHE_DIR = Path("results") / "cache"
@@ -113,6 +113,28 @@ def data_config(cell: Cell) -> DataConfig:
         workers=d.workers,
         vocab_size=d.vocab_size,
     )
+
+
+class EpochBudgetError(ValueError):
+    """A budget that would pass over the training split more often than the suite allows."""
+
+
+def training_epochs(cell: Cell, train_sequences: int, plan: TrainPlan) -> float:
+    """Passes over the training split the budget makes, refused above ``train.max_epochs``.
+
+    A small corpus (or task set) is cycled in epochs; the count is recorded with every run so
+    that a number reached by re-reading the same text says so.
+    """
+    available = train_sequences * cell.seq_len
+    epochs = plan.tokens / available
+    limit = cell.train.max_epochs
+    if limit is not None and epochs > limit:
+        source = f"task {cell.task['name']}" if cell.task is not None else cell.data.source
+        raise EpochBudgetError(
+            f"{plan.tokens:,} training tokens are {epochs:.2f} epochs of the {available:,} training tokens of "
+            f"{source}, more than train.max_epochs {limit:g}: raise it, lower the budget or add text"
+        )
+    return epochs
 
 
 def model_spec(cell: Cell, vocab_size: int) -> ModelSpec:
@@ -258,6 +280,7 @@ class SuiteRunner:
         model = build(model_spec(cell, work.data.vocab_size)).to(device)
         n_params, n_params_non_embedding = model.num_params(), model.num_params(non_embedding=True)
         plan = plan_training(cell.train, n_params, cell.seq_len)
+        epochs = training_epochs(cell, len(work.data.train), plan)
         mode = choose_mode(cell.train.parallel, n_params, group)
         wrapped = prepare(model, mode, device, compile=cell.train.compile,
                           activation_checkpointing=cell.train.activation_checkpointing)  # fmt: skip
@@ -285,6 +308,7 @@ class SuiteRunner:
             (final, "train/seconds", result.seconds),
             (final, "train/tokens_per_s", result.tokens_per_second),
             (final, "train/world_size", float(group.world_size)),
+            (final, "data/epochs", epochs),
         ]
         flops = training_flops(model, cell.seq_len, result.tokens)
         metrics += [(final, name, value) for name, value in flops.items()]

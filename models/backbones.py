@@ -47,6 +47,9 @@ class Size:
 SIZES: dict[str, Size] = {
     "micro": Size(d_model=32, n_layers=2, n_heads=2, mlp_hidden=96),
     "tiny": Size(d_model=64, n_layers=2, n_heads=4, mlp_hidden=176),
+    # between tiny and small: 1.5x tiny's width at its depth (head_dim 16 like micro and tiny),
+    # the third point of suites/miniature.yaml that a 2-core CPU trains in minutes at T=1024
+    "mini": Size(d_model=96, n_layers=2, n_heads=6, mlp_hidden=256),
     "small": Size(d_model=128, n_layers=4, n_heads=4, mlp_hidden=352),
     "125m": Size(d_model=768, n_layers=12, n_heads=12, mlp_hidden=2048),
     "350m": Size(d_model=1024, n_layers=24, n_heads=16, mlp_hidden=2736),
