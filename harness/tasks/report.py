@@ -7,10 +7,10 @@ smaller learning rate. It is applied here, at report time, because only then is 
 of a grid known; each panel says so in its subtitle and the task table marks the winners.
 
 Panels (each point one group's best run): accuracy vs sequence length (one subplot per
-difficulty, e.g. number of key-value pairs), accuracy vs difficulty (one per sequence
-length), and accuracy vs the model's ``state_size`` on a log axis (Zoology's plot: does
-recall track how much a model keeps between tokens?), one line or colour per mixer@backbone
-and size.
+difficulty, e.g. number of key-value pairs) and accuracy vs difficulty (one per sequence
+length), each where the suite varies it, one line per mixer@backbone and size; and accuracy
+vs the model's ``state_size`` on a log axis, one line per mixer@backbone through its sizes
+(Zoology's plot: does recall track how much a model keeps between tokens?).
 """
 
 from __future__ import annotations
@@ -90,17 +90,18 @@ def _varying(runs: list[Run]) -> set[str]:
 
 
 def _line_figure(
-    winners: list[Run], values: Values, x_of, facet_of, x_title: str, title: str, subtitle: str, log_x: bool = False
+    winners: list[Run], values: Values, x_of, facet_of, x_title: str, title: str, subtitle: str,
+    log_x: bool = False, series_of=_series, label_of=None,  # noqa: ANN001 - Run -> str callables
 ) -> go.Figure:
-    """One subplot per facet, one line per mixer@backbone and size; a log x axis shows points only."""
+    """One subplot per facet, one line per series (default: mixer@backbone and size), points labelled by ``label_of``."""
     facets = sorted({facet_of(r) for r in winners})
-    series = sorted({_series(r) for r in winners})
+    series = sorted({series_of(r) for r in winners})
     fig = make_subplots(rows=1, cols=max(1, len(facets)), subplot_titles=[str(f[1]) for f in facets] or None)
     for col, facet in enumerate(facets, 1):
         for i, name in enumerate(series):
             points = sorted(
                 ((x_of(r), values[(r.run_key, "task/accuracy")], r) for r in winners
-                 if facet_of(r) == facet and _series(r) == name),
+                 if facet_of(r) == facet and series_of(r) == name),
                 key=lambda p: (p[0], p[2].seq_len),  # a recurrent state is the same size at every seq_len
             )  # fmt: skip
             if not points:
@@ -109,8 +110,8 @@ def _line_figure(
                 go.Scatter(
                     x=[p[0] for p in points],
                     y=[p[1] for p in points],
-                    mode="markers+text" if log_x else "lines+markers",
-                    text=[f"T{p[2].seq_len}" for p in points] if log_x else None,
+                    mode="lines+markers+text" if label_of else "lines+markers",
+                    text=[label_of(p[2]) for p in points] if label_of else None,
                     textposition="top center",
                     name=name,
                     legendgroup=name,
@@ -136,7 +137,11 @@ def _line_figure(
 
 
 def task_figures(runs: list[Run], values: Values) -> list[go.Figure]:
-    """The three task panels for the done task runs of one suite (none if there are none)."""
+    """The task panels for the done task runs of one suite (none if there are none).
+
+    Accuracy vs sequence length and vs difficulty appear only where the suite varies them;
+    accuracy vs state size always does.
+    """
     groups = best_of_grid(runs, values)
     if not groups:
         return []
@@ -165,14 +170,25 @@ def task_figures(runs: list[Run], values: Values) -> list[go.Figure]:
     def state_size(r: Run) -> float:
         return values.get((r.run_key, "model/state_size"), float("nan"))
 
+    # Zoology's plot: one line per mixer (and sequence length, when that varies) through its
+    # widths, each point labelled by its size: does recall grow with the state a mixer keeps?
+    many_lengths = len({r.seq_len for r in winners}) > 1
+
+    def mixer_line(r: Run) -> str:
+        return f"{r.mixer}@{r.backbone}" + (f" T{r.seq_len}" if many_lengths else "")
+
     title = " / ".join(names)
-    return [
-        _line_figure(winners, values, lambda r: r.seq_len, by_level, "sequence length",
-                     f"{title}: accuracy vs sequence length", subtitle),
-        _line_figure(winners, values, level, by_seq_len, difficulty, f"{title}: accuracy vs {difficulty}", subtitle),
-        _line_figure(winners, values, state_size, by_level, "state size (numbers kept between tokens)",
-                     f"{title}: accuracy vs state size", subtitle, log_x=True),
-    ]  # fmt: skip
+    figures = []
+    if many_lengths:  # a single sequence length would make a panel of one column of dots
+        figures.append(_line_figure(winners, values, lambda r: r.seq_len, by_level, "sequence length",
+                                    f"{title}: accuracy vs sequence length", subtitle))  # fmt: skip
+    if len({json.dumps(level(r)) for r in winners}) > 1:
+        figures.append(_line_figure(winners, values, level, by_seq_len, difficulty,
+                                    f"{title}: accuracy vs {difficulty}", subtitle))  # fmt: skip
+    figures.append(_line_figure(winners, values, state_size, by_level, "state size (numbers kept between tokens)",
+                                f"{title}: accuracy vs state size", subtitle, log_x=True, series_of=mixer_line,
+                                label_of=lambda r: r.size))  # fmt: skip
+    return figures
 
 
 def task_table_html(runs: list[Run], values: Values) -> str:

@@ -272,8 +272,8 @@ def test_text_suites_keep_their_config_and_keys(write_suite):
 
 
 class FakeRun:
-    def __init__(self, key: str, lr: float, seq_len: int = 32, pairs: int = 4, mixer: str = "attention"):
-        self.run_key, self.mixer, self.backbone, self.size, self.seq_len = key, mixer, "transformer", "tiny", seq_len
+    def __init__(self, key: str, lr: float, seq_len: int = 32, pairs: int = 4, mixer: str = "attention", size: str = "tiny"):
+        self.run_key, self.mixer, self.backbone, self.size, self.seq_len = key, mixer, "transformer", size, seq_len
         self.status = "done"
         task = {"name": "mqar", "params": {"num_kv_pairs": pairs, "vocab_size": 64}}
         self.config = {"train": {"lr": lr}, "task": task}
@@ -297,6 +297,22 @@ def test_best_of_grid_keeps_the_most_accurate_run_of_each_group():
         "mqar: accuracy vs state size",
     ]
     assert "best of its learning-rate grid" in figures[0].layout.title.text
+
+
+def test_one_task_point_draws_only_the_state_size_panel_one_line_per_mixer_through_its_widths():
+    """Zoology's figure: with one sequence length and one difficulty, the other panels would be a column of dots."""
+    runs = [FakeRun(f"{m}-{size}", 1e-3, mixer=m, size=size) for m in ("attention", "mamba") for size in ("micro", "tiny")]
+    acc = {"attention-micro": 0.99, "attention-tiny": 1.0, "mamba-micro": 0.2, "mamba-tiny": 0.6}
+    state = {"attention-micro": 4096, "attention-tiny": 8192, "mamba-micro": 1024, "mamba-tiny": 2048}
+    values = {(k, "task/accuracy"): v for k, v in acc.items()} | {(k, "model/state_size"): float(v) for k, v in state.items()}
+    values |= {(k, "val/loss"): 1.0 for k in acc}
+    [figure] = task_figures(runs, values)
+    assert figure.layout.title.text.startswith("mqar: accuracy vs state size")
+    lines = {trace.name: trace for trace in figure.data}
+    assert set(lines) == {"attention@transformer", "mamba@transformer"}
+    mamba = lines["mamba@transformer"]
+    assert list(mamba.x) == [1024, 2048] and list(mamba.y) == [0.2, 0.6] and list(mamba.text) == ["micro", "tiny"]
+    assert "lines" in mamba.mode
 
 
 # --- end to end: attention learns MQAR through the real runner -----------------------------
