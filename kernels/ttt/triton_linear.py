@@ -128,18 +128,19 @@ def _row_block(
     Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first,
     D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, HAS_ACC: tl.constexpr,
 ):  # fmt: skip
-    """Rows ``rc`` of a chunk's starting ``W`` and running sum (zero unless ``HAS_ACC``), and the
-    matching columns of its queries and keys (float32)."""
+    """Rows ``rc`` of a chunk's starting ``W`` and running sum (zero unless ``HAS_ACC``), the
+    matching columns of its queries and keys (float32), and where those rows sit in this
+    program's ``d x d`` buffers (offsets and mask), for the gradients stored in place."""
     w = tl.load(WS + at * BD * BD + rc[:, None] * BD + cols[None, :])
     rmask = rc < D
+    at_w, wmask = pid * D * D + rc[:, None] * D + cols[None, :], rmask[:, None] & cmask[None, :]
     gw = tl.zeros((RB, BD), tl.float32)
     if HAS_ACC:
-        at_w = pid * D * D + rc[:, None] * D + cols[None, :]
-        gw += first * tl.load(GW0 + at_w, mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        gw += first * tl.load(GW0 + at_w, mask=wmask, other=0.0).to(tl.float32)
     tok, tmask = base + (t0 + rows)[:, None] * D + rc[None, :], valid[:, None] & rmask[None, :]
     qr = tl.load(Q + tok, mask=tmask, other=0.0).to(tl.float32)
     xr = tl.load(K + tok, mask=tmask, other=0.0).to(tl.float32)
-    return w, gw, qr, xr
+    return w, gw, qr, xr, at_w, wmask
 
 
 @triton.jit
@@ -181,7 +182,7 @@ def _ttt_linear_bwd(
         acc_q = tl.zeros((BLOCK_N, BD), tl.float32) + gb[None, :]
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
-            w, gw, qr, xr = _row_block(
+            w, gw, qr, xr, _, _ = _row_block(
                 Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
             )
             z += tl.dot(xr, w, input_precision=PREC)
@@ -222,11 +223,9 @@ def _ttt_linear_bwd(
         # X^T (lr G); dq's and dk's columns of the block go to the scratch.
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
-            w, gw, qr, xr = _row_block(
+            w, gw, qr, xr, at_w, wmask = _row_block(
                 Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
             )
-            at_w = pid * D * D + rc[:, None] * D + cols[None, :]
-            wmask = (rc < D)[:, None] & cmask[None, :]
             dw = tl.load(DW + at_w, mask=wmask, other=0.0)
             dgw = tl.load(DGW + at_w, mask=wmask, other=0.0)
             ds_last += tl.sum(tl.sum(dw * (gw + tl.dot(tl.trans(xr), lr_g, input_precision=PREC)), axis=1), axis=0)
@@ -257,11 +256,9 @@ def _ttt_linear_bwd(
         # Per row block of W: the terms through dZ (Z = X W + b).
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
-            w, _, _, xr = _row_block(
+            w, _, _, xr, at_w, wmask = _row_block(
                 Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, False
             )
-            at_w = pid * D * D + rc[:, None] * D + cols[None, :]
-            wmask = (rc < D)[:, None] & cmask[None, :]
             dw = tl.load(DW + at_w, mask=wmask, other=0.0) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
             tl.store(DW + at_w, dw, mask=wmask)
             dk_r = tl.load(DKS + scratch + rc[None, :]) + tl.dot(dz, tl.trans(w), input_precision=PREC)
