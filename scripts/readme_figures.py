@@ -137,10 +137,10 @@ def results_block(suite: Suite, runs: list[Run], values: Values, positions, figu
 
 def replace_block(readme: str, name: str, block: str) -> str:
     """``readme`` with the text between ``<!-- results:name -->`` and its closing marker replaced."""
-    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)", re.DOTALL)
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /results:{re.escape(name)} -->)", re.DOTALL)
     if not pattern.search(readme):
         raise FiguresError(f"README has no '<!-- results:{name} -->' ... '<!-- /results:{name} -->' markers")
-    return pattern.sub(lambda m: m.group(1) + block + m.group(2), readme, count=1)
+    return pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), readme, count=1)
 
 
 def refresh(store: Store, suite_paths: list[Path], figures_dir: Path, readme: Path) -> list[Path]:

@@ -43,6 +43,8 @@ def test_the_block_between_the_markers_is_replaced_and_nothing_else(figures):
     out = figures.replace_block(text, "mqar", "new table")
     assert out == text.replace("stale text", "new table")
     assert figures.replace_block(out, "mqar", "again") == text.replace("stale text", "again")  # idempotent markers
+    empty = "<!-- results:mqar -->\n<!-- /results:mqar -->\n"  # as first written, before any run
+    assert figures.replace_block(empty, "mqar", "table") == "<!-- results:mqar -->\ntable\n<!-- /results:mqar -->\n"
     with pytest.raises(figures.FiguresError, match="no '<!-- results:miniature -->'"):
         figures.replace_block(text, "miniature", "x")
 

@@ -112,7 +112,8 @@ def _line_figure(
                     y=[p[1] for p in points],
                     mode="lines+markers+text" if label_of else "lines+markers",
                     text=[label_of(p[2]) for p in points] if label_of else None,
-                    textposition="top center",
+                    # below a point near the top, so that no label is cut off by the axis
+                    textposition=["bottom center" if p[1] > 0.9 else "top center" for p in points],
                     name=name,
                     legendgroup=name,
                     showlegend=col == 1,
