@@ -76,10 +76,10 @@ class TrainSection(_Section):
     compile: bool = False  # torch.compile per block
     activation_checkpointing: bool = False  # recompute each block in the backward pass
     peak_tflops: float | None = Field(None, gt=0)  # the device's peak for MFU (default: harness/mfu.py table)
-    # A guard, not a setting (also left out of the run key): the most passes over a text corpus's
-    # training split the budget may take. A small corpus repeats epochs (harness/sampler.py); every
-    # text run records how many as `data/epochs`, and a cell that would exceed this stops before
-    # training with one line. None: no limit.
+    # A guard, not a setting (also left out of the run key): the most passes over the training
+    # split (a corpus's blocks, a task's n_train sequences) the budget may take. A small split
+    # repeats epochs (harness/sampler.py); every run records how many as `data/epochs`, and a
+    # cell that would exceed this stops before training with one line. None: no limit.
     max_epochs: float | None = Field(None, gt=0)
 
     ENGINE_FIELDS: ClassVar[tuple[str, ...]] = (
