@@ -103,7 +103,8 @@ def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, in
         )
     fig.update_xaxes(title_text="token index (bucket centre)")
     fig.update_yaxes(type="log", title_text="perplexity")
-    fig.update_layout(title="Perplexity by token index (validation)", height=480)
+    # one legend row per run: tall enough that a static image (which cannot scroll) shows them all
+    fig.update_layout(title="Perplexity by token index (validation)", height=max(480, 160 + 22 * len(fig.data)))
     return fig
 
 
