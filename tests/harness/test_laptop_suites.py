@@ -68,7 +68,7 @@ def test_mqar_suites_grids():
     assert {c.size for c in cells} == {"micro", "tiny"} and {c.seq_len for c in cells} == {64}
     assert all(c.arch.endswith(("@mamba", "@mamba_native")) for c in cells)  # every model has a short convolution
     quick = load_suite(SUITES / "mqar-quick.yaml")
-    assert quick.name == "mqar-quick" and len(quick.cells()) == 5 * 8 * 2
+    assert quick.name == "mqar-quick" and len(quick.cells()) == 5 * 8
 
 
 def test_epoch_cap_fails_the_cell_in_one_line_and_every_run_records_its_epochs(write_suite, tmp_path, monkeypatch, capsys):
