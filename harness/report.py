@@ -32,20 +32,26 @@ class ReportError(RuntimeError):
     """A dashboard or figure that cannot be written, said in one line."""
 
 
-def _arch(run: Run) -> str:
+def arch_label(run: Run) -> str:
+    """``mixer@backbone``: what a line of a panel or a row of a table stands for."""
     return f"{run.mixer}@{run.backbone}"
+
+
+def sizes_by_params(runs: list[Run]) -> list[str]:
+    """The sizes among ``runs``, smallest model first (size names do not sort by size)."""
+    return sorted({r.size for r in runs}, key=lambda s: min(r.n_params or 0 for r in runs if r.size == s))
 
 
 def flops_figure(runs: list[Run], values: dict[tuple[str, str], float]) -> go.Figure:
     seq_lens = sorted({r.seq_len for r in runs})
     fig = make_subplots(rows=1, cols=len(seq_lens), subplot_titles=[f"context {t}" for t in seq_lens])
-    archs = sorted({_arch(r) for r in runs})
+    archs = sorted({arch_label(r) for r in runs})
     for col, seq_len in enumerate(seq_lens, 1):
         for i, arch in enumerate(archs):
             points = sorted(
                 (values[(r.run_key, "flops/train")], values[(r.run_key, "val/ppl")], r)
                 for r in runs
-                if _arch(r) == arch and r.seq_len == seq_len
+                if arch_label(r) == arch and r.seq_len == seq_len
             )
             if not points:
                 continue
@@ -84,8 +90,8 @@ def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, in
     for key, _bucket, lo, hi, loss in position_rows:
         by_run[key].append((lo, hi, loss))
     fig = go.Figure()
-    archs = sorted({_arch(r) for r in runs})
-    sizes = sorted({r.size for r in runs}, key=lambda s: min(r.n_params or 0 for r in runs if r.size == s))
+    archs = sorted({arch_label(r) for r in runs})
+    sizes = sizes_by_params(runs)
     for run in runs:
         rows = by_run.get(run.run_key)
         if not rows:
@@ -95,8 +101,8 @@ def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, in
                 x=[(lo + hi - 1) / 2 for lo, hi, _ in rows],
                 y=[math.exp(min(loss, 700.0)) for _, _, loss in rows],
                 mode="lines+markers",
-                name=f"{_arch(run)} {run.size} T{run.seq_len}",
-                line={"color": _color(archs.index(_arch(run))), "dash": _DASHES[sizes.index(run.size) % len(_DASHES)]},
+                name=f"{arch_label(run)} {run.size} T{run.seq_len}",
+                line={"color": _color(archs.index(arch_label(run))), "dash": _DASHES[sizes.index(run.size) % len(_DASHES)]},
                 hovertemplate="positions %{customdata[0]}-%{customdata[1]}<br>ppl %{y:.3f}<extra>%{fullData.name}</extra>",
                 customdata=[[lo, hi - 1] for lo, hi, _ in rows],
             )
@@ -121,7 +127,7 @@ def results_table_html(runs: list[Run], values: dict[tuple[str, str], float]) ->
     for r in runs:
         env = r.environment or {}
         cells = [
-            (r.run_key, ""), (_arch(r), ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
+            (r.run_key, ""), (arch_label(r), ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
             (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")), (r.status, ""),
             metric(r, "val/ppl", ".3f"), metric(r, "flops/train", ".3g"), metric(r, "train/tokens_per_s", ",.0f"),
             (r.backend or "-", ""), (str(env.get("device", "-")), ""), (str(env.get("git_commit") or "-")[:12], ""),

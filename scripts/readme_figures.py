@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.report import ReportError, write_reports  # noqa: E402 - after the path: run as a script from anywhere
+from harness.report import ReportError, arch_label, sizes_by_params, write_reports  # noqa: E402 - after the path: run as a script from anywhere
 from harness.store import Run, Store, StoreError  # noqa: E402
 from harness.suite import Suite, SuiteError, load_suite  # noqa: E402
 from harness.tasks.report import best_of_grid  # noqa: E402
@@ -66,21 +66,13 @@ def wall_time(runs: list[Run]) -> str:
     return f"{minutes:.0f} minutes"
 
 
-def _sizes(runs: list[Run]) -> list[str]:
-    return sorted({r.size for r in runs}, key=lambda s: min(r.n_params or 0 for r in runs if r.size == s))
-
-
-def _arch(run: Run) -> str:
-    return f"{run.mixer}@{run.backbone}"
-
-
 def task_table(runs: list[Run], values: Values) -> list[str]:
     """Markdown: per mixer and width, the best-of-grid accuracy, its learning rate and the state size."""
     winners = {members[0].run_key: members[0] for members in best_of_grid(runs, values).values()}
-    sizes = _sizes(runs)
+    sizes = sizes_by_params(runs)
     cells: dict[str, dict[str, Run]] = defaultdict(dict)
     for run in winners.values():
-        cells[_arch(run)][run.size] = run
+        cells[arch_label(run)][run.size] = run
 
     def mean_accuracy(arch: str) -> float:
         return sum(values[(r.run_key, "task/accuracy")] for r in cells[arch].values()) / len(cells[arch])
@@ -102,10 +94,10 @@ def task_table(runs: list[Run], values: Values) -> list[str]:
 
 def text_table(runs: list[Run], values: Values, positions: list[tuple[str, int, int, int, float]]) -> list[str]:
     """Markdown: validation perplexity per architecture and size, then the largest size's by token index."""
-    sizes = _sizes(runs)
+    sizes = sizes_by_params(runs)
     by_arch: dict[str, dict[str, Run]] = defaultdict(dict)
     for run in runs:
-        by_arch[_arch(run)][run.size] = run
+        by_arch[arch_label(run)][run.size] = run
     largest = sizes[-1]
     buckets: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
     for key, _bucket, lo, hi, loss in positions:
