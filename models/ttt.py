@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ttt import FORMS, fresh_state, triton_unavailable_reason
+from kernels.ttt import fresh_state, triton_unavailable_reason, ttt
 from models.layers import CausalDepthwiseConv, rotary_cos_sin
 from models.mixer import Backend, SequenceMixer, always
 from models.registry import register_mixer
@@ -197,10 +197,13 @@ class TTTLayer(SequenceMixer):
         return fresh_state(tuple((w.to(device=device), b.to(device=device)) for w, b in self._initial_params(batch, dtype)))
 
     def _inner_loop(self, backend: str, q, k, v, lr, inner) -> tuple[torch.Tensor, tuple]:
-        """``backend``'s inner loop over the tokens; inputs already in the dtype it computes in."""
+        """``backend``'s inner loop over the tokens; inputs already in the dtype it computes in.
+
+        Under ``torch.compile`` this is one custom op (``kernels.ttt.op``): no graph break.
+        """
         shape = (self.n_heads, 1, self.head_dim)
-        return FORMS[backend](
-            q, k, v, lr, inner,
+        return ttt(
+            backend, q, k, v, lr, inner,
             token_scale=self.token_scale().to(q.dtype),
             ln_weight=self.ttt_norm_weight.reshape(shape).to(q.dtype),
             ln_bias=self.ttt_norm_bias.reshape(shape).to(q.dtype),

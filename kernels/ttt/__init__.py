@@ -4,7 +4,8 @@
 weights after every token) and ``ttt_triton`` (the dual form fused into Triton kernels, forward
 and backward; triton is imported on first use) take the same arguments and compute the same
 function. ``kernels.ttt.inner`` holds the inner model ``f`` and its analytic gradient, shared by
-the PyTorch forms.
+the PyTorch forms. ``ttt(backend, ...)`` runs one of them, through the ``mixbench::ttt`` custom op
+while ``torch.compile`` traces (``kernels.ttt.op``).
 """
 
 from kernels.ttt.dual import ttt_dual
@@ -14,6 +15,8 @@ from kernels.ttt.triton_backend import triton_unavailable_reason, ttt_triton
 
 FORMS = {"triton": ttt_triton, "dual": ttt_dual, "primal": ttt_primal}
 
+from kernels.ttt.op import ttt  # noqa: E402 - the one entry point of the layer: a custom op under torch.compile
+
 __all__ = [
     "FORMS",
     "GradientDescentLearner",
@@ -21,6 +24,7 @@ __all__ = [
     "fresh_state",
     "scan_tokens",
     "triton_unavailable_reason",
+    "ttt",
     "ttt_dual",
     "ttt_primal",
     "ttt_triton",
