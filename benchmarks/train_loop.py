@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data import PackedData  # noqa: E402
 from harness.environment import machine_summary  # noqa: E402
 from harness.flops import training_flops  # noqa: E402
+from harness.loss import cross_entropy  # noqa: E402
 from harness.mfu import mfu, peak_tflops  # noqa: E402
 from harness.parallel import autocast, prepare  # noqa: E402
 from harness.sampler import BlockSampler  # noqa: E402
@@ -81,7 +81,7 @@ def bare_loop(arch, size, data, cfg, plan, device, compile_) -> tuple[float, flo
             rows = torch.from_numpy(data.train[indices[i * micro : (i + 1) * micro]].astype(np.int64)).to(device)
             with autocast(device):
                 logits = model(rows[:, :-1])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+                loss = cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
             (loss / accumulation).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

@@ -2,7 +2,7 @@
 
 AdamW (β 0.9/0.95, decoupled weight decay on matrices only), linear warm-up then cosine decay
 to ``min_lr_ratio``, gradient clipping, gradient accumulation up to a token batch, bf16
-autocast on CUDA, fixed seeds. The same loop runs on one process or data-parallel under
+autocast on CUDA, a float32 cross-entropy computed in row chunks (``harness.loss``), fixed seeds. The same loop runs on one process or data-parallel under
 torchrun (``harness.distributed``, ``harness.parallel``), and resumes mid-cell from
 ``torch.distributed.checkpoint`` snapshots (``harness.resume``). A NaN or infinite loss stops the run with the step named.
 """
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.distributed import Group
+from harness.loss import cross_entropy
 from harness.parallel import autocast, gradient_sync
 from harness.progress import progress_bar
 from harness.resume import Preempted, PreemptionFlag, StepCheckpoints
@@ -180,7 +180,7 @@ def train(
                 with gradient_sync(model, i == accumulation - 1):
                     with autocast(device):
                         logits = model(inputs)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                        loss = cross_entropy(logits.flatten(0, 1), targets.flatten())
                     (loss / accumulation).backward()
                 step_loss += loss.detach() / accumulation
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
