@@ -10,16 +10,18 @@ Rows, forward and forward+backward of one layer's sequence op:
 
 * ``ttt_linear triton`` / ``ttt_mlp triton``: ours (``kernels.ttt.ttt_triton``), q, k, v in ``--dtype``;
 * ``ttt_linear dual`` / ``ttt_mlp dual``: our PyTorch dual form (float32, as the layer runs it);
-* ``fla chunk_ttt_linear``: flash-linear-attention's TTT-Linear kernel (same shapes; its function
-  differs in details: no per-position token scale, scaled q, no output LayerNorm/residual);
+* ``fla chunk_ttt_linear (dtype)``: flash-linear-attention's TTT-Linear kernel (same shapes; its function
+  differs in details: no per-position token scale, scaled q, no output LayerNorm/residual), in
+  ``--dtype`` and in float32 (its bf16 backward does not compile under Triton 3.6);
 * ``attention``: FlashAttention 2 (flash-attn) when importable, else SDPA, causal;
 * ``mamba selective scan``: mamba-ssm's CUDA scan at the same model width (d_inner = 2 d_model, d_state 16).
 
 Each implementation is first checked against its reference on the same inputs (ours against
 ``ttt_dual``, fla against its own ``chunk_ttt_linear_ref``, attention against a matmul softmax,
 the scan against ``kernels.selective_scan.selective_scan_reference``) at ``--check-len`` tokens;
-one that fails is reported and not timed. Then: median of ``--repeats`` after a warm-up, tokens/s
-(forward+backward), this implementation's time over ours (TTT-MLP rows: over our TTT-MLP kernel,
+one that fails its check, or fails to import, compile or run, is one row that says why (the
+exception's first line) and is not timed; the others go on. Then: median of ``--repeats`` after
+a warm-up, tokens/s (forward+backward), this implementation's time over ours (TTT-MLP rows: over our TTT-MLP kernel,
 all others: over our TTT-Linear kernel), and the fraction of the floor ``max(FLOPs / peak, bytes / bandwidth)``
 reached (peaks from ``--peak-tflops``/``--peak-tbps``, or a small table of known GPUs). It never
 asserts a time. Without CUDA it runs the Triton kernels under ``TRITON_INTERPRET=1`` for the checks
@@ -34,6 +36,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,6 +52,7 @@ from kernels.ttt import fresh_state, ttt_dual, ttt_triton  # noqa: E402
 from models.backbones import SIZES  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "float32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # Dense tensor-core peaks (bf16 TFLOP/s) and HBM bandwidth (TB/s) of the GPUs we expect.
 PEAKS = {"H200": (989.0, 4.8), "H100": (989.0, 3.35), "A100": (312.0, 2.0)}
 MINI_BATCH, D_STATE = 16, 16
@@ -204,8 +208,19 @@ def rel_error(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
 # -- the run ---------------------------------------------------------------------------------------
 
 
+def peer(name: str, kind: str, tol: float, prepare) -> tuple:  # noqa: ANN001 - prepare() -> (check error, call)
+    """One row to time: ``(name, floor kind, check error, tolerance, call(backward))``.
+
+    A peer that fails to import, compile or run its check becomes a row whose check is the
+    exception's first line and whose call is ``None``: it is reported, not timed, and the
+    benchmark goes on.
+    """
+    got, why = attempt(prepare)
+    return (name, kind, why, tol, None) if got is None else (name, kind, got[0], tol, got[1])
+
+
 def implementations(kind_sizes, seq, device, dtype, check_len):
-    """``[(name, floor kind, check error or None, tolerance, call(backward))]`` for one shape and length."""
+    """The rows (``peer``'s tuples) for one shape and length: ours first, then the peers on CUDA."""
     batch, heads, dim = kind_sizes
     out, check_seq = [], min(seq, check_len)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -216,44 +231,56 @@ def implementations(kind_sizes, seq, device, dtype, check_len):
         if err is None:  # the backward may not fit this GPU: check (and time) the forward alone
             err = attempt(lambda: rel_error(ttt_call(ttt_triton, small, False), ref[:1]))[0]
         full = ttt_inputs(kind, batch, heads, seq, dim, device, dtype)
-        out.append((f"ttt_{kind} triton", kind, err, tol, lambda bw, f=full: ttt_call(ttt_triton, f, bw)))
+        out.append((f"ttt_{kind} triton", kind, err if err is not None else why, tol,
+                    lambda bw, f=full: ttt_call(ttt_triton, f, bw)))  # fmt: skip
         out.append((f"ttt_{kind} dual (fp32)", kind, 0.0, tol,
                     lambda bw, f=full: ttt_call(ttt_dual, f, bw, dtype=torch.float32)))  # fmt: skip
     if device.type != "cuda":
         return out
-    try:
-        from fla.ops.ttt import chunk_ttt_linear
-        from fla.ops.ttt.naive import chunk_ttt_linear_ref
-
-        small = fla_inputs(ttt_inputs("linear", 1, heads, check_seq, dim, device, dtype))
-        ref = fla_call(chunk_ttt_linear_ref, small, True, mini_batch_size=MINI_BATCH)
-        err = rel_error(fla_call(chunk_ttt_linear, small, True, chunk_size=MINI_BATCH), ref)
-        full = fla_inputs(ttt_inputs("linear", batch, heads, seq, dim, device, dtype))
-        out.append(("fla chunk_ttt_linear", "linear", err, tol,
-                    lambda bw, f=full: fla_call(chunk_ttt_linear, f, bw, chunk_size=MINI_BATCH)))  # fmt: skip
-    except ImportError as e:
-        print(f"note:    fla not timed: {e}")
+    # fla in the benchmark's dtype, and in float32 where that differs (its bf16 backward does not
+    # compile under every Triton: "Loop-carried variable b_w has initial type fp32 but is re-assigned to bf16").
+    for fla_dtype in dict.fromkeys((dtype, torch.float32)):
+        fla_tol = 1e-4 if fla_dtype == torch.float32 else 3e-2
+        out.append(peer(f"fla chunk_ttt_linear ({DTYPE_NAMES[fla_dtype]})", "linear", fla_tol,
+                        lambda d=fla_dtype: fla_peer(batch, heads, seq, dim, device, d, check_seq)))  # fmt: skip
     try:
         import flash_attn  # noqa: F401
 
         use_flash = dtype != torch.float32
     except ImportError:
         use_flash = False
+    out.append(peer("attention " + ("flash-attn 2" if use_flash else "sdpa"), "attention", tol,
+                    lambda: attention_peer(batch, heads, seq, dim, device, dtype, check_seq, use_flash)))  # fmt: skip
+    out.append(peer("mamba selective scan", "scan", tol,
+                    lambda: scan_peer(batch, 2 * heads * dim, seq, device, dtype, check_seq)))  # fmt: skip
+    return out
+
+
+def fla_peer(batch, heads, seq, dim, device, dtype, check_seq):
+    """fla's chunk_ttt_linear checked against its own reference: ``(check error, call)``."""
+    from fla.ops.ttt import chunk_ttt_linear
+    from fla.ops.ttt.naive import chunk_ttt_linear_ref
+
+    small = fla_inputs(ttt_inputs("linear", 1, heads, check_seq, dim, device, dtype))
+    ref = fla_call(chunk_ttt_linear_ref, small, True, mini_batch_size=MINI_BATCH)
+    err = rel_error(fla_call(chunk_ttt_linear, small, True, chunk_size=MINI_BATCH), ref)
+    full = fla_inputs(ttt_inputs("linear", batch, heads, seq, dim, device, dtype))
+    return err, lambda bw: fla_call(chunk_ttt_linear, full, bw, chunk_size=MINI_BATCH)
+
+
+def attention_peer(batch, heads, seq, dim, device, dtype, check_seq, use_flash):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, seq, dim, generator=g).to(device, dtype) for _ in range(3))
     qs, ks, vs = (t[:1, :, :check_seq] for t in (q, k, v))
     err = rel_error(attention_call(qs, ks, vs, False, use_flash), [attention_reference(qs, ks, vs)])
-    name = "attention " + ("flash-attn 2" if use_flash else "sdpa")
-    out.append((name, "attention", err, tol, lambda bw: attention_call(q, k, v, bw, use_flash)))
-    try:
-        width = 2 * heads * dim
-        small = scan_inputs(1, width, check_seq, device, torch.float32)
-        err = rel_error(scan_call(selective_scan_cuda, small, True), scan_call(selective_scan_reference, small, True))
-        full = scan_inputs(batch, width, seq, device, dtype)
-        out.append(("mamba selective scan", "scan", err, tol, lambda bw, f=full: scan_call(selective_scan_cuda, f, bw)))
-    except (ImportError, RuntimeError) as e:
-        print(f"note:    mamba-ssm scan not timed: {e}")
-    return out
+    return err, lambda bw: attention_call(q, k, v, bw, use_flash)
+
+
+def scan_peer(batch, width, seq, device, dtype, check_seq):
+    small = scan_inputs(1, width, check_seq, device, torch.float32)
+    err = rel_error(scan_call(selective_scan_cuda, small, True), scan_call(selective_scan_reference, small, True))
+    full = scan_inputs(batch, width, seq, device, dtype)
+    return err, lambda bw: scan_call(selective_scan_cuda, full, bw)
 
 
 def median_time(call, backward: bool, repeats: int, device) -> float:
@@ -324,27 +351,40 @@ def main(argv: list[str] | None = None) -> None:
     for size, (heads, dim) in shapes.items():
         for seq in seq_lens:
             batch = max(1, args.tokens // seq)
-            ours = {}
-            for name, kind, err, tol, call in implementations((batch, heads, dim), seq, device, dtype, args.check_len):
-                if err is None or not err <= tol:
-                    print(f"| {size} | {seq} | {name} | {err} FAILED (tol {tol}) | - | - | - | - | - |")
-                    continue
-                fwd, why_fwd = attempt(lambda: median_time(call, False, args.repeats, device))
-                both, why = attempt(lambda: median_time(call, True, args.repeats, device))
-                if both is None:
-                    fwd_ms = "-" if fwd is None else f"{fwd * 1e3:.2f}"
-                    print(f"| {size} | {seq} | {name} | {err:.1e} | {fwd_ms} | {why or why_fwd} | - | - | - |")
-                    continue
-                flops, nbytes = floors(kind, batch, heads, seq, dim, elt)["fwd+bwd"]
-                floor = max(flops / peak_flops, nbytes / peak_bw) if peak_flops and peak_bw else float("nan")
-                if name.endswith("triton"):
-                    ours[kind] = both
-                slower = both / ours.get("mlp" if kind == "mlp" else "linear", float("nan"))  # TTT-MLP vs ours
-                fwd_ms = "-" if fwd is None else f"{fwd * 1e3:.2f}"
-                print(f"| {size} | {seq} | {name} | {err:.1e} | {fwd_ms} | {both * 1e3:.2f} |"
-                      f" {batch * seq / both:,.0f} | {slower:.2f}x | {floor / both:.2f} |")  # fmt: skip
-                torch.cuda.empty_cache()
+            impls = implementations((batch, heads, dim), seq, device, dtype, args.check_len)
+            for line in time_rows(impls, size, seq, (batch, heads, dim), elt, args.repeats, device, (peak_flops, peak_bw)):
+                print(line)
 
+
+def time_rows(impls, size, seq, shape, elt, repeats, device, peaks) -> Iterator[str]:  # noqa: ANN001
+    """The table's rows for one size and length: each implementation checked, then timed.
+
+    A row whose check failed or did not run (``call`` is ``None``) says why and is not timed; a
+    timing that raises (e.g. out of shared memory) says so in its cell. The other rows go on.
+    """
+    batch, heads, dim = shape
+    peak_flops, peak_bw = peaks
+    ours = {}
+    for name, kind, err, tol, call in impls:
+        if call is None or isinstance(err, str) or not err <= tol:
+            why = err if isinstance(err, str) else f"{err} (tol {tol})"
+            yield f"| {size} | {seq} | {name} | FAILED: {why} | - | - | - | - | - |"
+            continue
+        fwd, why_fwd = attempt(lambda: median_time(call, False, repeats, device))
+        both, why = attempt(lambda: median_time(call, True, repeats, device))
+        fwd_ms = "-" if fwd is None else f"{fwd * 1e3:.2f}"
+        if both is None:
+            yield f"| {size} | {seq} | {name} | {err:.1e} | {fwd_ms} | {why or why_fwd} | - | - | - |"
+            continue
+        flops, nbytes = floors(kind, batch, heads, seq, dim, elt)["fwd+bwd"]
+        floor = max(flops / peak_flops, nbytes / peak_bw) if peak_flops and peak_bw else float("nan")
+        if name.endswith("triton"):
+            ours[kind] = both
+        slower = both / ours.get("mlp" if kind == "mlp" else "linear", float("nan"))  # TTT-MLP vs ours
+        yield (f"| {size} | {seq} | {name} | {err:.1e} | {fwd_ms} | {both * 1e3:.2f} |"
+               f" {batch * seq / both:,.0f} | {slower:.2f}x | {floor / both:.2f} |")  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 if __name__ == "__main__":
     main()
