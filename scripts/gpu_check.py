@@ -6,7 +6,9 @@
 It installs nothing. It runs, each in its own process (a crash or a hang is one failed row):
 
 * every GPU-only test (``pytest -m gpu``; a skip counts as a failure: with the extra installed
-  nothing should be missing);
+  nothing should be missing), over ``XDIST_WORKERS`` pytest-xdist workers where xdist is
+  installed (the kernel tests are compile-bound: 29 took 48 s with 12 workers, 5 took 200 s
+  serially), else serially;
 * the smoke suite restricted to ``micro``, trained on CUDA (bf16 autocast), one row per mixer;
 * the latency protocol at ``tiny`` for every smoke model, float32 and bf16, with and without
   CUDA graphs (every row must be ok, attention rows must name the backend that ran, and with
@@ -21,6 +23,7 @@ in one line and exits with ``EXIT_NO_GPU``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
@@ -41,6 +44,7 @@ import yaml  # noqa: E402
 
 EXIT_NO_GPU = 3  # distinct from 0 (all passed), 1 (a check failed) and 2 (bad arguments)
 BUDGET_S = 480  # the whole script: 8 minutes
+XDIST_WORKERS = 12  # processes for ``pytest -m gpu`` (at most one per CPU core)
 SMOKE = ROOT / "suites" / "smoke.yaml"
 LATENCY = {"sizes": ["tiny"], "contexts": [128, 512], "batch": 1, "warmup": 1, "repeats": 3, "decode_tokens": 16,
            "device": "cuda"}  # fmt: skip
@@ -99,13 +103,25 @@ def latency_suite(models: list[str], dtype: str, graphs: bool) -> dict:
             "latency": {**LATENCY, "dtype": dtype, "cuda_graphs": graphs, "vocab_size": vocab}}  # fmt: skip
 
 
-def build_checks(out: Path, python: str = sys.executable) -> list[Check]:
-    """Every check, with its suite files written under ``out`` (nothing runs here)."""
+def pytest_workers() -> int:
+    """pytest-xdist workers for the GPU tests: ``XDIST_WORKERS`` (at most the CPU count), 0 (serial) without xdist."""
+    if importlib.util.find_spec("xdist") is None:
+        return 0
+    return max(1, min(XDIST_WORKERS, os.cpu_count() or 1))
+
+
+def build_checks(out: Path, python: str = sys.executable, workers: int | None = None) -> list[Check]:
+    """Every check, with its suite files written under ``out`` (nothing runs here).
+
+    ``workers``: pytest-xdist processes for the GPU tests (0: serial; default ``pytest_workers()``).
+    """
     db = str(out / "gpu_check.db")
     models = smoke_models()
-    checks = [Check("GPU-only tests (pytest -m gpu)", [python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+    workers = pytest_workers() if workers is None else workers
+    parallel = ["-n", str(workers)] if workers else []
+    checks = [Check("GPU-only tests (pytest -m gpu)", [python, "-m", "pytest", "-q", "-m", "gpu", *parallel, "-p", "no:cacheprovider",
                                                        f"--junitxml={out / 'pytest.xml'}", str(ROOT / "tests")],
-                    timeout_s=240, judge=lambda code, log: [judge_pytest(out / "pytest.xml", code)])]  # fmt: skip
+                    timeout_s=240, judge=lambda code, log: [judge_pytest(out / "pytest.xml", code, workers)])]  # fmt: skip
     smoke = out / "smoke_micro_cuda.yaml"
     smoke.write_text(yaml.safe_dump(smoke_suite(models), sort_keys=False))
     checks.append(Check("smoke micro, CUDA bf16", [python, "-m", "harness", "run", str(smoke), "--db", db,
@@ -128,7 +144,7 @@ def build_checks(out: Path, python: str = sys.executable) -> list[Check]:
 # --- judging what ran -------------------------------------------------------------------------
 
 
-def judge_pytest(junit: Path, code: int) -> Result:
+def judge_pytest(junit: Path, code: int, workers: int = 0) -> Result:
     name = "GPU-only tests (pytest -m gpu)"
     try:
         suite = ET.parse(junit).getroot()
@@ -140,6 +156,7 @@ def judge_pytest(junit: Path, code: int) -> Result:
     detail = f"{ran} passed" if code == 0 else f"{counts['failures']} failed, {counts['errors']} errors of {counts['tests']}"
     if counts["skipped"]:
         detail += f", {counts['skipped']} skipped (a GPU machine with the [gpu] extra should skip none)"
+    detail += f", {workers} xdist workers" if workers else ", serially (pytest-xdist is not installed)"
     return Result(name, code == 0 and counts["skipped"] == 0 and counts["tests"] > 0, 0.0, detail)
 
 

@@ -38,9 +38,11 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_with_its_own_code(gpu_ch
 
 
 def test_the_checks_cover_gpu_tests_smoke_latency_variants_and_every_benchmark(gpu_check, tmp_path):
-    checks = gpu_check.build_checks(tmp_path, python="python")
+    checks = gpu_check.build_checks(tmp_path, python="python", workers=12)
     names = [c.name for c in checks]
-    assert names[0] == "GPU-only tests (pytest -m gpu)" and checks[0].command[:6] == ["python", "-m", "pytest", "-q", "-m", "gpu"]
+    assert names[0] == "GPU-only tests (pytest -m gpu)" and checks[0].command[:8] == ["python", "-m", "pytest", "-q", "-m", "gpu", "-n", "12"]
+    serial = gpu_check.build_checks(tmp_path, python="python", workers=0)[0].command
+    assert serial[6:8] == ["-p", "no:cacheprovider"] and "-n" not in serial
     assert names[1] == "smoke micro, CUDA bf16"
     assert names[2:6] == [f"latency tiny, {d}, {g}" for d in ("float32", "bfloat16") for g in ("eager", "CUDA graphs")]
     benchmarks = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
@@ -77,6 +79,17 @@ def test_checks_run_in_turn_with_timeouts_and_a_budget_and_make_one_table(gpu_ch
     assert "| passes | pass |" in table and table.rstrip().endswith("2 of 5 checks passed.")
 
 
+def test_the_gpu_tests_use_xdist_where_it_is_installed_and_run_serially_otherwise(gpu_check, monkeypatch):
+    monkeypatch.setattr(gpu_check.os, "cpu_count", lambda: 16)
+    find_spec = gpu_check.importlib.util.find_spec
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: object() if name == "xdist" else find_spec(name))
+    assert gpu_check.pytest_workers() == gpu_check.XDIST_WORKERS == 12
+    monkeypatch.setattr(gpu_check.os, "cpu_count", lambda: 4)
+    assert gpu_check.pytest_workers() == 4
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: None if name == "xdist" else find_spec(name))
+    assert gpu_check.pytest_workers() == 0
+
+
 def test_pytest_skips_on_the_gpu_machine_fail_the_row(gpu_check, tmp_path):
     junit = tmp_path / "pytest.xml"
     junit.write_text('<testsuites><testsuite tests="5" failures="0" errors="0" skipped="1"/></testsuites>')
@@ -84,6 +97,8 @@ def test_pytest_skips_on_the_gpu_machine_fail_the_row(gpu_check, tmp_path):
     assert not row.passed and "1 skipped" in row.detail
     junit.write_text('<testsuites><testsuite tests="5" failures="0" errors="0" skipped="0"/></testsuites>')
     assert gpu_check.judge_pytest(junit, 0).passed and not gpu_check.judge_pytest(tmp_path / "none.xml", 4).passed
+    assert gpu_check.judge_pytest(junit, 0, workers=12).detail == "5 passed, 12 xdist workers"
+    assert gpu_check.judge_pytest(junit, 0).detail == "5 passed, serially (pytest-xdist is not installed)"
 
 
 def latency_row(mixer: str, mode: str, backend: str, graph: str | None = None, status: str = "ok") -> dict:
