@@ -2,6 +2,7 @@
 
     python benchmarks/train_loop.py                      # CPU: attention@transformer tiny, T=128, 20 steps
     python benchmarks/train_loop.py --quick              # seconds
+    python benchmarks/train_loop.py --quick --arch ttt_linear@transformer --compile both   # CPU smoke of compile (minutes)
     python benchmarks/train_loop.py --device cuda --arch attention@transformer,ttt_linear@transformer,mamba@mamba_native \\
         --size 125m --seq-len 2048 --batch 8 --steps 20 --compile both   # GPU: tokens/s and MFU, bf16
 
@@ -13,8 +14,10 @@ final losses must agree (correctness before timing); then each loop trains ``--s
 tokens/s [min-max], the overhead of the harness loop (target: at most 3 %) on the medians and
 on the best runs (the least disturbed on a shared machine), on the process CPU time of each
 whole call (which does not count waiting for a core), and on CUDA the
-MFU (analytic training FLOPs / time / the device's peak, ``harness.mfu``). It never asserts
-a time.
+MFU (analytic training FLOPs / time / the device's peak, ``harness.mfu``). With ``--compile
+on|both`` (``train.compile``: each block compiled) it prints the graph breaks Dynamo met (each
+block should be one graph; the TTT op is one custom op, ``kernels.ttt.op``), and with ``both``
+the harness loop's tokens/s with compile over without. It never asserts a time.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def main() -> None:
     data = synthetic_data(max(4 * args.batch, 256), args.seq_len)
     rows = []
     for arch in args.arch.split(","):
+        harness_median: dict[bool, float] = {}  # tokens/s of the harness loop without and with compile
         for compile_ in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
             def plan_for(steps: int):  # noqa: ANN202
                 cfg = TrainSection(tokens=steps * args.batch * args.seq_len, batch_tokens=args.batch * args.seq_len,
@@ -120,11 +124,16 @@ def main() -> None:
                 return cfg, plan_training(cfg, 1, args.seq_len)
 
             cfg, plan = plan_for(args.check_steps)
+            torch._dynamo.utils.counters.clear()
             _, loss_h = harness_loop(arch, args.size, data, cfg, plan, device, compile_)
             _, loss_b = bare_loop(arch, args.size, data, cfg, plan, device, compile_)
             if abs(loss_h - loss_b) > 1e-4 * abs(loss_b) + (2e-2 if device.type == "cuda" else 0):
                 raise SystemExit(f"{arch}: the loops disagree after {args.check_steps} steps: {loss_h} vs {loss_b}")
             print(f"{arch} compile={compile_}: loss after {args.check_steps} steps, harness {loss_h:.6f} = bare {loss_b:.6f}")
+            if compile_:  # each block should be one graph: a break splits it and leaves a piece eager
+                breaks = torch._dynamo.utils.counters["graph_break"]
+                first = f" (first: {next(iter(breaks))[:120]})" if breaks else ""
+                print(f"{arch} compile=True: {sum(breaks.values())} graph breaks while compiling{first}")
             cfg, plan = plan_for(args.steps)
             times: dict[str, list[float]] = {"harness": [], "bare": []}
             cpu: dict[str, list[float]] = {"harness": [], "bare": []}
@@ -141,6 +150,8 @@ def main() -> None:
             for name in ("bare", "harness"):
                 med = statistics.median(times[name])
                 util = mfu(flops, med, peak)
+                if name == "harness":
+                    harness_median[compile_] = plan.tokens / med
                 rows.append((arch, args.size, "yes" if compile_ else "no", name, plan.tokens / med,
                              plan.tokens / max(times[name]), plan.tokens / min(times[name]),
                              f"{util:.1%}" if util is not None else "-"))  # fmt: skip
@@ -150,9 +161,13 @@ def main() -> None:
             # machine it does not count the time spent waiting for a core, unlike wall time
             on_cpu = statistics.median(cpu["harness"]) / statistics.median(cpu["bare"]) - 1
             rows.append((arch, args.size, "yes" if compile_ else "no", "overhead", median, best, on_cpu, ""))
+        if len(harness_median) == 2:
+            rows.append((arch, args.size, "on/off", "speed-up", harness_median[True] / harness_median[False], 0, 0, ""))
     print(f"\n{'model':28} {'size':6} {'compile':7} {'loop':8} {'tokens/s median [min-max]':32} MFU")
     for arch, size, comp, name, value, lo, hi, util in rows:
-        if name == "overhead":
+        if name == "speed-up":
+            print(f"{arch:28} {size:6} {comp:7} {name:8} harness tokens/s with compile / without: {value:.2f}x")
+        elif name == "overhead":
             print(f"{arch:28} {size:6} {comp:7} {name:8} wall median {value:+.1%}, wall best {lo:+.1%}, "
                   f"CPU time median {hi:+.1%} (harness / bare - 1; target <= +3%)")
         else:
