@@ -1,12 +1,18 @@
 """``mixbench::ttt``, the TTT op as a custom op: the same numbers as the backend it dispatches to,
 a valid op (``torch.library.opcheck``), and a TTT layer that ``torch.compile`` takes whole.
 
-On CPU the op dispatches to ``dual`` (the Triton backend goes through the same code; the GPU
-tests and the interpreter cover its kernels). ``aot_eager`` runs Dynamo and AOTAutograd (the fake
+On CPU the op dispatches to ``dual``, and once to ``triton`` under the interpreter (in a
+subprocess: ``TRITON_INTERPRET`` must be set before triton is imported). ``aot_eager`` runs Dynamo and AOTAutograd (the fake
 implementations, the backward op) without the slow C++ compile of Inductor.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +114,30 @@ def test_eager_calls_the_backend_directly_and_bad_input_is_one_line():
     with pytest.raises(ValueError, match="every inner layer needs a bias"):
         ttt_through_op("dual", c["q"], c["k"], c["v"], c["lr"], no_bias,
                        token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
+
+
+COMPILED_TRITON_LAYER = """
+import torch
+from models.ttt import TTTLinear
+torch.manual_seed(0)
+layer = TTTLinear(32, n_heads=2, backend="triton", mini_batch_size=16)
+x = torch.randn(1, 21, 32)
+runs = []
+for fn in (layer, torch.compile(layer, fullgraph=True, backend="aot_eager")):
+    layer.zero_grad()
+    y = fn(x)[0]
+    y.square().sum().backward()
+    runs.append([y.detach(), *(p.grad.clone() for p in layer.parameters())])
+assert all(torch.equal(a, b) for a, b in zip(*runs)), "compiled != eager"
+print("compiled == eager")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_the_triton_backend_compiles_whole_through_the_op_under_the_interpreter():
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", COMPILED_TRITON_LAYER], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0 and "compiled == eager" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
