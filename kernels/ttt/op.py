@@ -122,31 +122,17 @@ def ttt(
     token_scale: torch.Tensor,
     ln_weight: torch.Tensor,
     ln_bias: torch.Tensor,
+    through_op: bool | None = None,
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT over a sequence with ``backend`` (a key of ``FORMS``); as ``ttt_dual`` with the layer's knobs.
 
-    Through ``mixbench::ttt`` while ``torch.compile`` traces, directly otherwise (see the module doc).
+    ``through_op``: through ``mixbench::ttt`` (True), the backend directly (False), or the op
+    exactly while ``torch.compile`` traces (None, the layer's call; see the module doc).
     """
-    if not torch.compiler.is_compiling():
-        return _forms()[backend](q, k, v, lr, state, token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias)
-    return ttt_through_op(backend, q, k, v, lr, state, token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias)
-
-
-def ttt_through_op(
-    backend: str,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    lr: torch.Tensor,
-    state: TTTState,
-    *,
-    token_scale: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-) -> tuple[torch.Tensor, TTTState]:
-    """``ttt`` through the custom op whether or not compiling (what the compiled graph runs)."""
     if backend not in _forms():
         raise ValueError(f"mixbench::ttt: unknown backend {backend!r}; one of {', '.join(_forms())}")
+    if not (torch.compiler.is_compiling() if through_op is None else through_op):
+        return _forms()[backend](q, k, v, lr, state, token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias)
     flat = _flatten(state)
     if any(t is None for t in flat):
         raise ValueError("mixbench::ttt: every inner layer needs a bias (as models/ttt.py builds them); use ttt_dual")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from kernels.ttt import TTTState, fresh_state, ttt_dual
-from kernels.ttt.op import ttt, ttt_through_op
+from kernels.ttt.op import ttt
 from models.ttt import TTTLinear, TTTMLP
 
 
@@ -68,7 +68,7 @@ def outputs_and_grads(form, c: dict) -> list[torch.Tensor]:
 def test_the_op_computes_what_its_backend_computes_forward_and_backward(widths, dtype, pos):
     c = case(widths, dtype, pos=pos)
     direct = outputs_and_grads(ttt_dual, c)
-    through = outputs_and_grads(lambda *a, **kw: ttt_through_op("dual", *a, **kw), c)
+    through = outputs_and_grads(lambda *a, **kw: ttt("dual", *a, **kw, through_op=True), c)
     assert len(direct) == len(through) > 10
     for a, b in zip(direct, through):
         assert a.dtype == b.dtype and a.shape == b.shape
@@ -108,12 +108,12 @@ def test_eager_calls_the_backend_directly_and_bad_input_is_one_line():
                    token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])[0]  # fmt: skip
     assert y_direct.grad_fn is not None and "mixbench" not in type(y_direct.grad_fn).__name__.lower()
     with pytest.raises(ValueError, match="unknown backend 'cuda-magic'; one of triton, dual, primal"):
-        ttt_through_op("cuda-magic", c["q"], c["k"], c["v"], c["lr"], c["state"],
-                       token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
+        ttt("cuda-magic", c["q"], c["k"], c["v"], c["lr"], c["state"],
+            token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
     no_bias = fresh_state(((c["state"].params[0][0], None),))
     with pytest.raises(ValueError, match="every inner layer needs a bias"):
-        ttt_through_op("dual", c["q"], c["k"], c["v"], c["lr"], no_bias,
-                       token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
+        ttt("dual", c["q"], c["k"], c["v"], c["lr"], no_bias, through_op=True,
+            token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
 
 
 COMPILED_TRITON_LAYER = """
