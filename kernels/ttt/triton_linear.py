@@ -125,22 +125,47 @@ def _ttt_linear_fwd(
 
 @triton.jit
 def _row_block(
-    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first,
-    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, HAS_ACC: tl.constexpr,
+    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held,
+    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, HAS_ACC: tl.constexpr, ON_CHIP: tl.constexpr,
 ):  # fmt: skip
     """Rows ``rc`` of a chunk's starting ``W`` and running sum (zero unless ``HAS_ACC``), the
     matching columns of its queries and keys (float32), and where those rows sit in this
-    program's ``d x d`` buffers (offsets and mask), for the gradients stored in place."""
-    w = tl.load(WS + at * BD * BD + rc[:, None] * BD + cols[None, :])
+    program's ``d x d`` buffers (offsets and mask), for the gradients stored in place.
+
+    On the on-chip path the one block is all of ``W``: ``held = (w, gw, q, x)``, loaded once per
+    chunk, is returned instead of loading it again in every pass."""
     rmask = rc < D
     at_w, wmask = pid * D * D + rc[:, None] * D + cols[None, :], rmask[:, None] & cmask[None, :]
-    gw = tl.zeros((RB, BD), tl.float32)
-    if HAS_ACC:
-        gw += first * tl.load(GW0 + at_w, mask=wmask, other=0.0).to(tl.float32)
-    tok, tmask = base + (t0 + rows)[:, None] * D + rc[None, :], valid[:, None] & rmask[None, :]
-    qr = tl.load(Q + tok, mask=tmask, other=0.0).to(tl.float32)
-    xr = tl.load(K + tok, mask=tmask, other=0.0).to(tl.float32)
+    if ON_CHIP:
+        w, gw, qr, xr = held
+    else:
+        w = tl.load(WS + at * BD * BD + rc[:, None] * BD + cols[None, :])
+        gw = tl.zeros((RB, BD), tl.float32)
+        if HAS_ACC:
+            gw += first * tl.load(GW0 + at_w, mask=wmask, other=0.0).to(tl.float32)
+        tok, tmask = base + (t0 + rows)[:, None] * D + rc[None, :], valid[:, None] & rmask[None, :]
+        qr = tl.load(Q + tok, mask=tmask, other=0.0).to(tl.float32)
+        xr = tl.load(K + tok, mask=tmask, other=0.0).to(tl.float32)
     return w, gw, qr, xr, at_w, wmask
+
+
+@triton.jit
+def _fetch(P, offs, mask, held, ON_CHIP: tl.constexpr):
+    """A block the backward accumulates into: ``held`` (registers) on the on-chip path, else from ``P``."""
+    if ON_CHIP:
+        return held
+    else:
+        return tl.load(P + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _keep(P, offs, mask, value, held, ON_CHIP: tl.constexpr):
+    """Puts ``value`` back where ``_fetch`` found it: returns it as the new ``held``, or stores it to ``P``."""
+    if ON_CHIP:
+        return value
+    else:
+        tl.store(P + offs, value, mask=mask)
+        return held
 
 
 @triton.jit
@@ -151,12 +176,20 @@ def _ttt_linear_bwd(
     DQS, DKS,  # scratch, (BH, BLOCK_N, BD) each: the parts of dq, dk gathered row block by row block
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, ON_CHIP: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols, rrow = tl.arange(0, BD), tl.arange(0, RB)
     cmask = cols < D
-    # The d-wide gradients live in registers; those of W and its running sum in DW, DGW.
+    # The d-wide gradients live in registers. Those of W and its running sum too on the on-chip
+    # path (RB == BD: one block, dw_all/dgw_all carried over the whole walk); else in DW, DGW,
+    # a row block at a time (dw_all/dgw_all then stay unused).
+    dw_all = tl.zeros((RB, BD), tl.float32)
+    dgw_all = tl.zeros((RB, BD), tl.float32)
+    if ON_CHIP:
+        at_all, all_mask = pid * D * D + rrow[:, None] * D + cols[None, :], (rrow < D)[:, None] & cmask[None, :]
+        dw_all += tl.load(DW + at_all, mask=all_mask, other=0.0)
+        dgw_all += tl.load(DGW + at_all, mask=all_mask, other=0.0)
     db = tl.load(DB + pid * D + cols, mask=cmask, other=0.0)
     dgb = tl.load(DGB + pid * D + cols, mask=cmask, other=0.0)
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -165,6 +198,7 @@ def _ttt_linear_bwd(
     dln_b = tl.zeros((BD,), tl.float32)
     base, tok_base = pid * seq * D, pid * seq
     scratch = pid * BLOCK_N * BD + tl.arange(0, BLOCK_N)[:, None] * BD
+    smask = (tl.arange(0, BLOCK_N) < BLOCK_N)[:, None] & (rrow < RB)[None, :]  # the scratch has no padding
     for back in range(n_chunks):
         c = n_chunks - 1 - back
         t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
@@ -176,14 +210,20 @@ def _ttt_linear_bwd(
         gb = tl.zeros((BD,), tl.float32)
         if HAS_ACC:
             gb += first * tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
+        held = None  # on the on-chip path: all of the chunk's W and running sum, loaded once
+        if ON_CHIP:
+            w_all, gw_all, _, _, _, _ = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rrow, rows, valid, cols, cmask, first, None, D, BD, RB, HAS_ACC, False
+            )
+            held = (w_all, gw_all, q, x)
         # Recompute the chunk's forward: X W, Q W [and Q GW] summed over row blocks of W.
         z = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
         zq = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
         acc_q = tl.zeros((BLOCK_N, BD), tl.float32) + gb[None, :]
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
-            w, gw, qr, xr, _, _ = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
+            w, gw, qr, xr, at_w, wmask = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC, ON_CHIP
             )
             z += tl.dot(xr, w, input_precision=PREC)
             zq += tl.dot(qr, w, input_precision=PREC)
@@ -219,23 +259,28 @@ def _ttt_linear_bwd(
         dmix, dg, db, dgb, ds = query_output_bwd(dzq, g, mix, s, acc_q, db, dgb, ds, HAS_ACC, PREC)
         deta, dscores = mix_bwd(dmix, scores, eta, rows)
         dlr_g = tl.zeros((BLOCK_N, BD), tl.float32) + d_total_b[None, :]
+        # dq's and dk's terms through W: in registers on the on-chip path, else gathered in the
+        # scratch a row block (of W, so columns of dq/dk) at a time.
+        dq_w = tl.zeros((BLOCK_N, RB), tl.float32)
+        dk_w = tl.zeros((BLOCK_N, RB), tl.float32)
         # Per row block of W: the query side's input gradients and the running sum's new term
-        # X^T (lr G); dq's and dk's columns of the block go to the scratch.
+        # X^T (lr G).
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
             w, gw, qr, xr, at_w, wmask = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC, ON_CHIP
             )
-            dw = tl.load(DW + at_w, mask=wmask, other=0.0)
-            dgw = tl.load(DGW + at_w, mask=wmask, other=0.0)
+            dw = _fetch(DW, at_w, wmask, dw_all, ON_CHIP)
+            dgw = _fetch(DGW, at_w, wmask, dgw_all, ON_CHIP)
             ds_last += tl.sum(tl.sum(dw * (gw + tl.dot(tl.trans(xr), lr_g, input_precision=PREC)), axis=1), axis=0)
             d_total_w = closes * (-s_last * dw) + (1.0 - closes) * dgw
             dq_r, dw, dgw = query_input_bwd(qr, dzq, w, gw, s, dw, d_total_w, HAS_ACC, PREC)
             dlr_g += tl.dot(xr, d_total_w, input_precision=PREC)
-            tl.store(DQS + scratch + rc[None, :], dq_r)
-            tl.store(DKS + scratch + rc[None, :], tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC))
-            tl.store(DW + at_w, dw, mask=wmask)
-            tl.store(DGW + at_w, dgw, mask=wmask)
+            dk_r = tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC)
+            dq_w = _keep(DQS, scratch + rc[None, :], smask, dq_r, dq_w, ON_CHIP)
+            dk_w = _keep(DKS, scratch + rc[None, :], smask, dk_r, dk_w, ON_CHIP)
+            dw_all = _keep(DW, at_w, wmask, dw, dw_all, ON_CHIP)
+            dgw_all = _keep(DGW, at_w, wmask, dgw, dgw_all, ON_CHIP)
         ds += tl.where(rows == n - 1, -closes * ds_last, 0.0)
         dg += lr[:, None] * dlr_g
         dlr = tl.sum(dlr_g * g, axis=1)
@@ -252,36 +297,49 @@ def _ttt_linear_bwd(
         dln_b += tl.sum(dg_hat * ln_w[None, :], axis=0)
         dz = ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * rstd * drstd / D)[:, None] * z_hat
         db += tl.sum(dz, axis=0)
-        tl.debug_barrier()  # the blocks stored above are read below by other threads of the program
+        if not ON_CHIP:
+            tl.debug_barrier()  # the blocks stored above are read below by other threads of the program
         # Per row block of W: the terms through dZ (Z = X W + b).
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
-            w, _, _, xr, at_w, wmask = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, False
+            w, gw, qr, xr, at_w, wmask = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, False, ON_CHIP
             )
-            dw = tl.load(DW + at_w, mask=wmask, other=0.0) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
-            tl.store(DW + at_w, dw, mask=wmask)
-            dk_r = tl.load(DKS + scratch + rc[None, :]) + tl.dot(dz, tl.trans(w), input_precision=PREC)
-            tl.store(DKS + scratch + rc[None, :], dk_r)
-        tl.debug_barrier()
-        dq = dy + tl.load(DQS + scratch + cols[None, :]) + tl.dot(dscores, x, input_precision=PREC)
-        dx = tl.load(DKS + scratch + cols[None, :]) + tl.dot(tl.trans(dscores), q, input_precision=PREC) - dtarget
-        tl.debug_barrier()  # the next chunk overwrites the scratch
+            dw = _fetch(DW, at_w, wmask, dw_all, ON_CHIP) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
+            dw_all = _keep(DW, at_w, wmask, dw, dw_all, ON_CHIP)
+            dk_r = _fetch(DKS, scratch + rc[None, :], smask, dk_w, ON_CHIP) + tl.dot(dz, tl.trans(w), input_precision=PREC)
+            dk_w = _keep(DKS, scratch + rc[None, :], smask, dk_r, dk_w, ON_CHIP)
+        if not ON_CHIP:
+            tl.debug_barrier()
+        smask_all = (rows < BLOCK_N)[:, None] & (cols < BD)[None, :]
+        dq = dy + _fetch(DQS, scratch + cols[None, :], smask_all, dq_w, ON_CHIP) + tl.dot(dscores, x, input_precision=PREC)
+        dx = _fetch(DKS, scratch + cols[None, :], smask_all, dk_w, ON_CHIP)
+        dx += tl.dot(tl.trans(dscores), q, input_precision=PREC) - dtarget
+        if not ON_CHIP:
+            tl.debug_barrier()  # the next chunk overwrites the scratch
 
         tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=mask)
         tl.store(DK + offs, dx.to(DK.dtype.element_ty), mask=mask)
         tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=mask)
         tl.store(DLR + tok_base + t0 + rows, dlr, mask=valid)
         tl.store(DTS + tok_base + t0 + rows, ds, mask=valid)
+    if ON_CHIP:
+        tl.store(DW + at_all, dw_all, mask=all_mask)
+        tl.store(DGW + at_all, dgw_all, mask=all_mask)
     tl.store(DB + pid * D + cols, db, mask=cmask)
     tl.store(DGB + pid * D + cols, dgb, mask=cmask)
     tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
     tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
 
 
+ON_CHIP_MAX_DIM = 64  # every paper size: W, its gradient and its running sum's, 16 KB each in float32
+
+
 def row_tile(widths: tuple[int, ...]) -> int:
-    """Rows of ``W`` per block in the backward: ``RB x d`` tiles of at most 1024 elements (at least 16 rows)."""
-    return max(16, min(padded(widths[0]), 1024 // padded(widths[0])))
+    """Rows of ``W`` per block in the backward: all of them (the on-chip path) up to head_dim 64,
+    else ``RB x d`` tiles of at most 1024 elements (at least 16 rows)."""
+    bd = padded(widths[0])
+    return bd if bd <= ON_CHIP_MAX_DIM else max(16, 1024 // bd)
 
 
 LINEAR = KernelPair(
@@ -290,7 +348,9 @@ LINEAR = KernelPair(
     _ttt_linear_bwd,
     constexprs=lambda widths: {},
     num_warps=lambda w: 4 if w[0] <= 64 else 8,
-    bwd_constexprs=lambda widths: dict(RB=row_tile(widths)),
+    # 8 warps on every path: at d=64 the on-chip backward spills 0.4 KB at 8, 1.4 KB at 4 (sm_90, bf16)
+    bwd_num_warps=lambda w: 8,
+    bwd_constexprs=lambda widths: dict(RB=row_tile(widths), ON_CHIP=row_tile(widths) == padded(widths[0])),
     scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
 )
 
