@@ -153,8 +153,6 @@ class KernelPair:
     num_warps: Callable[[tuple[int, ...]], int]
     # widths of f -> compile-time sizes of the backward kernel only
     bwd_constexprs: Callable[[tuple[int, ...]], dict] = lambda widths: {}
-    # widths of f -> the backward's warps, where they differ from the forward's (None: the same)
-    bwd_num_warps: Callable[[tuple[int, ...]], int] | None = None
     # widths of f, rows of a chunk block -> shapes of the backward's per-program float32 scratch buffers
     scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
 
@@ -174,7 +172,7 @@ def _options(pair: KernelPair, widths: tuple[int, ...], mb: int, dtype: torch.dt
         BLOCK_N=padded(mb),
         PREC="ieee" if dtype == torch.float32 else "tf32",
         EPS=LN_EPS,
-        num_warps=(pair.bwd_num_warps if backward and pair.bwd_num_warps else pair.num_warps)(widths),
+        num_warps=pair.num_warps(widths),
         **pair.constexprs(widths),
     )
 

@@ -347,9 +347,9 @@ LINEAR = KernelPair(
     _ttt_linear_fwd,
     _ttt_linear_bwd,
     constexprs=lambda widths: {},
-    num_warps=lambda w: 4 if w[0] <= 64 else 8,
-    # 8 warps on every path: at d=64 the on-chip backward spills 0.4 KB at 8, 1.4 KB at 4 (sm_90, bf16)
-    bwd_num_warps=lambda w: 8,
+    # 8 warps at every head_dim (sm_90, bf16, docs/design.md): at d=64 the forward spills nothing at 8
+    # (172 B at 4), the on-chip backward 0.4 KB (1.4 KB at 4); 16 caps registers at 128 and spills more.
+    num_warps=lambda w: 8,
     bwd_constexprs=lambda widths: dict(RB=row_tile(widths), ON_CHIP=row_tile(widths) == padded(widths[0])),
     scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
 )
