@@ -2,13 +2,16 @@
 
 Both kernels (``triton_linear``, ``triton_mlp``) follow one layout, so the host side is written
 once here: one program per (batch, head) walks the chunks of the sequence; the forward kernel takes
-``(Q, K, V, LR, TS, LNW, LNB, *state, Y, *saved, seq, heads, start_pos, n_chunks)``, where
+``(Q, K, V, LR, TS, LNW, LNB, *pre, *state, Y, *saved, seq, heads, start_pos, n_chunks)``, where
 ``state`` (float32) holds the state in on entry and the state out on exit,
-and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *grads_in, *saved, DY, DQ, DK, DV, DLR, DTS,
-DLNW, DLNB, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
+and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *pre, *grads_in, *saved, DY, DQ, DK, DV, DLR,
+DTS, DLNW, DLNB, *d_pre, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
 gradients of the state out on entry and those of the state in on exit, and where a state
 is its weights ``(W_l, b_l for each layer)`` then the running gradient sums in the same order,
-and ``saved`` the weights at the start of every chunk (padded blocks, float32).
+and ``saved`` the weights at the start of every chunk (padded blocks, float32). ``pre`` are the
+tensors a pair's parallel pre-pass computes (PyTorch, under autograd) from the inputs, taking
+out of the sequential walk what does not depend on the weights; the backward kernel writes
+their gradients into ``d_pre`` (float32, zero-filled) and autograd carries them on to the inputs.
 
 A chunk is the run of tokens inside one mini-batch. Its first position in the mini-batch is
 ``p`` (non-zero only for the first chunk of a state that starts mid-mini-batch); ``tl.dot``
@@ -63,6 +66,14 @@ def chunk_bounds(c, start_pos, seq, MB: tl.constexpr, BLOCK_N: tl.constexpr):
     t1 = tl.minimum((c + 1) * MB - start_pos, seq)
     rows = tl.arange(0, BLOCK_N)
     return t0, t1 - t0, t0 + start_pos - c * MB, rows, rows < t1 - t0
+
+
+@triton.jit
+def chunk_square(at, p, rows, valid, MB: tl.constexpr):
+    """Offsets and mask of chunk ``at``'s ``rows x rows`` block in a per-chunk ``(.., MB, MB)`` tensor
+    indexed by position in the mini-batch (a pre-pass output, or its gradient)."""
+    pos = p + rows
+    return (at * MB + pos[:, None]) * MB + pos[None, :], valid[:, None] & valid[None, :]
 
 
 @triton.jit
@@ -155,6 +166,8 @@ class KernelPair:
     bwd_constexprs: Callable[[tuple[int, ...]], dict] = lambda widths: {}
     # widths of f, rows of a chunk block -> shapes of the backward's per-program float32 scratch buffers
     scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
+    # flat inputs (q, k, v, lr, ts, ln_w, ln_b), start position -> the pre-pass tensors (``pre`` above)
+    prepass: Callable[[list[torch.Tensor], int], list[torch.Tensor]] = lambda inputs, start_pos: []
 
 
 def _widths(state: list[torch.Tensor]) -> tuple[int, ...]:
@@ -219,7 +232,7 @@ class _KernelFn(torch.autograd.Function):
         saved = list(tensors[n_inputs + len(d_out) :])
         if ctx.checkpoint:  # recompute the chunk-start weights: one more forward pass, no memory kept
             saved = _forward(pair, inputs, state, start_pos, save=True)[2]
-        q, k, v, lr, ts, ln_w, ln_b = inputs
+        q, k, v, lr, ts, ln_w, ln_b, *pre = inputs
         bh, seq, dim = q.shape
         mb, heads = ts.shape[0], ln_w.shape[0]
         f32 = dict(device=q.device, dtype=torch.float32)
@@ -233,11 +246,12 @@ class _KernelFn(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
         dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
+        d_pre = [torch.zeros(t.shape, **f32) for t in pre]  # the kernel writes only its chunks' blocks
         widths = _widths(state)
         scratch = [torch.empty(bh, *shape, **f32) for shape in pair.scratch(widths, padded(mb))]
         pair.bwd[(bh,)](
             *inputs, *state[len(state) // 2 :], *saved, dy,
-            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_state, *scratch,
+            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre, *d_state, *scratch,
             seq, heads, start_pos, -(-(seq + start_pos) // mb),
             HAS_ACC=start_pos > 0, **_options(pair, widths, mb, q.dtype, backward=True),
         )  # fmt: skip
@@ -246,6 +260,7 @@ class _KernelFn(torch.autograd.Function):
         dts = torch.zeros(mb, **f32).index_add_(0, positions, dts_tok.sum(0))
         grads = [dq, dk, dv, dlr.to(lr.dtype), dts.to(ts.dtype)]
         grads += [g.view(-1, heads, dim).sum(0).to(ln_w.dtype) for g in (dln_w, dln_b)]
+        grads += [g.to(t.dtype) for g, t in zip(d_pre, pre)]
         grads += [g.to(t.dtype) for g, t in zip(d_state, state)]
         return (None, None, None, None, *grads)
 
@@ -275,6 +290,7 @@ def run_kernel(
 
     inputs = [flat(q, seq, dim), flat(k, seq, dim), flat(v, seq, dim), flat(lr, seq), token_scale.contiguous()]
     inputs += [ln_weight.reshape(heads, dim).contiguous(), ln_bias.reshape(heads, dim).contiguous()]
+    inputs += [t.contiguous() for t in pair.prepass(inputs, state.pos)]
     layers = [t for layer in state.params + state.grads for t in layer]  # W1, b1, .., then the sums
     flat_state = [flat(t, *(t.shape[-1:] if i % 2 else t.shape[2:])) for i, t in enumerate(layers)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs + flat_state):

@@ -44,6 +44,7 @@ on CPU (tests/kernels/test_ttt_triton.py does it in a subprocess).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -54,7 +55,7 @@ from kernels.ttt.triton_common import (
     chunk_bounds,
     ln_project,
     load_chunk,
-    mix_bwd,
+    chunk_square,
     padded,
     query_input_bwd,
     query_output_bwd,
@@ -66,6 +67,7 @@ from kernels.ttt.triton_common import (
 @triton.jit
 def _ttt_linear_fwd(
     Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
+    MIX,  # the pre-pass: eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32
     W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
     Y,  # the output, (BH, T, D)
     WS, BS,  # weights at each chunk's start, (BH, n_chunks, BD, BD) / (BH, n_chunks, BD), if SAVE
@@ -99,8 +101,8 @@ def _ttt_linear_fwd(
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
         g = ln_project(g_hat, z_hat, rstd, cmask, D)
         # The dual-form output at the queries.
-        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        mix = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
+        mix_offs, mix_mask = chunk_square(pid * n_chunks + c, p, rows, valid, MB)
+        mix = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
         zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
             zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
@@ -170,8 +172,9 @@ def _keep(P, offs, mask, value, held, ON_CHIP: tl.constexpr):
 
 @triton.jit
 def _ttt_linear_bwd(
-    Q, K, V, LR, TS, LNW, LNB, GW0, GB0, WS, BS,  # forward inputs and the stored chunk-start weights
+    Q, K, V, LR, TS, LNW, LNB, MIX, GW0, GB0, WS, BS,  # forward inputs and the stored chunk-start weights
     DY, DQ, DK, DV, DLR, DTS, DLNW, DLNB,  # gradients of y and of the inputs (DTS, DLN*: per program)
+    DMIX,  # the gradient of the pre-pass's MIX (zero on entry; autograd takes it on to q, k, lr, ts)
     DW, DB, DGW, DGB,  # in: gradients of the state out; out: of the state in
     DQS, DKS,  # scratch, (BH, BLOCK_N, BD) each: the parts of dq, dk gathered row block by row block
     seq, heads, start_pos, n_chunks,
@@ -235,9 +238,8 @@ def _ttt_linear_bwd(
         zg = tl.sum(g_hat * z_hat, axis=1) / D
         g_in = centre(g_hat, cmask, D) - z_hat * zg[:, None]
         g = rstd[:, None] * g_in
-        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        scores = tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0
-        mix = eta * scores
+        mix_offs, mix_mask = chunk_square(at, p, rows, valid, MB)
+        mix = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
         zq -= tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:
             zq -= s[:, None] * acc_q
@@ -257,7 +259,7 @@ def _ttt_linear_bwd(
         dzq = ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
         ds = tl.zeros((BLOCK_N,), tl.float32)
         dmix, dg, db, dgb, ds = query_output_bwd(dzq, g, mix, s, acc_q, db, dgb, ds, HAS_ACC, PREC)
-        deta, dscores = mix_bwd(dmix, scores, eta, rows)
+        tl.store(DMIX + mix_offs, dmix, mask=mix_mask)
         dlr_g = tl.zeros((BLOCK_N, BD), tl.float32) + d_total_b[None, :]
         # dq's and dk's terms through W: in registers on the on-chip path, else gathered in the
         # scratch a row block (of W, so columns of dq/dk) at a time.
@@ -284,8 +286,6 @@ def _ttt_linear_bwd(
         ds += tl.where(rows == n - 1, -closes * ds_last, 0.0)
         dg += lr[:, None] * dlr_g
         dlr = tl.sum(dlr_g * g, axis=1)
-        ds += tl.sum(deta * lr[None, :], axis=1)
-        dlr += tl.sum(deta * s[:, None], axis=0)
         # G = rstd * g_in, g_in = g_hat - mean(g_hat) - z_hat mean(g_hat z_hat),
         # g_hat = (z_hat ln_w + ln_b - target) ln_w, z_hat and rstd the LayerNorm of Z = X W + b.
         dg_hat = ln_project(dg, z_hat, rstd, cmask, D)
@@ -312,9 +312,8 @@ def _ttt_linear_bwd(
         if not ON_CHIP:
             tl.debug_barrier()
         smask_all = (rows < BLOCK_N)[:, None] & (cols < BD)[None, :]
-        dq = dy + _fetch(DQS, scratch + cols[None, :], smask_all, dq_w, ON_CHIP) + tl.dot(dscores, x, input_precision=PREC)
-        dx = _fetch(DKS, scratch + cols[None, :], smask_all, dk_w, ON_CHIP)
-        dx += tl.dot(tl.trans(dscores), q, input_precision=PREC) - dtarget
+        dq = dy + _fetch(DQS, scratch + cols[None, :], smask_all, dq_w, ON_CHIP)
+        dx = _fetch(DKS, scratch + cols[None, :], smask_all, dk_w, ON_CHIP) - dtarget
         if not ON_CHIP:
             tl.debug_barrier()  # the next chunk overwrites the scratch
 
@@ -330,6 +329,24 @@ def _ttt_linear_bwd(
     tl.store(DGB + pid * D + cols, dgb, mask=cmask)
     tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
     tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
+
+
+def chunk_mix(inputs: list[torch.Tensor], start_pos: int) -> list[torch.Tensor]:
+    """The pre-pass: ``eta * (Q X^T + 1)`` of every chunk at once, ``(BH, n_chunks, b, b)`` float32.
+
+    It depends on no weight, so batched matmuls compute it for all mini-batches in parallel and
+    the sequential walk only loads it; autograd takes the kernel's ``dMIX`` on to q, k, lr and
+    the token scales. Rows and columns are positions in the mini-batch: the sequence is padded
+    in front by ``start_pos`` (and at the end to whole mini-batches) with zero learning rates.
+    """
+    q, k, _, lr, ts = inputs[:5]
+    bh, seq, dim = q.shape
+    mb = ts.shape[0]
+    n_chunks = -(-(seq + start_pos) // mb)
+    pad = (start_pos, n_chunks * mb - seq - start_pos)
+    qb, kb = (F.pad(t.float(), (0, 0, *pad)).view(bh, n_chunks, mb, dim) for t in (q, k))
+    eta = torch.tril(ts.float()[:, None] * F.pad(lr.float(), pad).view(bh, n_chunks, 1, mb))
+    return [eta * (qb @ kb.mT + 1.0)]
 
 
 ON_CHIP_MAX_DIM = 64  # every paper size: W, its gradient and its running sum's, 16 KB each in float32
@@ -352,6 +369,7 @@ LINEAR = KernelPair(
     num_warps=lambda w: 8,
     bwd_constexprs=lambda widths: dict(RB=row_tile(widths), ON_CHIP=row_tile(widths) == padded(widths[0])),
     scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
+    prepass=chunk_mix,
 )
 
 
