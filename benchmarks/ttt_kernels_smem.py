@@ -2,6 +2,7 @@
 
     python benchmarks/ttt_kernels_smem.py                         # sm_90, TTT-Linear and TTT-MLP at d=64,128, bf16
     python benchmarks/ttt_kernels_smem.py --arch 80 --kinds linear --dims 64 --dtypes bf16,fp32 --acc 0,1
+    python benchmarks/ttt_kernels_smem.py --device cuda --quick    # TTT-Linear at d=64 for this machine's GPU
 
 A kernel whose shared memory exceeds the block limit of the target (227 KB on H100/H200, 163 KB
 on A100) compiles but cannot launch: Triton raises "out of resource: shared memory". This is how
@@ -49,8 +50,8 @@ def compile_figures(kernel, constants: dict, in_dtype: str, num_warps: int, arch
     with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         triton.knobs.compilation.always_compile = True
         triton.knobs.nvidia.dump_ptxas_log = True
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", arch, 32),
-                                  options=dict(num_warps=num_warps))  # fmt: skip
+        source = ASTSource(kernel, signature, constexprs=constants)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
     return dict(shared=compiled.metadata.shared, **ptxas_figures(log.getvalue()))
 
 
@@ -73,7 +74,11 @@ def ptxas_figures(log: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    p.add_argument("--arch", type=int, default=None,
+                   help="compute capability, e.g. 80, 90 (default: this GPU's with --device cuda, else 90)")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="nothing runs on it; cuda only sets the default --arch (scripts/gpu_check.py passes it)")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="TTT-Linear at head_dim 64 only")
     p.add_argument("--kinds", default="linear,mlp")
     p.add_argument("--dims", default="64,128", help="head dims")
     p.add_argument("--dtypes", default="bf16", help="input dtypes: bf16, fp16, fp32")
@@ -83,6 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     torch_dtypes = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
     import torch
 
+    if args.quick:
+        args.kinds, args.dims = "linear", "64"
+    if args.arch is None:
+        on_gpu = args.device == "cuda" and torch.cuda.is_available()
+        major, minor = torch.cuda.get_device_capability() if on_gpu else (9, 0)
+        args.arch = 10 * major + minor
+    print(f"$ python {' '.join(sys.argv)}")
+    print(f"compiled for sm_{args.arch} with triton {triton.__version__}; nothing runs\n")
     print("| kernel | head_dim | input | mid-mini-batch start | num_warps | shared memory (KB) | registers "
           "| stack (B) | spill stores / loads (B) |")  # fmt: skip
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")
@@ -98,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
                         num_warps = options.pop("num_warps")
                         options.update(HAS_ACC=acc, **extra)
                         f = compile_figures(kernel, options, in_dtype, num_warps, args.arch)
-                        print(f"| {kernel.__name__} | {dim} | {in_dtype} | {acc} | {num_warps} | {f['shared'] / 1024:.0f} "
-                              f"| {f['registers']} | {f['stack']} | {f['spill_stores']} / {f['spill_loads']} |",
-                              flush=True)  # fmt: skip
+                        row = (kernel.__name__, dim, in_dtype, acc, num_warps, f"{f['shared'] / 1024:.0f}",
+                               f["registers"], f["stack"], f"{f['spill_stores']} / {f['spill_loads']}")  # fmt: skip
+                        print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
 
 if __name__ == "__main__":

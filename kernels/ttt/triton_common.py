@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -263,6 +264,25 @@ class _KernelFn(torch.autograd.Function):
         grads += [g.to(t.dtype) for g, t in zip(d_pre, pre)]
         grads += [g.to(t.dtype) for g, t in zip(d_state, state)]
         return (None, None, None, None, *grads)
+
+
+def chunk_mix(inputs: list[torch.Tensor], start_pos: int) -> list[torch.Tensor]:
+    """The pre-pass: ``eta * (Q X^T + 1)`` of every chunk at once, ``(BH, n_chunks, b, b)`` float32
+    (TTT-Linear's mix, TTT-MLP's first layer's).
+
+    It depends on no weight, so batched matmuls compute it for all mini-batches in parallel and
+    the sequential walk only loads it; autograd takes the kernel's ``dMIX`` on to q, k, lr and
+    the token scales. Rows and columns are positions in the mini-batch: the sequence is padded
+    in front by ``start_pos`` (and at the end to whole mini-batches) with zero learning rates.
+    """
+    q, k, _, lr, ts = inputs[:5]
+    bh, seq, dim = q.shape
+    mb = ts.shape[0]
+    n_chunks = -(-(seq + start_pos) // mb)
+    pad = (start_pos, n_chunks * mb - seq - start_pos)
+    qb, kb = (F.pad(t.float(), (0, 0, *pad)).view(bh, n_chunks, mb, dim) for t in (q, k))
+    eta = torch.tril(ts.float()[:, None] * F.pad(lr.float(), pad).view(bh, n_chunks, 1, mb))
+    return [eta * (qb @ kb.mT + 1.0)]
 
 
 def run_kernel(

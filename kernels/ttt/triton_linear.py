@@ -44,7 +44,6 @@ on CPU (tests/kernels/test_ttt_triton.py does it in a subprocess).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -53,9 +52,10 @@ from kernels.ttt.triton_common import (
     KernelPair,
     centre,
     chunk_bounds,
+    chunk_mix,
+    chunk_square,
     ln_project,
     load_chunk,
-    chunk_square,
     padded,
     query_input_bwd,
     query_output_bwd,
@@ -307,7 +307,8 @@ def _ttt_linear_bwd(
             )
             dw = _fetch(DW, at_w, wmask, dw_all, ON_CHIP) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
             dw_all = _keep(DW, at_w, wmask, dw, dw_all, ON_CHIP)
-            dk_r = _fetch(DKS, scratch + rc[None, :], smask, dk_w, ON_CHIP) + tl.dot(dz, tl.trans(w), input_precision=PREC)
+            dk_r = _fetch(DKS, scratch + rc[None, :], smask, dk_w, ON_CHIP)
+            dk_r += tl.dot(dz, tl.trans(w), input_precision=PREC)
             dk_w = _keep(DKS, scratch + rc[None, :], smask, dk_r, dk_w, ON_CHIP)
         if not ON_CHIP:
             tl.debug_barrier()
@@ -329,24 +330,6 @@ def _ttt_linear_bwd(
     tl.store(DGB + pid * D + cols, dgb, mask=cmask)
     tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
     tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
-
-
-def chunk_mix(inputs: list[torch.Tensor], start_pos: int) -> list[torch.Tensor]:
-    """The pre-pass: ``eta * (Q X^T + 1)`` of every chunk at once, ``(BH, n_chunks, b, b)`` float32.
-
-    It depends on no weight, so batched matmuls compute it for all mini-batches in parallel and
-    the sequential walk only loads it; autograd takes the kernel's ``dMIX`` on to q, k, lr and
-    the token scales. Rows and columns are positions in the mini-batch: the sequence is padded
-    in front by ``start_pos`` (and at the end to whole mini-batches) with zero learning rates.
-    """
-    q, k, _, lr, ts = inputs[:5]
-    bh, seq, dim = q.shape
-    mb = ts.shape[0]
-    n_chunks = -(-(seq + start_pos) // mb)
-    pad = (start_pos, n_chunks * mb - seq - start_pos)
-    qb, kb = (F.pad(t.float(), (0, 0, *pad)).view(bh, n_chunks, mb, dim) for t in (q, k))
-    eta = torch.tril(ts.float()[:, None] * F.pad(lr.float(), pad).view(bh, n_chunks, 1, mb))
-    return [eta * (qb @ kb.mT + 1.0)]
 
 
 ON_CHIP_MAX_DIM = 64  # every paper size: W, its gradient and its running sum's, 16 KB each in float32

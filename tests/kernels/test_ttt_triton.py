@@ -105,6 +105,20 @@ def test_kernel_modules_do_not_import_the_backend_entry_point():
     assert not {m for m in support if m.startswith(("triton", "kernels.ttt.triton_"))}, support
 
 
+def test_compile_figures_come_from_the_ptxas_log_or_one_clear_line():
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    spec = importlib.util.spec_from_file_location("ttt_kernels_smem", ROOT / "benchmarks" / "ttt_kernels_smem.py")
+    smem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smem)
+    log = """ptxas info    : Function properties for _ttt_linear_bwd
+    264 bytes stack frame, 300 bytes spill stores, 260 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 264 bytes cumulative stack size"""
+    assert smem.ptxas_figures(log) == dict(registers=255, stack=264, spill_stores=300, spill_loads=260)
+    with pytest.raises(RuntimeError, match="no 'Used .* registers' in the ptxas log"):
+        smem.ptxas_figures("ptxas fatal   : Unsupported .version 9.4")
+
+
 # -- on a GPU, at real sizes -----------------------------------------------------------------------
 
 # max |kernel - dual(float64)| / max |dual(float64)|, per input dtype. float32 inputs use IEEE
