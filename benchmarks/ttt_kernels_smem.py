@@ -74,10 +74,10 @@ def ptxas_figures(log: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", type=int, default=None,
-                   help="compute capability, e.g. 80, 90 (default: this GPU's with --device cuda, else 90)")  # fmt: skip
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="nothing runs on it; cuda only sets the default --arch (scripts/gpu_check.py passes it)")  # fmt: skip
+    p.add_argument("--arch", type=int, default=None, help="compute capability, e.g. 80, 90 (default: 90, or "
+                   "this GPU's with --device cuda)")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="nothing runs on it; cuda sets the "
+                   "default --arch (scripts/gpu_check.py passes it)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="TTT-Linear at head_dim 64 only")
     p.add_argument("--kinds", default="linear,mlp")
     p.add_argument("--dims", default="64,128", help="head dims")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             for in_dtype in args.dtypes.split(","):
                 dtype = getattr(torch, torch_dtypes[in_dtype])
                 for acc in (bool(int(a)) for a in args.acc.split(",")):
-                    for kernel, extra in ((pair.fwd, dict(SAVE=True)), (pair.bwd, {})):
+                    for kernel, extra in ((pair.fwd, dict(SAVE=True, HAS_PRE=True)), (pair.bwd, {})):
                         options = _options(pair, widths, args.mini_batch, dtype, backward=kernel is pair.bwd)
                         num_warps = options.pop("num_warps")
                         options.update(HAS_ACC=acc, **extra)

@@ -78,6 +78,18 @@ def chunk_square(at, p, rows, valid, MB: tl.constexpr):
 
 
 @triton.jit
+def chunk_mix_block(MIX, at, p, rows, valid, q, x, s, lr, MB: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr):
+    """Chunk ``at``'s ``eta * (Q X^T + 1)``: loaded from the pre-pass (``chunk_mix``), or computed here
+    when there is none (a decode step)."""
+    if HAS_PRE:
+        offs, mask = chunk_square(at, p, rows, valid, MB)
+        return tl.load(MIX + offs, mask=mask, other=0.0)
+    else:
+        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
+        return eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
+
+
+@triton.jit
 def load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D: tl.constexpr):
     """A chunk's q, k, v (float32, zero-padded), learning rates and token scales (zero past the chunk)."""
     offs = base + (t0 + rows)[:, None] * D + cols[None, :]
@@ -169,6 +181,10 @@ class KernelPair:
     scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
     # flat inputs (q, k, v, lr, ts, ln_w, ln_b), start position -> the pre-pass tensors (``pre`` above)
     prepass: Callable[[list[torch.Tensor], int], list[torch.Tensor]] = lambda inputs, start_pos: []
+    n_pre: int = 0  # how many tensors ``prepass`` returns
+
+
+N_INPUTS = 7  # q, k, v, lr, ts, ln_w, ln_b; the pre-pass tensors follow
 
 
 def _widths(state: list[torch.Tensor]) -> tuple[int, ...]:
@@ -194,6 +210,9 @@ def _options(pair: KernelPair, widths: tuple[int, ...], mb: int, dtype: torch.dt
 def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Tensor], start_pos: int, save: bool):
     """Launch the forward kernel on flat ``(BH, ...)`` contiguous tensors; returns y, state out, saved weights."""
     q, ts = inputs[0], inputs[4]
+    has_pre = len(inputs) > N_INPUTS
+    if not has_pre:  # placeholders the kernel does not read (it computes what the pre-pass would)
+        inputs = inputs + [q] * pair.n_pre
     bh, seq, _ = q.shape
     n_chunks = -(-(seq + start_pos) // ts.shape[0])
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -208,7 +227,7 @@ def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Ten
         saved = out[: len(saved)]
     pair.fwd[(bh,)](
         *inputs, *out, y, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
-        HAS_ACC=start_pos > 0, SAVE=save, **_options(pair, widths, ts.shape[0], q.dtype),
+        HAS_ACC=start_pos > 0, SAVE=save, HAS_PRE=has_pre, **_options(pair, widths, ts.shape[0], q.dtype),
     )  # fmt: skip
     return y, out, saved
 
@@ -310,10 +329,14 @@ def run_kernel(
 
     inputs = [flat(q, seq, dim), flat(k, seq, dim), flat(v, seq, dim), flat(lr, seq), token_scale.contiguous()]
     inputs += [ln_weight.reshape(heads, dim).contiguous(), ln_bias.reshape(heads, dim).contiguous()]
-    inputs += [t.contiguous() for t in pair.prepass(inputs, state.pos)]
     layers = [t for layer in state.params + state.grads for t in layer]  # W1, b1, .., then the sums
     flat_state = [flat(t, *(t.shape[-1:] if i % 2 else t.shape[2:])) for i, t in enumerate(layers)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs + flat_state):
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs + flat_state)
+    # A decode step (one token, no gradient) computes its 1 x 1 block in the kernel: for it a
+    # pre-pass would be a few more launches and no parallelism. The backward always has it.
+    if seq > 1 or needs_grad:
+        inputs += [t.contiguous() for t in pair.prepass(inputs, state.pos)]
+    if needs_grad:
         y, *out = _KernelFn.apply(pair, state.pos, checkpoint, len(inputs), *inputs, *flat_state)
     else:
         y, out, _ = _forward(pair, inputs, flat_state, state.pos, save=False)

@@ -53,6 +53,7 @@ from kernels.ttt.triton_common import (
     centre,
     chunk_bounds,
     chunk_mix,
+    chunk_mix_block,
     chunk_square,
     ln_project,
     load_chunk,
@@ -73,7 +74,7 @@ def _ttt_linear_fwd(
     WS, BS,  # weights at each chunk's start, (BH, n_chunks, BD, BD) / (BH, n_chunks, BD), if SAVE
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
@@ -101,8 +102,7 @@ def _ttt_linear_fwd(
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
         g = ln_project(g_hat, z_hat, rstd, cmask, D)
         # The dual-form output at the queries.
-        mix_offs, mix_mask = chunk_square(pid * n_chunks + c, p, rows, valid, MB)
-        mix = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
+        mix = chunk_mix_block(MIX, pid * n_chunks + c, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
         zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
             zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
@@ -353,6 +353,7 @@ LINEAR = KernelPair(
     bwd_constexprs=lambda widths: dict(RB=row_tile(widths), ON_CHIP=row_tile(widths) == padded(widths[0])),
     scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
     prepass=chunk_mix,
+    n_pre=1,
 )
 
 

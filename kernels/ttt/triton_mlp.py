@@ -52,6 +52,7 @@ from kernels.ttt.triton_common import (
     centre,
     chunk_bounds,
     chunk_mix,
+    chunk_mix_block,
     chunk_square,
     gelu_tanh,
     ln_project,
@@ -134,7 +135,7 @@ def _ttt_mlp_fwd(
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, HB: tl.constexpr, MB: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
-    EPS: tl.constexpr, C: tl.constexpr,
+    EPS: tl.constexpr, C: tl.constexpr, HAS_PRE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols, hrow = tl.arange(0, BD), tl.arange(0, HB)
@@ -168,8 +169,7 @@ def _ttt_mlp_fwd(
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
         g2 = ln_project(g_hat, z_hat, rstd, cmask, D)
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        mix_offs, mix_mask = chunk_square(at, p, rows, valid, MB)
-        mix1 = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
+        mix1 = chunk_mix_block(MIX, at, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
         lr_g2 = lr[:, None] * g2
         closes = (p + n == MB).to(tl.float32)
         s_last = tl.load(TS + p + n - 1).to(tl.float32) * closes
@@ -401,6 +401,7 @@ MLP = KernelPair(
     constexprs=lambda widths: dict(F=widths[1], BF=padded(widths[1]), HB=hidden_tile(widths), C=SQRT_2_OVER_PI),
     scratch=lambda widths, block_n: [(block_n, padded(widths[1]))],
     prepass=chunk_mix,
+    n_pre=1,
     num_warps=lambda widths: 4 if widths[1] <= 64 else (8 if widths[1] <= 256 else 16),
 )
 
