@@ -38,7 +38,9 @@ IO = ("Q", "K", "V", "Y", "DQ", "DK", "DV")  # in the input dtype; every other p
 
 
 def compile_figures(kernel, constants: dict, in_dtype: str, num_warps: int, arch: int) -> dict[str, int]:
-    """Shared memory (bytes), registers per thread, stack frame and spill stores/loads (bytes) of one kernel.
+    """Shared memory (bytes), registers per thread, stack frame and spill stores/loads (bytes) of one
+    kernel, and its matrix products (``tt.dot``/``warp_group_dot`` ops in the TTGIR: the dots each
+    chunk of the sequential walk runs, loops over blocks counted once).
 
     Compiles afresh (no cache hit) with Triton's ptxas log on, and reads the log of that very run.
     """
@@ -52,7 +54,9 @@ def compile_figures(kernel, constants: dict, in_dtype: str, num_warps: int, arch
         triton.knobs.nvidia.dump_ptxas_log = True
         source = ASTSource(kernel, signature, constexprs=constants)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
-    return dict(shared=compiled.metadata.shared, **ptxas_figures(log.getvalue()))
+    ttgir = compiled.asm["ttgir"]
+    dots = len(re.findall(r"= tt\.dot |= ttng\.warp_group_dot ", ttgir))
+    return dict(shared=compiled.metadata.shared, dots=dots, **ptxas_figures(log.getvalue()))
 
 
 def ptxas_figures(log: str) -> dict[str, int]:
@@ -96,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         args.arch = 10 * major + minor
     print(f"$ python {' '.join(sys.argv)}")
     print(f"compiled for sm_{args.arch} with triton {triton.__version__}; nothing runs\n")
-    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | shared memory (KB) | registers "
+    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | dots | shared memory (KB) | registers "
           "| stack (B) | spill stores / loads (B) |")  # fmt: skip
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for kind in args.kinds.split(","):
         pair = PAIRS[kind]
         for dim in (int(d) for d in args.dims.split(",")):
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                         num_warps = options.pop("num_warps")
                         options.update(HAS_ACC=acc, **extra)
                         f = compile_figures(kernel, options, in_dtype, num_warps, args.arch)
-                        row = (kernel.__name__, dim, in_dtype, acc, num_warps, f"{f['shared'] / 1024:.0f}",
+                        row = (kernel.__name__, dim, in_dtype, acc, num_warps, f["dots"], f"{f['shared'] / 1024:.0f}",
                                f["registers"], f["stack"], f"{f['spill_stores']} / {f['spill_loads']}")  # fmt: skip
                         print("| " + " | ".join(map(str, row)) + " |", flush=True)
 

@@ -8,7 +8,8 @@ and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *pre, *grads_in, *saved, D
 DTS, DLNW, DLNB, *d_pre, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
 gradients of the state out on entry and those of the state in on exit, and where a state
 is its weights ``(W_l, b_l for each layer)`` then the running gradient sums in the same order,
-and ``saved`` the weights at the start of every chunk (padded blocks, float32). ``pre`` are the
+and ``saved`` the weights at the start of every chunk (padded blocks, float32), then a pair's
+per-token buffers (``token_saves``). ``pre`` are the
 tensors a pair's parallel pre-pass computes (PyTorch, under autograd) from the inputs, taking
 out of the sequential walk what does not depend on the weights; the backward kernel writes
 their gradients into ``d_pre`` (float32, zero-filled) and autograd carries them on to the inputs.
@@ -182,6 +183,8 @@ class KernelPair:
     # flat inputs (q, k, v, lr, ts, ln_w, ln_b), start position -> the pre-pass tensors (``pre`` above)
     prepass: Callable[[list[torch.Tensor], int], list[torch.Tensor]] = lambda inputs, start_pos: []
     n_pre: int = 0  # how many tensors ``prepass`` returns
+    # per-token float32 ``(BH, T, d)`` buffers the forward saves (with the weights) for the backward
+    token_saves: int = 0
 
 
 N_INPUTS = 7  # q, k, v, lr, ts, ln_w, ln_b; the pre-pass tensors follow
@@ -223,8 +226,9 @@ def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Ten
     for d_in, d_out in zip(widths[:-1], widths[1:]):
         saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
         saved.append(torch.empty(bh, n_chunks, padded(d_out), **f32))
+    saved += [torch.empty(bh, seq, widths[0], **f32) for _ in range(pair.token_saves)]
     if not save:
-        saved = out[: len(saved)]
+        saved = [out[0]] * len(saved)
     pair.fwd[(bh,)](
         *inputs, *out, y, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
         HAS_ACC=start_pos > 0, SAVE=save, HAS_PRE=has_pre, **_options(pair, widths, ts.shape[0], q.dtype),

@@ -72,6 +72,7 @@ def _ttt_linear_fwd(
     W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
     Y,  # the output, (BH, T, D)
     WS, BS,  # weights at each chunk's start, (BH, n_chunks, BD, BD) / (BH, n_chunks, BD), if SAVE
+    ZS, ZQS,  # Z = X W + b and Zq (before the output LayerNorm), (BH, T, D) float32, if SAVE
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr,
@@ -98,7 +99,8 @@ def _ttt_linear_fwd(
             tl.store(WS + (pid * n_chunks + c) * BD * BD + block, w)
             tl.store(BS + (pid * n_chunks + c) * BD + cols, b)
         # The analytic gradient of the reconstruction loss at the chunk's starting weights.
-        z_hat, rstd = row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
+        z = tl.dot(x, w, input_precision=PREC) + b[None, :]
+        z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
         g = ln_project(g_hat, z_hat, rstd, cmask, D)
         # The dual-form output at the queries.
@@ -106,6 +108,9 @@ def _ttt_linear_fwd(
         zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
             zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
+        if SAVE:
+            tl.store(ZS + offs, z, mask=mask)
+            tl.store(ZQS + offs, zq, mask=mask)
         zq_hat, _ = row_layer_norm(zq, cmask, D, EPS)
         y = q + zq_hat * ln_w[None, :] + ln_b[None, :]
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
@@ -172,7 +177,7 @@ def _keep(P, offs, mask, value, held, ON_CHIP: tl.constexpr):
 
 @triton.jit
 def _ttt_linear_bwd(
-    Q, K, V, LR, TS, LNW, LNB, MIX, GW0, GB0, WS, BS,  # forward inputs and the stored chunk-start weights
+    Q, K, V, LR, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, ZS, ZQS,  # forward inputs and what the forward saved
     DY, DQ, DK, DV, DLR, DTS, DLNW, DLNB,  # gradients of y and of the inputs (DTS, DLN*: per program)
     DMIX,  # the gradient of the pre-pass's MIX (zero on entry; autograd takes it on to q, k, lr, ts)
     DW, DB, DGW, DGB,  # in: gradients of the state out; out: of the state in
@@ -208,7 +213,6 @@ def _ttt_linear_bwd(
         offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         at = pid * n_chunks + c
-        b = tl.load(BS + at * BD + cols)
         first = (c == 0).to(tl.float32)  # only the first chunk starts with a non-zero running sum
         gb = tl.zeros((BD,), tl.float32)
         if HAS_ACC:
@@ -219,18 +223,18 @@ def _ttt_linear_bwd(
                 Q, K, WS, GW0, at, pid, base, t0, rrow, rows, valid, cols, cmask, first, None, D, BD, RB, HAS_ACC, False
             )
             held = (w_all, gw_all, q, x)
-        # Recompute the chunk's forward: X W, Q W [and Q GW] summed over row blocks of W.
-        z = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
-        zq = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
+        # The chunk's forward: Z and Zq as the forward saved them; Q GW + gb (the running sum's
+        # term at the queries, non-zero only in a first chunk that starts mid-mini-batch) again.
+        z = tl.load(ZS + offs, mask=mask, other=0.0)
+        zq = tl.load(ZQS + offs, mask=mask, other=0.0)
         acc_q = tl.zeros((BLOCK_N, BD), tl.float32) + gb[None, :]
-        for r0 in range(0, BD, RB):
-            rc = r0 + rrow
-            w, gw, qr, xr, at_w, wmask = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC, ON_CHIP
-            )
-            z += tl.dot(xr, w, input_precision=PREC)
-            zq += tl.dot(qr, w, input_precision=PREC)
-            if HAS_ACC:
+        if HAS_ACC:
+            for r0 in range(0, BD, RB):
+                rc = r0 + rrow
+                w, gw, qr, xr, at_w, wmask = _row_block(
+                    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC,
+                    ON_CHIP,
+                )  # fmt: skip
                 acc_q += tl.dot(qr, gw, input_precision=PREC)
         target = v - x
         z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
@@ -240,9 +244,6 @@ def _ttt_linear_bwd(
         g = rstd[:, None] * g_in
         mix_offs, mix_mask = chunk_square(at, p, rows, valid, MB)
         mix = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
-        zq -= tl.dot(mix, g, input_precision=PREC)
-        if HAS_ACC:
-            zq -= s[:, None] * acc_q
         zq_hat, rstd_q = row_layer_norm(zq, cmask, D, EPS)
         lr_g = lr[:, None] * g
         closes = (p + n == MB).to(tl.float32)
@@ -354,6 +355,7 @@ LINEAR = KernelPair(
     scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
     prepass=chunk_mix,
     n_pre=1,
+    token_saves=2,  # Z and Zq: the backward loads them instead of 4 dots per chunk (512 B per token per head at d=64)
 )
 
 
