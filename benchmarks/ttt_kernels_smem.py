@@ -1,17 +1,24 @@
-"""Compile the TTT Triton kernels for a GPU architecture without a GPU; print each one's shared memory.
+"""Compile the TTT Triton kernels for a GPU architecture without a GPU; print shared memory, registers, spills.
 
     python benchmarks/ttt_kernels_smem.py                         # sm_90, TTT-Linear and TTT-MLP at d=64,128, bf16
     python benchmarks/ttt_kernels_smem.py --arch 80 --kinds linear --dims 64 --dtypes bf16,fp32 --acc 0,1
+    python benchmarks/ttt_kernels_smem.py --device cuda --quick    # TTT-Linear at d=64 for this machine's GPU
 
 A kernel whose shared memory exceeds the block limit of the target (227 KB on H100/H200, 163 KB
 on A100) compiles but cannot launch: Triton raises "out of resource: shared memory". This is how
-the figures in docs/design.md were obtained (Triton 3.9). Compiling takes minutes per kernel on
-a small CPU; nothing runs.
+the figures in docs/design.md were obtained (Triton 3.9). Registers and spills come from the
+log of Triton's own ``ptxas -v`` run (compiled afresh) (``Used N registers``, ``bytes
+spill stores``): a kernel at 255 registers with spills keeps part of its tiles in local memory, which
+on a GPU is a round trip through L1/L2 on the sequential chain. Compiling takes seconds to minutes
+per kernel on a small CPU; nothing runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import re
 import sys
 from pathlib import Path
 
@@ -30,19 +37,52 @@ SCALARS = ("seq", "heads", "start_pos", "n_chunks")
 IO = ("Q", "K", "V", "Y", "DQ", "DK", "DV")  # in the input dtype; every other pointer is float32
 
 
-def shared_memory(kernel, constants: dict, in_dtype: str, num_warps: int, arch: int) -> int:
+def compile_figures(kernel, constants: dict, in_dtype: str, num_warps: int, arch: int) -> dict[str, int]:
+    """Shared memory (bytes), registers per thread, stack frame and spill stores/loads (bytes) of one
+    kernel, and its matrix products (``tt.dot``/``warp_group_dot`` ops in the TTGIR: the dots each
+    chunk of the sequential walk runs, loops over blocks counted once).
+
+    Compiles afresh (no cache hit) with Triton's ptxas log on, and reads the log of that very run.
+    """
     signature = {
         name: "constexpr" if name in constants else "i32" if name in SCALARS else "*" + (in_dtype if name in IO else "fp32")
         for name in kernel.arg_names
     }
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=num_warps))  # fmt: skip
-    return compiled.metadata.shared
+    log = io.StringIO()
+    with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        triton.knobs.compilation.always_compile = True
+        triton.knobs.nvidia.dump_ptxas_log = True
+        source = ASTSource(kernel, signature, constexprs=constants)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
+    ttgir = compiled.asm["ttgir"]
+    dots = len(re.findall(r"= tt\.dot |= ttng\.warp_group_dot ", ttgir))
+    return dict(shared=compiled.metadata.shared, dots=dots, **ptxas_figures(log.getvalue()))
+
+
+def ptxas_figures(log: str) -> dict[str, int]:
+    """Registers, stack frame and spills from a ``ptxas -v`` log; one clear line if it has none."""
+
+    def figure(pattern: str) -> int:
+        found = re.search(pattern, log)
+        if found is None:
+            raise RuntimeError(f"ttt_kernels_smem: no '{pattern}' in the ptxas log: {log[-2000:]!r}")
+        return int(found.group(1))
+
+    return dict(
+        registers=figure(r"Used (\d+) registers"),
+        stack=figure(r"(\d+) bytes stack frame"),
+        spill_stores=figure(r"(\d+) bytes spill stores"),
+        spill_loads=figure(r"(\d+) bytes spill loads"),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    p.add_argument("--arch", type=int, default=None, help="compute capability, e.g. 80, 90 (default: 90, or "
+                   "this GPU's with --device cuda)")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="nothing runs on it; cuda sets the "
+                   "default --arch (scripts/gpu_check.py passes it)")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="TTT-Linear at head_dim 64 only")
     p.add_argument("--kinds", default="linear,mlp")
     p.add_argument("--dims", default="64,128", help="head dims")
     p.add_argument("--dtypes", default="bf16", help="input dtypes: bf16, fp16, fp32")
@@ -52,8 +92,17 @@ def main(argv: list[str] | None = None) -> None:
     torch_dtypes = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
     import torch
 
-    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | shared memory (KB) |")
-    print("|---|---:|---|---|---:|---:|")
+    if args.quick:
+        args.kinds, args.dims = "linear", "64"
+    if args.arch is None:
+        on_gpu = args.device == "cuda" and torch.cuda.is_available()
+        major, minor = torch.cuda.get_device_capability() if on_gpu else (9, 0)
+        args.arch = 10 * major + minor
+    print(f"$ python {' '.join(sys.argv)}")
+    print(f"compiled for sm_{args.arch} with triton {triton.__version__}; nothing runs\n")
+    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | dots | shared memory (KB) | registers "
+          "| stack (B) | spill stores / loads (B) |")  # fmt: skip
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for kind in args.kinds.split(","):
         pair = PAIRS[kind]
         for dim in (int(d) for d in args.dims.split(",")):
@@ -61,13 +110,14 @@ def main(argv: list[str] | None = None) -> None:
             for in_dtype in args.dtypes.split(","):
                 dtype = getattr(torch, torch_dtypes[in_dtype])
                 for acc in (bool(int(a)) for a in args.acc.split(",")):
-                    for kernel, extra in ((pair.fwd, dict(SAVE=True)), (pair.bwd, {})):
+                    for kernel, extra in ((pair.fwd, dict(SAVE=True, HAS_PRE=True)), (pair.bwd, {})):
                         options = _options(pair, widths, args.mini_batch, dtype, backward=kernel is pair.bwd)
                         num_warps = options.pop("num_warps")
                         options.update(HAS_ACC=acc, **extra)
-                        smem = shared_memory(kernel, options, in_dtype, num_warps, args.arch)
-                        print(f"| {kernel.__name__} | {dim} | {in_dtype} | {acc} | {num_warps} | {smem / 1024:.0f} |",
-                              flush=True)  # fmt: skip
+                        f = compile_figures(kernel, options, in_dtype, num_warps, args.arch)
+                        row = (kernel.__name__, dim, in_dtype, acc, num_warps, f["dots"], f"{f['shared'] / 1024:.0f}",
+                               f["registers"], f["stack"], f"{f['spill_stores']} / {f['spill_loads']}")  # fmt: skip
+                        print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
 
 if __name__ == "__main__":

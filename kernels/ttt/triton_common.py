@@ -2,13 +2,17 @@
 
 Both kernels (``triton_linear``, ``triton_mlp``) follow one layout, so the host side is written
 once here: one program per (batch, head) walks the chunks of the sequence; the forward kernel takes
-``(Q, K, V, LR, TS, LNW, LNB, *state, Y, *saved, seq, heads, start_pos, n_chunks)``, where
+``(Q, K, V, LR, TS, LNW, LNB, *pre, *state, Y, *saved, seq, heads, start_pos, n_chunks)``, where
 ``state`` (float32) holds the state in on entry and the state out on exit,
-and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *grads_in, *saved, DY, DQ, DK, DV, DLR, DTS,
-DLNW, DLNB, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
+and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *pre, *grads_in, *saved, DY, DQ, DK, DV, DLR,
+DTS, DLNW, DLNB, *d_pre, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
 gradients of the state out on entry and those of the state in on exit, and where a state
 is its weights ``(W_l, b_l for each layer)`` then the running gradient sums in the same order,
-and ``saved`` the weights at the start of every chunk (padded blocks, float32).
+and ``saved`` the weights at the start of every chunk (padded blocks, float32), then a pair's
+per-token buffers (``token_saves``). ``pre`` are the
+tensors a pair's parallel pre-pass computes (PyTorch, under autograd) from the inputs, taking
+out of the sequential walk what does not depend on the weights; the backward kernel writes
+their gradients into ``d_pre`` (float32, zero-filled) and autograd carries them on to the inputs.
 
 A chunk is the run of tokens inside one mini-batch. Its first position in the mini-batch is
 ``p`` (non-zero only for the first chunk of a state that starts mid-mini-batch); ``tl.dot``
@@ -24,11 +28,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from kernels.ttt.inner import LN_EPS, TTTState
-from kernels.ttt.triton_backend import check_supported
+from kernels.ttt.triton_support import check_supported
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -63,6 +68,26 @@ def chunk_bounds(c, start_pos, seq, MB: tl.constexpr, BLOCK_N: tl.constexpr):
     t1 = tl.minimum((c + 1) * MB - start_pos, seq)
     rows = tl.arange(0, BLOCK_N)
     return t0, t1 - t0, t0 + start_pos - c * MB, rows, rows < t1 - t0
+
+
+@triton.jit
+def chunk_square(at, p, rows, valid, MB: tl.constexpr):
+    """Offsets and mask of chunk ``at``'s ``rows x rows`` block in a per-chunk ``(.., MB, MB)`` tensor
+    indexed by position in the mini-batch (a pre-pass output, or its gradient)."""
+    pos = p + rows
+    return (at * MB + pos[:, None]) * MB + pos[None, :], valid[:, None] & valid[None, :]
+
+
+@triton.jit
+def chunk_mix_block(MIX, at, p, rows, valid, q, x, s, lr, MB: tl.constexpr, PREC: tl.constexpr, HAS_PRE: tl.constexpr):
+    """Chunk ``at``'s ``eta * (Q X^T + 1)``: loaded from the pre-pass (``chunk_mix``), or computed here
+    when there is none (a decode step)."""
+    if HAS_PRE:
+        offs, mask = chunk_square(at, p, rows, valid, MB)
+        return tl.load(MIX + offs, mask=mask, other=0.0)
+    else:
+        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
+        return eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
 
 
 @triton.jit
@@ -155,6 +180,14 @@ class KernelPair:
     bwd_constexprs: Callable[[tuple[int, ...]], dict] = lambda widths: {}
     # widths of f, rows of a chunk block -> shapes of the backward's per-program float32 scratch buffers
     scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
+    # flat inputs (q, k, v, lr, ts, ln_w, ln_b), start position -> the pre-pass tensors (``pre`` above)
+    prepass: Callable[[list[torch.Tensor], int], list[torch.Tensor]] = lambda inputs, start_pos: []
+    n_pre: int = 0  # how many tensors ``prepass`` returns
+    # per-token float32 ``(BH, T, d)`` buffers the forward saves (with the weights) for the backward
+    token_saves: int = 0
+
+
+N_INPUTS = 7  # q, k, v, lr, ts, ln_w, ln_b; the pre-pass tensors follow
 
 
 def _widths(state: list[torch.Tensor]) -> tuple[int, ...]:
@@ -180,6 +213,9 @@ def _options(pair: KernelPair, widths: tuple[int, ...], mb: int, dtype: torch.dt
 def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Tensor], start_pos: int, save: bool):
     """Launch the forward kernel on flat ``(BH, ...)`` contiguous tensors; returns y, state out, saved weights."""
     q, ts = inputs[0], inputs[4]
+    has_pre = len(inputs) > N_INPUTS
+    if not has_pre:  # placeholders the kernel does not read (it computes what the pre-pass would)
+        inputs = inputs + [q] * pair.n_pre
     bh, seq, _ = q.shape
     n_chunks = -(-(seq + start_pos) // ts.shape[0])
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -190,11 +226,12 @@ def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Ten
     for d_in, d_out in zip(widths[:-1], widths[1:]):
         saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
         saved.append(torch.empty(bh, n_chunks, padded(d_out), **f32))
+    saved += [torch.empty(bh, seq, widths[0], **f32) for _ in range(pair.token_saves)]
     if not save:
-        saved = out[: len(saved)]
+        saved = [out[0]] * len(saved)
     pair.fwd[(bh,)](
         *inputs, *out, y, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
-        HAS_ACC=start_pos > 0, SAVE=save, **_options(pair, widths, ts.shape[0], q.dtype),
+        HAS_ACC=start_pos > 0, SAVE=save, HAS_PRE=has_pre, **_options(pair, widths, ts.shape[0], q.dtype),
     )  # fmt: skip
     return y, out, saved
 
@@ -219,7 +256,7 @@ class _KernelFn(torch.autograd.Function):
         saved = list(tensors[n_inputs + len(d_out) :])
         if ctx.checkpoint:  # recompute the chunk-start weights: one more forward pass, no memory kept
             saved = _forward(pair, inputs, state, start_pos, save=True)[2]
-        q, k, v, lr, ts, ln_w, ln_b = inputs
+        q, k, v, lr, ts, ln_w, ln_b, *pre = inputs
         bh, seq, dim = q.shape
         mb, heads = ts.shape[0], ln_w.shape[0]
         f32 = dict(device=q.device, dtype=torch.float32)
@@ -233,11 +270,12 @@ class _KernelFn(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
         dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
+        d_pre = [torch.zeros(t.shape, **f32) for t in pre]  # the kernel writes only its chunks' blocks
         widths = _widths(state)
         scratch = [torch.empty(bh, *shape, **f32) for shape in pair.scratch(widths, padded(mb))]
         pair.bwd[(bh,)](
             *inputs, *state[len(state) // 2 :], *saved, dy,
-            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_state, *scratch,
+            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre, *d_state, *scratch,
             seq, heads, start_pos, -(-(seq + start_pos) // mb),
             HAS_ACC=start_pos > 0, **_options(pair, widths, mb, q.dtype, backward=True),
         )  # fmt: skip
@@ -246,8 +284,28 @@ class _KernelFn(torch.autograd.Function):
         dts = torch.zeros(mb, **f32).index_add_(0, positions, dts_tok.sum(0))
         grads = [dq, dk, dv, dlr.to(lr.dtype), dts.to(ts.dtype)]
         grads += [g.view(-1, heads, dim).sum(0).to(ln_w.dtype) for g in (dln_w, dln_b)]
+        grads += [g.to(t.dtype) for g, t in zip(d_pre, pre)]
         grads += [g.to(t.dtype) for g, t in zip(d_state, state)]
         return (None, None, None, None, *grads)
+
+
+def chunk_mix(inputs: list[torch.Tensor], start_pos: int) -> list[torch.Tensor]:
+    """The pre-pass: ``eta * (Q X^T + 1)`` of every chunk at once, ``(BH, n_chunks, b, b)`` float32
+    (TTT-Linear's mix, TTT-MLP's first layer's).
+
+    It depends on no weight, so batched matmuls compute it for all mini-batches in parallel and
+    the sequential walk only loads it; autograd takes the kernel's ``dMIX`` on to q, k, lr and
+    the token scales. Rows and columns are positions in the mini-batch: the sequence is padded
+    in front by ``start_pos`` (and at the end to whole mini-batches) with zero learning rates.
+    """
+    q, k, _, lr, ts = inputs[:5]
+    bh, seq, dim = q.shape
+    mb = ts.shape[0]
+    n_chunks = -(-(seq + start_pos) // mb)
+    pad = (start_pos, n_chunks * mb - seq - start_pos)
+    qb, kb = (F.pad(t.float(), (0, 0, *pad)).view(bh, n_chunks, mb, dim) for t in (q, k))
+    eta = torch.tril(ts.float()[:, None] * F.pad(lr.float(), pad).view(bh, n_chunks, 1, mb))
+    return [eta * (qb @ kb.mT + 1.0)]
 
 
 def run_kernel(
@@ -277,7 +335,12 @@ def run_kernel(
     inputs += [ln_weight.reshape(heads, dim).contiguous(), ln_bias.reshape(heads, dim).contiguous()]
     layers = [t for layer in state.params + state.grads for t in layer]  # W1, b1, .., then the sums
     flat_state = [flat(t, *(t.shape[-1:] if i % 2 else t.shape[2:])) for i, t in enumerate(layers)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs + flat_state):
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs + flat_state)
+    # A decode step (one token, no gradient) computes its 1 x 1 block in the kernel: for it a
+    # pre-pass would be a few more launches and no parallelism. The backward always has it.
+    if seq > 1 or needs_grad:
+        inputs += [t.contiguous() for t in pair.prepass(inputs, state.pos)]
+    if needs_grad:
         y, *out = _KernelFn.apply(pair, state.pos, checkpoint, len(inputs), *inputs, *flat_state)
     else:
         y, out, _ = _forward(pair, inputs, flat_state, state.pos, save=False)

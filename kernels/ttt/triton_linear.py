@@ -52,9 +52,11 @@ from kernels.ttt.triton_common import (
     KernelPair,
     centre,
     chunk_bounds,
+    chunk_mix,
+    chunk_mix_block,
+    chunk_square,
     ln_project,
     load_chunk,
-    mix_bwd,
     padded,
     query_input_bwd,
     query_output_bwd,
@@ -66,12 +68,14 @@ from kernels.ttt.triton_common import (
 @triton.jit
 def _ttt_linear_fwd(
     Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
+    MIX,  # the pre-pass: eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32
     W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
     Y,  # the output, (BH, T, D)
     WS, BS,  # weights at each chunk's start, (BH, n_chunks, BD, BD) / (BH, n_chunks, BD), if SAVE
+    ZS, ZQS,  # Z = X W + b and Zq (before the output LayerNorm), (BH, T, D) float32, if SAVE
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
@@ -95,15 +99,18 @@ def _ttt_linear_fwd(
             tl.store(WS + (pid * n_chunks + c) * BD * BD + block, w)
             tl.store(BS + (pid * n_chunks + c) * BD + cols, b)
         # The analytic gradient of the reconstruction loss at the chunk's starting weights.
-        z_hat, rstd = row_layer_norm(tl.dot(x, w, input_precision=PREC) + b[None, :], cmask, D, EPS)
+        z = tl.dot(x, w, input_precision=PREC) + b[None, :]
+        z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
         g = ln_project(g_hat, z_hat, rstd, cmask, D)
         # The dual-form output at the queries.
-        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        mix = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
+        mix = chunk_mix_block(MIX, pid * n_chunks + c, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
         zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
         if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
             zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
+        if SAVE:
+            tl.store(ZS + offs, z, mask=mask)
+            tl.store(ZQS + offs, zq, mask=mask)
         zq_hat, _ = row_layer_norm(zq, cmask, D, EPS)
         y = q + zq_hat * ln_w[None, :] + ln_b[None, :]
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
@@ -125,38 +132,72 @@ def _ttt_linear_fwd(
 
 @triton.jit
 def _row_block(
-    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first,
-    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, HAS_ACC: tl.constexpr,
+    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held,
+    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, HAS_ACC: tl.constexpr, ON_CHIP: tl.constexpr,
 ):  # fmt: skip
     """Rows ``rc`` of a chunk's starting ``W`` and running sum (zero unless ``HAS_ACC``), the
     matching columns of its queries and keys (float32), and where those rows sit in this
-    program's ``d x d`` buffers (offsets and mask), for the gradients stored in place."""
-    w = tl.load(WS + at * BD * BD + rc[:, None] * BD + cols[None, :])
+    program's ``d x d`` buffers (offsets and mask), for the gradients stored in place.
+
+    On the on-chip path the one block is all of ``W``: ``held = (w, gw, q, x)``, loaded once per
+    chunk, is returned instead of loading it again in every pass."""
     rmask = rc < D
     at_w, wmask = pid * D * D + rc[:, None] * D + cols[None, :], rmask[:, None] & cmask[None, :]
-    gw = tl.zeros((RB, BD), tl.float32)
-    if HAS_ACC:
-        gw += first * tl.load(GW0 + at_w, mask=wmask, other=0.0).to(tl.float32)
-    tok, tmask = base + (t0 + rows)[:, None] * D + rc[None, :], valid[:, None] & rmask[None, :]
-    qr = tl.load(Q + tok, mask=tmask, other=0.0).to(tl.float32)
-    xr = tl.load(K + tok, mask=tmask, other=0.0).to(tl.float32)
+    if ON_CHIP:
+        w, gw, qr, xr = held
+    else:
+        w = tl.load(WS + at * BD * BD + rc[:, None] * BD + cols[None, :])
+        gw = tl.zeros((RB, BD), tl.float32)
+        if HAS_ACC:
+            gw += first * tl.load(GW0 + at_w, mask=wmask, other=0.0).to(tl.float32)
+        tok, tmask = base + (t0 + rows)[:, None] * D + rc[None, :], valid[:, None] & rmask[None, :]
+        qr = tl.load(Q + tok, mask=tmask, other=0.0).to(tl.float32)
+        xr = tl.load(K + tok, mask=tmask, other=0.0).to(tl.float32)
     return w, gw, qr, xr, at_w, wmask
 
 
 @triton.jit
+def _fetch(P, offs, mask, held, ON_CHIP: tl.constexpr):
+    """A block the backward accumulates into: ``held`` (registers) on the on-chip path, else from ``P``."""
+    if ON_CHIP:
+        return held
+    else:
+        return tl.load(P + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _keep(P, offs, mask, value, held, ON_CHIP: tl.constexpr):
+    """Puts ``value`` back where ``_fetch`` found it: returns it as the new ``held``, or stores it to ``P``."""
+    if ON_CHIP:
+        return value
+    else:
+        tl.store(P + offs, value, mask=mask)
+        return held
+
+
+@triton.jit
 def _ttt_linear_bwd(
-    Q, K, V, LR, TS, LNW, LNB, GW0, GB0, WS, BS,  # forward inputs and the stored chunk-start weights
+    Q, K, V, LR, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, ZS, ZQS,  # forward inputs and what the forward saved
     DY, DQ, DK, DV, DLR, DTS, DLNW, DLNB,  # gradients of y and of the inputs (DTS, DLN*: per program)
+    DMIX,  # the gradient of the pre-pass's MIX (zero on entry; autograd takes it on to q, k, lr, ts)
     DW, DB, DGW, DGB,  # in: gradients of the state out; out: of the state in
     DQS, DKS,  # scratch, (BH, BLOCK_N, BD) each: the parts of dq, dk gathered row block by row block
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, ON_CHIP: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols, rrow = tl.arange(0, BD), tl.arange(0, RB)
     cmask = cols < D
-    # The d-wide gradients live in registers; those of W and its running sum in DW, DGW.
+    # The d-wide gradients live in registers. Those of W and its running sum too on the on-chip
+    # path (RB == BD: one block, dw_all/dgw_all carried over the whole walk); else in DW, DGW,
+    # a row block at a time (dw_all/dgw_all then stay unused).
+    dw_all = tl.zeros((RB, BD), tl.float32)
+    dgw_all = tl.zeros((RB, BD), tl.float32)
+    if ON_CHIP:
+        at_all, all_mask = pid * D * D + rrow[:, None] * D + cols[None, :], (rrow < D)[:, None] & cmask[None, :]
+        dw_all += tl.load(DW + at_all, mask=all_mask, other=0.0)
+        dgw_all += tl.load(DGW + at_all, mask=all_mask, other=0.0)
     db = tl.load(DB + pid * D + cols, mask=cmask, other=0.0)
     dgb = tl.load(DGB + pid * D + cols, mask=cmask, other=0.0)
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -165,29 +206,35 @@ def _ttt_linear_bwd(
     dln_b = tl.zeros((BD,), tl.float32)
     base, tok_base = pid * seq * D, pid * seq
     scratch = pid * BLOCK_N * BD + tl.arange(0, BLOCK_N)[:, None] * BD
+    smask = (tl.arange(0, BLOCK_N) < BLOCK_N)[:, None] & (rrow < RB)[None, :]  # the scratch has no padding
     for back in range(n_chunks):
         c = n_chunks - 1 - back
         t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
         offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         at = pid * n_chunks + c
-        b = tl.load(BS + at * BD + cols)
         first = (c == 0).to(tl.float32)  # only the first chunk starts with a non-zero running sum
         gb = tl.zeros((BD,), tl.float32)
         if HAS_ACC:
             gb += first * tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
-        # Recompute the chunk's forward: X W, Q W [and Q GW] summed over row blocks of W.
-        z = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
-        zq = tl.zeros((BLOCK_N, BD), tl.float32) + b[None, :]
-        acc_q = tl.zeros((BLOCK_N, BD), tl.float32) + gb[None, :]
-        for r0 in range(0, BD, RB):
-            rc = r0 + rrow
-            w, gw, qr, xr, _, _ = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
+        held = None  # on the on-chip path: all of the chunk's W and running sum, loaded once
+        if ON_CHIP:
+            w_all, gw_all, _, _, _, _ = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rrow, rows, valid, cols, cmask, first, None, D, BD, RB, HAS_ACC, False
             )
-            z += tl.dot(xr, w, input_precision=PREC)
-            zq += tl.dot(qr, w, input_precision=PREC)
-            if HAS_ACC:
+            held = (w_all, gw_all, q, x)
+        # The chunk's forward: Z and Zq as the forward saved them; Q GW + gb (the running sum's
+        # term at the queries, non-zero only in a first chunk that starts mid-mini-batch) again.
+        z = tl.load(ZS + offs, mask=mask, other=0.0)
+        zq = tl.load(ZQS + offs, mask=mask, other=0.0)
+        acc_q = tl.zeros((BLOCK_N, BD), tl.float32) + gb[None, :]
+        if HAS_ACC:
+            for r0 in range(0, BD, RB):
+                rc = r0 + rrow
+                w, gw, qr, xr, at_w, wmask = _row_block(
+                    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC,
+                    ON_CHIP,
+                )  # fmt: skip
                 acc_q += tl.dot(qr, gw, input_precision=PREC)
         target = v - x
         z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
@@ -195,12 +242,8 @@ def _ttt_linear_bwd(
         zg = tl.sum(g_hat * z_hat, axis=1) / D
         g_in = centre(g_hat, cmask, D) - z_hat * zg[:, None]
         g = rstd[:, None] * g_in
-        eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        scores = tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0
-        mix = eta * scores
-        zq -= tl.dot(mix, g, input_precision=PREC)
-        if HAS_ACC:
-            zq -= s[:, None] * acc_q
+        mix_offs, mix_mask = chunk_square(at, p, rows, valid, MB)
+        mix = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
         zq_hat, rstd_q = row_layer_norm(zq, cmask, D, EPS)
         lr_g = lr[:, None] * g
         closes = (p + n == MB).to(tl.float32)
@@ -217,30 +260,33 @@ def _ttt_linear_bwd(
         dzq = ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
         ds = tl.zeros((BLOCK_N,), tl.float32)
         dmix, dg, db, dgb, ds = query_output_bwd(dzq, g, mix, s, acc_q, db, dgb, ds, HAS_ACC, PREC)
-        deta, dscores = mix_bwd(dmix, scores, eta, rows)
+        tl.store(DMIX + mix_offs, dmix, mask=mix_mask)
         dlr_g = tl.zeros((BLOCK_N, BD), tl.float32) + d_total_b[None, :]
+        # dq's and dk's terms through W: in registers on the on-chip path, else gathered in the
+        # scratch a row block (of W, so columns of dq/dk) at a time.
+        dq_w = tl.zeros((BLOCK_N, RB), tl.float32)
+        dk_w = tl.zeros((BLOCK_N, RB), tl.float32)
         # Per row block of W: the query side's input gradients and the running sum's new term
-        # X^T (lr G); dq's and dk's columns of the block go to the scratch.
+        # X^T (lr G).
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
             w, gw, qr, xr, at_w, wmask = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, HAS_ACC
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC, ON_CHIP
             )
-            dw = tl.load(DW + at_w, mask=wmask, other=0.0)
-            dgw = tl.load(DGW + at_w, mask=wmask, other=0.0)
+            dw = _fetch(DW, at_w, wmask, dw_all, ON_CHIP)
+            dgw = _fetch(DGW, at_w, wmask, dgw_all, ON_CHIP)
             ds_last += tl.sum(tl.sum(dw * (gw + tl.dot(tl.trans(xr), lr_g, input_precision=PREC)), axis=1), axis=0)
             d_total_w = closes * (-s_last * dw) + (1.0 - closes) * dgw
             dq_r, dw, dgw = query_input_bwd(qr, dzq, w, gw, s, dw, d_total_w, HAS_ACC, PREC)
             dlr_g += tl.dot(xr, d_total_w, input_precision=PREC)
-            tl.store(DQS + scratch + rc[None, :], dq_r)
-            tl.store(DKS + scratch + rc[None, :], tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC))
-            tl.store(DW + at_w, dw, mask=wmask)
-            tl.store(DGW + at_w, dgw, mask=wmask)
+            dk_r = tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC)
+            dq_w = _keep(DQS, scratch + rc[None, :], smask, dq_r, dq_w, ON_CHIP)
+            dk_w = _keep(DKS, scratch + rc[None, :], smask, dk_r, dk_w, ON_CHIP)
+            dw_all = _keep(DW, at_w, wmask, dw, dw_all, ON_CHIP)
+            dgw_all = _keep(DGW, at_w, wmask, dgw, dgw_all, ON_CHIP)
         ds += tl.where(rows == n - 1, -closes * ds_last, 0.0)
         dg += lr[:, None] * dlr_g
         dlr = tl.sum(dlr_g * g, axis=1)
-        ds += tl.sum(deta * lr[None, :], axis=1)
-        dlr += tl.sum(deta * s[:, None], axis=0)
         # G = rstd * g_in, g_in = g_hat - mean(g_hat) - z_hat mean(g_hat z_hat),
         # g_hat = (z_hat ln_w + ln_b - target) ln_w, z_hat and rstd the LayerNorm of Z = X W + b.
         dg_hat = ln_project(dg, z_hat, rstd, cmask, D)
@@ -252,36 +298,49 @@ def _ttt_linear_bwd(
         dln_b += tl.sum(dg_hat * ln_w[None, :], axis=0)
         dz = ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * rstd * drstd / D)[:, None] * z_hat
         db += tl.sum(dz, axis=0)
-        tl.debug_barrier()  # the blocks stored above are read below by other threads of the program
+        if not ON_CHIP:
+            tl.debug_barrier()  # the blocks stored above are read below by other threads of the program
         # Per row block of W: the terms through dZ (Z = X W + b).
         for r0 in range(0, BD, RB):
             rc = r0 + rrow
-            w, _, _, xr, at_w, wmask = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, D, BD, RB, False
+            w, gw, qr, xr, at_w, wmask = _row_block(
+                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, False, ON_CHIP
             )
-            dw = tl.load(DW + at_w, mask=wmask, other=0.0) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
-            tl.store(DW + at_w, dw, mask=wmask)
-            dk_r = tl.load(DKS + scratch + rc[None, :]) + tl.dot(dz, tl.trans(w), input_precision=PREC)
-            tl.store(DKS + scratch + rc[None, :], dk_r)
-        tl.debug_barrier()
-        dq = dy + tl.load(DQS + scratch + cols[None, :]) + tl.dot(dscores, x, input_precision=PREC)
-        dx = tl.load(DKS + scratch + cols[None, :]) + tl.dot(tl.trans(dscores), q, input_precision=PREC) - dtarget
-        tl.debug_barrier()  # the next chunk overwrites the scratch
+            dw = _fetch(DW, at_w, wmask, dw_all, ON_CHIP) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
+            dw_all = _keep(DW, at_w, wmask, dw, dw_all, ON_CHIP)
+            dk_r = _fetch(DKS, scratch + rc[None, :], smask, dk_w, ON_CHIP)
+            dk_r += tl.dot(dz, tl.trans(w), input_precision=PREC)
+            dk_w = _keep(DKS, scratch + rc[None, :], smask, dk_r, dk_w, ON_CHIP)
+        if not ON_CHIP:
+            tl.debug_barrier()
+        smask_all = (rows < BLOCK_N)[:, None] & (cols < BD)[None, :]
+        dq = dy + _fetch(DQS, scratch + cols[None, :], smask_all, dq_w, ON_CHIP)
+        dx = _fetch(DKS, scratch + cols[None, :], smask_all, dk_w, ON_CHIP) - dtarget
+        if not ON_CHIP:
+            tl.debug_barrier()  # the next chunk overwrites the scratch
 
         tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=mask)
         tl.store(DK + offs, dx.to(DK.dtype.element_ty), mask=mask)
         tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=mask)
         tl.store(DLR + tok_base + t0 + rows, dlr, mask=valid)
         tl.store(DTS + tok_base + t0 + rows, ds, mask=valid)
+    if ON_CHIP:
+        tl.store(DW + at_all, dw_all, mask=all_mask)
+        tl.store(DGW + at_all, dgw_all, mask=all_mask)
     tl.store(DB + pid * D + cols, db, mask=cmask)
     tl.store(DGB + pid * D + cols, dgb, mask=cmask)
     tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
     tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
 
 
+ON_CHIP_MAX_DIM = 64  # every paper size: W, its gradient and its running sum's, 16 KB each in float32
+
+
 def row_tile(widths: tuple[int, ...]) -> int:
-    """Rows of ``W`` per block in the backward: ``RB x d`` tiles of at most 1024 elements (at least 16 rows)."""
-    return max(16, min(padded(widths[0]), 1024 // padded(widths[0])))
+    """Rows of ``W`` per block in the backward: all of them (the on-chip path) up to head_dim 64,
+    else ``RB x d`` tiles of at most 1024 elements (at least 16 rows)."""
+    bd = padded(widths[0])
+    return bd if bd <= ON_CHIP_MAX_DIM else max(16, 1024 // bd)
 
 
 LINEAR = KernelPair(
@@ -289,9 +348,14 @@ LINEAR = KernelPair(
     _ttt_linear_fwd,
     _ttt_linear_bwd,
     constexprs=lambda widths: {},
-    num_warps=lambda w: 4 if w[0] <= 64 else 8,
-    bwd_constexprs=lambda widths: dict(RB=row_tile(widths)),
+    # 8 warps at every head_dim (sm_90, bf16, docs/design.md): at d=64 the forward spills nothing at 8
+    # (172 B at 4), the on-chip backward 0.4 KB (1.4 KB at 4); 16 caps registers at 128 and spills more.
+    num_warps=lambda w: 8,
+    bwd_constexprs=lambda widths: dict(RB=row_tile(widths), ON_CHIP=row_tile(widths) == padded(widths[0])),
     scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
+    prepass=chunk_mix,
+    n_pre=1,
+    token_saves=2,  # Z and Zq: the backward loads them instead of 4 dots per chunk (512 B per token per head at d=64)
 )
 
 

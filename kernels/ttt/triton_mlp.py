@@ -51,6 +51,9 @@ from kernels.ttt.triton_common import (
     KernelPair,
     centre,
     chunk_bounds,
+    chunk_mix,
+    chunk_mix_block,
+    chunk_square,
     gelu_tanh,
     ln_project,
     load_chunk,
@@ -126,12 +129,13 @@ def _hidden_forward(
 @triton.jit
 def _ttt_mlp_fwd(
     Q, K, V, LR, TS, LNW, LNB,
+    MIX,  # the pre-pass: the first layer's eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32
     W1, B1, W2, B2, GW1, GB1, GW2, GB2,  # in: the state in (float32); out: the state out
     Y, W1S, B1S, W2S, B2S,  # the output; the weights at each chunk's start (padded blocks), if SAVE
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, HB: tl.constexpr, MB: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
-    EPS: tl.constexpr, C: tl.constexpr,
+    EPS: tl.constexpr, C: tl.constexpr, HAS_PRE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols, hrow = tl.arange(0, BD), tl.arange(0, HB)
@@ -165,7 +169,7 @@ def _ttt_mlp_fwd(
         g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
         g2 = ln_project(g_hat, z_hat, rstd, cmask, D)
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        mix1 = eta * (tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0)
+        mix1 = chunk_mix_block(MIX, at, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
         lr_g2 = lr[:, None] * g2
         closes = (p + n == MB).to(tl.float32)
         s_last = tl.load(TS + p + n - 1).to(tl.float32) * closes
@@ -207,8 +211,9 @@ def _ttt_mlp_fwd(
 
 @triton.jit
 def _ttt_mlp_bwd(
-    Q, K, V, LR, TS, LNW, LNB, GW10, GB10, GW20, GB20, W1S, B1S, W2S, B2S, DY,
+    Q, K, V, LR, TS, LNW, LNB, MIX, GW10, GB10, GW20, GB20, W1S, B1S, W2S, B2S, DY,
     DQ, DK, DV, DLR, DTS, DLNW, DLNB,
+    DMIX,  # the gradient of the pre-pass's MIX (zero on entry; autograd takes it on to q, k, lr, ts)
     DW1, DB1, DW2, DB2, DGW1, DGB1, DGW2, DGB2,  # in: gradient of the state out; out: of the state in
     DZ1,  # scratch, (BH, BLOCK_N, BF): the part of dZ1 known before dZ2
     seq, heads, start_pos, n_chunks,
@@ -238,8 +243,8 @@ def _ttt_mlp_bwd(
         if HAS_ACC:
             gb2 += first * tl.load(GB20 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
         eta = tl.where(rows[None, :] <= rows[:, None], s[:, None] * lr[None, :], 0.0)
-        scores1 = tl.dot(q, tl.trans(x), input_precision=PREC) + 1.0
-        mix1 = eta * scores1
+        mix_offs, mix_mask = chunk_square(at, p, rows, valid, MB)
+        mix1 = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
         closes = (p + n == MB).to(tl.float32)
         s_last = tl.load(TS + p + n - 1).to(tl.float32)
 
@@ -338,10 +343,7 @@ def _ttt_mlp_bwd(
             _store_hidden_block(DW1, DB1, DW2, dw1, db1, dw2, hc, hmask, pid, cols, cmask, D, F)
             _store_hidden_block(DGW1, DGB1, DGW2, dgw1, dgb1, dgw2, hc, hmask, pid, cols, cmask, D, F)
         ds += tl.where(rows == n - 1, -closes * ds_last, 0.0)
-        deta1, dscores1 = mix_bwd(dmix1, scores1, eta, rows)
-        deta += deta1
-        dq += tl.dot(dscores1, x, input_precision=PREC)
-        dx += tl.dot(tl.trans(dscores1), q, input_precision=PREC)
+        tl.store(DMIX + mix_offs, dmix1, mask=mix_mask)
         ds += tl.sum(deta * lr[None, :], axis=1)
         dlr += tl.sum(deta * s[:, None], axis=0)
         dg2 += lr[:, None] * dlr_g2
@@ -398,6 +400,8 @@ MLP = KernelPair(
     _ttt_mlp_bwd,
     constexprs=lambda widths: dict(F=widths[1], BF=padded(widths[1]), HB=hidden_tile(widths), C=SQRT_2_OVER_PI),
     scratch=lambda widths, block_n: [(block_n, padded(widths[1]))],
+    prepass=chunk_mix,
+    n_pre=1,
     num_warps=lambda widths: 4 if widths[1] <= 64 else (8 if widths[1] <= 256 else 16),
 )
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import subprocess
@@ -86,6 +87,36 @@ def test_probe_says_why_the_kernels_cannot_run(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
     assert triton_unavailable_reason(torch.device("cpu")) == "package 'triton' is not installed"
+
+
+def test_kernel_modules_do_not_import_the_backend_entry_point():
+    """No import circle: the kernels and their glue take ``check_supported`` from ``triton_support``,
+    which imports neither triton nor a kernel; only ``triton_backend`` imports the kernels (lazily)."""
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((ROOT / "kernels" / "ttt" / f"{name}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+
+    for name in ("triton_common", "triton_linear", "triton_mlp"):
+        assert "kernels.ttt.triton_backend" not in imported(name), name
+    support = imported("triton_support")
+    assert not {m for m in support if m.startswith(("triton", "kernels.ttt.triton_"))}, support
+
+
+def test_compile_figures_come_from_the_ptxas_log_or_one_clear_line():
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    spec = importlib.util.spec_from_file_location("ttt_kernels_smem", ROOT / "benchmarks" / "ttt_kernels_smem.py")
+    smem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smem)
+    log = """ptxas info    : Function properties for _ttt_linear_bwd
+    264 bytes stack frame, 300 bytes spill stores, 260 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 264 bytes cumulative stack size"""
+    assert smem.ptxas_figures(log) == dict(registers=255, stack=264, spill_stores=300, spill_loads=260)
+    with pytest.raises(RuntimeError, match="no 'Used .* registers' in the ptxas log"):
+        smem.ptxas_figures("ptxas fatal   : Unsupported .version 9.4")
 
 
 # -- on a GPU, at real sizes -----------------------------------------------------------------------

@@ -6,8 +6,9 @@ imported, so it cannot be switched on inside a process that already imported tri
 tiny (the interpreter runs every block op in numpy) and chosen so that chunks are partial:
 mini-batches of 5 and 8 over lengths that are not multiples, states starting mid-mini-batch,
 head_dim 12 (padded to 16 columns) and 16/32, the 16-row blocks ``tl.dot`` needs masking the rest;
-TTT-MLP at head_dim 20 walks its hidden width (80, padded to 128) in several blocks, and the
-TTT-Linear backward at head_dim 40 the rows of W.
+TTT-MLP at head_dim 20 walks its hidden width (80, padded to 128) in several blocks. The
+TTT-Linear backward keeps W and its gradients on chip up to head_dim 64 (40, padded to 64, is
+the widest case here) and walks W's rows in blocks above it (head_dim 72, padded to 128).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 from ttt_triton_cases import Case, make_leaves, relative_errors, run_form  # noqa: E402
 
 from kernels.ttt import ttt_dual, ttt_triton  # noqa: E402
-from kernels.ttt.triton_linear import ttt_linear_triton  # noqa: E402
+from kernels.ttt.triton_linear import LINEAR, ttt_linear_triton  # noqa: E402
 from kernels.ttt.triton_mlp import ttt_mlp_triton  # noqa: E402
 from models.ttt import TTTLinear, TTTMLP  # noqa: E402
 
@@ -33,9 +34,10 @@ CASES = [
     Case("linear", batch=1, heads=2, seq=40, dim=16, mb=8),
     Case("linear", batch=2, heads=1, seq=29, dim=12, mb=5, pos=2),
     Case("linear", batch=1, heads=1, seq=21, dim=32, mb=16, pos=9),
-    # head_dim 40 (64 columns): the backward walks W in row blocks of 16, full, partly and wholly masked.
+    # head_dim 40 (64 columns): the backward's on-chip path at its widest, with masked columns.
     Case("linear", batch=1, heads=1, seq=19, dim=40, mb=8),
-    Case("linear", batch=1, heads=2, seq=13, dim=40, mb=4, pos=1),
+    # head_dim 72 (128 columns): the backward walks W in row blocks of 16, full, partly and wholly masked.
+    Case("linear", batch=1, heads=2, seq=13, dim=72, mb=4, pos=1),
     Case("mlp", batch=1, heads=2, seq=24, dim=16, mb=8),
     Case("mlp", batch=2, heads=1, seq=13, dim=12, mb=5, pos=2),
     # Hidden width 80 in blocks of 32 (triton_mlp.hidden_tile): full, partly and wholly masked blocks.
@@ -61,6 +63,14 @@ def test_kernel_matches_dual_forward_and_every_gradient(case):
         bad = {k: f"{e:.2g}" for k, e in errors.items() if not e <= TOL}
         assert not bad, f"{case}: {what} relative errors above {TOL}: {bad}"
     assert all(g.abs().max() > 0 for g in grads.values())
+
+
+def test_cases_cover_both_linear_backward_paths():
+    """The cases above reach the on-chip backward (head_dim <= 64) and the row-block one (above)."""
+    on_chip = {c.dim: LINEAR.bwd_constexprs((c.dim, c.dim))["ON_CHIP"] for c in CASES if c.kind == "linear"}
+    assert on_chip[40] and on_chip[16] and not on_chip[72], on_chip
+    assert LINEAR.bwd_constexprs((64, 64)) == dict(RB=64, ON_CHIP=True)  # every paper size
+    assert LINEAR.bwd_constexprs((128, 128)) == dict(RB=16, ON_CHIP=False)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
