@@ -1,0 +1,294 @@
+"""The Mamba (v1) selective scan in Triton: forward and backward kernels, and their autograd glue.
+
+One program per ``(batch, block of BLOCK_D channels)`` walks the sequence in chunks of
+``BLOCK_T`` steps, carrying the ``(BLOCK_D, d_state)`` state in float32 registers from chunk to
+chunk (as mamba-ssm's CUDA kernel gives each block a channel range and walks time). Inside a
+chunk the recurrence ``h_t = a_t h_{t-1} + b_t`` (``a_t = exp(delta_t A)``, ``b_t = delta_t u_t
+B_t``) over the ``(BLOCK_D, d_state, BLOCK_T)`` tile is one ``tl.associative_scan`` with the
+combine ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)``: it yields the chunk's decay products
+``P_t`` and its states from zero ``S_t``, so ``h_t = S_t + P_t h_entry``. Every factor is a
+decay <= 1, so nothing overflows however strong the decay.
+
+The forward saves the state entering every chunk (``(batch, n_chunks, d, d_state)`` float32,
+only when a gradient is needed). The backward walks the chunks last to first: it recomputes the
+chunk's states from its saved entry, then the adjoint of the states by the same scan run
+backwards in time, ``dh_t = a_{t+1} dh_{t+1} + C_t gy_t`` (``a_{t+1}`` read one step ahead,
+and 1 at the chunk's end where the adjoint ``G`` of the next chunk's entry state comes in).
+From ``h_t`` and ``dh_t``: ``dC_t = sum_d h_t gy_t``, ``d(delta u)_t = sum_n dh_t B_t``,
+``dB_t = sum_d dh_t delta_t u_t``, and through the decay ``d log a_t = dh_t a_t h_{t-1} =
+dh_t (h_t - b_t)`` gives ``ddelta`` (times ``A``) and ``dA`` (times ``delta``). ``dB`` and
+``dC`` sum over channel blocks with atomic adds; ``dA``, ``dD`` and the delta bias's gradient
+are written per batch row and summed on the host.
+
+The ``D`` skip, the ``silu(z)`` gate, the delta bias and the softplus are fused into both
+kernels; inputs may be bf16, fp16 or float32 with any strides, and everything is computed in
+float32. ``kernels.selective_scan.triton_backend.selective_scan_triton`` is the entry point (it
+checks the inputs first); this module imports triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2_E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2_E)
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    """Compose two steps of ``h <- a h + b``: first ``(a1, b1)``, then ``(a2, b2)``."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    """``log(1 + exp(x))`` as torch computes it in float32 (linear above 20, ``exp`` below -15)."""
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def _load_delta(DELTA, DBIAS, offsets, offs_d, mask_d, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """``delta`` after bias and softplus, zero where masked; and ``d delta / d raw`` (the sigmoid)."""
+    x = tl.load(DELTA + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(DBIAS + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    if SOFTPLUS:
+        delta, slope = _softplus(x), tl.sigmoid(x)
+    else:
+        delta, slope = x, x * 0.0 + 1.0
+    return tl.where(mask, delta, 0.0), slope
+
+
+@triton.jit
+def _chunk_states(
+    U, DELTA, B, C, DBIAS, A2, h_in, b, c, T,
+    offs_d, offs_n, offs_t, mask_d, mask_n,
+    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Chunk ``c``'s inputs and its states ``h_t`` (``(BLOCK_D, BLOCK_N, BLOCK_T)``) from entry ``h_in``."""
+    t = c * BLOCK_T + offs_t
+    mask_t = t < T
+    mask_dt = mask_d[:, None] & mask_t[None, :]
+    mask_nt = mask_n[:, None] & mask_t[None, :]
+    delta, slope = _load_delta(DELTA, DBIAS, b * sd_b + offs_d[:, None] * sd_d + t[None, :] * sd_t, offs_d,
+                               mask_d, mask_dt, HAS_BIAS, SOFTPLUS)  # fmt: skip
+    u = tl.load(U + b * su_b + offs_d[:, None] * su_d + t[None, :] * su_t, mask=mask_dt, other=0.0).to(tl.float32)
+    Bt = tl.load(B + b * sB_b + offs_n[:, None] * sB_n + t[None, :] * sB_t, mask=mask_nt, other=0.0).to(tl.float32)
+    Ct = tl.load(C + b * sC_b + offs_n[:, None] * sC_n + t[None, :] * sC_t, mask=mask_nt, other=0.0).to(tl.float32)
+    a = tl.exp2(delta[:, None, :] * A2[:, :, None])
+    drive = (delta * u)[:, None, :] * Bt[None, :, :]
+    P, S = tl.associative_scan((a, drive), 2, _combine)
+    h = S + P * h_in[:, :, None]
+    return t, mask_t, mask_dt, delta, slope, u, Bt, Ct, a, drive, h
+
+
+@triton.jit
+def _column(x, offs_t, j):
+    """``x[:, :, j]`` of a ``(BLOCK_D, BLOCK_N, BLOCK_T)`` tile (a masked sum: registers are not indexable)."""
+    return tl.sum(tl.where(offs_t[None, None, :] == j, x, 0.0), axis=2)
+
+
+@triton.jit
+def _selective_scan_fwd(
+    U, DELTA, A, B, C, D, Z, DBIAS, H0, OUT, HLAST, HSAVE,
+    T, d, n, n_chunks,
+    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """``OUT = (C . h + D u) * silu(z)``; ``HLAST`` the final state; ``HSAVE`` each chunk's entry state."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_d, mask_n = offs_d < d, offs_n < n
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    state = b * d * n + offs_d[:, None] * n + offs_n[None, :]  # (batch, d, n) contiguous
+    A2 = tl.load(A + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0) * LOG2_E
+    if HAS_H0:
+        h = tl.load(H0 + state, mask=mask_dn, other=0.0)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D + offs_d, mask=mask_d, other=0.0)
+    for c in range(n_chunks):
+        if SAVE:
+            tl.store(HSAVE + (b * n_chunks + c) * d * n + offs_d[:, None] * n + offs_n[None, :], h, mask=mask_dn)
+        t, mask_t, mask_dt, delta, slope, u, Bt, Ct, a, drive, hs = _chunk_states(
+            U, DELTA, B, C, DBIAS, A2, h, b, c, T, offs_d, offs_n, offs_t, mask_d, mask_n,
+            su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, HAS_BIAS, SOFTPLUS, BLOCK_T,
+        )  # fmt: skip
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            z = tl.load(Z + b * sz_b + offs_d[:, None] * sz_d + t[None, :] * sz_t, mask=mask_dt, other=0.0)
+            z = z.to(tl.float32)
+            y *= z * tl.sigmoid(z)
+        tl.store(OUT + b * so_b + offs_d[:, None] * so_d + t[None, :] * so_t, y, mask=mask_dt)
+        h = _column(hs, offs_t, BLOCK_T - 1)  # padded steps (delta = 0) carried the last state along
+    tl.store(HLAST + state, h, mask=mask_dn)
+
+
+@triton.jit
+def _selective_scan_bwd(
+    U, DELTA, A, B, C, D, Z, DBIAS, HSAVE, DOUT, DHLAST,
+    DU, DDELTA, DA, DB, DC, DD, DZ, DDBIAS, DH0,
+    T, d, n, n_chunks,
+    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DHLAST: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Every input gradient. ``DU, DDELTA, DZ`` are strided like ``U, DELTA, Z``; ``DB, DC`` are
+    ``(batch, n, T)`` float32 (atomic adds); ``DA (batch, d, n)``, ``DD, DDBIAS (batch, d)`` are
+    per batch row; ``DH0 (batch, d, n)``. ``DOUT`` has ``OUT``'s strides (``so_*``)."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_d, mask_n = offs_d < d, offs_n < n
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    state = b * d * n + offs_d[:, None] * n + offs_n[None, :]
+    Av = tl.load(A + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0)
+    A2 = Av * LOG2_E
+    if HAS_DHLAST:
+        G = tl.load(DHLAST + state, mask=mask_dn, other=0.0)  # adjoint of the state entering chunk c + 1
+    else:
+        G = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D + offs_d, mask=mask_d, other=0.0)
+    dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        h_in = tl.load(HSAVE + (b * n_chunks + c) * d * n + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn)
+        t, mask_t, mask_dt, delta, slope, u, Bt, Ct, a, drive, hs = _chunk_states(
+            U, DELTA, B, C, DBIAS, A2, h_in, b, c, T, offs_d, offs_n, offs_t, mask_d, mask_n,
+            su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, HAS_BIAS, SOFTPLUS, BLOCK_T,
+        )  # fmt: skip
+        gy = tl.load(DOUT + b * so_b + offs_d[:, None] * so_d + t[None, :] * so_t, mask=mask_dt, other=0.0)
+        gy = gy.to(tl.float32)
+        if HAS_Z:
+            z = tl.load(Z + b * sz_b + offs_d[:, None] * sz_d + t[None, :] * sz_t, mask=mask_dt, other=0.0)
+            z = z.to(tl.float32)
+            sig = tl.sigmoid(z)
+            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            if HAS_D:
+                y += Dv[:, None] * u
+            dz = gy * y * sig * (1.0 + z * (1.0 - sig))
+            tl.store(DZ + b * sz_b + offs_d[:, None] * sz_d + t[None, :] * sz_t, dz, mask=mask_dt)
+            gy *= z * sig  # now the gradient of y = C . h + D u
+        du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        if HAS_D:
+            dD += tl.sum(gy * u, axis=1)
+            du += gy * Dv[:, None]
+        dC = tl.sum(hs * gy[:, None, :], axis=0)
+        tl.atomic_add(DC + b * n * T + offs_n[:, None] * T + t[None, :], dC, mask=mask_n[:, None] & mask_t[None, :])
+        # The decay one step ahead inside the chunk; 1 at its last step, where G comes in.
+        ahead = (offs_t[None, :] < BLOCK_T - 1) & (t[None, :] + 1 < T) & mask_d[:, None]
+        delta_next, _ = _load_delta(DELTA, DBIAS, b * sd_b + offs_d[:, None] * sd_d + (t[None, :] + 1) * sd_t,
+                                    offs_d, mask_d, ahead, HAS_BIAS, SOFTPLUS)  # fmt: skip
+        a_next = tl.exp2(delta_next[:, None, :] * A2[:, :, None])
+        Pr, Sr = tl.associative_scan((a_next, Ct[None, :, :] * gy[:, None, :]), 2, _combine, reverse=True)
+        dh = Sr + Pr * G[:, :, None]  # adjoint of h_t
+        G = _column(dh * a, offs_t, 0)  # adjoint of the state entering this chunk
+        d_du = tl.sum(dh * Bt[None, :, :], axis=1)  # gradient of delta_t u_t
+        dB = tl.sum(dh * (delta * u)[:, None, :], axis=0)
+        tl.atomic_add(DB + b * n * T + offs_n[:, None] * T + t[None, :], dB, mask=mask_n[:, None] & mask_t[None, :])
+        r = dh * (hs - drive)  # d loss / d (delta_t A): dh_t a_t h_{t-1}
+        dA += tl.sum(r * delta[:, None, :], axis=2)
+        ddelta = (tl.sum(r * Av[:, :, None], axis=1) + d_du * u) * slope
+        ddelta = tl.where(mask_dt, ddelta, 0.0)
+        dbias += tl.sum(ddelta, axis=1)
+        du += d_du * delta
+        tl.store(DU + b * su_b + offs_d[:, None] * su_d + t[None, :] * su_t, du, mask=mask_dt)
+        tl.store(DDELTA + b * sd_b + offs_d[:, None] * sd_d + t[None, :] * sd_t, ddelta, mask=mask_dt)
+    tl.store(DH0 + state, G, mask=mask_dn)
+    tl.store(DA + state, dA, mask=mask_dn)
+    tl.store(DD + b * d + offs_d, dD, mask=mask_d)
+    tl.store(DDBIAS + b * d + offs_d, dbias, mask=mask_d)
+
+
+def block_sizes(d: int, n: int, backward: bool) -> dict[str, int]:
+    """Tile ``(BLOCK_D, BLOCK_N, BLOCK_T)`` and ``num_warps``: about 4096 (forward) or 2048 (backward,
+    about twice the live tiles) float32 elements per tile, 32 per thread; see benchmarks/triton_kernels_aot.py."""
+    block_n = triton.next_power_of_2(n)
+    block_t = 16
+    budget = 2048 if backward else 4096
+    block_d = max(1, min(triton.next_power_of_2(d), budget // (block_n * block_t)))
+    return dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=4)
+
+
+def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
+    return tuple(x.stride())  # type: ignore[return-value]
+
+
+class SelectiveScanTriton(torch.autograd.Function):
+    """``(out, last_state)`` of the fused scan; arguments checked by the caller (``triton_backend``)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+        batch, d, T = u.shape
+        n = A.shape[1]
+        cfg = block_sizes(d, n, backward=False)
+        n_chunks = triton.cdiv(T, cfg["BLOCK_T"])
+        A, D, delta_bias = (None if x is None else x.float().contiguous() for x in (A, D, delta_bias))
+        h0 = None if h0 is None else h0.float().contiguous()
+        save = any(ctx.needs_input_grad[:9])
+        out = torch.empty_like(u)
+        last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
+        hsave = torch.empty(batch, n_chunks, d, n, device=u.device, dtype=torch.float32) if save else last
+        dummy = A  # any tensor: pointers behind a False flag are never read
+        zz = z if z is not None else u
+        grid = (batch, triton.cdiv(d, cfg["BLOCK_D"]))
+        _selective_scan_fwd[grid](
+            u, delta, A, B, C, dummy if D is None else D, zz, dummy if delta_bias is None else delta_bias,
+            dummy if h0 is None else h0, out, last, hsave, T, d, n, n_chunks,
+            *_strides3(u), *_strides3(delta), *_strides3(B), *_strides3(C), *_strides3(zz), *_strides3(out),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+            HAS_H0=h0 is not None, SAVE=save, **cfg,
+        )  # fmt: skip
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes back as None
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hsave)
+            ctx.meta = (softplus, h0 is not None)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
+        softplus, has_h0 = ctx.meta
+        batch, d, T = u.shape
+        n = A.shape[1]
+        n_chunks = hsave.shape[1]
+        cfg = block_sizes(d, n, backward=True)
+        if dout is None:  # only the last state reached the loss
+            dout = torch.zeros_like(u)
+        f32 = dict(device=u.device, dtype=torch.float32)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dB, dC = torch.zeros(batch, n, T, **f32), torch.zeros(batch, n, T, **f32)
+        dA, dh0 = torch.empty(batch, d, n, **f32), torch.empty(batch, d, n, **f32)
+        dD, dbias = torch.empty(batch, d, **f32), torch.empty(batch, d, **f32)
+        zz = z if z is not None else u
+        dummy = A
+        # The chunking of the saved states is the forward's; its BLOCK_T must be ours.
+        grid = (batch, triton.cdiv(d, cfg["BLOCK_D"]))
+        _selective_scan_bwd[grid](
+            u, delta, A, B, C, dummy if D is None else D, zz, dummy if delta_bias is None else delta_bias, hsave,
+            dout, dummy if dlast is None else dlast.float().contiguous(),
+            du, ddelta, dA, dB, dC, dD, dz if dz is not None else du, dbias, dh0, T, d, n, n_chunks,
+            *_strides3(u), *_strides3(delta), *_strides3(B), *_strides3(C), *_strides3(zz), *_strides3(dout),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+            HAS_DHLAST=dlast is not None, **cfg,
+        )  # fmt: skip
+        return (
+            du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.sum(0), dz, None if delta_bias is None else dbias.sum(0),
+            dh0 if has_h0 else None, None,
+        )  # fmt: skip
