@@ -82,7 +82,8 @@ def selective_scan_triton(
     """The selective scan in fused Triton kernels; same arguments and results as the reference.
 
     Unlike mamba-ssm's CUDA kernel it starts from ``initial_state`` and back-propagates through
-    the returned last state (float32, ``(batch, d, n)``). The output has ``u``'s dtype and strides.
+    the returned last state (float32, ``(batch, d, n)``). The output has ``u``'s dtype and is laid
+    out time-major (a transposed ``(batch, T, d)`` tensor), as the Mamba mixer's tensors are.
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     from kernels.selective_scan.triton_scan import SelectiveScanTriton

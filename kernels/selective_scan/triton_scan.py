@@ -100,7 +100,7 @@ def _selective_scan_fwd(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """``OUT = (C . h + D u) * silu(z)``; ``HLAST`` the final state; ``HSAVE`` each chunk's entry state."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # batch offsets pass 2^31 elements at 1.3b widths and T = 32k
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
@@ -139,14 +139,15 @@ def _selective_scan_bwd(
     DU, DDELTA, DA, DB, DC, DD, DZ, DDBIAS, DH0,
     T, d, n, n_chunks,
     su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
+    sg_b, sg_d, sg_t,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """Every input gradient. ``DU, DDELTA, DZ`` are strided like ``U, DELTA, Z``; ``DB, DC`` are
+    """Every input gradient. ``DU, DDELTA, DZ`` share the strides ``sg_*``; ``DB, DC`` are
     ``(batch, n, T)`` float32 (atomic adds); ``DA (batch, d, n)``, ``DD, DDBIAS (batch, d)`` are
     per batch row; ``DH0 (batch, d, n)``. ``DOUT`` has ``OUT``'s strides (``so_*``)."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # batch offsets pass 2^31 elements at 1.3b widths and T = 32k
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
@@ -181,7 +182,7 @@ def _selective_scan_bwd(
             if HAS_D:
                 y += Dv[:, None] * u
             dz = gy * y * sig * (1.0 + z * (1.0 - sig))
-            tl.store(DZ + b * sz_b + offs_d[:, None] * sz_d + t[None, :] * sz_t, dz, mask=mask_dt)
+            tl.store(DZ + b * sg_b + offs_d[:, None] * sg_d + t[None, :] * sg_t, dz, mask=mask_dt)
             gy *= z * sig  # now the gradient of y = C . h + D u
         du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         if HAS_D:
@@ -206,8 +207,8 @@ def _selective_scan_bwd(
         ddelta = tl.where(mask_dt, ddelta, 0.0)
         dbias += tl.sum(ddelta, axis=1)
         du += d_du * delta
-        tl.store(DU + b * su_b + offs_d[:, None] * su_d + t[None, :] * su_t, du, mask=mask_dt)
-        tl.store(DDELTA + b * sd_b + offs_d[:, None] * sd_d + t[None, :] * sd_t, ddelta, mask=mask_dt)
+        tl.store(DU + b * sg_b + offs_d[:, None] * sg_d + t[None, :] * sg_t, du, mask=mask_dt)
+        tl.store(DDELTA + b * sg_b + offs_d[:, None] * sg_d + t[None, :] * sg_t, ddelta, mask=mask_dt)
     tl.store(DH0 + state, G, mask=mask_dn)
     tl.store(DA + state, dA, mask=mask_dn)
     tl.store(DD + b * d + offs_d, dD, mask=mask_d)
@@ -228,6 +229,13 @@ def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
     return tuple(x.stride())  # type: ignore[return-value]
 
 
+def time_major_like(x: torch.Tensor) -> torch.Tensor:
+    """An empty ``(batch, d, T)`` tensor of ``x``'s dtype laid out as the mixer's tensors are: a
+    transposed view of a contiguous ``(batch, T, d)`` one (channels innermost: coalesced tiles)."""
+    batch, d, T = x.shape
+    return torch.empty(batch, T, d, device=x.device, dtype=x.dtype).transpose(1, 2)
+
+
 class SelectiveScanTriton(torch.autograd.Function):
     """``(out, last_state)`` of the fused scan; arguments checked by the caller (``triton_backend``)."""
 
@@ -240,7 +248,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         A, D, delta_bias = (None if x is None else x.float().contiguous() for x in (A, D, delta_bias))
         h0 = None if h0 is None else h0.float().contiguous()
         save = any(ctx.needs_input_grad[:9])
-        out = torch.empty_like(u)
+        out = time_major_like(u)
         last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
         hsave = torch.empty(batch, n_chunks, d, n, device=u.device, dtype=torch.float32) if save else last
         dummy = A  # any tensor: pointers behind a False flag are never read
@@ -270,8 +278,8 @@ class SelectiveScanTriton(torch.autograd.Function):
         if dout is None:  # only the last state reached the loss
             dout = torch.zeros_like(u)
         f32 = dict(device=u.device, dtype=torch.float32)
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
+        du, ddelta = time_major_like(u), time_major_like(delta)
+        dz = time_major_like(z) if z is not None else None
         dB, dC = torch.zeros(batch, n, T, **f32), torch.zeros(batch, n, T, **f32)
         dA, dh0 = torch.empty(batch, d, n, **f32), torch.empty(batch, d, n, **f32)
         dD, dbias = torch.empty(batch, d, **f32), torch.empty(batch, d, **f32)
@@ -284,6 +292,7 @@ class SelectiveScanTriton(torch.autograd.Function):
             dout, dummy if dlast is None else dlast.float().contiguous(),
             du, ddelta, dA, dB, dC, dD, dz if dz is not None else du, dbias, dh0, T, d, n, n_chunks,
             *_strides3(u), *_strides3(delta), *_strides3(B), *_strides3(C), *_strides3(zz), *_strides3(dout),
+            *_strides3(du),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
             HAS_DHLAST=dlast is not None, **cfg,
         )  # fmt: skip
