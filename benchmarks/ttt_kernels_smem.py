@@ -1,4 +1,5 @@
-"""Compile the TTT Triton kernels for a GPU architecture without a GPU; print each one's shared memory.
+"""Compile the TTT Triton kernels for a GPU architecture without a GPU; print each one's shared memory,
+registers and spills (``benchmarks/triton_aot.py``).
 
     python benchmarks/ttt_kernels_smem.py                         # sm_90, TTT-Linear and TTT-MLP at d=64,128, bf16
     python benchmarks/ttt_kernels_smem.py --arch 80 --kinds linear --dims 64 --dtypes bf16,fp32 --acc 0,1
@@ -15,29 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.triton_aot import compile_for  # noqa: E402
 from kernels.ttt.triton_common import _options  # noqa: E402
 from kernels.ttt.triton_linear import LINEAR  # noqa: E402
 from kernels.ttt.triton_mlp import MLP  # noqa: E402
 
 PAIRS = {"linear": LINEAR, "mlp": MLP}
-SCALARS = ("seq", "heads", "start_pos", "n_chunks")
 IO = ("Q", "K", "V", "Y", "DQ", "DK", "DV")  # in the input dtype; every other pointer is float32
-
-
-def shared_memory(kernel, constants: dict, in_dtype: str, num_warps: int, arch: int) -> int:
-    signature = {
-        name: "constexpr" if name in constants else "i32" if name in SCALARS else "*" + (in_dtype if name in IO else "fp32")
-        for name in kernel.arg_names
-    }
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=num_warps))  # fmt: skip
-    return compiled.metadata.shared
+SCALARS = ("seq", "heads", "start_pos", "n_chunks")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,8 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     torch_dtypes = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
     import torch
 
-    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | shared memory (KB) |")
-    print("|---|---:|---|---|---:|---:|")
+    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | registers | spill stores/loads (B) "
+          "| shared memory (KB) |")  # fmt: skip
+    print("|---|---:|---|---|---:|---:|---:|---:|")
     for kind in args.kinds.split(","):
         pair = PAIRS[kind]
         for dim in (int(d) for d in args.dims.split(",")):
@@ -65,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
                         options = _options(pair, widths, args.mini_batch, dtype, backward=kernel is pair.bwd)
                         num_warps = options.pop("num_warps")
                         options.update(HAS_ACC=acc, **extra)
-                        smem = shared_memory(kernel, options, in_dtype, num_warps, args.arch)
-                        print(f"| {kernel.__name__} | {dim} | {in_dtype} | {acc} | {num_warps} | {smem / 1024:.0f} |",
+                        pointers = {a: in_dtype if a in IO else "fp32" for a in kernel.arg_names if a not in SCALARS}
+                        used = compile_for(kernel, options, pointers, num_warps, args.arch)
+                        print(f"| {kernel.__name__} | {dim} | {in_dtype} | {acc} | {num_warps} | {used.cells()} |",
                               flush=True)  # fmt: skip
 
 

@@ -225,6 +225,16 @@ def block_sizes(d: int, n: int, backward: bool) -> dict[str, int]:
     return dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=4)
 
 
+IN_DTYPE_POINTERS = ("U", "DELTA", "B", "C", "Z", "OUT", "DOUT", "DU", "DDELTA", "DZ")  # the rest are float32
+
+
+def pointer_dtypes(kernel, in_dtype: str) -> dict[str, str]:
+    """Each pointer argument of ``kernel`` -> its element type (``bf16``...) for inputs of ``in_dtype``:
+    what an ahead-of-time compile (``benchmarks/triton_aot.py``) needs to know of a launch."""
+    pointers = [a for a in kernel.arg_names if a.isupper() and a != "T"]  # (and the constexpr flags: ignored)
+    return {a: in_dtype if a in IN_DTYPE_POINTERS else "fp32" for a in pointers}
+
+
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
     return tuple(x.stride())  # type: ignore[return-value]
 
