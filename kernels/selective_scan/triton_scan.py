@@ -217,11 +217,12 @@ def _selective_scan_bwd(
 
 def block_sizes(d: int, n: int, backward: bool) -> dict[str, int]:
     """Tile ``(BLOCK_D, BLOCK_N, BLOCK_T)`` and ``num_warps``: about 4096 (forward) or 2048 (backward,
-    about twice the live tiles) float32 elements per tile, 32 per thread; see benchmarks/triton_kernels_aot.py."""
-    block_n = triton.next_power_of_2(n)
-    block_t = 16
-    budget = 2048 if backward else 4096
-    block_d = max(1, min(triton.next_power_of_2(d), budget // (block_n * block_t)))
+    about twice the live tiles) float32 elements per 3-d tile at 4 warps, and at most 32 (16)
+    channels, as the ``(BLOCK_D, BLOCK_T)`` tiles grow too. At d_state 16 this is 168 (forward)
+    and ~250 (backward) registers without spills on sm_90: ``benchmarks/mamba_scan.py --aot 90``."""
+    block_n, block_t = triton.next_power_of_2(n), 16
+    budget, most = (2048, 16) if backward else (4096, 32)
+    block_d = max(1, min(triton.next_power_of_2(d), most, budget // (block_n * block_t)))
     return dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=4)
 
 
