@@ -48,11 +48,39 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_delta(DELTA, DBIAS, offsets, offs_d, mask_d, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _tile(X, b, rows, t, mask, s_b, s_r, s_t):
+    """The ``(rows, steps)`` tile of a ``(batch, rows, T)`` tensor, as stored (zero where masked)."""
+    return tl.load(X + b * s_b + rows[:, None] * s_r + t[None, :] * s_t, mask=mask, other=0.0)
+
+
+@triton.jit
+def _load_chunk(
+    U, DELTA, B, C, Z, b, t, T, offs_d, offs_n, mask_d, mask_n,
+    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t,
+    HAS_Z: tl.constexpr,
+):
+    """The raw tiles of ``delta, u, B, C, z`` at steps ``t``. No arithmetic on them here: the loops
+    issue these loads one chunk ahead, so they are in flight while the current chunk computes."""
+    mask_t = (t >= 0) & (t < T)
+    mask_dt = mask_d[:, None] & mask_t[None, :]
+    mask_nt = mask_n[:, None] & mask_t[None, :]
+    delta = _tile(DELTA, b, offs_d, t, mask_dt, sd_b, sd_d, sd_t)
+    u = _tile(U, b, offs_d, t, mask_dt, su_b, su_d, su_t)
+    Bt = _tile(B, b, offs_n, t, mask_nt, sB_b, sB_n, sB_t)
+    Ct = _tile(C, b, offs_n, t, mask_nt, sC_b, sC_n, sC_t)
+    if HAS_Z:
+        z = _tile(Z, b, offs_d, t, mask_dt, sz_b, sz_d, sz_t)
+    else:
+        z = u  # unused
+    return delta, u, Bt, Ct, z
+
+
+@triton.jit
+def _delta(x, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """``delta`` after bias and softplus, zero where masked; and ``d delta / d raw`` (the sigmoid)."""
-    x = tl.load(DELTA + offsets, mask=mask, other=0.0).to(tl.float32)
+    x = x.to(tl.float32)
     if HAS_BIAS:
-        x += tl.load(DBIAS + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        x += bias[:, None]
     if SOFTPLUS:
         delta, slope = _softplus(x), tl.sigmoid(x)
     else:
@@ -61,27 +89,14 @@ def _load_delta(DELTA, DBIAS, offsets, offs_d, mask_d, mask, HAS_BIAS: tl.conste
 
 
 @triton.jit
-def _chunk_states(
-    U, DELTA, B, C, DBIAS, A2, h_in, b, c, T,
-    offs_d, offs_n, offs_t, mask_d, mask_n,
-    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    """Chunk ``c``'s inputs and its states ``h_t`` (``(BLOCK_D, BLOCK_N, BLOCK_T)``) from entry ``h_in``."""
-    t = c * BLOCK_T + offs_t
-    mask_t = t < T
-    mask_dt = mask_d[:, None] & mask_t[None, :]
-    mask_nt = mask_n[:, None] & mask_t[None, :]
-    delta, slope = _load_delta(DELTA, DBIAS, b * sd_b + offs_d[:, None] * sd_d + t[None, :] * sd_t, offs_d,
-                               mask_d, mask_dt, HAS_BIAS, SOFTPLUS)  # fmt: skip
-    u = tl.load(U + b * su_b + offs_d[:, None] * su_d + t[None, :] * su_t, mask=mask_dt, other=0.0).to(tl.float32)
-    Bt = tl.load(B + b * sB_b + offs_n[:, None] * sB_n + t[None, :] * sB_t, mask=mask_nt, other=0.0).to(tl.float32)
-    Ct = tl.load(C + b * sC_b + offs_n[:, None] * sC_n + t[None, :] * sC_t, mask=mask_nt, other=0.0).to(tl.float32)
+def _chunk_states(delta_raw, u, Bt, bias, A2, h_in, mask_dt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A chunk's ``delta`` (and its slope), decays ``a``, drives ``b`` and states ``h_t``
+    (``(BLOCK_D, BLOCK_N, BLOCK_T)``) from the entry state ``h_in``."""
+    delta, slope = _delta(delta_raw, bias, mask_dt, HAS_BIAS, SOFTPLUS)
     a = tl.exp2(delta[:, None, :] * A2[:, :, None])
     drive = (delta * u)[:, None, :] * Bt[None, :, :]
     P, S = tl.associative_scan((a, drive), 2, _combine)
-    h = S + P * h_in[:, :, None]
-    return t, mask_t, mask_dt, delta, slope, u, Bt, Ct, a, drive, h
+    return delta, slope, a, drive, S + P * h_in[:, :, None]
 
 
 @triton.jit
@@ -112,25 +127,50 @@ def _selective_scan_fwd(
         h = tl.load(H0 + state, mask=mask_dn, other=0.0)
     else:
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D + offs_d, mask=mask_d, other=0.0)
+    Dv = tl.load(D + offs_d, mask=mask_d & HAS_D, other=0.0)
+    bias = tl.load(DBIAS + offs_d, mask=mask_d & HAS_BIAS, other=0.0)
+    strides = (su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t)
+    delta_raw, u_raw, Bt, Ct, z = _load_chunk(U, DELTA, B, C, Z, b, offs_t, T, offs_d, offs_n, mask_d, mask_n,
+                                              *strides, HAS_Z)  # fmt: skip
     for c in range(n_chunks):
+        t = c * BLOCK_T + offs_t
+        mask_dt = mask_d[:, None] & (t < T)[None, :]
+        nxt = _load_chunk(U, DELTA, B, C, Z, b, t + BLOCK_T, T, offs_d, offs_n, mask_d, mask_n, *strides, HAS_Z)
         if SAVE:
             tl.store(HSAVE + (b * n_chunks + c) * d * n + offs_d[:, None] * n + offs_n[None, :], h, mask=mask_dn)
-        t, mask_t, mask_dt, delta, slope, u, Bt, Ct, a, drive, hs = _chunk_states(
-            U, DELTA, B, C, DBIAS, A2, h, b, c, T, offs_d, offs_n, offs_t, mask_d, mask_n,
-            su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, HAS_BIAS, SOFTPLUS, BLOCK_T,
-        )  # fmt: skip
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        u = u_raw.to(tl.float32)
+        delta, slope, a, drive, hs = _chunk_states(delta_raw, u, Bt.to(tl.float32), bias, A2, h, mask_dt,
+                                                   HAS_BIAS, SOFTPLUS)  # fmt: skip
+        y = tl.sum(hs * Ct.to(tl.float32)[None, :, :], axis=1)
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
-            z = tl.load(Z + b * sz_b + offs_d[:, None] * sz_d + t[None, :] * sz_t, mask=mask_dt, other=0.0)
-            z = z.to(tl.float32)
-            y *= z * tl.sigmoid(z)
+            zf = z.to(tl.float32)
+            y *= zf * tl.sigmoid(zf)
         tl.store(OUT + b * so_b + offs_d[:, None] * so_d + t[None, :] * so_t, y, mask=mask_dt)
         h = _column(hs, offs_t, BLOCK_T - 1)  # padded steps (delta = 0) carried the last state along
+        delta_raw, u_raw, Bt, Ct, z = nxt
     tl.store(HLAST + state, h, mask=mask_dn)
+
+
+@triton.jit
+def _load_chunk_bwd(
+    U, DELTA, B, C, Z, DOUT, HSAVE, b, c, T, n_chunks, d, n, offs_d, offs_n, offs_t, mask_d, mask_n, mask_dn,
+    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
+    HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """What the backward reads of chunk ``c`` (raw, see ``_load_chunk``): its forward tiles, the
+    output's gradient, ``delta`` one step ahead (masked at the chunk's last step), its entry state."""
+    t = c * BLOCK_T + offs_t
+    delta, u, Bt, Ct, z = _load_chunk(U, DELTA, B, C, Z, b, t, T, offs_d, offs_n, mask_d, mask_n, su_b, su_d, su_t,
+                                      sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, HAS_Z)
+    valid = (t >= 0) & (t < T)
+    gy = _tile(DOUT, b, offs_d, t, mask_d[:, None] & valid[None, :], so_b, so_d, so_t)
+    ahead = mask_d[:, None] & ((offs_t < BLOCK_T - 1) & (t >= 0) & (t + 1 < T))[None, :]
+    delta_next = _tile(DELTA, b, offs_d, t + 1, ahead, sd_b, sd_d, sd_t)
+    entry = b * n_chunks + tl.maximum(c, 0)  # c = -1: the prefetch past the start reads chunk 0 again
+    h_in = tl.load(HSAVE + entry * d * n + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn)
+    return delta, u, Bt, Ct, z, gy, delta_next, h_in
 
 
 @triton.jit
@@ -146,13 +186,14 @@ def _selective_scan_bwd(
 ):
     """Every input gradient. ``DU, DDELTA, DZ`` share the strides ``sg_*``; ``DB, DC`` are
     ``(batch, n, T)`` float32 (atomic adds); ``DA (batch, d, n)``, ``DD, DDBIAS (batch, d)`` are
-    per batch row; ``DH0 (batch, d, n)``. ``DOUT`` has ``OUT``'s strides (``so_*``)."""
+    per batch row; ``DH0 (batch, d, n)``. ``DOUT`` has strides ``so_*``."""
     b = tl.program_id(0).to(tl.int64)  # batch offsets pass 2^31 elements at 1.3b widths and T = 32k
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
     mask_d, mask_n = offs_d < d, offs_n < n
     mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None]
     state = b * d * n + offs_d[:, None] * n + offs_n[None, :]
     Av = tl.load(A + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0)
     A2 = Av * LOG2_E
@@ -160,47 +201,48 @@ def _selective_scan_bwd(
         G = tl.load(DHLAST + state, mask=mask_dn, other=0.0)  # adjoint of the state entering chunk c + 1
     else:
         G = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D + offs_d, mask=mask_d, other=0.0)
+    Dv = tl.load(D + offs_d, mask=mask_d & HAS_D, other=0.0)
+    bias = tl.load(DBIAS + offs_d, mask=mask_d & HAS_BIAS, other=0.0)
     dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    strides = (su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t)
+    delta_raw, u_raw, Bt, Ct, z, gy, delta_next, h_in = _load_chunk_bwd(
+        U, DELTA, B, C, Z, DOUT, HSAVE, b, n_chunks - 1, T, n_chunks, d, n, offs_d, offs_n, offs_t, mask_d, mask_n,
+        mask_dn, *strides, HAS_Z, BLOCK_T,
+    )  # fmt: skip
     for i in range(n_chunks):
         c = n_chunks - 1 - i
-        h_in = tl.load(HSAVE + (b * n_chunks + c) * d * n + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn)
-        t, mask_t, mask_dt, delta, slope, u, Bt, Ct, a, drive, hs = _chunk_states(
-            U, DELTA, B, C, DBIAS, A2, h_in, b, c, T, offs_d, offs_n, offs_t, mask_d, mask_n,
-            su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, HAS_BIAS, SOFTPLUS, BLOCK_T,
-        )  # fmt: skip
-        gy = tl.load(DOUT + b * so_b + offs_d[:, None] * so_d + t[None, :] * so_t, mask=mask_dt, other=0.0)
-        gy = gy.to(tl.float32)
+        t = c * BLOCK_T + offs_t
+        mask_t = t < T
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        nxt = _load_chunk_bwd(U, DELTA, B, C, Z, DOUT, HSAVE, b, c - 1, T, n_chunks, d, n, offs_d, offs_n, offs_t,
+                              mask_d, mask_n, mask_dn, *strides, HAS_Z, BLOCK_T)  # fmt: skip
+        u, Bf, Cf, gy = u_raw.to(tl.float32), Bt.to(tl.float32), Ct.to(tl.float32), gy.to(tl.float32)
+        delta, slope, a, drive, hs = _chunk_states(delta_raw, u, Bf, bias, A2, h_in, mask_dt, HAS_BIAS, SOFTPLUS)
         if HAS_Z:
-            z = tl.load(Z + b * sz_b + offs_d[:, None] * sz_d + t[None, :] * sz_t, mask=mask_dt, other=0.0)
-            z = z.to(tl.float32)
-            sig = tl.sigmoid(z)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            zf = z.to(tl.float32)
+            sig = tl.sigmoid(zf)
+            y = tl.sum(hs * Cf[None, :, :], axis=1)
             if HAS_D:
                 y += Dv[:, None] * u
-            dz = gy * y * sig * (1.0 + z * (1.0 - sig))
+            dz = gy * y * sig * (1.0 + zf * (1.0 - sig))
             tl.store(DZ + b * sg_b + offs_d[:, None] * sg_d + t[None, :] * sg_t, dz, mask=mask_dt)
-            gy *= z * sig  # now the gradient of y = C . h + D u
-        du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+            gy *= zf * sig  # now the gradient of y = C . h + D u
+        du = gy * Dv[:, None]  # zero without D
         if HAS_D:
             dD += tl.sum(gy * u, axis=1)
-            du += gy * Dv[:, None]
         dC = tl.sum(hs * gy[:, None, :], axis=0)
-        tl.atomic_add(DC + b * n * T + offs_n[:, None] * T + t[None, :], dC, mask=mask_n[:, None] & mask_t[None, :])
+        tl.atomic_add(DC + b * n * T + offs_n[:, None] * T + t[None, :], dC, mask=mask_nd & mask_t[None, :])
         # The decay one step ahead inside the chunk; 1 at its last step, where G comes in.
-        ahead = (offs_t[None, :] < BLOCK_T - 1) & (t[None, :] + 1 < T) & mask_d[:, None]
-        delta_next, _ = _load_delta(DELTA, DBIAS, b * sd_b + offs_d[:, None] * sd_d + (t[None, :] + 1) * sd_t,
-                                    offs_d, mask_d, ahead, HAS_BIAS, SOFTPLUS)  # fmt: skip
-        a_next = tl.exp2(delta_next[:, None, :] * A2[:, :, None])
-        Pr, Sr = tl.associative_scan((a_next, Ct[None, :, :] * gy[:, None, :]), 2, _combine, reverse=True)
+        ahead = mask_d[:, None] & ((offs_t < BLOCK_T - 1) & (t + 1 < T))[None, :]
+        a_next = tl.exp2(_delta(delta_next, bias, ahead, HAS_BIAS, SOFTPLUS)[0][:, None, :] * A2[:, :, None])
+        Pr, Sr = tl.associative_scan((a_next, Cf[None, :, :] * gy[:, None, :]), 2, _combine, reverse=True)
         dh = Sr + Pr * G[:, :, None]  # adjoint of h_t
         G = _column(dh * a, offs_t, 0)  # adjoint of the state entering this chunk
-        d_du = tl.sum(dh * Bt[None, :, :], axis=1)  # gradient of delta_t u_t
+        d_du = tl.sum(dh * Bf[None, :, :], axis=1)  # gradient of delta_t u_t
         dB = tl.sum(dh * (delta * u)[:, None, :], axis=0)
-        tl.atomic_add(DB + b * n * T + offs_n[:, None] * T + t[None, :], dB, mask=mask_n[:, None] & mask_t[None, :])
+        tl.atomic_add(DB + b * n * T + offs_n[:, None] * T + t[None, :], dB, mask=mask_nd & mask_t[None, :])
         r = dh * (hs - drive)  # d loss / d (delta_t A): dh_t a_t h_{t-1}
         dA += tl.sum(r * delta[:, None, :], axis=2)
         ddelta = (tl.sum(r * Av[:, :, None], axis=1) + d_du * u) * slope
@@ -209,6 +251,7 @@ def _selective_scan_bwd(
         du += d_du * delta
         tl.store(DU + b * sg_b + offs_d[:, None] * sg_d + t[None, :] * sg_t, du, mask=mask_dt)
         tl.store(DDELTA + b * sg_b + offs_d[:, None] * sg_d + t[None, :] * sg_t, ddelta, mask=mask_dt)
+        delta_raw, u_raw, Bt, Ct, z, gy, delta_next, h_in = nxt
     tl.store(DH0 + state, G, mask=mask_dn)
     tl.store(DA + state, dA, mask=mask_dn)
     tl.store(DD + b * d + offs_d, dD, mask=mask_d)
@@ -216,13 +259,14 @@ def _selective_scan_bwd(
 
 
 def block_sizes(d: int, n: int, backward: bool) -> dict[str, int]:
-    """Tile ``(BLOCK_D, BLOCK_N, BLOCK_T)`` and ``num_warps``: about 4096 (forward) or 2048 (backward,
-    about twice the live tiles) float32 elements per 3-d tile at 4 warps, and at most 32 (16)
-    channels, as the ``(BLOCK_D, BLOCK_T)`` tiles grow too. At d_state 16 this is 168 (forward)
-    and ~250 (backward) registers without spills on sm_90: ``benchmarks/mamba_scan.py --aot 90``."""
+    """Tile ``(BLOCK_D, BLOCK_N, BLOCK_T)`` and ``num_warps``: about 2048 float32 elements per 3-d
+    tile at 4 warps (16 per thread), and at most 32 (forward) or 16 (backward) channels, as the
+    ``(BLOCK_D, BLOCK_T)`` tiles grow too. At d_state 16 on sm_90 this is 125 registers (forward:
+    4 blocks per SM) and 255 (backward: 2), no spills (``benchmarks/mamba_scan.py --aot 90``);
+    4096-element forward tiles took 221. Unmeasured on a GPU: the speed of other choices."""
     block_n, block_t = triton.next_power_of_2(n), 16
-    budget, most = (2048, 16) if backward else (4096, 32)
-    block_d = max(1, min(triton.next_power_of_2(d), most, budget // (block_n * block_t)))
+    most = 16 if backward else 32
+    block_d = max(1, min(triton.next_power_of_2(d), most, 2048 // (block_n * block_t)))
     return dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=4)
 
 

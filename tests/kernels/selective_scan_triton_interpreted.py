@@ -4,8 +4,9 @@ Not collected by the main test run: ``test_selective_scan_triton.py::test_kernel
 runs this file in a subprocess with ``TRITON_INTERPRET=1`` (triton reads it when first imported).
 Sizes are tiny (the interpreter runs the in-chunk scan element by element in Python) and chosen
 so that blocks are partial: lengths that are not multiples of the 16-step chunk, d_state 3
-(padded to 4), and d_inner 20 at d_state 16, which the forward covers in 2 channel blocks of 16
-and the backward in 3 of 8.
+(padded to 4), and d_inner 20 at d_state 16, which both kernels cover in 3 channel blocks of 8.
+Both kernels prefetch the next chunk while computing the current one, so every case with more
+than one chunk also checks the prefetch (and the one past the end, fully masked).
 """
 
 from __future__ import annotations
