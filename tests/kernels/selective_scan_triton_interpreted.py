@@ -4,7 +4,7 @@ Not collected by the main test run: ``test_selective_scan_triton.py::test_kernel
 runs this file in a subprocess with ``TRITON_INTERPRET=1`` (triton reads it when first imported).
 Sizes are tiny (the interpreter runs the in-chunk scan element by element in Python) and chosen
 so that blocks are partial: lengths that are not multiples of the 16-step chunk, d_state 3
-(padded to 4), and d_inner 20 at d_state 16, which both kernels cover in 3 channel blocks of 8.
+(padded to 4), and d_inner 12 at d_state 16, which both kernels cover in 2 channel blocks of 8.
 Both kernels prefetch the next chunk while computing the current one, so every case with more
 than one chunk also checks the prefetch (and the one past the end, fully masked).
 """
@@ -42,7 +42,7 @@ def drop(inputs: dict, names: tuple[str, ...]) -> dict:
     ("batch", "d", "n", "T", "with_state", "without"),
     [
         (2, 6, 4, 37, True, ()),  # three chunks, the last partial; every option
-        (1, 20, 16, 21, True, ()),  # several channel blocks, the last partial
+        (1, 12, 16, 21, True, ()),  # two channel blocks of 8, the second partial
         (1, 5, 3, 16, True, WITHOUT["all"]),  # one full chunk; no D, no gate, no bias
         (2, 4, 2, 19, False, WITHOUT["D"]),
         (1, 3, 2, 18, True, WITHOUT["z"]),
