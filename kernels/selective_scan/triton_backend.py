@@ -86,7 +86,14 @@ def selective_scan_triton(
     out time-major (a transposed ``(batch, T, d)`` tensor), as the Mamba mixer's tensors are.
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    out, last = _launch(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    return (out, last) if return_last_state else out
+
+
+@torch.compiler.disable
+def _launch(*args):
+    """The kernels, opaque to ``torch.compile``: a graph break rather than Dynamo tracing the launch
+    (which depends on Triton and torch versions agreeing; it fails outright under the interpreter)."""
     from kernels.selective_scan.triton_scan import SelectiveScanTriton
 
-    out, last = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
-    return (out, last) if return_last_state else out
+    return SelectiveScanTriton.apply(*args)

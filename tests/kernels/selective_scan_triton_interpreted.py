@@ -139,3 +139,10 @@ def test_mamba_mixer_runs_the_kernel_and_decodes_from_its_state():
             y_t, state = mixer.step(x[:, t], state)
             outs.append(y_t.unsqueeze(1))
     torch.testing.assert_close(torch.cat(outs, 1), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_runs_the_kernels_as_they_are():
+    """Under ``torch.compile`` the launch is a graph break: same output and gradients as eager."""
+    inputs = {k: v.float() for k, v in make_inputs(1, 4, 4, 20, seed=6).items()}
+    compiled = torch.compile(selective_scan_triton, backend="eager")
+    assert_match(run(compiled, inputs), run(selective_scan_triton, inputs), atol=0)
