@@ -22,6 +22,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 from test_selective_scan import as_float64, assert_match, make_inputs, run  # noqa: E402
 
 from kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
+from models import ModelSpec, build  # noqa: E402
 from models.mamba import Mamba  # noqa: E402
 
 # float32 kernels against the float64 loop: observed errors are ~1e-6 on values ~10.
@@ -139,6 +140,14 @@ def test_mamba_mixer_runs_the_kernel_and_decodes_from_its_state():
             y_t, state = mixer.step(x[:, t], state)
             outs.append(y_t.unsqueeze(1))
     torch.testing.assert_close(torch.cat(outs, 1), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_a_run_records_the_backend_of_training_and_of_decode():
+    """What a run stores (``model.backends``): the kernels for training, PyTorch for ``step``."""
+    model = build(ModelSpec.parse("mamba@mamba_native", "tiny", 50))
+    cpu = torch.device("cpu")
+    assert model.backends(cpu, torch.bfloat16) == ["triton"]
+    assert model.backends(cpu, torch.bfloat16, decode=True) == ["torch"]
 
 
 def test_torch_compile_runs_the_kernels_as_they_are():
