@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> None:
         ratio = statistics.median(base) / statistics.median(t_both)
         frac = f"{floors[0] / statistics.median(t_fwd):.3g}, {floors[1] / statistics.median(t_both):.3g}"
         print(f"| {label} | {seq_len} | {name} | {cell(t_fwd)} | {cell(t_both)} | {ratio:.2f}x | {frac} |")
+    # The issue-22 target: ours within 1.5x of mamba-ssm's kernel, forward + backward.
+    medians = {(r[0], r[1], r[2]): statistics.median(r[4]) for r in rows}
+    for (label, seq_len, name), t in medians.items():
+        cuda = medians.get((label, seq_len, "mamba-ssm CUDA kernel"))
+        if name == "triton (ours)" and cuda is not None:
+            print(f"ratio:   d_inner {label}, T={seq_len}: triton / mamba-ssm fwd+bwd time = {t / cuda:.2f} (target <= 1.5)")
 
 
 if __name__ == "__main__":
