@@ -169,7 +169,7 @@ def _load_chunk_bwd(
     ahead = mask_d[:, None] & ((offs_t < BLOCK_T - 1) & (t >= 0) & (t + 1 < T))[None, :]
     delta_next = _tile(DELTA, b, offs_d, t + 1, ahead, sd_b, sd_d, sd_t)
     entry = b * n_chunks + tl.maximum(c, 0)  # c = -1: the prefetch past the start reads chunk 0 again
-    h_in = tl.load(HSAVE + entry * d * n + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn)
+    h_in = tl.load(HSAVE + entry * d * n + offs_d[:, None] * n + offs_n[None, :], mask=mask_dn, other=0.0)
     return delta, u, Bt, Ct, z, gy, delta_next, h_in
 
 
@@ -206,7 +206,8 @@ def _selective_scan_bwd(
     dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    strides = (su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t)
+    strides = (su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t,
+               so_b, so_d, so_t)  # fmt: skip
     delta_raw, u_raw, Bt, Ct, z, gy, delta_next, h_in = _load_chunk_bwd(
         U, DELTA, B, C, Z, DOUT, HSAVE, b, n_chunks - 1, T, n_chunks, d, n, offs_d, offs_n, offs_t, mask_d, mask_n,
         mask_dn, *strides, HAS_Z, BLOCK_T,
