@@ -1,16 +1,25 @@
-"""Mamba (v1) selective scan: chunked PyTorch scan vs the sequential loop, forward + backward.
+"""Mamba (v1) selective scan: the Triton kernels, the chunked PyTorch scan, mamba-ssm, the sequential loop.
 
     python benchmarks/mamba_scan.py                          # CPU: T = 2048 and 8192, d_inner 128, d_state 16
     python benchmarks/mamba_scan.py --chunk-sizes 32,64,128  # sweep the chunk size (default: auto)
-    python benchmarks/mamba_scan.py --device cuda            # adds mamba-ssm's CUDA kernel when installed
     python benchmarks/mamba_scan.py --quick                  # seconds
+    python benchmarks/mamba_scan.py --device cuda --widths 125m,1.3b --seq-lens 2048,8192,32768 --dtype bfloat16
+        --no-loop --batch 8  # (one line) GPU: ours vs the chunked scan vs mamba-ssm's kernel where it is installed
+    python benchmarks/mamba_scan.py --aot 90                 # no GPU: the kernels' registers, spills, shared memory
 
 Each length first runs every implementation once on the same inputs and prints the largest
-absolute difference to the sequential loop (``kernels.selective_scan.selective_scan_reference``),
-output and every input gradient; those runs are the warm-up. It then times forward + backward
-``--repeats`` times and prints a table to paste: command, machine, median [min-max] and the
-loop / implementation ratio. It never asserts a time. Inputs are laid out as the Mamba mixer
-passes them: ``(batch, d, T)`` views of time-major ``(batch, T, d)`` tensors.
+absolute difference to the baseline (the sequential loop,
+``kernels.selective_scan.selective_scan_reference``, or with ``--no-loop`` the chunked scan), output
+and every input gradient; those runs are the warm-up. It then times the forward alone and
+forward + backward ``--repeats`` times each and prints a table to paste: command, machine, median
+[min-max], the baseline / implementation ratio, and the fraction of the byte floor reached.
+
+The byte floor is the time to move the bytes no implementation can avoid at the copy bandwidth
+measured on the device (a large ``copy_``): the forward reads ``u, delta, z, B, C`` and writes the
+output; forward + backward also reads them and the output's gradient again and writes the
+gradients of ``u, delta, z, B, C`` (saved states and the small ``A, D`` terms not counted).
+``floor / time`` near 1 is a bandwidth-bound kernel. It never asserts a time. Inputs are laid
+out as the Mamba mixer passes them: ``(batch, d, T)`` views of time-major ``(batch, T, d)`` tensors.
 """
 
 from __future__ import annotations
@@ -31,13 +40,15 @@ from kernels.selective_scan import (  # noqa: E402
     selective_scan_chunked,
     selective_scan_cuda,
     selective_scan_reference,
+    selective_scan_triton,
+    triton_unavailable_reason,
 )
 from harness.environment import machine_summary  # noqa: E402
+from models.backbones import SIZES  # noqa: E402
 from models.mixer import needs_cuda_module  # noqa: E402
 
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
+IN_DTYPE = ("u", "delta", "B", "C", "z")  # what the mixer passes in its compute dtype; A, D, bias are float32
 
 
 def make_inputs(batch: int, d: int, n: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -59,12 +70,14 @@ def make_inputs(batch: int, d: int, n: int, seq_len: int, device: torch.device) 
     }
 
 
-def job(scan, inputs: dict[str, torch.Tensor], weight: torch.Tensor, **kwargs):
-    """Forward + backward of ``scan``; returns the output and the gradients of every input."""
+def job(scan, inputs: dict[str, torch.Tensor], weight: torch.Tensor, backward: bool = True, **kwargs):
+    """Forward (+ backward) of ``scan``; returns the output and the gradients of every input."""
 
     def run():
-        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
+        leaves = {k: v.detach().requires_grad_(backward) for k, v in inputs.items()}
         y = scan(**leaves, delta_softplus=True, **kwargs)
+        if not backward:
+            return [y.detach()]
         grads = torch.autograd.grad((y * weight).sum(), list(leaves.values()))
         return [y.detach(), *grads]
 
@@ -84,64 +97,153 @@ def timed(run, device: torch.device, repeats: int) -> list[float]:
     return times
 
 
+def copy_bandwidth(device: torch.device, n_bytes: int = 1 << 30) -> float:
+    """Bytes per second of a large ``copy_`` (read + write), best of 5: the floor's bandwidth."""
+    src = torch.empty(n_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * n_bytes / min(timed(lambda: dst.copy_(src), device, 5))
+
+
+def floor_bytes(batch: int, d: int, n: int, seq_len: int, item: int, backward: bool) -> int:
+    """Bytes every implementation must move: see the module docstring."""
+    per_d, per_n = batch * d * seq_len * item, batch * n * seq_len * item
+    forward = 4 * per_d + 2 * per_n  # u, delta, z, out; B, C
+    return forward + (7 * per_d + 4 * per_n if backward else 0)  # + u, delta, z, dout, du, ddelta, dz; B, C, dB, dC
+
+
+def widths(args) -> list[tuple[str, int]]:
+    """``(label, d_inner)`` pairs: the Mamba width (2 d_model) of each named size, else ``--d-inner``."""
+    if not args.widths:
+        return [(str(args.d_inner), args.d_inner)]
+    return [(f"{name} ({2 * SIZES[name].d_model})", 2 * SIZES[name].d_model) for name in args.widths.split(",")]
+
+
+def aot_report(args) -> None:
+    """The Triton kernels compiled for ``sm_<arch>`` at each width and input dtype; nothing runs."""
+    from benchmarks.triton_aot import TORCH_TO_TRITON, compile_for
+    from kernels.selective_scan.triton_scan import (
+        _selective_scan_bwd,
+        _selective_scan_fwd,
+        block_sizes,
+        pointer_dtypes,
+    )
+
+    print(f"command: python {shlex.join(['benchmarks/mamba_scan.py', *sys.argv[1:]])}")
+    print(f"target:  sm_{args.aot}, d_state {args.d_state}; every flag on (D, z, bias, softplus, initial state)")
+    print()
+    print("| kernel | d_inner | input | BLOCK_D x BLOCK_N x BLOCK_T | num_warps | registers | spill stores/loads (B) "
+          "| shared memory (KB) |")  # fmt: skip
+    print("|---|---:|---|---|---:|---:|---:|---:|")
+    for label, d in widths(args):
+        for dtype in args.dtype.split(","):
+            in_dtype = TORCH_TO_TRITON[dtype]
+            for kernel in (_selective_scan_fwd, _selective_scan_bwd):
+                backward = kernel is _selective_scan_bwd
+                cfg = block_sizes(d, args.d_state, backward=backward)
+                num_warps = cfg.pop("num_warps")
+                flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
+                flags.update(HAS_DHLAST=True) if backward else flags.update(HAS_H0=True, SAVE=True)
+                used = compile_for(kernel, {**flags, **cfg}, pointer_dtypes(kernel, in_dtype), num_warps, args.aot)
+                tile = f"{cfg['BLOCK_D']} x {cfg['BLOCK_N']} x {cfg['BLOCK_T']}"
+                print(f"| {kernel.__name__} | {label} | {dtype} | {tile} | {num_warps} | {used.cells()} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--seq-lens", default="2048,8192", help="comma-separated lengths")
     p.add_argument("--d-inner", type=int, default=128)
+    p.add_argument("--widths", default="", help="sizes whose Mamba width to use, e.g. 125m,1.3b (overrides --d-inner)")
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--chunk-sizes", default="auto", help="comma-separated chunk sizes of the chunked scan, or 'auto'")
+    p.add_argument("--dtype", default="float32", help="dtype of u, delta, B, C, z (--aot: comma-separated)")
+    p.add_argument("--chunk-sizes", default="auto", help="chunk sizes of the chunked scan (comma-separated), or 'auto'")
+    p.add_argument("--no-loop", action="store_true", help="no sequential loop; the chunked scan is the baseline")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="T = 256 and 1024, 2 repeats")
+    p.add_argument("--aot", type=int, default=0, metavar="ARCH",
+                   help="compile the Triton kernels for sm_ARCH (e.g. 90), no GPU needed; print their resources")
     args = p.parse_args(argv)
+    if args.aot:
+        aot_report(args)
+        return
     if args.quick:
         args.seq_lens, args.repeats = "256,1024", 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
     seq_lens = [int(s) for s in args.seq_lens.split(",")]
     kernel_reason = needs_cuda_module("mamba_ssm", "selective_scan_cuda")(device)
+    triton_reason = triton_unavailable_reason(device)
+    bandwidth = copy_bandwidth(device)
 
     rows, checks = [], []
-    for seq_len in seq_lens:
-        inputs = make_inputs(args.batch, args.d_inner, args.d_state, seq_len, device)
-        weight = torch.randn(args.batch, seq_len, args.d_inner, device=device).transpose(1, 2)
-        auto = args.chunk_sizes == "auto"
-        chunks = [auto_chunk_size(seq_len)] if auto else [int(c) for c in args.chunk_sizes.split(",")]
-        jobs = {"sequential loop": job(selective_scan_reference, inputs, weight)}
-        for chunk in chunks:
-            jobs[f"chunked, chunk {chunk}"] = job(selective_scan_chunked, inputs, weight, chunk_size=chunk)
-        if kernel_reason is None:
-            jobs["mamba-ssm CUDA kernel"] = job(selective_scan_cuda, inputs, weight)
-        # Correctness first (these runs are also the warm-up).
-        reference = jobs["sequential loop"]()
-        for name, run in jobs.items():
-            if name != "sequential loop":
-                errors = [(a - b).abs().max().item() for a, b in zip(run(), reference)]
-                detail = ", ".join(f"{k} {e:.1e}" for k, e in zip(INPUTS, errors[1:]))
-                checks.append(f"T={seq_len} {name}: max |diff| to the loop: output {errors[0]:.1e}; grads {detail}")
-        times = {name: timed(run, device, args.repeats) for name, run in jobs.items()}
-        loop = statistics.median(times["sequential loop"])
-        rows += [(seq_len, name, t, loop / statistics.median(t)) for name, t in times.items()]
+    for label, d_inner in widths(args):
+        for seq_len in seq_lens:
+            inputs = make_inputs(args.batch, d_inner, args.d_state, seq_len, device)
+            inputs = {k: v.to(dtype) if k in IN_DTYPE else v for k, v in inputs.items()}
+            weight = torch.randn(args.batch, seq_len, d_inner, device=device).transpose(1, 2)
+            auto = args.chunk_sizes == "auto"
+            chunks = [auto_chunk_size(seq_len)] if auto else [int(c) for c in args.chunk_sizes.split(",")]
+            scans = {} if args.no_loop else {"sequential loop": (selective_scan_reference, {})}
+            for chunk in chunks:
+                scans[f"chunked, chunk {chunk}"] = (selective_scan_chunked, dict(chunk_size=chunk))
+            if triton_reason is None:
+                scans["triton (ours)"] = (selective_scan_triton, {})
+            if kernel_reason is None:
+                scans["mamba-ssm CUDA kernel"] = (selective_scan_cuda, {})
+            jobs = {name: job(scan, inputs, weight, **kw) for name, (scan, kw) in scans.items()}
+            baseline_name = next(iter(jobs))
+            # Correctness first (these runs are also the warm-up).
+            baseline = jobs[baseline_name]()
+            for name, run in jobs.items():
+                if name != baseline_name:
+                    errors = [(a.float() - b.float()).abs().max().item() for a, b in zip(run(), baseline)]
+                    detail = ", ".join(f"{k} {e:.1e}" for k, e in zip(INPUTS, errors[1:]))
+                    checks.append(f"d_inner {d_inner} T={seq_len} {name}: max |diff| to the {baseline_name}: "
+                                  f"output {errors[0]:.1e}; grads {detail}")  # fmt: skip
+            floors = [floor_bytes(args.batch, d_inner, args.d_state, seq_len, dtype.itemsize, b) / bandwidth
+                      for b in (False, True)]  # fmt: skip
+            for name, (scan, kw) in scans.items():
+                forward = job(scan, inputs, weight, backward=False, **kw)
+                with torch.no_grad():
+                    forward()
+                    t_fwd = timed(forward, device, args.repeats)
+                t_both = timed(jobs[name], device, args.repeats)
+                rows.append((label, seq_len, name, t_fwd, t_both, floors))
+            del jobs, baseline
 
     def cell(ts: list[float]) -> str:
-        return f"{statistics.median(ts) * 1e3:.1f} [{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f}]"
+        return f"{statistics.median(ts) * 1e3:.2f} [{min(ts) * 1e3:.2f}-{max(ts) * 1e3:.2f}]"
 
     print(f"command: python {shlex.join(['benchmarks/mamba_scan.py', *(sys.argv[1:] if argv is None else argv)])}")
     print(f"machine: {machine_summary(device)}")
-    print(f"config:  batch {args.batch}, d_inner {args.d_inner}, d_state {args.d_state}, float32 on {device},"
-          f" forward + backward, median [min-max] of {args.repeats} runs after 1 warm-up")  # fmt: skip
-    if kernel_reason is not None:
-        print(f"note:    mamba-ssm kernel not timed: {kernel_reason}")
+    print(f"config:  batch {args.batch}, d_state {args.d_state}, {args.dtype} inputs on {device}; median [min-max] of"
+          f" {args.repeats} runs after 1 warm-up; copy bandwidth {bandwidth / 1e9:.0f} GB/s")  # fmt: skip
+    for what, reason in (("mamba-ssm kernel", kernel_reason), ("triton kernels", triton_reason)):
+        if reason is not None:
+            print(f"note:    {what} not timed: {reason}")
     for line in checks:
         print(f"check:   {line}")
     print()
-    print("| T | implementation | fwd+bwd ms | loop / this |")
-    print("|---:|---|---:|---:|")
-    for seq_len, name, t, ratio in rows:
-        print(f"| {seq_len} | {name} | {cell(t)} | {ratio:.1f}x |")
+    print("| d_inner | T | implementation | fwd ms | fwd+bwd ms | baseline / this (fwd+bwd) "
+          "| byte floor / time (fwd, fwd+bwd) |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for label, seq_len, name, t_fwd, t_both, floors in rows:
+        base = next(r[4] for r in rows if r[:2] == (label, seq_len))
+        ratio = statistics.median(base) / statistics.median(t_both)
+        frac = f"{floors[0] / statistics.median(t_fwd):.3g}, {floors[1] / statistics.median(t_both):.3g}"
+        print(f"| {label} | {seq_len} | {name} | {cell(t_fwd)} | {cell(t_both)} | {ratio:.2f}x | {frac} |")
+    # The issue-22 target: ours within 1.5x of mamba-ssm's kernel, forward + backward.
+    medians = {(r[0], r[1], r[2]): statistics.median(r[4]) for r in rows}
+    for (label, seq_len, name), t in medians.items():
+        cuda = medians.get((label, seq_len, "mamba-ssm CUDA kernel"))
+        if name == "triton (ours)" and cuda is not None:
+            print(f"ratio:   d_inner {label}, T={seq_len}: triton / mamba-ssm fwd+bwd time = {t / cuda:.2f}"
+                  " (target <= 1.5)")  # fmt: skip
 
 
 if __name__ == "__main__":

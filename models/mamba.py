@@ -15,8 +15,10 @@ Layout and initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``::
 The block is built for the ``mamba_native`` backbone (``[mixer]`` sub-blocks, twice the layers)
 and ignores ``backbone`` otherwise: dropped into another recipe it is the same block.
 
-Backends: ``mamba-ssm`` (its CUDA ``selective_scan_fn`` and ``causal_conv1d_fn``; CUDA only)
-and ``torch`` (``kernels.selective_scan.selective_scan_chunked``, everywhere). Decode carries
+Backends: ``mamba-ssm`` (its CUDA ``selective_scan_fn`` and ``causal_conv1d_fn``; CUDA only),
+``triton`` (``kernels.selective_scan.selective_scan_triton``, our fused scan, with the PyTorch
+conv; CUDA, where mamba-ssm does not load) and ``torch``
+(``kernels.selective_scan.selective_scan_chunked``, everywhere; CPU keeps it). Decode carries
 the conv window and the SSM state; ``step`` is the recurrence itself, run by mamba-ssm's Triton
 ``selective_state_update`` and causal-conv1d's ``causal_conv1d_update`` (both updating the
 state in place) where they load, else in PyTorch. The decode backend is chosen and recorded
@@ -39,7 +41,9 @@ from kernels.selective_scan import (
     causal_conv1d_update_cuda,
     selective_scan_chunked,
     selective_scan_cuda,
+    selective_scan_triton,
     selective_state_update_cuda,
+    triton_unavailable_reason,
 )
 from kernels.selective_scan.reference import scan_dtype
 from models.layers import CausalDepthwiseConv
@@ -64,6 +68,7 @@ class Mamba(SequenceMixer):
 
     backends = (
         Backend("mamba-ssm", needs_cuda_module("mamba_ssm", "selective_scan_cuda", "causal_conv1d_cuda")),
+        Backend("triton", triton_unavailable_reason, (torch.bfloat16, torch.float16, torch.float32)),
         Backend("torch", always),
     )
     decode_backends = (Backend("mamba-ssm", MAMBA_SSM_DECODE), Backend("torch", always))
@@ -114,7 +119,8 @@ class Mamba(SequenceMixer):
         A = -torch.exp(self.A_log.to(scan_dtype(x.dtype)))
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         fresh = state is None or state["pos"] == 0  # the CUDA kernels start from a zero state
-        if self.select_backend(x.device) == "mamba-ssm" and fresh:
+        backend = self.select_backend(x.device, x.dtype)
+        if backend == "mamba-ssm" and fresh:
             xs_t = xs.transpose(1, 2)
             conv_w = self.conv.conv.weight.squeeze(1)
             xc = causal_conv1d_cuda(xs_t.contiguous(), conv_w, self.conv.conv.bias, activation="silu").transpose(1, 2)
@@ -124,7 +130,8 @@ class Mamba(SequenceMixer):
         else:
             xc, conv_state = self.conv(xs, None if state is None else state["conv"])
             xc = F.silu(xc)
-            scan = partial(selective_scan_chunked, chunk_size=self.chunk_size)
+            chunked = partial(selective_scan_chunked, chunk_size=self.chunk_size)
+            scan = selective_scan_triton if backend == "triton" else chunked
             initial = None if state is None else state["ssm"]
         dt, B, C = self._ssm_inputs(xc)
         result = scan(
