@@ -42,6 +42,9 @@ from kernels.selective_scan import (
     selective_state_update_cuda,
 )
 from kernels.selective_scan.reference import scan_dtype
+from kernels.causal_conv import causal_conv1d_update_triton
+from kernels.ssm_step import ssm_state_update_triton
+from kernels.ttt import triton_unavailable_reason
 from models.layers import CausalDepthwiseConv
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
@@ -49,6 +52,11 @@ from models.registry import register_mixer
 
 # The fused one-token kernels: causal-conv1d's CUDA update and mamba-ssm's Triton state update.
 MAMBA_SSM_DECODE = needs_cuda_module("mamba_ssm", "causal_conv1d_cuda", "mamba_ssm.ops.triton.selective_state_update")
+# Each fused decode backend's (conv update, SSM state update) pair: the same contract, state in place.
+DECODE_KERNELS = {
+    "mamba-ssm": (causal_conv1d_update_cuda, selective_state_update_cuda),
+    "triton": (causal_conv1d_update_triton, ssm_state_update_triton),
+}
 
 
 def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -66,7 +74,11 @@ class Mamba(SequenceMixer):
         Backend("mamba-ssm", needs_cuda_module("mamba_ssm", "selective_scan_cuda", "causal_conv1d_cuda")),
         Backend("torch", always),
     )
-    decode_backends = (Backend("mamba-ssm", MAMBA_SSM_DECODE), Backend("torch", always))
+    decode_backends = (
+        Backend("mamba-ssm", MAMBA_SSM_DECODE),
+        Backend("triton", triton_unavailable_reason),
+        Backend("torch", always),
+    )
 
     def __init__(
         self,
@@ -155,8 +167,9 @@ class Mamba(SequenceMixer):
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]):
         """One token ``(batch, d_model)``: the recurrence ``h = exp(delta A) h + delta B x``, read by ``C``."""
-        if self.select_backend(x_t.device, x_t.dtype, decode=True) == "mamba-ssm":
-            return self._step_fused(x_t, state)
+        backend = self.select_backend(x_t.device, x_t.dtype, decode=True)
+        if backend in DECODE_KERNELS:
+            return self._step_fused(x_t, state, *DECODE_KERNELS[backend])
         return self._step_torch(x_t, state)
 
     def _step_torch(self, x_t: torch.Tensor, state: dict[str, Any]):
@@ -174,14 +187,14 @@ class Mamba(SequenceMixer):
         y = (y * F.silu(z)).to(x_t.dtype)
         return self.out_proj(y), {"conv": conv_state, "ssm": h, "pos": state["pos"] + 1}
 
-    def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any]):
-        """``step`` through the fused kernels, which update ``state["conv"]`` and ``state["ssm"]`` in place."""
+    def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):  # noqa: ANN001
+        """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and ``state["ssm"]`` in place."""
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
         conv = self.conv.conv
-        xc = causal_conv1d_update_cuda(xs, state["conv"], conv.weight.squeeze(1), conv.bias, "silu")
+        xc = conv_update(xs, state["conv"], conv.weight.squeeze(1), conv.bias, "silu")
         dt, B, C = self._ssm_inputs(xc)
         work = state["ssm"].dtype
-        y = selective_state_update_cuda(
+        y = state_update(
             state["ssm"], xc, dt, -torch.exp(self.A_log.to(work)), B, C, self.D.to(work), z=z,
             dt_bias=self.dt_proj.bias.to(work), dt_softplus=True,
         )  # fmt: skip

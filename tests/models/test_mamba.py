@@ -35,7 +35,8 @@ def test_registered_and_available_on_cpu_with_the_torch_backend():
     entries = {e.name: e for e in list_mixers()}
     for name in ("mamba", "mamba2"):
         assert entries[name].available, entries[name].unavailable_reason()
-        assert [b.name for b in get_entry(name).backends] == ["mamba-ssm", "torch"]
+    assert [b.name for b in get_entry("mamba").backends] == ["mamba-ssm", "torch"]
+    assert [b.name for b in get_entry("mamba2").backends] == ["mamba-ssm", "triton", "torch"]
     assert make("mamba").select_backend(CPU) == "torch"
     assert build(ModelSpec.parse("mamba2@mamba_native", "tiny", 50)).backends(CPU) == ["torch"]
 
