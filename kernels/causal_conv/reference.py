@@ -47,8 +47,9 @@ def causal_conv1d_update_reference(
     """One token ``x: (batch, channels)``: shifts it into ``conv_state`` in place, returns the output."""
     check_conv_args(x, weight, activation, "causal_conv1d_update_reference")
     window = torch.cat([conv_state, x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
-    y = (window.to(torch.float32) * weight.to(torch.float32)).sum(-1)
+    work = torch.promote_types(x.dtype, torch.float32)  # half precisions sum in float32, as the kernels do
+    y = (window.to(work) * weight.to(work)).sum(-1)
     if bias is not None:
-        y = y + bias.to(torch.float32)
+        y = y + bias.to(work)
     conv_state.copy_(window[..., 1:])
     return (F.silu(y) if activation == "silu" else y).to(x.dtype)

@@ -11,16 +11,18 @@ def as_heads(
     D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
 ):  # fmt: skip
     """Mamba's layout seen as Mamba-2's with one head of ``d`` channels (views, no copies); checks shapes."""
+    if state.dim() not in (3, 4):
+        raise ValueError(f"ssm_state_update: state must be (batch, d, n) or (batch, heads, headdim, n), got {tuple(state.shape)}")
+    expected = {"x": state.shape[:-1], "dt": state.shape[:-1], "A": state.shape[1:]}
+    for name, t in (("x", x), ("dt", dt), ("A", A)):
+        if t.shape != expected[name]:
+            raise ValueError(
+                f"ssm_state_update: {name} must be {tuple(expected[name])} for state {tuple(state.shape)}, got {tuple(t.shape)}"
+            )
     if state.dim() == 3:
         state, x, dt, A, B, C = state[:, None], x[:, None], dt[:, None], A[None], B[:, None], C[:, None]
         D, z, dt_bias = (None if t is None else t[None] if t.dim() == 1 else t[:, None] for t in (D, z, dt_bias))
-    if state.dim() != 4:
-        raise ValueError(f"ssm_state_update: state must be (batch, d, n) or (batch, heads, headdim, n), got {tuple(state.shape)}")
     batch, heads, headdim, n = state.shape
-    expected = {"x": (batch, heads, headdim), "dt": (batch, heads, headdim), "A": (heads, headdim, n)}
-    for name, t in (("x", x), ("dt", dt), ("A", A)):
-        if tuple(t.shape) != expected[name]:
-            raise ValueError(f"ssm_state_update: {name} must be {expected[name]} for state {tuple(state.shape)}, got {tuple(t.shape)}")
     if B.shape != C.shape or B.dim() != 3 or B.shape[0] != batch or B.shape[2] != n or heads % B.shape[1]:
         raise ValueError(
             f"ssm_state_update: B and C must be (batch, groups, n) = ({batch}, a divisor of {heads}, {n}), "
