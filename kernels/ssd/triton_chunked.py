@@ -28,6 +28,11 @@ import triton.language as tl
 from kernels.ssd.chunked import DEFAULT_CHUNK_SIZE, ssd_chunked
 
 _TORCH_TO_DOT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+# The kernel's longest chunk per input dtype. On sm_90 (``benchmarks/mamba_kernels_resources.py``,
+# headdim 64, d_state 128): 16-bit inputs at 64 use 255 registers, 12 B of spills, 56 KB of shared
+# memory (at 128: 2.3 KB of spills); float32 at 32 uses 124 KB (at 64: 210 KB and 1.2 KB of spills,
+# at 128: 418 KB, over the 227 KB a block may have).
+MAX_CHUNK = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
 
 
 @triton.jit
@@ -114,6 +119,15 @@ def _block(size: int, low: int = 16) -> int:
     return max(low, triton.next_power_of_2(size))
 
 
+def ssd_blocks(headdim: int, d_state: int, block_p: int | None = None) -> tuple[int, int, int]:
+    """``(BLOCK_P, BLOCK_N, num_warps)``: head channels per program (at most 64), the padded state
+    width, and 8 warps once a program's state slice passes 4096 floats (at headdim 64, d_state 128:
+    255 registers per thread and a few bytes of spills on sm_90, ``benchmarks/mamba_kernels_resources.py``)."""
+    block_p = block_p or min(_block(headdim), 64)
+    block_n = _block(d_state)
+    return block_p, block_n, 4 if block_p * block_n <= 4096 else 8
+
+
 def ssd_forward_triton(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -131,8 +145,8 @@ def ssd_forward_triton(
     batch, seq_len, heads, headdim = x.shape
     groups, d_state = B.shape[2], B.shape[3]
     per_group = heads // groups
-    L = _block(min(chunk_size, max(seq_len, 1)))
-    block_p = min(_block(headdim), 64)
+    L = min(_block(min(chunk_size, max(seq_len, 1))), MAX_CHUNK[x.dtype])
+    block_p, block_n, num_warps = ssd_blocks(headdim, d_state)
     out = torch.empty_like(x)
     final = torch.empty(batch, heads, headdim, d_state, device=x.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
@@ -148,8 +162,7 @@ def ssd_forward_triton(
         seq_len, heads, per_group, headdim, d_state,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *zs, *out.stride(), *sd,
         HAS_BIAS=bias is not None, SOFTPLUS=dt_softplus, HAS_D=skip is not None, HAS_Z=z is not None,
-        HAS_H0=h0 is not None, DOT=dot, L=L, BLOCK_P=block_p, BLOCK_N=_block(d_state),
-        num_warps=4 if block_p * _block(d_state) <= 4096 else 8,
+        HAS_H0=h0 is not None, DOT=dot, L=L, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
     )  # fmt: skip
     return out, final
 
@@ -199,8 +212,8 @@ def ssd_chunked_triton(
     """SSD through the Triton kernel; returns ``out`` or ``(out, final_state)`` like ``ssd_chunked``.
 
     Inputs in float32, bfloat16 or float16 (the output keeps ``x``'s dtype); the state is float32.
-    The kernel's chunk is ``chunk_size`` rounded up to a power of two >= 16 (``tl.dot``'s minimum);
-    the chunking changes the rounding, not the function.
+    The kernel's chunk is ``chunk_size`` rounded up to a power of two >= 16 (``tl.dot``'s minimum)
+    and capped by ``MAX_CHUNK``; the chunking changes the rounding, not the function.
     """
     check_ssd_inputs(x, dt, A, B, C, chunk_size)
     out, final = _SSDTriton.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus, chunk_size)
