@@ -19,7 +19,9 @@ Backends: ``mamba-ssm`` (its CUDA ``selective_scan_fn`` and ``causal_conv1d_fn``
 and ``torch`` (``kernels.selective_scan.selective_scan_chunked``, everywhere). Decode carries
 the conv window and the SSM state; ``step`` is the recurrence itself, run by mamba-ssm's Triton
 ``selective_state_update`` and causal-conv1d's ``causal_conv1d_update`` (both updating the
-state in place) where they load, else in PyTorch. The decode backend is chosen and recorded
+state in place) where they load, else by our two Triton kernels of the same contract
+(``DECODE_KERNELS["triton"]``), else in PyTorch. Without causal-conv1d the conv runs as
+time-major shift-adds on CUDA (``conv_silu``). The decode backend is chosen and recorded
 apart from the prefill one.
 """
 
@@ -42,7 +44,7 @@ from kernels.selective_scan import (
     selective_state_update_cuda,
 )
 from kernels.selective_scan.reference import scan_dtype
-from kernels.causal_conv import causal_conv1d_update_triton
+from kernels.causal_conv import causal_conv1d_shift, causal_conv1d_update_triton
 from kernels.ssm_step import ssm_state_update_triton
 from kernels.ttt import triton_unavailable_reason
 from models.layers import CausalDepthwiseConv
@@ -57,6 +59,22 @@ DECODE_KERNELS = {
     "mamba-ssm": (causal_conv1d_update_cuda, selective_state_update_cuda),
     "triton": (causal_conv1d_update_triton, ssm_state_update_triton),
 }
+
+
+def conv_silu(
+    conv: CausalDepthwiseConv, x: torch.Tensor, window: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``silu(causal conv(x))`` and the window after it (None without one), where causal-conv1d does not run.
+
+    On CUDA: the time-major shift-adds of ``kernels.causal_conv`` (no transposes of the
+    ``(batch, T, channels)`` activations). Elsewhere: the module's ``nn.Conv1d``, the faster one
+    on CPU and the one ``FlopCounterMode`` counts (the analytic FLOPs are checked against it).
+    """
+    if x.device.type != "cuda":
+        y, window = conv(x, window)
+        return F.silu(y), window
+    y, after = causal_conv1d_shift(x, conv.conv.weight.squeeze(1), conv.conv.bias, window, "silu")
+    return y, None if window is None else after.contiguous()
 
 
 def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -134,8 +152,7 @@ class Mamba(SequenceMixer):
             conv_state = None if state is None else F.pad(xs_t, (self.d_conv - 1 - x.shape[1], 0))
             scan, initial = selective_scan_cuda, None
         else:
-            xc, conv_state = self.conv(xs, None if state is None else state["conv"])
-            xc = F.silu(xc)
+            xc, conv_state = conv_silu(self.conv, xs, None if state is None else state["conv"])
             scan = partial(selective_scan_chunked, chunk_size=self.chunk_size)
             initial = None if state is None else state["ssm"]
         dt, B, C = self._ssm_inputs(xc)

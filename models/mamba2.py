@@ -16,8 +16,8 @@ uniform in ``[1, 16]`` per head; ``D`` at ones; ``out_proj`` scaled by ``1/sqrt(
 
 Backends, fastest first: ``mamba-ssm`` (its Triton ``mamba_chunk_scan_combined``, plus
 ``causal_conv1d_fn`` for stateless passes; CUDA only), ``triton`` (ours: ``kernels.ssd``'s
-``ssd_chunked_triton`` and the time-major shift-add conv ``kernels.causal_conv.causal_conv1d_shift``;
-CUDA, or CPU under ``TRITON_INTERPRET=1``) and ``torch`` (``kernels.ssd.ssd_chunked``, everywhere).
+``ssd_chunked_triton``; CUDA, or CPU under ``TRITON_INTERPRET=1``; the conv then runs as
+``models.mamba.conv_silu``) and ``torch`` (``kernels.ssd.ssd_chunked``, everywhere).
 ``step`` runs mamba-ssm's Triton ``selective_state_update`` (heads layout) and causal-conv1d's
 ``causal_conv1d_update`` where they load, else our two Triton kernels of the same contract
 (``kernels.causal_conv.causal_conv1d_update_triton``, ``kernels.ssm_step.ssm_state_update_triton``),
@@ -33,13 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.causal_conv import causal_conv1d_shift
 from kernels.selective_scan import causal_conv1d_cuda
 from kernels.selective_scan.reference import scan_dtype
 from kernels.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_chunked_triton, ssd_flops, ssd_triton
 from kernels.ttt import triton_unavailable_reason
 from models.layers import CausalDepthwiseConv
-from models.mamba import DECODE_KERNELS, MAMBA_SSM_DECODE, dt_bias_init
+from models.mamba import DECODE_KERNELS, MAMBA_SSM_DECODE, conv_silu, dt_bias_init
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
 
@@ -128,16 +127,12 @@ class Mamba2(SequenceMixer):
         A = -torch.exp(self.A_log.to(scan_dtype(u.dtype)))
         z, xbc, dt = self._split(self.in_proj(u))
         backend = self.select_backend(u.device)
-        w = self.conv.conv.weight.squeeze(1)
         if backend == "mamba-ssm" and state is None:
+            w = self.conv.conv.weight.squeeze(1)
             xbc = causal_conv1d_cuda(xbc.transpose(1, 2).contiguous(), w, self.conv.conv.bias, "silu").transpose(1, 2)
             conv_state = None
-        elif backend == "triton":
-            xbc, conv_state = causal_conv1d_shift(xbc, w, self.conv.conv.bias, None if state is None else state["conv"], "silu")
-            conv_state = None if state is None else conv_state.contiguous()
         else:
-            xbc, conv_state = self.conv(xbc, None if state is None else state["conv"])
-            xbc = F.silu(xbc)
+            xbc, conv_state = conv_silu(self.conv, xbc, None if state is None else state["conv"])
         x, B, C = self._heads(xbc)
         scan = {"mamba-ssm": ssd_triton, "triton": ssd_chunked_triton, "torch": ssd_chunked}[backend]
         result = scan(
