@@ -6,6 +6,15 @@
     python benchmarks/mamba_scan.py --device cuda --widths 125m,1.3b --seq-lens 2048,8192,32768 --dtype bfloat16
         --no-loop --batch 8  # (one line) GPU: ours vs the chunked scan vs mamba-ssm's kernel where it is installed
     python benchmarks/mamba_scan.py --aot 90                 # no GPU: the kernels' registers, spills, shared memory
+    python benchmarks/mamba_scan.py --device cuda --ssd 125m,1.3b --seq-lens 2048,8192,32768
+                                                             # adds Mamba-2's SSD at those model widths
+
+``--ssd SIZES`` adds a second table (``ssd_rows``): Mamba-2's SSD at each size's width (heads of 64,
+d_state 128, one group), the chunked PyTorch path, our Triton kernel and mamba-ssm's Triton SSD where
+each can run, in bfloat16 on CUDA (float32 on CPU), each checked against the float64 chunked path
+first, with the fraction of the byte floor: the bytes a forward + backward must move at least (read
+x, dt, B, C; write y; read dy and the inputs again; write their gradients) over the time, against
+``--peak-gbs`` (H200: 4800 GB/s).
 
 Each length first runs every implementation once on the same inputs and prints the largest
 absolute difference to the baseline (the sequential loop,
@@ -46,6 +55,8 @@ from kernels.selective_scan import (  # noqa: E402
 from harness.environment import machine_summary  # noqa: E402
 from models.backbones import SIZES  # noqa: E402
 from models.mixer import needs_cuda_module  # noqa: E402
+from kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_triton  # noqa: E402
+from models.backbones import get_size  # noqa: E402
 
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 IN_DTYPE = ("u", "delta", "B", "C", "z")  # what the mixer passes in its compute dtype; A, D, bias are float32
@@ -165,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="T = 256 and 1024, 2 repeats")
     p.add_argument("--aot", type=int, default=0, metavar="ARCH",
                    help="compile the Triton kernels for sm_ARCH (e.g. 90), no GPU needed; print their resources")
+    p.add_argument("--ssd", default="", help="also time Mamba-2's SSD at these sizes' widths, e.g. 125m,1.3b")
+    p.add_argument("--peak-gbs", type=float, default=4800.0, help="memory bandwidth of the byte floor (GB/s)")
     args = p.parse_args(argv)
     if args.aot:
         aot_report(args)
@@ -244,6 +257,70 @@ def main(argv: list[str] | None = None) -> None:
         if name == "triton (ours)" and cuda is not None:
             print(f"ratio:   d_inner {label}, T={seq_len}: triton / mamba-ssm fwd+bwd time = {t / cuda:.2f}"
                   " (target <= 1.5)")  # fmt: skip
+    if args.ssd:
+        ssd_rows(args, device, seq_lens)
+
+
+SSD_INPUTS = ("x", "dt", "A", "B", "C", "D", "dt_bias")
+
+
+def ssd_inputs(batch: int, heads: int, seq_len: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """Mamba-2's SSD inputs at a fresh layer's scales: headdim 64, d_state 128, one group, A in [-16, -1]."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * scale + shift).to(device=device, dtype=dtype)
+
+    return {
+        "x": rand(batch, seq_len, heads, 64),
+        "dt": rand(batch, seq_len, heads, scale=0.5),
+        "A": -torch.empty(heads).uniform_(1, 16, generator=g).to(device),
+        "B": rand(batch, seq_len, 1, 128),
+        "C": rand(batch, seq_len, 1, 128),
+        "D": torch.ones(heads, device=device),
+        "dt_bias": torch.log(torch.expm1(torch.exp(torch.empty(heads).uniform_(-6.9, -2.3, generator=g)))).to(device),
+    }
+
+
+def ssd_rows(args: argparse.Namespace, device: torch.device, seq_lens: list[int]) -> None:
+    """Mamba-2's SSD, forward + backward: every implementation that runs here, checked, timed, against the byte floor."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    implementations = {"chunked PyTorch": (ssd_chunked, None), "ours (Triton)": (ssd_chunked_triton, triton_unavailable_reason(device))}
+    implementations["mamba-ssm Triton SSD"] = (ssd_triton, needs_cuda_module("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined")(device))
+    rows, notes = [], [f"{name} not timed: {why}" for name, (_, why) in implementations.items() if why]
+    for size in args.ssd.split(","):
+        heads = 2 * get_size(size).d_model // 64
+        for seq_len in seq_lens:
+            inputs = ssd_inputs(args.batch, heads, seq_len, dtype, device)
+            weight = torch.randn(args.batch, seq_len, heads, 64, device=device, dtype=dtype)
+
+            def run(scan, data=inputs, weight=weight):
+                leaves = {k: v.detach().requires_grad_() for k, v in data.items()}
+                y = scan(**leaves, dt_softplus=True)
+                return [y.detach(), *torch.autograd.grad((y * weight).float().sum(), list(leaves.values()))]
+
+            exact = run(ssd_chunked, {k: v.double() for k, v in inputs.items()}, weight.double())
+            floor = sum(inputs[k].numel() * inputs[k].element_size() for k in ("x", "dt", "B", "C")) * 3 + 2 * inputs["x"].numel() * inputs["x"].element_size()
+            for name, (scan, why) in implementations.items():
+                if why:
+                    continue
+                errors = [((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(run(scan), exact)]
+                notes.append(f"{size} T={seq_len} {name}: max |diff| / max |float64| output {errors[0]:.1e}, grads "
+                             + ", ".join(f"{k} {e:.1e}" for k, e in zip(SSD_INPUTS, errors[1:])))  # fmt: skip
+                t = statistics.median(timed(lambda s=scan: run(s), device, args.repeats))
+                rows.append((size, heads, seq_len, name, t, floor / t / 1e9))
+    print()
+    print(f"Mamba-2 SSD: batch {args.batch}, headdim 64, d_state 128, 1 group, {str(dtype).removeprefix('torch.')} on {device},"
+          f" forward + backward, median of {args.repeats} runs after 1 warm-up; byte floor at {args.peak_gbs:.0f} GB/s")  # fmt: skip
+    for line in notes:
+        print(f"check:   {line}")
+    print()
+    print("| size | heads | T | implementation | fwd+bwd ms | chunked / this | GB/s over the floor | fraction of the floor |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    base = {(size, seq_len): t for size, _, seq_len, name, t, _ in rows if name == "chunked PyTorch"}
+    for size, heads, seq_len, name, t, gbs in rows:
+        ratio = base[(size, seq_len)] / t
+        print(f"| {size} | {heads} | {seq_len} | {name} | {t * 1e3:.1f} | {ratio:.2f}x | {gbs:.0f} | {gbs / args.peak_gbs:.3f} |")
 
 
 if __name__ == "__main__":

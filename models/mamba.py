@@ -21,7 +21,9 @@ conv; CUDA, where mamba-ssm does not load) and ``torch``
 (``kernels.selective_scan.selective_scan_chunked``, everywhere; CPU keeps it). Decode carries
 the conv window and the SSM state; ``step`` is the recurrence itself, run by mamba-ssm's Triton
 ``selective_state_update`` and causal-conv1d's ``causal_conv1d_update`` (both updating the
-state in place) where they load, else in PyTorch. The decode backend is chosen and recorded
+state in place) where they load, else by our two Triton kernels of the same contract
+(``DECODE_KERNELS["triton"]``), else in PyTorch. Without causal-conv1d the conv runs as
+time-major shift-adds on CUDA (``conv_silu``). The decode backend is chosen and recorded
 apart from the prefill one.
 """
 
@@ -46,6 +48,8 @@ from kernels.selective_scan import (
     triton_unavailable_reason,
 )
 from kernels.selective_scan.reference import scan_dtype
+from kernels.causal_conv import causal_conv1d_shift, causal_conv1d_update_triton
+from kernels.ssm_step import ssm_state_update_triton
 from models.layers import CausalDepthwiseConv
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
@@ -53,6 +57,27 @@ from models.registry import register_mixer
 
 # The fused one-token kernels: causal-conv1d's CUDA update and mamba-ssm's Triton state update.
 MAMBA_SSM_DECODE = needs_cuda_module("mamba_ssm", "causal_conv1d_cuda", "mamba_ssm.ops.triton.selective_state_update")
+# Each fused decode backend's (conv update, SSM state update) pair: the same contract, state in place.
+DECODE_KERNELS = {
+    "mamba-ssm": (causal_conv1d_update_cuda, selective_state_update_cuda),
+    "triton": (causal_conv1d_update_triton, ssm_state_update_triton),
+}
+
+
+def conv_silu(
+    conv: CausalDepthwiseConv, x: torch.Tensor, window: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``silu(causal conv(x))`` and the window after it (None without one), where causal-conv1d does not run.
+
+    On CUDA: the time-major shift-adds of ``kernels.causal_conv`` (no transposes of the
+    ``(batch, T, channels)`` activations). Elsewhere: the module's ``nn.Conv1d``, the faster one
+    on CPU and the one ``FlopCounterMode`` counts (the analytic FLOPs are checked against it).
+    """
+    if x.device.type != "cuda":
+        y, window = conv(x, window)
+        return F.silu(y), window
+    y, after = causal_conv1d_shift(x, conv.conv.weight.squeeze(1), conv.conv.bias, window, "silu")
+    return y, None if window is None else after.contiguous()
 
 
 def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -71,7 +96,11 @@ class Mamba(SequenceMixer):
         Backend("triton", triton_unavailable_reason, (torch.bfloat16, torch.float16, torch.float32)),
         Backend("torch", always),
     )
-    decode_backends = (Backend("mamba-ssm", MAMBA_SSM_DECODE), Backend("torch", always))
+    decode_backends = (
+        Backend("mamba-ssm", MAMBA_SSM_DECODE),
+        Backend("triton", triton_unavailable_reason),
+        Backend("torch", always),
+    )
 
     def __init__(
         self,
@@ -128,8 +157,7 @@ class Mamba(SequenceMixer):
             conv_state = None if state is None else F.pad(xs_t, (self.d_conv - 1 - x.shape[1], 0))
             scan, initial = selective_scan_cuda, None
         else:
-            xc, conv_state = self.conv(xs, None if state is None else state["conv"])
-            xc = F.silu(xc)
+            xc, conv_state = conv_silu(self.conv, xs, None if state is None else state["conv"])
             chunked = partial(selective_scan_chunked, chunk_size=self.chunk_size)
             scan = selective_scan_triton if backend == "triton" else chunked
             initial = None if state is None else state["ssm"]
@@ -162,8 +190,9 @@ class Mamba(SequenceMixer):
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]):
         """One token ``(batch, d_model)``: the recurrence ``h = exp(delta A) h + delta B x``, read by ``C``."""
-        if self.select_backend(x_t.device, x_t.dtype, decode=True) == "mamba-ssm":
-            return self._step_fused(x_t, state)
+        backend = self.select_backend(x_t.device, x_t.dtype, decode=True)
+        if backend in DECODE_KERNELS:
+            return self._step_fused(x_t, state, *DECODE_KERNELS[backend])
         return self._step_torch(x_t, state)
 
     def _step_torch(self, x_t: torch.Tensor, state: dict[str, Any]):
@@ -181,14 +210,14 @@ class Mamba(SequenceMixer):
         y = (y * F.silu(z)).to(x_t.dtype)
         return self.out_proj(y), {"conv": conv_state, "ssm": h, "pos": state["pos"] + 1}
 
-    def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any]):
-        """``step`` through the fused kernels, which update ``state["conv"]`` and ``state["ssm"]`` in place."""
+    def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):  # noqa: ANN001
+        """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and ``state["ssm"]`` in place."""
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
         conv = self.conv.conv
-        xc = causal_conv1d_update_cuda(xs, state["conv"], conv.weight.squeeze(1), conv.bias, "silu")
+        xc = conv_update(xs, state["conv"], conv.weight.squeeze(1), conv.bias, "silu")
         dt, B, C = self._ssm_inputs(xc)
         work = state["ssm"].dtype
-        y = selective_state_update_cuda(
+        y = state_update(
             state["ssm"], xc, dt, -torch.exp(self.A_log.to(work)), B, C, self.D.to(work), z=z,
             dt_bias=self.dt_proj.bias.to(work), dt_softplus=True,
         )  # fmt: skip

@@ -14,10 +14,14 @@ with a clear error naming the divisors to choose from. ``d_state`` defaults to m
 ``dt_bias`` is the inverse softplus of ``dt ~ logU[dt_min, dt_max]`` (floored); ``A`` starts
 uniform in ``[1, 16]`` per head; ``D`` at ones; ``out_proj`` scaled by ``1/sqrt(n_layers)``.
 
-Backends: ``mamba-ssm`` (its Triton ``mamba_chunk_scan_combined``, plus ``causal_conv1d_fn`` for
-stateless passes; CUDA only) and ``torch`` (``kernels.ssd.ssd_chunked``, everywhere). ``step``
-runs mamba-ssm's Triton ``selective_state_update`` (heads layout) and causal-conv1d's
-``causal_conv1d_update``, in place, where they load, else PyTorch; chosen and recorded apart.
+Backends, fastest first: ``mamba-ssm`` (its Triton ``mamba_chunk_scan_combined``, plus
+``causal_conv1d_fn`` for stateless passes; CUDA only), ``triton`` (ours: ``kernels.ssd``'s
+``ssd_chunked_triton``; CUDA, or CPU under ``TRITON_INTERPRET=1``; the conv then runs as
+``models.mamba.conv_silu``) and ``torch`` (``kernels.ssd.ssd_chunked``, everywhere).
+``step`` runs mamba-ssm's Triton ``selective_state_update`` (heads layout) and causal-conv1d's
+``causal_conv1d_update`` where they load, else our two Triton kernels of the same contract
+(``kernels.causal_conv.causal_conv1d_update_triton``, ``kernels.ssm_step.ssm_state_update_triton``),
+in place, else PyTorch; chosen and recorded apart.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.selective_scan import causal_conv1d_cuda, causal_conv1d_update_cuda, selective_state_update_cuda
+from kernels.selective_scan import causal_conv1d_cuda
 from kernels.selective_scan.reference import scan_dtype
-from kernels.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_flops, ssd_triton
+from kernels.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_chunked_triton, ssd_flops, ssd_triton
+from kernels.ttt import triton_unavailable_reason
 from models.layers import CausalDepthwiseConv
-from models.mamba import MAMBA_SSM_DECODE, dt_bias_init
+from models.mamba import DECODE_KERNELS, MAMBA_SSM_DECODE, conv_silu, dt_bias_init
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
 
@@ -52,9 +57,14 @@ class Mamba2(SequenceMixer):
 
     backends = (
         Backend("mamba-ssm", needs_cuda_module("mamba_ssm", "causal_conv1d_cuda", "mamba_ssm.ops.triton.ssd_combined")),
+        Backend("triton", triton_unavailable_reason),
         Backend("torch", always),
     )
-    decode_backends = (Backend("mamba-ssm", MAMBA_SSM_DECODE), Backend("torch", always))
+    decode_backends = (
+        Backend("mamba-ssm", MAMBA_SSM_DECODE),
+        Backend("triton", triton_unavailable_reason),
+        Backend("torch", always),
+    )
 
     def __init__(
         self,
@@ -116,16 +126,15 @@ class Mamba2(SequenceMixer):
         """Whole sequence ``(batch, T, d_model)``; with a decode state, continues from it and returns the next."""
         A = -torch.exp(self.A_log.to(scan_dtype(u.dtype)))
         z, xbc, dt = self._split(self.in_proj(u))
-        on_gpu = self.select_backend(u.device) == "mamba-ssm"
-        if on_gpu and state is None:
+        backend = self.select_backend(u.device)
+        if backend == "mamba-ssm" and state is None:
             w = self.conv.conv.weight.squeeze(1)
             xbc = causal_conv1d_cuda(xbc.transpose(1, 2).contiguous(), w, self.conv.conv.bias, "silu").transpose(1, 2)
             conv_state = None
         else:
-            xbc, conv_state = self.conv(xbc, None if state is None else state["conv"])
-            xbc = F.silu(xbc)
+            xbc, conv_state = conv_silu(self.conv, xbc, None if state is None else state["conv"])
         x, B, C = self._heads(xbc)
-        scan = ssd_triton if on_gpu else ssd_chunked
+        scan = {"mamba-ssm": ssd_triton, "triton": ssd_chunked_triton, "torch": ssd_chunked}[backend]
         result = scan(
             x,
             dt,
@@ -150,8 +159,9 @@ class Mamba2(SequenceMixer):
 
     def step(self, u_t: torch.Tensor, state: dict[str, Any]):
         """One token ``(batch, d_model)``: per head ``H = exp(dt A) H + dt outer(x, B)``, read by ``C``."""
-        if self.select_backend(u_t.device, u_t.dtype, decode=True) == "mamba-ssm":
-            return self._step_fused(u_t, state)
+        backend = self.select_backend(u_t.device, u_t.dtype, decode=True)
+        if backend in DECODE_KERNELS:
+            return self._step_fused(u_t, state, *DECODE_KERNELS[backend])
         return self._step_torch(u_t, state)
 
     def _step_torch(self, u_t: torch.Tensor, state: dict[str, Any]):
@@ -168,17 +178,17 @@ class Mamba2(SequenceMixer):
         y = torch.einsum("bhpn,bhn->bhp", H, C) + self.D.to(work)[:, None] * x
         return self._out(y.to(u_t.dtype), z), {"conv": conv_state, "ssm": H, "pos": state["pos"] + 1}
 
-    def _step_fused(self, u_t: torch.Tensor, state: dict[str, Any]):
-        """``step`` through the fused kernels, which update ``state["conv"]`` and ``state["ssm"]`` in place.
+    def _step_fused(self, u_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):  # noqa: ANN001
+        """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and ``state["ssm"]`` in place.
 
         The kernel takes per-channel ``A``, ``dt``, ``dt_bias`` and ``D``: the per-head values are
         broadcast over ``headdim`` (expanded views, no copies), as mamba-ssm's own ``Mamba2.step``.
         """
         z, xbc, dt = self._split(self.in_proj(u_t))
         conv = self.conv.conv
-        x, B, C = self._heads(causal_conv1d_update_cuda(xbc, state["conv"], conv.weight.squeeze(1), conv.bias, "silu"))
+        x, B, C = self._heads(conv_update(xbc, state["conv"], conv.weight.squeeze(1), conv.bias, "silu"))
         work, per_head = state["ssm"].dtype, (self.heads, self.headdim)
-        y = selective_state_update_cuda(
+        y = state_update(
             state["ssm"], x, dt[:, :, None].expand(-1, *per_head),
             -torch.exp(self.A_log.to(work))[:, None, None].expand(*per_head, self.d_state), B, C,
             self.D.to(work)[:, None].expand(per_head), dt_bias=self.dt_bias.to(work)[:, None].expand(per_head),

@@ -12,6 +12,7 @@ names CUDA or a GPU, which is read as the marker): ``pytest -m gpu`` runs them a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import os
 import re
@@ -132,3 +133,36 @@ def mamba_ssm_module():
                 del sys.modules["selective_scan_cuda"]
 
     return load
+
+
+@pytest.fixture
+def causal_conv1d_interface():
+    """causal-conv1d's ``causal_conv1d_interface`` module (its pure-PyTorch ``causal_conv1d_ref`` and
+    ``causal_conv1d_update_ref``), loaded without its compiled extension, or a skip with the reason.
+
+    ``import causal_conv1d`` loads ``causal_conv1d_cuda`` (absent on CPU), so the interface file
+    is executed with its compiled-function module stubbed, and every stub is removed again.
+    """
+    spec = importlib.util.find_spec("causal_conv1d")
+    if spec is None or spec.origin is None:
+        pytest.skip("causal-conv1d is not installed (GPU extra: pip install -e .[gpu])")
+    stub = types.ModuleType("causal_conv1d.cpp_functions")
+    for name in ("causal_conv1d_fwd_function", "causal_conv1d_bwd_function", "causal_conv1d_update_function"):
+        setattr(stub, name, None)
+    package = types.ModuleType("causal_conv1d")
+    package.__path__ = []
+    names = ("causal_conv1d", "causal_conv1d.cpp_functions")
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules.update({"causal_conv1d": package, "causal_conv1d.cpp_functions": stub})
+    try:
+        path = Path(spec.origin).parent / "causal_conv1d_interface.py"
+        module_spec = importlib.util.spec_from_file_location("mixbench_test_causal_conv1d_interface", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+    return module

@@ -1,6 +1,7 @@
-"""SSD, the scan of Mamba-2: a sequential reference, the chunked PyTorch algorithm, mamba-ssm's Triton kernel.
+"""SSD, the scan of Mamba-2: a sequential reference, the chunked PyTorch algorithm, our fused Triton
+kernel (``triton_chunked.py``) and mamba-ssm's Triton kernels.
 
-All three take ``mamba_chunk_scan_combined``'s arguments (``x: (batch, T, heads, headdim)``,
+All four take ``mamba_chunk_scan_combined``'s arguments (``x: (batch, T, heads, headdim)``,
 ``dt: (batch, T, heads)``, ``A: (heads,)``, ``B, C: (batch, T, groups, d_state)``) and compute
 the same function; ``tests/kernels/test_ssd.py`` holds them to each other.
 """
@@ -9,4 +10,12 @@ from kernels.ssd.chunked import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_flops
 from kernels.ssd.cuda import ssd_triton
 from kernels.ssd.reference import ssd_reference
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ssd_chunked", "ssd_flops", "ssd_reference", "ssd_triton"]
+
+def ssd_chunked_triton(*args, **kwargs):
+    """``kernels.ssd.triton_chunked.ssd_chunked_triton``; triton is imported on first call."""
+    from kernels.ssd.triton_chunked import ssd_chunked_triton as scan
+
+    return scan(*args, **kwargs)
+
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "ssd_chunked", "ssd_chunked_triton", "ssd_flops", "ssd_reference", "ssd_triton"]

@@ -36,7 +36,7 @@ def test_registered_and_available_on_cpu_with_the_torch_backend():
     for name in ("mamba", "mamba2"):
         assert entries[name].available, entries[name].unavailable_reason()
     assert [b.name for b in get_entry("mamba").backends] == ["mamba-ssm", "triton", "torch"]
-    assert [b.name for b in get_entry("mamba2").backends] == ["mamba-ssm", "torch"]
+    assert [b.name for b in get_entry("mamba2").backends] == ["mamba-ssm", "triton", "torch"]
     assert make("mamba").select_backend(CPU) == "torch"
     assert build(ModelSpec.parse("mamba2@mamba_native", "tiny", 50)).backends(CPU) == ["torch"]
 

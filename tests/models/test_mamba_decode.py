@@ -1,6 +1,6 @@
 """Mamba and Mamba-2 decode through mamba-ssm's fused one-token kernels equals our PyTorch step.
 
-The fused path (``_step_fused``) calls two thin wrappers; on CPU they are replaced by the
+The fused path (``_step_fused``) calls two thin wrappers (``models.mamba.DECODE_KERNELS``); on CPU they are replaced by the
 libraries' own pure-PyTorch references of the same kernels (``selective_state_update_ref``,
 ``causal_conv1d_update_ref``), which share their in-place state contract. On a GPU the real
 kernels run (``test_fused_decode_on_gpu``).
@@ -8,16 +8,11 @@ kernels run (``test_fused_decode_on_gpu``).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
 
 import models.mamba
-import models.mamba2
 from models.mamba import Mamba
 from models.mamba2 import Mamba2
 from models.mixer import Backend, always
@@ -26,35 +21,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def conv_update_ref():
-    """causal-conv1d's ``causal_conv1d_update_ref``, loaded without its compiled extension.
-
-    ``import causal_conv1d`` loads ``causal_conv1d_cuda`` (absent on CPU), so the interface file
-    is executed with its compiled-function module stubbed, and every stub is removed again.
-    """
-    spec = importlib.util.find_spec("causal_conv1d")
-    if spec is None or spec.origin is None:
-        pytest.skip("causal-conv1d is not installed (GPU extra: pip install -e .[gpu])")
-    stub = types.ModuleType("causal_conv1d.cpp_functions")
-    for name in ("causal_conv1d_fwd_function", "causal_conv1d_bwd_function", "causal_conv1d_update_function"):
-        setattr(stub, name, None)
-    package = types.ModuleType("causal_conv1d")
-    package.__path__ = []
-    names = ("causal_conv1d", "causal_conv1d.cpp_functions")
-    saved = {name: sys.modules.get(name) for name in names}
-    sys.modules.update({"causal_conv1d": package, "causal_conv1d.cpp_functions": stub})
-    try:
-        path = Path(spec.origin).parent / "causal_conv1d_interface.py"
-        module_spec = importlib.util.spec_from_file_location("mixbench_test_causal_conv1d_interface", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    finally:
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-    return module.causal_conv1d_update_ref
+def conv_update_ref(causal_conv1d_interface):
+    return causal_conv1d_interface.causal_conv1d_update_ref
 
 
 def make(kind: str) -> torch.nn.Module:
@@ -69,13 +37,12 @@ def test_fused_decode_equals_the_torch_step_and_updates_the_state_in_place(
     kind, monkeypatch, mamba_ssm_module, conv_update_ref
 ):
     ssu_ref = mamba_ssm_module("mamba_ssm.ops.triton.selective_state_update").selective_state_update_ref
-    module, cls = (models.mamba, Mamba) if kind == "mamba" else (models.mamba2, Mamba2)
+    cls = Mamba if kind == "mamba" else Mamba2
 
     def conv_update(x, conv_state, weight, bias, activation):  # the wrapper's casts, then the reference
         return conv_update_ref(x, conv_state, weight.to(x.dtype), bias.to(x.dtype), activation=activation)
 
-    monkeypatch.setattr(module, "selective_state_update_cuda", ssu_ref)
-    monkeypatch.setattr(module, "causal_conv1d_update_cuda", conv_update)
+    monkeypatch.setitem(models.mamba.DECODE_KERNELS, "mamba-ssm", (conv_update, ssu_ref))
     mixer = make(kind)
     x = torch.randn(2, 14, 32)
     full, _ = mixer(x)
@@ -105,7 +72,7 @@ def test_decode_backend_is_torch_on_cpu_and_recorded_apart():
     assert model.backends(CPU, torch.float32, decode=True) == ["torch"]
     reason = Mamba.decode_backends[0].unavailable_reason(CPU)
     assert reason is not None  # not installed, no GPU, or not a CUDA device: said in one line
-    assert [b.name for b in Mamba2.decode_backends] == ["mamba-ssm", "torch"]
+    assert [b.name for b in Mamba2.decode_backends] == [b.name for b in Mamba.decode_backends] == ["mamba-ssm", "triton", "torch"]
 
 
 @pytest.mark.gpu
