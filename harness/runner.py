@@ -27,6 +27,7 @@ from harness.device_memory import free_memory
 from harness.distributed import Group
 from harness.environment import environment, pick_device
 from harness.evaluate import evaluate
+from harness.cost import duration, estimate, measurements
 from harness.flops import training_flops
 from harness.live import LiveCurve
 from harness.loggers import DEFAULT_LOG_DIR, open_mirrors
@@ -351,23 +352,33 @@ class SuiteRunner:
         return LiveCurve(self.store, cell.run_key, plan.steps, lambda rate: mfu(rate * flops_per_token, 1.0, peak, devices),
                          mirrors)  # fmt: skip
 
-    def dry_run(self, only: str | None = None) -> Table:
-        """The cells with parameter counts, token budgets and FLOPs, computed without any data."""
+    def dry_run(self, only: str | None = None, gpu: str | None = None, gpus: int = 1) -> Table:
+        """The cells with parameter counts, token budgets and FLOPs, computed without any data;
+        with ``gpu`` (a kind of ``harness.mfu``'s table) also the GPU-hours each would take (``harness.cost``)."""
         table = Table(title=f"suite {self.suite.name}: dry run")
-        for col in ("run key", "model", "size", "seq", "params", "non-emb params", "tokens", "train FLOPs", "status"):
-            table.add_column(col, justify="right" if col in {"params", "non-emb params", "tokens", "train FLOPs"} else "left")
+        costed = ("GPU-hours", f"wall on {gpus}× {gpu}", "speed from") if gpu else ()
+        for col in ("run key", "model", "size", "seq", "params", "non-emb params", "tokens", "train FLOPs", "status", *costed):
+            table.add_column(col, justify="right" if col in {"params", "non-emb params", "tokens", "train FLOPs", *costed[:2]} else "left")
+        known, total = (measurements(self.store) if gpu else []), 0.0
         for cell in select_cells(self.suite, only):
             vocab = self.vocab_size(cell)
             with torch.device("meta"):  # no memory: a 1.3b model costs nothing to count
                 model = build(model_spec(cell, vocab))
             plan = plan_training(cell.train, model.num_params(), cell.seq_len)
             flops = training_flops(model, cell.seq_len, plan.tokens)["flops/train"]
+            cost = []
+            if gpu:
+                e = estimate(cell.mixer, cell.backbone, cell.size, cell.seq_len, plan.tokens, flops, gpu, gpus, known)
+                total += e.gpu_hours
+                cost = [f"{e.gpu_hours:.3g}", duration(e.wall_hours * 3600), e.basis]
             table.add_row(
                 cell.run_key, cell.arch if cell.task is None else cell_label(cell), cell.size, str(cell.seq_len),
                 f"{model.num_params():,}",
                 f"{model.num_params(non_embedding=True):,}", f"{plan.tokens:,}", f"{flops:.3g}",
-                self.store.status(cell.run_key) or "new",
+                self.store.status(cell.run_key) or "new", *cost,
             )  # fmt: skip
+        if gpu:
+            table.caption = f"total {total:.4g} GPU-hours on {gpu}: {duration(total / gpus * 3600)} on {gpus} GPUs"
         return table
 
     def data_table(self) -> Table:
