@@ -61,7 +61,7 @@ class WandbMirror:
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=suite, name=label, id=run_key, config=config, dir=str(folder),
-            mode=os.environ.get("WANDB_MODE", "offline"), resume="allow", reinit="create_new",
+            mode=os.environ.get("WANDB_MODE", "offline"), resume="allow",
         )  # fmt: skip
 
     def log(self, rows: list[tuple[int, str, float]]) -> None:
