@@ -4,6 +4,7 @@ stores every step exactly once (SQLite and a real PostgreSQL server)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ def curves(store: Store) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted(points) for name, points in by_name.items()}
 
 
-def test_a_killed_cell_keeps_its_curve_and_the_resume_stores_every_step_once(db, write_suite, tmp_path, monkeypatch):
+def test_a_killed_cell_keeps_its_curve_and_the_resume_stores_every_step_once(db, write_suite, tmp_path, monkeypatch,
+                                                                             capsys):
     suite = write_suite(
         models=["faults:FaultyAttention@transformer"],
         train={"tokens": 12 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 1, "checkpoint_every": 3},
@@ -46,6 +48,9 @@ def test_a_killed_cell_keeps_its_curve_and_the_resume_stores_every_step_once(db,
 
     monkeypatch.syspath_prepend(str(HERE))
     monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["results", "--db", db, "--stale-minutes", "0"]) == 0  # its runner is gone: no heartbeat since
+    assert re.search(r"no heartbeat for \d+ min", capsys.readouterr().out)
     assert main(["run", str(suite), "--db", db]) == 0  # resumes from the checkpoint of step 6
     after = curves(Store(db))
     for name in ("train/loss", "train/lr", "train/grad_norm", "tokens/s", "tokens/s/recent"):
