@@ -119,7 +119,9 @@ def main() -> None:
     print(f"machine: {machine_summary(device)}")
     gpu = kind_of_device(device_name(device)) if device.type == "cuda" else None
     if args.store and gpu is None:
-        raise SystemExit(f"--store records speeds for GPU cost estimates; {device_name(device)} is no GPU kind of harness/mfu.py")
+        raise SystemExit(
+            f"--store records speeds for GPU cost estimates; {device_name(device)} is no GPU kind of harness/mfu.py"
+        )
     store = Store(args.store) if args.store else None
     data = synthetic_data(max(4 * args.batch, 256), args.seq_len)
     rows = []

@@ -78,7 +78,8 @@ def measurements(store: Store) -> list[Measurement]:
         for t in store.throughputs()
         if t.gpu in PEAK_BF16_TFLOPS and t.gpus > 0 and t.tokens_per_s > 0
     ]
-    values = {(key, name): v for key, _s, name, v in store.metric_values() if name in ("train/tokens_per_s", "train/world_size")}
+    wanted = ("train/tokens_per_s", "train/world_size")
+    values = {(key, name): v for key, _s, name, v in store.metric_values() if name in wanted}
     for run in store.runs():
         kind = kind_of_device(str((run.environment or {}).get("device", "")))
         rate = values.get((run.run_key, "train/tokens_per_s"))

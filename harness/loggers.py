@@ -36,7 +36,9 @@ def check_loggers(names: Iterable[str]) -> None:
     for name in names:
         module = LOGGER_MODULES[name]
         if importlib.util.find_spec(module) is None:
-            raise LoggerError(f"train.loggers names {name}, but {module} is not installed (pip install 'mixbench[trackers]')")
+            raise LoggerError(
+                f"train.loggers names {name}, but {module} is not installed (pip install 'mixbench[trackers]')"
+            )
 
 
 class TensorBoardMirror:
