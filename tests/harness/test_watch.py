@@ -30,8 +30,9 @@ def row(frame: str, needle: str) -> list[str]:
     return [c.strip() for c in line.split("│")[1:-1]]
 
 
-def test_watch_follows_a_running_cell_log_by_log(write_suite, tmp_path, monkeypatch):
-    """A real runner trains in a thread; each of its logs waits for the watch to sleep once (the fake clock's tick)."""
+def test_watch_follows_a_running_cell_log_by_log(db, write_suite, tmp_path, monkeypatch):
+    """A real runner trains in a thread; each of its logs waits for the watch to sleep once (the fake clock's tick).
+    On SQLite and on the PostgreSQL server: the store a laptop watches a cluster through."""
     monkeypatch.chdir(tmp_path)
     tick, written = threading.Semaphore(0), threading.Event()
 
@@ -44,7 +45,7 @@ def test_watch_follows_a_running_cell_log_by_log(write_suite, tmp_path, monkeypa
     monkeypatch.setattr(runner_module, "LiveCurve", Gated)
     suite = load_suite(write_suite(train={"tokens": 8 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 2,
                                           "device": "cpu"}))  # fmt: skip
-    store = Store(tmp_path / "w.db")
+    store = Store(db)
     # a second cell whose runner on another machine went silent half an hour ago
     store.claim(RunRecord("dead", "unit", "ttt_linear", "transformer", "micro", 32, "kjv", {}))
     with store.session() as s:
