@@ -5,6 +5,8 @@
     python benchmarks/train_loop.py --quick --arch ttt_linear@transformer --compile both   # CPU smoke of compile (minutes)
     python benchmarks/train_loop.py --device cuda --arch attention@transformer,ttt_linear@transformer,mamba@mamba_native \\
         --size 125m --seq-len 2048 --batch 8 --steps 20 --compile both   # GPU: tokens/s and MFU, bf16
+    python benchmarks/train_loop.py --device cuda --size 125m --seq-len 2048 --batch 8 --store results/mixbench.db
+                                                         # also record the speeds for `run --dry-run --gpu` estimates
 
 Both loops build the model from the same seed, read the same batches (the harness sampler's
 order, precomputed for the bare loop), use the same AdamW groups, learning-rate schedule and
@@ -18,6 +20,9 @@ MFU (analytic training FLOPs / time / the device's peak, ``harness.mfu``). With 
 on|both`` (``train.compile``: each block compiled) it prints the graph breaks Dynamo met (each
 block should be one graph; the TTT op is one custom op, ``kernels.ttt.op``), and with ``both``
 the harness loop's tokens/s with compile over without. It never asserts a time.
+With ``--store DB`` on a GPU of ``harness.mfu``'s table, the harness loop's median
+tokens/s of each model is recorded in the store's ``throughput`` table, keyed by (architecture,
+size, context, backend, GPU kind): ``mixbench run SUITE --dry-run --gpu KIND`` costs cells from it.
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.cost import kind_of_device  # noqa: E402
 from harness.data import PackedData  # noqa: E402
+from harness.environment import device_name, environment  # noqa: E402
 from harness.environment import machine_summary  # noqa: E402
 from harness.flops import training_flops  # noqa: E402
 from harness.loss import cross_entropy  # noqa: E402
 from harness.mfu import mfu, peak_tflops  # noqa: E402
-from harness.parallel import autocast, prepare  # noqa: E402
+from harness.parallel import autocast, compute_dtype, prepare  # noqa: E402
 from harness.sampler import BlockSampler  # noqa: E402
+from harness.store import Store  # noqa: E402
 from harness.suite import TrainSection  # noqa: E402
 from harness.train import learning_rate, make_optimizer, micro_batching, plan_training, train  # noqa: E402
 from models import ModelSpec, build  # noqa: E402
@@ -106,12 +114,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", choices=["off", "on", "both"], default="off")
     ap.add_argument("--quick", action="store_true", help="micro model, 5 steps, 1 repeat")
+    ap.add_argument("--store", help="record the harness loop's tokens/s per model in this store (GPU kinds only)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.steps, args.repeats, args.seq_len, args.batch = "micro", 5, 1, 64, 8
     device = torch.device(args.device)
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {machine_summary(device)}")
+    gpu = kind_of_device(device_name(device)) if device.type == "cuda" else None
+    if args.store and gpu is None:
+        raise SystemExit(
+            f"--store records speeds for GPU cost estimates; {device_name(device)} is no GPU kind of harness/mfu.py"
+        )
+    store = Store(args.store) if args.store else None
     data = synthetic_data(max(4 * args.batch, 256), args.seq_len)
     rows = []
     for arch in args.arch.split(","):
@@ -147,6 +162,15 @@ def main() -> None:
             model = build(ModelSpec.parse(arch, args.size, VOCAB))
             flops = training_flops(model, args.seq_len, plan.tokens)["flops/train"]
             peak = peak_tflops(device)
+            if store is not None:
+                backend = ",".join(model.backends(device, compute_dtype(device))) + (",compile" if compile_ else "")
+                mixer, backbone = arch.split("@")
+                store.add_throughput({
+                    "mixer": mixer, "backbone": backbone, "size": args.size, "seq_len": args.seq_len, "backend": backend,
+                    "gpu": gpu, "gpus": 1, "tokens_per_s": plan.tokens / statistics.median(times["harness"]),
+                    "source": "benchmarks/train_loop.py", "environment": environment(device),
+                })  # fmt: skip
+                print(f"{arch} compile={compile_}: stored in {store.where} as {gpu} ({backend})")
             for name in ("bare", "harness"):
                 med = statistics.median(times[name])
                 util = mfu(flops, med, peak)

@@ -16,9 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
+from harness.cost import CostError, gpu_kind
 from harness.data import DataError
 from harness.distributed import Group, init_from_env
+from harness.health import Thresholds, flags_by_run
 from harness.launch.submit import LaunchError, submit_suite
+from harness.loggers import LoggerError, check_loggers
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
 from harness.resume import PREEMPTED_EXIT_CODE, Preempted
@@ -26,10 +29,12 @@ from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
 from harness.store import SCHEMA_VERSION, Store, StoreError, resolve_url
 from harness.store_copy import copy_store
 from harness.suite import Suite, SuiteError, load_suite
+from harness.watch import watch
 from models.registry import UnknownMixerError, list_mixers
 
 EXPECTED_ERRORS = (
-    SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError, LaunchError
+    SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError, LaunchError, CostError,
+    LoggerError,
 )
 
 
@@ -52,12 +57,24 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
     run.add_argument("--launcher", choices=["local", "slurm"], default="local",
                      help="local: run here (default); slurm: one job per pending cell (the suite's launcher: section)")
+    run.add_argument("--gpu", help="with --dry-run: the GPU kind to cost the suite on (H200, H100, H100 PCIe, A100)")
+    run.add_argument("--gpus", type=int, default=1, help="with --gpu: GPUs per cell (default 1)")
 
     sub.add_parser("mixers", help="list registered mixers, their backends and availability")
 
     res = sub.add_parser("results", help="a table of runs and their headline numbers")
     _add_db(res)
     res.add_argument("--suite")
+    res.add_argument("--stale-minutes", type=float, default=Thresholds.stale_minutes,
+                     help="flag a running cell with no heartbeat for this long")
+
+    wat = sub.add_parser("watch", help="a live table of a suite's cells: progress, loss, speed, ETA, job, host, flags")
+    wat.add_argument("suite", help="a suite file or a suite name in the store")
+    _add_db(wat)
+    wat.add_argument("--every", type=float, default=5.0, help="seconds between refreshes")
+    wat.add_argument("--once", action="store_true", help="print one table and exit")
+    wat.add_argument("--stale-minutes", type=float, default=Thresholds.stale_minutes,
+                     help="flag a running cell with no heartbeat for this long")
 
     q = sub.add_parser("query", help="run one read-only SQL statement against the store")
     q.add_argument("sql")
@@ -129,6 +146,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Console) -> int:
+    if args.gpu is not None and not args.dry_run:
+        raise CostError("--gpu costs a suite before launching it: add --dry-run")
+    gpu = None if args.gpu is None else gpu_kind(args.gpu)
+    if suite.spec.trains:  # a tracker that is not installed stops the launch, not every cell
+        check_loggers({name for cell in suite.cells() for name in cell.train.loggers})
     store = Store(args.db)
     if args.launcher == "slurm" and not args.dry_run:
         submit_suite(suite, args.suite, store, args.only, console, extra_args=(
@@ -139,7 +161,7 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
                          group=group, resume_command="python -m harness " + shlex.join(sys.argv[1:]))  # fmt: skip
     if args.dry_run:
         if suite.spec.trains:
-            console.print(runner.dry_run(args.only))
+            console.print(runner.dry_run(args.only, gpu, args.gpus))
             if suite.spec.task is None:  # the token budget and disk each cache will take
                 console.print(runner.data_table())
         if suite.spec.latency is not None:
@@ -198,12 +220,16 @@ def cmd_mixers(console: Console) -> int:
     return 0
 
 
-def results_table(store: Store, suite: str | None) -> Table:
-    values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
+def results_table(store: Store, suite: str | None, thresholds: Thresholds = Thresholds()) -> Table:
+    rows = store.metric_values(suite)
+    values = {(key, name): v for key, _step, name, v in rows}
+    runs = store.runs(suite)
+    flags = flags_by_run(runs, rows, thresholds=thresholds)
     table = Table(title=f"results{f' of suite {suite}' if suite else ''}")
-    for col in ("run key", "suite", "model", "size", "seq", "params", "status", "job", "val ppl", "train FLOPs", "backend", "error"):
+    for col in ("run key", "suite", "model", "size", "seq", "params", "status", "job", "val ppl", "train FLOPs", "backend",
+                "error", "flags"):  # fmt: skip
         table.add_column(col)
-    for r in store.runs(suite):
+    for r in runs:
         ppl = values.get((r.run_key, "val/ppl"))
         flops = values.get((r.run_key, "flops/train"))
         status = r.status
@@ -212,7 +238,7 @@ def results_table(store: Store, suite: str | None) -> Table:
         table.add_row(
             r.run_key, r.suite, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len),
             f"{r.n_params:,}" if r.n_params else "-", status, r.job_id or "-", f"{ppl:.2f}" if ppl else "-",
-            f"{flops:.3g}" if flops else "-", r.backend or "-", r.error or "",
+            f"{flops:.3g}" if flops else "-", r.backend or "-", r.error or "", "; ".join(flags[r.run_key]),
         )  # fmt: skip
     return table
 
@@ -240,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "mixers":
             return cmd_mixers(console)
         if args.command == "results":
-            console.print(results_table(Store(args.db), args.suite))
+            console.print(results_table(Store(args.db), args.suite, Thresholds(stale_minutes=args.stale_minutes)))
+            return 0
+        if args.command == "watch":
+            name = load_suite(Path(args.suite)).name if Path(args.suite).is_file() else args.suite
+            watch(Store(args.db), name, args.every, console, once=args.once,
+                  thresholds=Thresholds(stale_minutes=args.stale_minutes))
             return 0
         if args.command == "query":
             return cmd_query(args, console)

@@ -21,6 +21,9 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 from sqlalchemy import select
 
+from harness.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
+from harness.health import flags_by_run
+from harness.report_live import refresh_tag, running_curves_figure
 from harness.store import Latency, Run, Store
 from harness.tasks.report import is_task_run, task_figures, task_table_html
 
@@ -114,24 +117,38 @@ def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, in
     return fig
 
 
-def results_table_html(runs: list[Run], values: dict[tuple[str, str], float]) -> str:
-    """The results as a plain HTML table, sortable by clicking a column header."""
+def results_table_html(
+    runs: list[Run], values: dict[tuple[str, str], float], flags: dict[str, list[str]] | None = None,
+    known: list[Measurement] | None = None,
+) -> str:  # fmt: skip
+    """The results as a plain HTML table, sortable by clicking a column header; with each run's health
+    flags, and the GPU-hours a dry run would have predicted (from ``known`` speeds measured before it) beside
+    those it took."""
 
     def metric(run: Run, name: str, spec: str) -> tuple[str, str]:
         v = values.get((run.run_key, name))
         return ("-", "") if v is None else (format(v, spec), repr(v))
 
     header = ("run key", "model", "size", "seq", "params", "status", "val ppl", "train FLOPs", "tokens/s",
-              "backend", "device", "commit", "error")  # fmt: skip
+              "GPU-h predicted", "GPU-h actual", "backend", "device", "commit", "error", "flags")  # fmt: skip
+    by_run: dict[str, dict[str, float]] = defaultdict(dict)
+    for (key, name), v in values.items():
+        by_run[key][name] = v
     rows = []
     for r in runs:
         env = r.environment or {}
+        own = by_run[r.run_key]
+        predicted = predicted_gpu_hours(r, own, known or [])
+        actual = actual_gpu_hours(own) if predicted is not None else None  # a CPU run's hours are not GPU-hours
         cells = [
             (r.run_key, ""), (arch_label(r), ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
             (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")), (r.status, ""),
             metric(r, "val/ppl", ".3f"), metric(r, "flops/train", ".3g"), metric(r, "train/tokens_per_s", ",.0f"),
+            ("-", "") if predicted is None else (f"{predicted.gpu_hours:.3g} ({'measured' if predicted.measured else 'assumed MFU'})",
+                                                 repr(predicted.gpu_hours)),
+            ("-", "") if actual is None else (f"{actual:.3g}", repr(actual)),
             (r.backend or "-", ""), (str(env.get("device", "-")), ""), (str(env.get("git_commit") or "-")[:12], ""),
-            (r.error or "", ""),
+            (r.error or "", ""), ("; ".join((flags or {}).get(r.run_key, [])), ""),
         ]  # fmt: skip
         rows.append(cells)
     return _sortable_table("Results", "results", header, rows)
@@ -178,8 +195,8 @@ def _color(i: int) -> str:
     return _PALETTE[i % len(_PALETTE)]
 
 
-def dashboard_html(suite: str, figures: list[go.Figure], table: str) -> str:
-    """One HTML page; plotly.js is inlined once so the file opens offline."""
+def dashboard_html(suite: str, figures: list[go.Figure], table: str, head: str = "") -> str:
+    """One HTML page; plotly.js is inlined once so the file opens offline. ``head``: extra tags (a reload)."""
     parts = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"responsive": True})
         for i, fig in enumerate(figures)
@@ -187,7 +204,7 @@ def dashboard_html(suite: str, figures: list[go.Figure], table: str) -> str:
     body = "\n".join(f'<section class="panel">{p}</section>' for p in parts)
     title = html.escape(f"mixbench: {suite}")
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{head}<title>{title}</title>"
         "<style>body{font-family:sans-serif;margin:1.5em}.panel{margin-bottom:2em}"
         "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
         "th{cursor:pointer;background:#eef}</style></head>"
@@ -344,7 +361,9 @@ def write_reports(
     runs = store.runs(suite)
     latency = stored_latency(store, suite)
     suites = sorted({r.suite for r in runs} | {r.suite for r in latency})
-    values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
+    metric_rows = store.metric_values(suite)
+    values = {(key, name): v for key, _step, name, v in metric_rows}
+    flags, known = flags_by_run(runs, metric_rows), measurements(store)
     positions = store.position_losses(suite)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -352,17 +371,19 @@ def write_reports(
         suite_runs = [r for r in runs if r.suite == name]
         done = [r for r in suite_runs if r.status == "done"]
         suite_latency = [r for r in latency if r.suite == name]
-        if not done and not suite_latency:
+        live = running_curves_figure(suite_runs, metric_rows)
+        if not done and not suite_latency and live is None:
             continue
         text_done = [r for r in done if not is_task_run(r)]  # task runs get their own panels (accuracy)
         figures = [flops_figure(text_done, values), position_figure(text_done, positions)] if text_done else []
         figures += task_figures(done, values)
-        tables = results_table_html(suite_runs, values) + task_table_html(suite_runs, values) if suite_runs else ""
+        figures += [live] if live is not None else []
+        tables = results_table_html(suite_runs, values, flags, known) + task_table_html(suite_runs, values) if suite_runs else ""
         if suite_latency:
             figures.append(latency_figure(suite_latency))
             tables += latency_table_html(suite_latency)
         path = out_dir / f"{name}.html"
-        path.write_text(dashboard_html(name, figures, tables))
+        path.write_text(dashboard_html(name, figures, tables, refresh_tag() if live is not None else ""))
         written.append(path)
         if image_format is not None and figures:
             written += write_panel_images(figures, out_dir / name, image_format)

@@ -10,6 +10,7 @@ suite goes on; Ctrl-C marks the cell in flight as interrupted and stops.
 from __future__ import annotations
 
 import fnmatch
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,10 @@ from harness.device_memory import free_memory
 from harness.distributed import Group
 from harness.environment import environment, pick_device
 from harness.evaluate import evaluate
+from harness.cost import duration, estimate, measurements
 from harness.flops import training_flops
+from harness.live import LiveCurve
+from harness.loggers import DEFAULT_LOG_DIR, open_mirrors
 from harness.mfu import mfu, peak_tflops
 from harness.parallel import choose_mode, compute_dtype, full_model, prepare
 from harness.resume import Preempted, StepCheckpoints
@@ -151,12 +155,13 @@ class SuiteRunner:
         console: Console | None = None,
         group: Group | None = None,
         resume_command: str = "rerun the same command",
+        log_dir: Path = DEFAULT_LOG_DIR,
     ):
         """``store`` is rank 0's alone: under torchrun the other ranks pass None and follow rank 0."""
         self.group = group or Group()
         self.resume_command = resume_command
         self.suite, self.store = suite, store
-        self.cache_dir, self.checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
+        self.cache_dir, self.checkpoint_dir, self.log_dir = Path(cache_dir), Path(checkpoint_dir), Path(log_dir)
         self.console = console or Console()
         self._data: dict[tuple[DataConfig, DataNeed], PackedData] = {}
         self._needs: dict[str, DataNeed] = {}  # by run_key
@@ -282,15 +287,14 @@ class SuiteRunner:
         plan = plan_training(cell.train, n_params, cell.seq_len)
         epochs = training_epochs(cell, len(work.data.train), plan)
         mode = choose_mode(cell.train.parallel, n_params, group)
+        live = self.live_curve(cell, model, plan, device) if main else None
         wrapped = prepare(model, mode, device, compile=cell.train.compile,
                           activation_checkpointing=cell.train.activation_checkpointing)  # fmt: skip
         steps = StepCheckpoints(self.checkpoint_dir / cell.run_key / "steps", group, cell.train.keep_checkpoints)
 
-        def store_progress(step: int, tokens: int) -> None:  # live progress of a running cell, rank 0 only
-            self.store.record_progress(cell.run_key, step, {"progress/step": step, "progress/tokens": tokens})
-
-        result = train(wrapped, work.data, cell.train, plan, device, label=cell_label(cell), group=group,
-                       checkpoints=steps, on_log=store_progress if main else None)  # fmt: skip
+        with live or nullcontext():
+            result = train(wrapped, work.data, cell.train, plan, device, label=cell_label(cell), group=group,
+                           checkpoints=steps, on_log=live)  # fmt: skip
         if result.resumed_from and main:
             self.console.print(f"  resumed from the checkpoint of step {result.resumed_from} of {plan.steps}")
         model = full_model(wrapped, group, device)  # rank 0 evaluates and writes; the others are done
@@ -340,23 +344,41 @@ class SuiteRunner:
             f"{result.tokens:,} tokens in {result.seconds:.1f}s"
         )
 
-    def dry_run(self, only: str | None = None) -> Table:
-        """The cells with parameter counts, token budgets and FLOPs, computed without any data."""
+    def live_curve(self, cell: Cell, model: nn.Module, plan: TrainPlan, device: torch.device) -> LiveCurve:
+        """Rank 0's writer of the cell's live curve, progress and MFU, mirrored to the suite's trackers."""
+        flops_per_token = training_flops(model, cell.seq_len, plan.tokens)["flops/train"] / plan.tokens
+        peak, devices = peak_tflops(device, cell.train.peak_tflops), self.group.world_size
+        mirrors = open_mirrors(cell.train.loggers, self.log_dir, cell.suite, cell.run_key, cell_label(cell), cell.config)
+        return LiveCurve(self.store, cell.run_key, plan.steps, lambda rate: mfu(rate * flops_per_token, 1.0, peak, devices),
+                         mirrors)  # fmt: skip
+
+    def dry_run(self, only: str | None = None, gpu: str | None = None, gpus: int = 1) -> Table:
+        """The cells with parameter counts, token budgets and FLOPs, computed without any data;
+        with ``gpu`` (a kind of ``harness.mfu``'s table) also the GPU-hours each would take (``harness.cost``)."""
         table = Table(title=f"suite {self.suite.name}: dry run")
-        for col in ("run key", "model", "size", "seq", "params", "non-emb params", "tokens", "train FLOPs", "status"):
-            table.add_column(col, justify="right" if col in {"params", "non-emb params", "tokens", "train FLOPs"} else "left")
+        costed = ("GPU-hours", f"wall on {gpus}× {gpu}", "speed from") if gpu else ()
+        for col in ("run key", "model", "size", "seq", "params", "non-emb params", "tokens", "train FLOPs", "status", *costed):
+            table.add_column(col, justify="right" if col in {"params", "non-emb params", "tokens", "train FLOPs", *costed[:2]} else "left")
+        known, total = (measurements(self.store) if gpu else []), 0.0
         for cell in select_cells(self.suite, only):
             vocab = self.vocab_size(cell)
             with torch.device("meta"):  # no memory: a 1.3b model costs nothing to count
                 model = build(model_spec(cell, vocab))
             plan = plan_training(cell.train, model.num_params(), cell.seq_len)
             flops = training_flops(model, cell.seq_len, plan.tokens)["flops/train"]
+            cost = []
+            if gpu:
+                e = estimate(cell.mixer, cell.backbone, cell.size, cell.seq_len, plan.tokens, flops, gpu, gpus, known)
+                total += e.gpu_hours
+                cost = [f"{e.gpu_hours:.3g}", duration(e.wall_hours * 3600), e.basis]
             table.add_row(
                 cell.run_key, cell.arch if cell.task is None else cell_label(cell), cell.size, str(cell.seq_len),
                 f"{model.num_params():,}",
                 f"{model.num_params(non_embedding=True):,}", f"{plan.tokens:,}", f"{flops:.3g}",
-                self.store.status(cell.run_key) or "new",
+                self.store.status(cell.run_key) or "new", *cost,
             )  # fmt: skip
+        if gpu:
+            table.caption = f"total {total:.4g} GPU-hours on {gpu}: {duration(total / gpus * 3600)} on {gpus} GPUs"
         return table
 
     def data_table(self) -> Table:

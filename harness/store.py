@@ -1,7 +1,8 @@
 """The results store: SQLite by default, any SQLAlchemy URL, a public interface queried with SQL.
 
 Tables (one row per ...): ``runs`` (suite cell), ``metrics`` (run, step, name),
-``position_loss`` (run, position bucket), ``latency`` (measurement), ``schema_info``
+``position_loss`` (run, position bucket), ``latency`` (measurement), ``throughput`` (a measured
+training speed), ``schema_info``
 (the schema version, beside Alembic's ``alembic_version``). Every write that finishes a run
 is one transaction, so a crash loses at most the run in flight; a run is claimed before it
 starts, so a rerun resumes and any number of runners on one database never train the same
@@ -48,7 +49,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from harness import migrations
 
-SCHEMA_VERSION = 3  # schema_info.version written by the Alembic head (harness/migrations/versions)
+SCHEMA_VERSION = 4  # schema_info.version written by the Alembic head (harness/migrations/versions)
 DEFAULT_DB = Path("results") / "mixbench.db"
 DB_ENV = "MIXBENCH_DB"  # the store when no --db is given
 JOB_ENV = ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID")  # where a launched job finds its id (Slurm, submitit's local executor)
@@ -96,6 +97,7 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # a running cell's last live write
 
 
 class Metric(Base):
@@ -138,6 +140,24 @@ class Latency(Base):
     p80_ms: Mapped[float | None] = mapped_column(Float)
     tokens_per_s: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInt)
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Throughput(Base):
+    """Training tokens/s measured for one (architecture, size, context, backend, GPU kind): what cost estimates use."""
+
+    __tablename__ = "throughput"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mixer: Mapped[str] = mapped_column(String(200), index=True)
+    backbone: Mapped[str] = mapped_column(String(64))
+    size: Mapped[str] = mapped_column(String(32))
+    seq_len: Mapped[int] = mapped_column(Integer)
+    backend: Mapped[str] = mapped_column(String(200))
+    gpu: Mapped[str] = mapped_column(String(64))  # a kind of harness/mfu.py's table, e.g. H100
+    gpus: Mapped[int] = mapped_column(Integer)  # devices the measurement ran on
+    tokens_per_s: Mapped[float] = mapped_column(Float)  # all devices together
+    source: Mapped[str] = mapped_column(String(200))  # e.g. benchmarks/train_loop.py, or a run key
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
@@ -368,7 +388,8 @@ class Store:
             if row is None:
                 try:
                     with s.begin_nested():
-                        s.add(Run(**record.__dict__, status="running", claimed_by=me, job_id=job, started_at=_now()))
+                        s.add(Run(**record.__dict__, status="running", claimed_by=me, job_id=job, started_at=_now(),
+                                  heartbeat_at=_now()))
                 except IntegrityError:
                     return False  # another runner inserted it first, or holds its row locked
                 return True
@@ -378,7 +399,7 @@ class Store:
                 update(Run)
                 .where(Run.id == row.id, Run.status == row.status, Run.claimed_by.is_not_distinct_from(row.claimed_by))
                 .values(status="running", claimed_by=me, job_id=job or row.job_id, error=None, started_at=_now(),
-                        finished_at=None, config=record.config)
+                        heartbeat_at=_now(), finished_at=None, config=record.config)
             ).rowcount  # fmt: skip
             if taken != 1:
                 return False
@@ -420,6 +441,8 @@ class Store:
             run = s.scalar(select(Run).where(Run.run_key == run_key))
             if run is None:
                 raise StoreError(f"run {run_key} was never claimed")
+            metrics = list(metrics)  # the live curve written so far is replaced by the whole one
+            s.execute(delete(Metric).where(Metric.run_id == run.id, Metric.name.in_({n for _, n, _ in metrics})))
             s.add_all(Metric(run_id=run.id, step=st, name=n, value=float(v)) for st, n, v in metrics)
             s.add_all(
                 PositionLoss(run_id=run.id, bucket=b, start=lo, end=hi, loss=float(v)) for b, lo, hi, v in position_loss
@@ -464,6 +487,30 @@ class Store:
                 raise StoreError(f"run {run_key} was never claimed")
             s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.name.in_(list(values))))
             s.add_all(Metric(run_id=run_id, step=step, name=name, value=float(v)) for name, v in values.items())
+            s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=_now()))
+
+    def record_curve(self, run_key: str, after: int, rows: Iterable[tuple[int, str, float]], names: Iterable[str]) -> None:
+        """A running cell's curve: its stored rows of ``names`` beyond step ``after`` become exactly ``rows``.
+
+        One transaction, so a reader sees each log whole. Writing the rows since the last log
+        appends; a cell resumed from the checkpoint of step S rewrites its curve from step 0 with
+        the checkpoint's rows, which drops what was logged after S by the killed attempt: every
+        step is stored exactly once.
+        """
+        with self.session() as s:
+            run_id = s.scalar(select(Run.id).where(Run.run_key == run_key))
+            if run_id is None:
+                raise StoreError(f"run {run_key} was never claimed")
+            s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > after, Metric.name.in_(list(names))))
+            s.add_all(Metric(run_id=run_id, step=st, name=n, value=float(v)) for st, n, v in rows)
+
+    def add_throughput(self, row: dict[str, Any]) -> None:
+        with self.session() as s:
+            s.add(Throughput(**row))
+
+    def throughputs(self) -> list[Throughput]:
+        with self.session() as s:
+            return list(s.scalars(select(Throughput).order_by(Throughput.id)))
 
     def add_latency(self, rows: Iterable[dict[str, Any]]) -> None:
         with self.session() as s:

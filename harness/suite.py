@@ -81,10 +81,12 @@ class TrainSection(_Section):
     # repeats epochs (harness/sampler.py); every run records how many as `data/epochs`, and a
     # cell that would exceed this stops before training with one line. None: no limit.
     max_epochs: float | None = Field(None, gt=0)
+    # Trackers that mirror the live curve (harness/loggers.py; the [trackers] extra); the store stays the truth.
+    loggers: list[Literal["tensorboard", "wandb"]] = []
 
     ENGINE_FIELDS: ClassVar[tuple[str, ...]] = (
         "parallel", "checkpoint_every", "keep_checkpoints", "compile", "activation_checkpointing", "peak_tflops",
-        "max_epochs",
+        "max_epochs", "loggers",
     )  # fmt: skip
 
     @field_validator("tokens")

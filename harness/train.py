@@ -27,6 +27,15 @@ from harness.resume import Preempted, PreemptionFlag, StepCheckpoints
 from harness.sampler import BlockSampler
 
 
+# The rows every log writes (``TrainResult.metrics``): the live curve of a running cell.
+# ``tokens/s`` is the average since the start; ``tokens/s/recent`` covers the steps since the last log.
+CURVE_NAMES = ("train/loss", "train/lr", "train/grad_norm", "tokens/s", "tokens/s/recent")
+
+# ``on_log(after, rows, step, tokens)``: ``rows`` are the curve beyond step ``after``, at step ``step``
+# with ``tokens`` trained. A resumed run first passes ``after=0`` with the checkpoint's whole curve.
+LogHook = Callable[[int, list[tuple[int, str, float]], int, int], None]
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
@@ -134,7 +143,7 @@ def train(
     *,
     group: Group | None = None,
     checkpoints: StepCheckpoints | None = None,
-    on_log: Callable[[int, int], None] | None = None,
+    on_log: LogHook | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` for ``plan.steps`` optimiser steps; returns the logged metrics.
 
@@ -143,7 +152,7 @@ def train(
     ``checkpoints`` the run resumes from the latest complete one, saves every
     ``train.checkpoint_every`` steps, and on SIGTERM/SIGUSR1 saves and raises
     :class:`Preempted`. Losses stay on the device and are read once per ``log_every`` steps
-    (all ranks averaged); ``on_log(step, tokens)`` is then called, e.g. to store progress.
+    (all ranks averaged); ``on_log`` then receives the new rows (:data:`LogHook`), e.g. to store the live curve.
     """
     group = group or Group()
     micro, accumulation = micro_batching(plan, group.world_size)
@@ -161,9 +170,12 @@ def train(
     every = train_cfg.checkpoint_every if checkpoints is not None else 0
     flag = PreemptionFlag()
     pending_loss: list[torch.Tensor] = []  # per-step losses on the device, read every log_every steps
-    pending_from = step
+    pending_from = logged = step
     model.train()
     start = time.perf_counter()
+    if on_log is not None and step:
+        on_log(0, list(result.metrics), step, result.tokens)
+    last_log = (start, result.tokens)  # (time, tokens) at the previous log: the recent rate's interval
     title = f"train {label}" + (f" (resumed at step {step})" if step else "")
     with (flag.installed() if checkpoints is not None else nullcontext()), \
             progress_bar(title, total=plan.steps, unit="step", enabled=group.is_main) as bar:  # fmt: skip
@@ -194,17 +206,22 @@ def train(
                     if not math.isfinite(value):
                         raise TrainingDiverged(f"loss became {value} at step {pending_from + offset + 1} of {plan.steps}")
                 norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
-                tokens_per_s = result.tokens / (prior_seconds + time.perf_counter() - start)
-                result.metrics += [
+                now = time.perf_counter()
+                tokens_per_s = result.tokens / (prior_seconds + now - start)
+                recent = (result.tokens - last_log[1]) / max(now - last_log[0], 1e-9)
+                rows = [
                     (step + 1, "train/loss", losses[-1]),
                     (step + 1, "train/lr", lr),
                     (step + 1, "train/grad_norm", norm.item()),
                     (step + 1, "tokens/s", tokens_per_s),
+                    (step + 1, "tokens/s/recent", recent),
                 ]
+                result.metrics += rows
                 bar.update(advance=len(losses), loss=losses[-1], tokens_per_s=tokens_per_s)
-                pending_loss, pending_from = [], step + 1
+                pending_loss, pending_from, last_log = [], step + 1, (now, result.tokens)
                 if on_log is not None:
-                    on_log(step + 1, result.tokens)
+                    on_log(logged, rows, step + 1, result.tokens)
+                    logged = step + 1
             stop = checkpoints is not None and group.any(flag.requested)
             if checkpoints is not None and (stop or (every and ((step + 1) % every == 0 or step == plan.steps - 1))):
                 seconds = prior_seconds + time.perf_counter() - start
