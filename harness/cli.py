@@ -19,6 +19,7 @@ from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
 from harness.distributed import Group, init_from_env
 from harness.launch.submit import LaunchError, submit_suite
+from harness.lifeline import follow_from_environment
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
 from harness.resume import PREEMPTED_EXIT_CODE, Preempted
@@ -112,20 +113,20 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
+    follow_from_environment()  # started by a launcher: end (as if preempted) when it is killed
     group = init_from_env()  # world size 1 unless started by torchrun
     try:
         if not group.is_main:  # a follower rank trains; rank 0 alone opens the store, reports and measures
             runner = SuiteRunner(suite, None, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir,
-                                 console=console, group=group)  # fmt: skip
+                                 console=console, group=group, open_store=lambda: Store(args.db))  # fmt: skip
             if suite.spec.trains and not args.dry_run and runner.run(args.only).failed:
-                group.wait_main_finished()  # torchrun would stop rank 0 the moment we exit with an error
-                return 1
+                return 1  # at once: the failure is recorded, and torchrun stops the other ranks
             return 0
         return _run_main(args, suite, group, console)
     except Preempted:
         return PREEMPTED_EXIT_CODE  # rank 0 printed the one line that says how to resume
     finally:
-        group.finish()
+        group.close()
 
 
 def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Console) -> int:
@@ -148,6 +149,8 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
     failed = False
     if suite.spec.trains:  # a latency-only suite (latency section, no train section) trains nothing
         summary = runner.run(args.only)
+        if summary.failed and group.distributed:  # the launch ends now: no table, latency or dashboard
+            return 1
         if not summary.done and not summary.failed:
             console.print(f"[green]all {len(summary.skipped)} cells of suite {suite.name} are already done; nothing to train[/]")
         else:

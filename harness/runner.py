@@ -151,9 +151,14 @@ class SuiteRunner:
         console: Console | None = None,
         group: Group | None = None,
         resume_command: str = "rerun the same command",
+        open_store: Callable[[], Store] | None = None,
     ):
-        """``store`` is rank 0's alone: under torchrun the other ranks pass None and follow rank 0."""
+        """``store`` is rank 0's alone: under torchrun the other ranks pass None and follow rank 0.
+
+        ``open_store`` opens the store on another rank for its one write: the failure it was first to post.
+        """
         self.group = group or Group()
+        self.open_store = open_store
         self.resume_command = resume_command
         self.suite, self.store = suite, store
         self.cache_dir, self.checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
@@ -229,13 +234,13 @@ class SuiteRunner:
                 error = one_line(exc)
                 if isinstance(exc, torch.cuda.OutOfMemoryError):
                     error = f"out of memory: {error}"
-                error = self.group.fail_together(error)  # the first failing rank's error, on rank 0
-                if main:
-                    self.store.fail(cell.run_key, error)
+                error, mine = self.group.post_failure(error)  # the first failing rank records, whichever it is
+                if mine:
+                    (self.store or self.open_store()).fail(cell.run_key, error)
                     self.console.print(f"[red]{label}: failed: {error}[/]")
                 summary.failed.append((label, error))
                 if self.group.distributed:
-                    break  # the process group is closed: this launch ends; a rerun goes on
+                    break  # every rank exits now: the launch ends at once; a rerun goes on
             else:
                 summary.done.append(label)
                 continue
