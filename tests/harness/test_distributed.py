@@ -14,8 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dist_worker import train_micro, weight_norms, worker
+from processes import wait_for
 from harness.data import DataConfig, load_packed
 from harness.distributed import TIMEOUT_ENV, Group
 from harness.resume import PREEMPTED_EXIT_CODE
@@ -81,14 +80,6 @@ def cli(args: list[str], tmp_path: Path, fault: str | None = None, timeout: floa
         environment["MIXBENCH_TEST_FAULT"] = fault
     return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout,
                           start_new_session=True)  # fmt: skip
-
-
-def wait_for(condition: Callable[[], object], within_s: float, what: str) -> None:
-    """Poll (a loaded machine makes fixed sleeps flaky) until ``condition()`` is true, at most ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def progress_step(db: Path) -> float:
