@@ -50,6 +50,7 @@ class Summary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # jobs stopped on a signal after a checkpoint (a rerun resumes)
 
 
 @dataclass(frozen=True)
