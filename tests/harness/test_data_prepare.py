@@ -374,3 +374,9 @@ def test_two_runners_on_one_cold_cache_prepare_it_once(corpus, tmp_path):
     assert sum("tokenizing" in out + err for out, err in outs) == 1, "one of them prepared, the other found it ready"
     assert files(cache / whole.cache_key) == files(tmp_path / "whole" / whole.cache_key)
     assert state(cache / whole.cache_key)["docs"] == len(docs)
+
+
+def test_the_worker_cap_says_why_fewer_workers_run():
+    assert prepare.worker_note(2, 1) == "2 workers asked, 1 used: under 1M tokens of work"
+    assert prepare.worker_note(8, 3) == "8 workers asked, 3 used: under 3M tokens of work"
+    assert prepare.worker_note(4, 4) == "4 workers" and prepare.worker_note(1, 1) == "1 worker"
