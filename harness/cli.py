@@ -22,6 +22,9 @@ from harness.distributed import Group, init_from_env
 from harness.health import Thresholds, flags_by_run
 from harness.launch.submit import LaunchError, submit_suite
 from harness.loggers import LoggerError, check_loggers
+from harness.launch.local import LocalLauncher
+from harness.launch.submit import LaunchError, print_slurm_plan, submit_suite
+from harness.lifeline import follow_from_environment
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
 from harness.resume import PREEMPTED_EXIT_CODE, Preempted
@@ -59,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
                      help="local: run here (default); slurm: one job per pending cell (the suite's launcher: section)")
     run.add_argument("--gpu", help="with --dry-run: the GPU kind to cost the suite on (H200, H100, H100 PCIe, A100)")
     run.add_argument("--gpus", type=int, default=1, help="with --gpu: GPUs per cell (default 1)")
+    run.add_argument("--launcher", choices=["local", "slurm", "inline"], default="local",
+                     help="local: run here (default; cells in parallel jobs when the suite's launcher: section sets "
+                     "parallel or gpus_per_cell); slurm: one job per pending cell; inline: this process runs the cells, "
+                     "whatever launcher: says (what a launcher's job runs)")
+    run.add_argument("--train-only", action="store_true",
+                     help="train the cells; no latency, results table or dashboard (a launcher's job)")
 
     sub.add_parser("mixers", help="list registered mixers, their backends and availability")
 
@@ -129,20 +138,20 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
+    follow_from_environment()  # started by a launcher: end (as if preempted) when it is killed
     group = init_from_env()  # world size 1 unless started by torchrun
     try:
         if not group.is_main:  # a follower rank trains; rank 0 alone opens the store, reports and measures
             runner = SuiteRunner(suite, None, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir,
-                                 console=console, group=group)  # fmt: skip
+                                 console=console, group=group, open_store=lambda: Store(args.db))  # fmt: skip
             if suite.spec.trains and not args.dry_run and runner.run(args.only).failed:
-                group.wait_main_finished()  # torchrun would stop rank 0 the moment we exit with an error
-                return 1
+                return 1  # at once: the failure is recorded, and torchrun stops the other ranks
             return 0
         return _run_main(args, suite, group, console)
     except Preempted:
         return PREEMPTED_EXIT_CODE  # rank 0 printed the one line that says how to resume
     finally:
-        group.finish()
+        group.close()
 
 
 def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Console) -> int:
@@ -152,24 +161,38 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
     if suite.spec.trains:  # a tracker that is not installed stops the launch, not every cell
         check_loggers({name for cell in suite.cells() for name in cell.train.loggers})
     store = Store(args.db)
+    job_args = ("--cache-dir", str(args.cache_dir.resolve()), "--checkpoint-dir", str(args.checkpoint_dir.resolve()))
     if args.launcher == "slurm" and not args.dry_run:
-        submit_suite(suite, args.suite, store, args.only, console, extra_args=(
-            "--cache-dir", str(args.cache_dir.resolve()), "--checkpoint-dir", str(args.checkpoint_dir.resolve()),
-        ))  # fmt: skip
+        submit_suite(suite, args.suite, store, args.only, console, extra_args=job_args)
         return 0
+    resume_command = "python -m harness " + shlex.join(sys.argv[1:])
     runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console,
-                         group=group, resume_command="python -m harness " + shlex.join(sys.argv[1:]))  # fmt: skip
+                         group=group, resume_command=resume_command)  # fmt: skip
     if args.dry_run:
         if suite.spec.trains:
             console.print(runner.dry_run(args.only, gpu, args.gpus))
             if suite.spec.task is None:  # the token budget and disk each cache will take
                 console.print(runner.data_table())
+            if args.launcher == "slurm":
+                print_slurm_plan(suite, args.suite, args.only, console, job_args)
         if suite.spec.latency is not None:
             console.print(plan_table(suite, args.only))
         return 0
     failed = False
     if suite.spec.trains:  # a latency-only suite (latency section, no train section) trains nothing
-        summary = runner.run(args.only)
+        if args.launcher == "local" and suite.spec.launcher.local_jobs and not group.distributed:
+            launcher = LocalLauncher(suite, args.suite, store, console, extra_args=job_args)
+            summary = launcher.run(args.only)
+            if launcher.stopped_by is not None:
+                console.print(f"stopped by {launcher.stopped_by}: {len(summary.stopped)} cells saved a checkpoint; "
+                              f"resume with: {resume_command}", soft_wrap=True, markup=False, highlight=False)  # fmt: skip
+                return PREEMPTED_EXIT_CODE
+        else:
+            summary = runner.run(args.only)
+        if summary.failed and group.distributed:  # the launch ends now: no table, latency or dashboard
+            return 1
+        if args.train_only:
+            return 1 if summary.failed else 0
         if not summary.done and not summary.failed:
             console.print(f"[green]all {len(summary.skipped)} cells of suite {suite.name} are already done; nothing to train[/]")
         else:
@@ -178,6 +201,8 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
             )
         console.print(results_table(store, suite.name))
         failed = bool(summary.failed)
+    if args.train_only:
+        return 0
     if suite.spec.latency is not None:  # only the models not yet measured with these settings
         failed |= run_latency(suite, store, args.only, resume=True, console=console)
     for path in write_reports(store, args.report_dir, suite=suite.name):

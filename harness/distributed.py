@@ -8,9 +8,12 @@ traffic (rank 0's decisions, the stop flag on preemption) goes over a separate g
 on the CPU, so it never forces a GPU sync.
 
 Every collective has a timeout (``MIXBENCH_DIST_TIMEOUT_S``, default 600 s): a rank that is
-alive but stuck ends the run instead of hanging it. A rank that fails posts its error in the
-rendezvous key-value store before it exits, so rank 0, the only rank that writes results,
-records the failure once with the failing rank's own message.
+alive but stuck ends the run instead of hanging it. A failure does not wait for it: a rank
+that fails posts its error in the rendezvous key-value store, and the first rank to post
+records the failure itself (the one write a rank other than 0 makes) and exits at once. Its
+exit closes its connections, so peers blocked in a gloo collective fail within moments, and
+torchrun, seeing a rank exit non-zero, stops the others (an NCCL collective, which would not
+notice a dead peer, is ended that way).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ T = TypeVar("T")
 
 TIMEOUT_ENV = "MIXBENCH_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
-ERROR_KEY, FINISHED_KEY = "error", "rank0-finished"
+ERROR_KEY = "error"
 DECISION_TIMEOUT_ENV = "MIXBENCH_DECISION_TIMEOUT_S"
 DEFAULT_DECISION_TIMEOUT_S = 24 * 3600.0
 
@@ -99,61 +102,26 @@ class Group:
         if self.distributed:
             dist.barrier(group=self._control)
 
-    def post_error(self, message: str) -> None:
-        """Leave this rank's error where rank 0 finds it; the first rank to post wins."""
-        if not self.distributed:
-            return
-        try:
-            self._kv.compare_set(ERROR_KEY, "", f"rank {self.rank}: {message}")
-        except Exception:  # noqa: BLE001 - the store may be gone with rank 0; our exit code still tells
-            pass
+    def post_failure(self, message: str) -> tuple[str, bool]:
+        """(the cell's error, whether this rank records it): the first rank to post its error wins.
 
-    def posted_error(self) -> str | None:
-        """The first error any rank posted, or None."""
-        if not self.distributed:
-            return None
-        try:
-            if self._kv.check([ERROR_KEY]):
-                return self._kv.get(ERROR_KEY).decode() or None
-        except Exception:  # noqa: BLE001 - no store: report our own error instead
-            return None
-        return None
-
-    def fail_together(self, message: str) -> str:
-        """End this rank's part in a failed cell; returns the error rank 0 should record.
-
-        Every failing rank posts its error (the first post wins) and closes its process group,
-        which unblocks peers waiting on it in a collective so that they fail too, instead of
-        hanging until the timeout. Rank 0 records the first posted error; the others then wait
-        for rank 0 to finish (:meth:`wait_main_finished`) before they exit, because a launcher
-        such as torchrun stops every rank as soon as one exits with an error.
+        Posted through the rendezvous store, which outlives every rank, so a rank that fails only
+        because a peer died (its collective broke) finds the real cause already there and leaves
+        it alone. World size 1, or no store reachable: this rank's own error, recorded here.
         """
         if not self.distributed:
-            return message
-        self.post_error(message)
-        self.close()
-        return self.posted_error() or f"rank {self.rank}: {message}"
-
-    def wait_main_finished(self) -> None:
-        """A follower after a failure: wait (at most the timeout) until rank 0 has stored and reported."""
-        if self.distributed and not self.is_main:
-            try:
-                self._kv.wait([FINISHED_KEY], self.timeout)
-            except Exception:  # noqa: BLE001 - rank 0 is gone or stuck; exit anyway
-                pass
+            return message, True
+        mine = f"rank {self.rank}: {message}"
+        try:
+            first = self._kv.compare_set(ERROR_KEY, "", mine).decode()
+        except Exception:  # noqa: BLE001 - the store is gone (torchrun too): record what we know
+            return mine, True
+        return first, first == mine
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
-    def finish(self) -> None:
-        """At the very end: every rank leaves the group; then rank 0 lets waiting followers go."""
-        self.close()
-        if self.distributed and self.is_main:
-            try:
-                self._kv.set(FINISHED_KEY, "1")
-            except Exception:  # noqa: BLE001 - the followers time out and exit anyway
-                pass
 
 
 def init_from_env() -> Group:

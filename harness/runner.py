@@ -54,6 +54,7 @@ class Summary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # jobs stopped on a signal after a checkpoint (a rerun resumes)
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,14 @@ class SuiteRunner:
         group: Group | None = None,
         resume_command: str = "rerun the same command",
         log_dir: Path = DEFAULT_LOG_DIR,
+        open_store: Callable[[], Store] | None = None,
     ):
-        """``store`` is rank 0's alone: under torchrun the other ranks pass None and follow rank 0."""
+        """``store`` is rank 0's alone: under torchrun the other ranks pass None and follow rank 0.
+
+        ``open_store`` opens the store on another rank for its one write: the failure it was first to post.
+        """
         self.group = group or Group()
+        self.open_store = open_store
         self.resume_command = resume_command
         self.suite, self.store = suite, store
         self.cache_dir, self.checkpoint_dir, self.log_dir = Path(cache_dir), Path(checkpoint_dir), Path(log_dir)
@@ -234,13 +240,13 @@ class SuiteRunner:
                 error = one_line(exc)
                 if isinstance(exc, torch.cuda.OutOfMemoryError):
                     error = f"out of memory: {error}"
-                error = self.group.fail_together(error)  # the first failing rank's error, on rank 0
-                if main:
-                    self.store.fail(cell.run_key, error)
+                error, mine = self.group.post_failure(error)  # the first failing rank records, whichever it is
+                if mine:
+                    (self.store or self.open_store()).fail(cell.run_key, error)
                     self.console.print(f"[red]{label}: failed: {error}[/]")
                 summary.failed.append((label, error))
                 if self.group.distributed:
-                    break  # the process group is closed: this launch ends; a rerun goes on
+                    break  # every rank exits now: the launch ends at once; a rerun goes on
             else:
                 summary.done.append(label)
                 continue

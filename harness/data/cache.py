@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,10 +49,18 @@ def cache_key(fields: dict) -> str:
 
 @contextmanager
 def preparing(cache_dir: Path, key: str) -> Iterator[None]:
-    """Hold the cache's preparation lock (released by the OS if the process dies)."""
+    """Hold the cache's preparation lock (released by the OS if the process dies).
+
+    Runners started together on a cold cache (``--launcher local`` runs cells in parallel)
+    queue here: one prepares, the others say that they wait, then find the cache ready.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / f"{key}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another process is preparing the data cache {key}", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ from harness.data.cache import TokenCache
 from harness.data.common import DataError
 from harness.data.source import Source, iter_documents, open_datasets
 from harness.data.tokenizer import TextTokenizer
+from harness.lifeline import follow
 from harness.progress import progress_bar
 
 SHARD_CHARS = 1 << 23  # largest shard: ~2M tokens of English, a few seconds of one core
@@ -68,9 +70,12 @@ def tokenize_shard(texts: list[str], path: Path, dtype: str, tokenizer: TextToke
     return len(tokens)
 
 
-def _init_worker(tokenizer: TextTokenizer) -> None:
+def _init_worker(tokenizer: TextTokenizer, parent: int) -> None:
+    """One core per worker; the worker dies with the preparing process and leaves Ctrl-C to it."""
     global _worker_tokenizer
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    follow(parent)  # a kill -9 of the preparing process leaves no worker behind
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
     _worker_tokenizer = tokenizer
 
 
@@ -92,7 +97,8 @@ class _Inline:
 class _Pool:
     def __init__(self, tokenizer: TextTokenizer, workers: int) -> None:
         self.executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(tokenizer,)
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=(tokenizer, os.getpid()),
         )
 
     def submit(self, texts: list[str], path: Path, dtype: str) -> Future:
@@ -144,6 +150,13 @@ def _shard_chars(tokens_left: int | None, workers: int) -> int:
     return int(min(SHARD_CHARS, max(MIN_SHARD_CHARS, tokens_left * CHARS_PER_TOKEN // (4 * workers))))
 
 
+def worker_note(asked: int, used: int) -> str:
+    """How many workers tokenize, and why fewer than asked (each must get ``MIN_TOKENS_PER_WORKER`` of work)."""
+    if used == asked:
+        return f"{used} worker{'s' if used > 1 else ''}"
+    return f"{asked} workers asked, {used} used: under {used * MIN_TOKENS_PER_WORKER / 1e6:.0f}M tokens of work"
+
+
 def _estimate_left(src: Source, cache: TokenCache, target_tokens: int | None) -> int | None:
     """Tokens still to prepare: to the target, or a guess from a local source's size (None: unknown)."""
     if target_tokens is not None:
@@ -188,12 +201,13 @@ def extend(cache: TokenCache, src: Source, split: str, text_field: str, tokenize
     folder.mkdir(exist_ok=True)
     target_tokens = None if target_blocks is None else target_blocks * cache.width
     tokens_left = _estimate_left(src, cache, target_tokens)
+    asked = workers
     if tokens_left is not None:  # small work: fewer processes to start (the bytes do not change)
         workers = max(1, min(workers, math.ceil(tokens_left / MIN_TOKENS_PER_WORKER)))
     documents = iter_documents(open_datasets(src, split, hf_cache), src, text_field)
     work = shards(documents, cache.docs, _shard_chars(tokens_left, workers))
     started, added = time.perf_counter(), 0
-    label = f"tokenizing {src.label} ({workers} worker{'s' if workers > 1 else ''})"
+    label = f"tokenizing {src.label} ({worker_note(asked, workers)})"
     try:
         with progress_bar(label, total=target_tokens, unit="tokens", completed=cache.tokens) as bar, \
                 _tokenizers(tokenizer, workers) as pool:  # fmt: skip

@@ -1,5 +1,7 @@
 """One cell as one submitit job: ``torchrun ... -m harness run SUITE --only CELL``, requeued when preempted.
 
+torchrun here is ``python -m harness.launch.torchrun``, which exits 75 when its ranks stop on a signal.
+
 The job's own process only starts torchrun and waits. When Slurm is about to preempt or time
 out the job, submitit calls ``checkpoint()``: it sends SIGTERM to torchrun, which passes it to
 every rank; the harness saves a mid-cell checkpoint and exits (the distributed engine's
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.lifeline import child_environment
+
 GRACE_S = 60  # how long a rank may take to write its checkpoint after SIGTERM (Slurm's warning is 90 s)
 
 
@@ -27,6 +31,16 @@ def _running(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:  # already reaped
         return False
+
+
+def cell_command(suite: Path, label: str, extra_args: tuple[str, ...] = (), torchrun: list[str] | None = None) -> list[str]:
+    """The command a job runs for one cell: the harness in this job's process(es), never a launcher again.
+
+    With ``torchrun`` arguments, under ``python -m harness.launch.torchrun`` (torchrun with exit
+    status 75 on preemption); else one plain process.
+    """
+    harness = ["-m", "harness", "run", str(suite), "--launcher", "inline", "--only", label, *extra_args]
+    return [sys.executable, *([] if torchrun is None else ["-m", "harness.launch.torchrun", *torchrun]), *harness]
 
 
 @dataclass
@@ -46,14 +60,14 @@ class CellJob:
             job = os.environ.get("SLURM_JOB_ID", "mixbench")
             rendezvous = ["--nnodes", str(self.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master}:29500",
                           "--rdzv-id", job]  # fmt: skip
-        return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(self.ranks_per_node),
-                "-m", "harness", "run", str(self.suite), "--only", self.label, *self.extra_args]  # fmt: skip
+        torchrun = [*rendezvous, "--nproc-per-node", str(self.ranks_per_node)]
+        return cell_command(self.suite, self.label, self.extra_args, torchrun)
 
     def __call__(self) -> str:
         import submitit
 
         hosts = submitit.JobEnvironment().hostnames
-        env = {**os.environ, "MIXBENCH_DB": self.db}
+        env = child_environment({**os.environ, "MIXBENCH_DB": self.db})  # torchrun ends with this job's process
         self._process = subprocess.Popen(self.command(hosts[0]), cwd=self.workdir, env=env)
         # Polled, not wait()ed: Popen.wait holds a lock that would keep checkpoint(), which runs
         # in a signal handler on this thread, from ever seeing torchrun exit.

@@ -1,8 +1,10 @@
-"""A suite's ``launcher:`` section: what one cell's Slurm job asks for.
+"""A suite's ``launcher:`` section: what one cell's Slurm job asks for, and how one machine shares out cells.
 
 ```yaml
 launcher: {nodes: 1, gpus_per_node: 8, cpus: 64, partition: gpu, time: "12:00:00", account: lab,
            sbatch: {qos: high, constraint: h100}}
+launcher: {gpus_per_cell: 1}   # --launcher local: 8 cells at once on an 8-GPU box, one GPU each
+launcher: {parallel: 2}        # --launcher local on CPU: 2 cells at once
 ```
 
 It describes where cells run, never what they compute, so it is not part of any ``run_key``.
@@ -29,6 +31,10 @@ class LauncherSection(BaseModel):
     account: str | None = None
     requeues: int = Field(3, ge=0)  # how many timeouts a job may be requeued after (preemptions are free)
     sbatch: dict[str, Any] = {}  # any further #SBATCH option, by its long name
+    # --launcher local: each cell's GPUs (more than one: under torchrun), and how many cells run at once
+    # (default: the visible GPUs over gpus_per_cell, else 1); either one makes local cells separate jobs
+    gpus_per_cell: int = Field(0, ge=0)
+    parallel: int | None = Field(None, gt=0)
 
     @field_validator("time")
     @classmethod
@@ -43,6 +49,11 @@ class LauncherSection(BaseModel):
             return self.time
         days, hours, minutes, seconds = (int(g or 0) for g in _TIME.match(self.time).groups())
         return max(1, days * 1440 + hours * 60 + minutes + (seconds > 0))
+
+    @property
+    def local_jobs(self) -> bool:
+        """Whether ``--launcher local`` runs each cell as its own job (else: one after another in this process)."""
+        return self.parallel is not None or self.gpus_per_cell > 0
 
     @property
     def ranks_per_node(self) -> int:

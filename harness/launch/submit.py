@@ -3,11 +3,15 @@
 Each pending cell (not done, not running) is marked ``queued`` in the store, then submitted
 as a :class:`~harness.launch.job.CellJob`; the store records the job id, so ``mixbench
 results`` shows queued, running, done and failed across jobs. The store's claim, not this
-module, guarantees that a cell runs once however many jobs or launchers ask for it.
+module, guarantees that a cell runs once however many jobs or launchers ask for it. With
+``--dry-run`` nothing is submitted and no cluster is needed: the resources, the sbatch script
+submitit would write and each cell's command are printed.
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,36 @@ def slurm_executor(launcher: LauncherSection, folder: Path, name: str) -> Any:
         raise LaunchError(f"--launcher slurm: {exc} (submit from a login node of the cluster)") from None
     executor.update_parameters(job_name=name, **launcher.slurm_parameters())
     return executor
+
+
+def sbatch_script(launcher: LauncherSection, folder: Path, name: str) -> str:
+    """The script ``--launcher slurm`` would hand to sbatch for each job, written by submitit itself."""
+    try:
+        from submitit.slurm.slurm import _make_sbatch_string
+    except ImportError:
+        raise LaunchError("--launcher slurm needs submitit: pip install 'mixbench[slurm]'") from None
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, job_name=name, **launcher.slurm_parameters())
+
+
+def print_slurm_plan(suite: Suite, suite_path: Path, only: str | None, console: Console,
+                     extra_args: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """``--launcher slurm --dry-run``: the resources, the sbatch script and each cell's command; nothing submitted."""
+    launcher = suite.spec.launcher
+    name = f"mixbench-{suite.name}"
+    table = Table(title=f"suite {suite.name}: one Slurm job per pending cell ({name})")
+    for col in ("nodes", "GPUs per node", "CPUs per node", "partition", "time (min)", "account", "requeues", "sbatch"):
+        table.add_column(col)
+    table.add_row(str(launcher.nodes), str(launcher.gpus_per_node), str(launcher.cpus), launcher.partition or "-",
+                  str(launcher.minutes), launcher.account or "-", str(launcher.requeues),
+                  " ".join(f"--{k}={v}" for k, v in launcher.sbatch.items()) or "-")  # fmt: skip
+    console.print(table)
+    console.print("sbatch script (each job unpickles its cell and runs the command below):", highlight=False)
+    console.print(sbatch_script(launcher, (DEFAULT_JOB_DIR / suite.name).resolve(), name), markup=False, highlight=False)
+    for cell in select_cells(suite, only):
+        job = CellJob(suite=Path(suite_path).resolve(), label=cell_label(cell), db="", nodes=launcher.nodes,
+                      ranks_per_node=launcher.ranks_per_node, workdir=Path.cwd(), extra_args=extra_args)  # fmt: skip
+        console.print(shlex.join(job.command("$MASTER_HOST")), markup=False, highlight=False, soft_wrap=True)
 
 
 def submit_suite(

@@ -18,6 +18,7 @@ from harness import data
 from harness.data import BYTE_TOKENIZER, DataConfig, DataError, DataNeed, load_packed, val_block_mask
 from harness.data import cache as cache_module
 from harness.data import prepare
+from processes import alive, descendants, needs_proc, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -305,3 +306,77 @@ def test_val_split_the_source_lacks_is_one_line(corpus, tmp_path):
     message = error_of(load_packed, cfg_for(folder, val_split="validation"), tmp_path / "c")
     assert "'validation'" in message and str(folder) in message and "val_split" in message
     assert not [p for p in tmp_path.glob("c/*") if not p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- no orphans, one preparer
+
+
+PREPARE_SCRIPT = (
+    "import sys\n"
+    "from harness import data\n"
+    "from harness.data import prepare\n"
+    "from processes import SlowBytes\n"
+    "prepare.SHARD_CHARS = prepare.MIN_SHARD_CHARS = 2000\n"
+    "prepare.MIN_TOKENS_PER_WORKER = 1\n"
+    "data.packed.load_tokenizer = lambda spec: SlowBytes()\n"
+    "data.load_packed(data.DataConfig(source=sys.argv[1], tokenizer='bytes', seq_len=31, workers=int(sys.argv[3])),"
+    " sys.argv[2])\n"
+)
+
+
+def start_preparing(folder: Path, cache: Path, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{Path(__file__).parent}"}
+    return subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, str(folder), str(cache), str(workers)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+@needs_proc
+@pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C"])
+def test_stopping_a_preparation_leaves_no_worker_running(corpus, tmp_path, stop):
+    """kill -9 of the preparing process, or Ctrl-C (SIGINT to its whole process group, as a terminal sends it)."""
+    proc = start_preparing(corpus[0], tmp_path / "cache", workers=2)
+    try:
+        wait_for(lambda: len(descendants(proc.pid)) >= 2 or proc.poll() is not None, 120, "the pool never started")
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        started = descendants(proc.pid)  # the 2 workers and multiprocessing's resource tracker
+        if stop == "kill -9":
+            os.kill(proc.pid, signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        wait_for(lambda: not any(alive(p) for p in started), 30, f"left running: {[p for p in started if alive(p)]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if stop == "Ctrl-C":
+        assert "KeyboardInterrupt" in proc.stderr.read()
+
+
+def waiting_for_a_lock(pid: int) -> bool:
+    """``pid`` is blocked on a file lock (a ``->`` line of /proc/locks names the waiters)."""
+    return any(" -> " in f" {ln} " and f" {pid} " in ln for ln in Path("/proc/locks").read_text().splitlines())
+
+
+@needs_proc
+def test_two_runners_on_one_cold_cache_prepare_it_once(corpus, tmp_path):
+    """Both start while the cache is cold and locked; one prepares, the other waits and reads the same cache."""
+    folder, docs = corpus
+    whole = load_packed(cfg_for(folder, workers=1), tmp_path / "whole")  # the reference, and the cache's key
+    cache = tmp_path / "shared"
+    with cache_module.preparing(cache / ".locks", whole.cache_key):  # held: both runners meet a cold, busy cache
+        runners = [start_preparing(folder, cache, workers=1) for _ in range(2)]
+        wait_for(lambda: all(r.poll() is not None or waiting_for_a_lock(r.pid) for r in runners), 120,
+                 "the runners never queued on the lock")  # fmt: skip
+    outs = [r.communicate(timeout=240) for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], outs
+    assert sum("waiting: another process is preparing" in err for _, err in outs) == 2, "both met the held lock"
+    assert sum("tokenizing" in out + err for out, err in outs) == 1, "one of them prepared, the other found it ready"
+    assert files(cache / whole.cache_key) == files(tmp_path / "whole" / whole.cache_key)
+    assert state(cache / whole.cache_key)["docs"] == len(docs)
+
+
+def test_the_worker_cap_says_why_fewer_workers_run():
+    assert prepare.worker_note(2, 1) == "2 workers asked, 1 used: under 1M tokens of work"
+    assert prepare.worker_note(8, 3) == "8 workers asked, 3 used: under 3M tokens of work"
+    assert prepare.worker_note(4, 4) == "4 workers" and prepare.worker_note(1, 1) == "1 worker"

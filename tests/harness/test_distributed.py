@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,11 @@ import torch
 import torch.multiprocessing as mp
 
 from dist_worker import train_micro, weight_norms, worker
+from processes import wait_for
 from harness.data import DataConfig, load_packed
-from harness.distributed import Group
+from harness.distributed import TIMEOUT_ENV, Group
 from harness.resume import PREEMPTED_EXIT_CODE
-from harness.store import Store
+from harness.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -80,6 +82,16 @@ def cli(args: list[str], tmp_path: Path, fault: str | None = None, timeout: floa
                           start_new_session=True)  # fmt: skip
 
 
+def progress_step(db: Path) -> float:
+    """The latest stored training step of any cell (0 before the runner created its store)."""
+    if not db.exists():
+        return 0
+    try:
+        return max((v for _, _, n, v in Store(db).metric_values() if n == "progress/step"), default=0)
+    except StoreError:  # the runner is creating the schema right now
+        return 0
+
+
 def losses_and_val(store: Store, run_key: str) -> tuple[list[tuple[int, float]], float]:
     rows = [(k, s, n, v) for k, s, n, v in store.metric_values() if k == run_key]
     curve = sorted((s, v) for _, s, n, v in rows if n == "train/loss")
@@ -122,13 +134,21 @@ def test_killed_then_preempted_cell_resumes_to_the_uninterrupted_result(write_su
     assert val == pytest.approx(clean_val, rel=1e-6)
 
 
-def test_an_exception_on_rank_one_ends_both_ranks_and_is_recorded_once(write_suite, tmp_path):
+def torchrun(suite: Path, db: str, *args: str) -> list[str]:
+    """``python -m harness.launch.torchrun`` (torchrun with the harness's exit statuses) on 2 CPU ranks."""
+    return [sys.executable, "-m", "harness.launch.torchrun", "--nproc-per-node", "2", "--master-port", str(free_port()),
+            *args, "-m", "harness", "run", str(suite), "--db", db]  # fmt: skip
+
+
+def test_an_exception_on_rank_one_ends_the_launch_within_seconds_and_is_recorded_once(write_suite, tmp_path, monkeypatch):
+    """At the default 600 s collective timeout: rank 1 records its own failure and exits; rank 0, blocked in
+    the gradient all-reduce, fails as its peer's connection closes, and torchrun ends the launch."""
     suite = write_suite(models=["attention@transformer", "faults:FaultyAttention@transformer"],
                         train={"tokens": 4 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 2})  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), "-m", "harness", "run", str(suite), "--db", "two.db"]  # fmt: skip
-    result = cli(torchrun, tmp_path, fault="raise:3:1", MIXBENCH_DIST_TIMEOUT_S="30")
-    assert result.returncode != 0
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    result = cli(torchrun(suite, "two.db"), tmp_path, fault="raise:3:1", timeout=300)
+    ended = datetime.now(timezone.utc)
+    assert result.returncode == 1, result.stdout + result.stderr
     runs = {r.mixer: r for r in Store(tmp_path / "two.db").runs()}
     assert runs["attention"].status == "done", "the first cell trained on both ranks, rank 0 wrote it"
     values = {n: v for k, _, n, v in Store(tmp_path / "two.db").metric_values() if k == runs["attention"].run_key}
@@ -136,3 +156,29 @@ def test_an_exception_on_rank_one_ends_both_ranks_and_is_recorded_once(write_sui
     faulty = runs["faults:FaultyAttention"]
     assert (faulty.status, faulty.error) == ("failed", "rank 1: RuntimeError: injected fault")
     assert result.stdout.count("failed: rank 1: RuntimeError: injected fault") == 1
+    after_failure = (ended - faulty.finished_at.replace(tzinfo=timezone.utc)).total_seconds()
+    print(f"the launch ended {after_failure:.1f} s after the failure was recorded")
+    assert after_failure < 30, f"the launch outlived the failure by {after_failure:.0f} s"
+    assert "Traceback" not in result.stderr.split("injected fault")[-1], "no torchrun error summary after the failure"
+
+
+def test_sigterm_to_torchrun_saves_prints_one_resume_line_and_exits_75(write_suite, tmp_path):
+    suite = write_suite(models=["attention@transformer"],
+                        train={"tokens": 4000 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 1,
+                               "checkpoint_every": 1000})  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(torchrun(suite, "two.db"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: progress_step(tmp_path / "two.db") >= 2, 240, "the cell never trained two steps")
+        launch.send_signal(signal.SIGTERM)
+        out, err = launch.communicate(timeout=120)
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+    assert launch.returncode == PREEMPTED_EXIT_CODE, out + err
+    assert out.count("resume with:") == 1 and "Traceback" not in err, out + err
+    [run] = Store(tmp_path / "two.db").runs()
+    assert run.status == "failed" and "stopped by SIGTERM" in run.error
+    steps = next((tmp_path / "results" / "checkpoints").iterdir()) / "steps"
+    assert [p.name for p in steps.iterdir()] and all(p.name.startswith("step-") for p in steps.iterdir())
