@@ -18,6 +18,7 @@ from rich.table import Table
 from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
 from harness.data import DataError
 from harness.distributed import Group, init_from_env
+from harness.hf_io import HFError
 from harness.launch.submit import LaunchError, submit_suite
 from harness.latency import LatencyRunner, latency_table, plan_table
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
@@ -29,7 +30,7 @@ from harness.suite import Suite, SuiteError, load_suite
 from models.registry import UnknownMixerError, list_mixers
 
 EXPECTED_ERRORS = (
-    SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError, LaunchError
+    SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError, LaunchError, HFError
 )
 
 
@@ -83,6 +84,26 @@ def parser() -> argparse.ArgumentParser:
     lme.add_argument("--device", help="default: CUDA if present, else CPU")
     lme.add_argument("--batch-size", type=int, default=8)
     lme.add_argument("--max-length", type=int, help="tokens the model sees (default: the run's training seq_len)")
+    imp = sub.add_parser("import", help="a Hugging Face checkpoint (Llama, Mamba, Mamba-2) as an imported run")
+    imp.add_argument("source", help="a Hub id (e.g. state-spaces/mamba-130m-hf) or a local folder in its format")
+    imp.add_argument("--as", dest="name", required=True, help="the run's size label, e.g. mamba-130m")
+    imp.add_argument("--revision", help="a Hub branch, tag or commit (default: main)")
+    _add_db(imp)
+    imp.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR, help="where the mapped weights go")
+
+    exp = sub.add_parser("export", help="a finished run as a Hugging Face folder (AutoModelForCausalLM)")
+    exp.add_argument("run_key")
+    exp.add_argument("out", type=Path, help="a new folder")
+    _add_db(exp)
+
+    ev = sub.add_parser("eval", help="score a stored run on a suite's data (perplexity, by position, lm-eval)")
+    ev.add_argument("run_key")
+    ev.add_argument("suite", type=Path)
+    _add_db(ev)
+    ev.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="packed-token cache")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
+
     db = sub.add_parser("db", help="the store itself: upgrade its schema, copy results between stores")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     _add_db(db_sub.add_parser("upgrade", help="migrate the store's schema to this mixbench's (Alembic)"))
@@ -90,6 +111,36 @@ def parser() -> argparse.ArgumentParser:
     copy.add_argument("src", help="SQLite path or SQLAlchemy URL")
     copy.add_argument("dst", help="SQLite path or SQLAlchemy URL (created if new)")
     return ap
+
+
+def cmd_import(args: argparse.Namespace, console: Console) -> int:
+    from harness.hf_io import import_checkpoint
+
+    record = import_checkpoint(args.source, args.name, Store(args.db), args.checkpoint_dir, revision=args.revision)
+    source = record.config["imported"]
+    console.print(f"imported {args.source} ({source['revision']}) as {record.mixer}@{record.backbone} "
+                  f"{record.size}: run {record.run_key}")  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from harness.hf_io import export_run
+
+    how = export_run(Store(args.db), args.run_key, args.out)
+    loads = "AutoModelForCausalLM" + (", trust_remote_code=True" if how == "trust_remote_code" else f" ({how})")
+    console.print(f"exported run {args.run_key} to {args.out}: loads with {loads}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from harness.evaluate_stored import evaluate_stored
+
+    suite, store = load_suite(args.suite), Store(args.db)
+    for record, ppl in evaluate_stored(store, args.run_key, suite, args.cache_dir, args.device):
+        console.print(f"run {args.run_key} on {suite.name} T{record.seq_len}: val ppl {ppl:.3f} (row {record.run_key})")
+    for path in write_reports(store, args.report_dir, suite=suite.name):
+        console.print(f"dashboard: {path}")
+    return 0
 
 
 def cmd_db(args: argparse.Namespace, console: Console) -> int:
@@ -248,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_db(args, console)
         if args.command == "latency":
             return cmd_latency(args, console)
+        if args.command == "import":
+            return cmd_import(args, console)
+        if args.command == "export":
+            return cmd_export(args, console)
+        if args.command == "eval":
+            return cmd_eval(args, console)
         if args.command == "lm-eval":  # imported here: lm-eval is an optional extra
             from harness.lm_eval_adapter import cmd_lm_eval
 

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "mamba": {"tie_word_embeddings": True, "layer_norm_epsilon": 1e-5, "hidden_act": "silu", "use_bias": False,
               "use_conv_bias": True, "conv_kernel": 4, "state_size": 16, "expand": 2},
     "mamba2": {"tie_word_embeddings": False, "layer_norm_epsilon": 1e-5, "hidden_act": "silu", "use_bias": False,
-               "use_conv_bias": True, "conv_kernel": 4, "state_size": 128, "expand": 2, "n_groups": 1,
+               "use_conv_bias": True, "conv_kernel": 4, "state_size": 128, "expand": 2, "n_groups": 8, "num_heads": 128, "head_dim": 64,
                "chunk_size": 256, "time_step_limit": [0.0, float("inf")]},
 }  # fmt: skip
 MAMBA2_NORM_EPS = 1e-5  # the gated norm inside our Mamba2 block (models/mamba2.py)
@@ -171,7 +171,7 @@ def _mamba2_spec(config: dict[str, Any], name: str) -> ModelSpec:
     low, high = (as_float(v) for v in field(config, "time_step_limit"))
     if low > 0 or high != float("inf"):
         raise FormatError(f"config.json time_step_limit={[low, high]} is not supported (our Mamba2 does not clamp dt)")
-    heads, headdim = config["num_heads"], config["head_dim"]
+    heads, headdim = field(config, "num_heads"), field(config, "head_dim")
     if heads * headdim != expand * d:
         raise FormatError(f"config.json num_heads {heads} x head_dim {headdim} != expand x hidden_size = {expand * d}")
     settings = {"d_state": field(config, "state_size"), "d_conv": field(config, "conv_kernel"), "expand": expand,
@@ -320,8 +320,12 @@ def import_transformers():  # noqa: ANN201 - the transformers module
     that of mixbench's own ``kernels/`` package; where ours comes first on ``sys.path`` (a
     checkout), transformers would import it as the hub-kernels library and fail. Telling it
     that hub kernels are unavailable keeps it on its own PyTorch paths, which is what a
-    comparison on CPU wants anyway. Call this before the first ``transformers`` model import.
+    comparison on CPU wants anyway (``USE_HUB_KERNELS=0`` too, or ``from_pretrained`` asks for
+    them). Call this before the first ``transformers`` model import.
     """
+    import os
+
+    os.environ["USE_HUB_KERNELS"] = "0"
     import transformers.utils as utils
     import transformers.utils.import_utils as import_utils
 
