@@ -234,3 +234,17 @@ def test_a_hub_id_without_network_gives_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "cannot fetch 'state-spaces/no-such-model-hf' from the Hugging Face Hub" in err
     assert len(err.splitlines()) == 1, err
+
+
+def test_parity_script_measures_a_local_folder(folders):
+    """scripts/hf_parity.py (the real mamba-130m measurement of the README) on a random Mamba."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "hf_parity.py"
+    spec = importlib.util.spec_from_file_location("hf_parity", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    figures = script.measure(str(folders["mamba"][0]), tokens=24)
+    assert figures["tokens"] == 24 and figures["max_abs_diff"] < TOL * max(1.0, figures["max_abs_logit"])
+    assert figures["argmax_agreement"] == 1.0
+    assert figures["ppl_ours"] == pytest.approx(figures["ppl_transformers"], rel=1e-4)
