@@ -20,7 +20,7 @@ from harness.data import DataError
 from harness.distributed import Group, init_from_env
 from harness.hf_io import HFError
 from harness.launch.submit import LaunchError, submit_suite
-from harness.latency import LatencyRunner, latency_table, plan_table
+from harness.latency import LatencyRunner, latency_table, plan_table, stored_target
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
 from harness.resume import PREEMPTED_EXIT_CODE, Preempted
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
@@ -74,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     lat.add_argument("suite", type=Path)
     _add_db(lat)
     lat.add_argument("--only", help="glob over 'mixer@backbone/size' or 'mixer@backbone'")
+    lat.add_argument("--run", help="measure this stored run's architecture (e.g. an imported one) instead of the suite's models")
     lat.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
 
     lme = sub.add_parser("lm-eval", help="lm-eval tasks on a done run's checkpoint (needs the [eval] extra)")
@@ -215,9 +216,13 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
     return 1 if failed else 0
 
 
-def run_latency(suite: Suite, store: Store, only: str | None, resume: bool, console: Console) -> bool:
-    """The suite's latency section; prints the stored measurements; True if any point failed (OOM is no failure)."""
-    summary = LatencyRunner(suite, store, console=console).run(only, resume=resume)
+def run_latency(
+    suite: Suite, store: Store, only: str | None, resume: bool, console: Console, run_key: str | None = None
+) -> bool:
+    """The suite's latency section (on a stored run's architecture if ``run_key``); prints the stored
+    measurements; True if any point failed (OOM is no failure)."""
+    chosen = None if run_key is None else [stored_target(store, run_key)]
+    summary = LatencyRunner(suite, store, console=console).run(only, resume=resume, chosen=chosen)
     if resume and not summary.measured:
         console.print(f"[green]latency: all {len(summary.skipped)} models of suite {suite.name} are already measured[/]")
     console.print(latency_table(stored_latency(store, suite.name), f"latency of suite {suite.name}"))
@@ -227,7 +232,7 @@ def run_latency(suite: Suite, store: Store, only: str | None, resume: bool, cons
 def cmd_latency(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
     store = Store(args.db)
-    failed = run_latency(suite, store, args.only, resume=False, console=console)
+    failed = run_latency(suite, store, args.only, resume=False, console=console, run_key=args.run)
     for path in write_reports(store, args.report_dir, suite=suite.name):
         console.print(f"dashboard: {path}")
     console.print(f"database: {store.url}")

@@ -169,7 +169,9 @@ name: hfcheck
 data: {source: builtin:kjv, tokenizer: builtin:kjv, seq_len: 32, max_tokens: 20000}
 models: [attention@transformer]
 sizes: [micro]
+train: {tokens: 4096}
 eval: {position_buckets: 4, max_val_sequences: 4, batch_size: 4, lm_eval: [kjv_cloze], lm_eval_limit: 4}
+latency: {contexts: [8], warmup: 0, repeats: 1, decode_tokens: 2, device: cpu}
 """
 
 
@@ -193,6 +195,9 @@ def test_protocol_end_to_end_on_an_imported_model(folders, tmp_path, capsys):
     assert "mamba@mamba_native [imported]" in html
     assert main(["lm-eval", key, "--tasks", "kjv_ppl", "--limit", "2", *common]) == 0
     assert any(n.startswith("lm_eval/kjv_ppl/") for k, _s, n, _v in Store(db).metric_values("imported"))
+    assert main(["latency", str(suite), "--run", key, *common, "--report-dir", str(tmp_path / "report")]) == 0
+    rows = Store(db).query("SELECT size, mode, status FROM latency ORDER BY mode")[1]
+    assert rows == [("mamba-rand", "decode", "ok"), ("mamba-rand", "prefill", "ok")]
 
 
 def edited(folder: Path, tmp_path: Path, change) -> Path:  # noqa: ANN001 - a function of the copy
