@@ -253,3 +253,38 @@ def test_parity_script_measures_a_local_folder(folders):
     assert figures["tokens"] == 24 and figures["max_abs_diff"] < TOL * max(1.0, figures["max_abs_logit"])
     assert figures["argmax_agreement"] == 1.0
     assert figures["ppl_ours"] == pytest.approx(figures["ppl_transformers"], rel=1e-4)
+
+
+def test_a_trained_run_scored_on_another_suite_is_marked_evaluated(tmp_path):
+    from harness.evaluate_stored import evaluate_stored
+    from harness.suite import load_suite
+
+    store = Store(tmp_path / "db.sqlite")
+    key = stored_run(store, tmp_path / "ckpt", "attention@transformer", seed=3)
+    suite = tmp_path / "hfcheck.yaml"
+    suite.write_text(SUITE.replace("lm_eval: [kjv_cloze], lm_eval_limit: 4", "lm_eval: []"))
+    [(record, ppl)] = evaluate_stored(store, key, load_suite(suite), tmp_path / "cache", "cpu")
+    row = store.run(record.run_key)
+    assert (row.suite, row.status, row.size, row.seq_len) == ("hfcheck", "evaluated", "micro", 32) and ppl > 1
+    again = evaluate_stored(store, key, load_suite(suite), tmp_path / "cache", "cpu")
+    assert again[0][0].run_key == record.run_key and len(store.runs("hfcheck")) == 1  # replaced, not duplicated
+
+
+def test_bad_eval_and_export_requests_give_one_line(tmp_path, capsys):
+    db = str(tmp_path / "db.sqlite")
+    store = Store(db)
+    key = stored_run(store, tmp_path / "ckpt", "mamba@mamba_native", seed=4)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    task_suite = tmp_path / "task.yaml"
+    task_suite.write_text("name: t\nmodels: [attention@transformer]\nsizes: [micro]\nseq_lens: [64]\n"
+                          "task: {name: mqar, n_train: 8, n_val: 8}\n")  # fmt: skip
+    cases = [
+        (["export", key, str(tmp_path / "full"), "--db", db], "exists and is not empty"),
+        (["export", "nosuchkey", str(tmp_path / "out"), "--db", db], "no run with key 'nosuchkey'"),
+        (["eval", key, str(task_suite), "--db", db], "is a task suite"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
