@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -45,13 +46,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "mamba": {"tie_word_embeddings": True, "layer_norm_epsilon": 1e-5, "hidden_act": "silu", "use_bias": False,
               "use_conv_bias": True, "conv_kernel": 4, "state_size": 16, "expand": 2},
     "mamba2": {"tie_word_embeddings": False, "layer_norm_epsilon": 1e-5, "hidden_act": "silu", "use_bias": False,
-               "use_conv_bias": True, "conv_kernel": 4, "state_size": 128, "expand": 2, "n_groups": 8, "num_heads": 128, "head_dim": 64,
+               "use_conv_bias": True, "conv_kernel": 4, "state_size": 128, "expand": 2, "n_groups": 8,
+               "num_heads": 128, "head_dim": 64,
                "chunk_size": 256, "time_step_limit": [0.0, float("inf")]},
 }  # fmt: skip
 MAMBA2_NORM_EPS = 1e-5  # the gated norm inside our Mamba2 block (models/mamba2.py)
 
 
-def field(config: dict[str, Any], name: str) -> Any:
+def config_field(config: dict[str, Any], name: str) -> Any:
     """A config.json field, or transformers' default for it; a required field that is absent is refused."""
     if name in config:
         return config[name]
@@ -68,7 +70,7 @@ def as_float(value: Any) -> float:
 
 def require(config: dict[str, Any], name: str, allowed: Any, why: str) -> None:
     """Refuse a setting our blocks do not compute (e.g. ``use_bias: true``)."""
-    value = field(config, name)
+    value = config_field(config, name)
     if value != allowed:
         raise FormatError(f"config.json {name}={value!r} is not supported ({why}; only {allowed!r})")
 
@@ -121,11 +123,12 @@ def names(spec: ModelSpec) -> Names:
 
 # ------------------------------------------------------------------------ config.json <-> spec
 def _llama_spec(config: dict[str, Any], name: str) -> ModelSpec:
+    get = partial(config_field, config)
     d, heads = config["hidden_size"], config["num_attention_heads"]
-    kv = field(config, "num_key_value_heads") or heads
-    head_dim = field(config, "head_dim") or d // heads
+    kv = get("num_key_value_heads") or heads
+    head_dim = get("head_dim") or d // heads
     if head_dim * heads != d:
-        raise FormatError(f"config.json head_dim={head_dim} x {heads} heads != hidden_size {d} (our attention needs equality)")
+        raise FormatError(f"config.json head_dim={head_dim} x {heads} heads != hidden_size {d} (ours needs equality)")
     require(config, "hidden_act", "silu", "our MLP is SwiGLU")
     require(config, "attention_bias", False, "our attention projections have no bias")
     require(config, "mlp_bias", False, "our MLP has no bias")
@@ -137,48 +140,51 @@ def _llama_spec(config: dict[str, Any], name: str) -> ModelSpec:
     dims = Size(d_model=d, n_layers=config["num_hidden_layers"], n_heads=heads, mlp_hidden=config["intermediate_size"],
                 n_kv_heads=None if kv == heads else kv)  # fmt: skip
     return ModelSpec("attention", "transformer", name, config["vocab_size"], {"rope_base": float(base)},
-                     bool(field(config, "tie_word_embeddings")), dims, float(field(config, "rms_norm_eps")))  # fmt: skip
+                     bool(get("tie_word_embeddings")), dims, float(get("rms_norm_eps")))  # fmt: skip
 
 
 def _mamba_common(config: dict[str, Any]) -> tuple[int, int]:
     """Checks shared by Mamba and Mamba-2; returns (d_model, expand)."""
+    get = partial(config_field, config)
     require(config, "hidden_act", "silu", "our Mamba blocks use SiLU")
     require(config, "use_bias", False, "our Mamba projections have no bias")
     require(config, "use_conv_bias", True, "our Mamba conv has a bias")
     d = config["hidden_size"]
-    inner = config.get("intermediate_size", field(config, "expand") * d)
+    inner = config.get("intermediate_size", get("expand") * d)
     if inner % d:
         raise FormatError(f"config.json intermediate_size {inner} is not a multiple of hidden_size {d}")
     return d, inner // d
 
 
 def _mamba_spec(config: dict[str, Any], name: str) -> ModelSpec:
+    get = partial(config_field, config)
     d, expand = _mamba_common(config)
-    settings = {"d_state": field(config, "state_size"), "d_conv": field(config, "conv_kernel"), "expand": expand,
+    settings = {"d_state": get("state_size"), "d_conv": get("conv_kernel"), "expand": expand,
                 "dt_rank": config.get("time_step_rank", math.ceil(d / 16))}  # fmt: skip
     if settings["dt_rank"] == "auto":
         settings["dt_rank"] = math.ceil(d / 16)
     dims = Size(d_model=d, n_layers=config["num_hidden_layers"], n_heads=1, mlp_hidden=0)
     return ModelSpec("mamba", "mamba_native", name, config["vocab_size"], settings,
-                     bool(field(config, "tie_word_embeddings")), dims, float(field(config, "layer_norm_epsilon")))  # fmt: skip
+                     bool(get("tie_word_embeddings")), dims, float(get("layer_norm_epsilon")))  # fmt: skip
 
 
 def _mamba2_spec(config: dict[str, Any], name: str) -> ModelSpec:
+    get = partial(config_field, config)
     d, expand = _mamba_common(config)
-    eps = float(field(config, "layer_norm_epsilon"))
+    eps = float(get("layer_norm_epsilon"))
     if eps != MAMBA2_NORM_EPS:
-        raise FormatError(f"config.json layer_norm_epsilon={eps} is not supported (our Mamba2 gated norm uses {MAMBA2_NORM_EPS})")
-    low, high = (as_float(v) for v in field(config, "time_step_limit"))
+        raise FormatError(f"config.json layer_norm_epsilon={eps} is not supported (our Mamba2 norm uses {MAMBA2_NORM_EPS})")
+    low, high = (as_float(v) for v in get("time_step_limit"))
     if low > 0 or high != float("inf"):
         raise FormatError(f"config.json time_step_limit={[low, high]} is not supported (our Mamba2 does not clamp dt)")
-    heads, headdim = field(config, "num_heads"), field(config, "head_dim")
+    heads, headdim = get("num_heads"), get("head_dim")
     if heads * headdim != expand * d:
         raise FormatError(f"config.json num_heads {heads} x head_dim {headdim} != expand x hidden_size = {expand * d}")
-    settings = {"d_state": field(config, "state_size"), "d_conv": field(config, "conv_kernel"), "expand": expand,
-                "headdim": headdim, "ngroups": field(config, "n_groups"), "chunk_size": field(config, "chunk_size")}  # fmt: skip
+    settings = {"d_state": get("state_size"), "d_conv": get("conv_kernel"), "expand": expand,
+                "headdim": headdim, "ngroups": get("n_groups"), "chunk_size": get("chunk_size")}  # fmt: skip
     dims = Size(d_model=d, n_layers=config["num_hidden_layers"], n_heads=heads, mlp_hidden=0)
     return ModelSpec("mamba2", "mamba_native", name, config["vocab_size"], settings,
-                     bool(field(config, "tie_word_embeddings")), dims, eps)  # fmt: skip
+                     bool(get("tie_word_embeddings")), dims, eps)  # fmt: skip
 
 
 def _llama_config(model: CausalLM) -> dict[str, Any]:
