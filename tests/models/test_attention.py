@@ -161,7 +161,7 @@ def test_bad_configuration_errors_are_clear():
         Attention(d_model=32, n_heads=4, n_kv_heads=3)
 
 
-def low_precision_error(backend: str, device: str) -> tuple[float, float]:
+def low_precision_error(backend: str, device: str, n_kv_heads: int | None = None) -> tuple[float, float]:
     """(max |y - y_ref|, max |y_ref|) of ``backend`` in bfloat16 against the float64 naive reference.
 
     The weights have std 1/sqrt(d), so q.k is of order one and the softmax is far from uniform:
@@ -171,7 +171,7 @@ def low_precision_error(backend: str, device: str) -> tuple[float, float]:
     """
     torch.manual_seed(4)
     d = 128
-    mixer = Attention(d_model=d, n_heads=2, backend=backend)
+    mixer = Attention(d_model=d, n_heads=2, backend=backend, n_kv_heads=n_kv_heads)
     for lin in (mixer.qkv, mixer.out):
         torch.nn.init.normal_(lin.weight, std=d**-0.5)
     mixer = mixer.to(torch.bfloat16)
@@ -188,15 +188,17 @@ def low_precision_error(backend: str, device: str) -> tuple[float, float]:
 RELATIVE_TOLERANCE = 2e-2
 
 
-def test_sdpa_in_bfloat16_matches_the_float64_reference():
-    error, size = low_precision_error("sdpa", "cpu")
+@pytest.mark.parametrize("n_kv_heads", [None, 1])
+def test_sdpa_in_bfloat16_matches_the_float64_reference(n_kv_heads):
+    error, size = low_precision_error("sdpa", "cpu", n_kv_heads)
     assert error <= RELATIVE_TOLERANCE * size, (error, size)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["flash-attn", "sdpa"])
-def test_gpu_backends_in_bfloat16_match_the_float64_reference(backend):
+@pytest.mark.parametrize("n_kv_heads", [None, 1])  # 1: grouped-query (flash-attn takes fewer key/value heads as they are)
+def test_gpu_backends_in_bfloat16_match_the_float64_reference(backend, n_kv_heads):
     if backend == "flash-attn":
         pytest.importorskip("flash_attn", reason="flash-attn is not installed (pip install '.[gpu]')")
-    error, size = low_precision_error(backend, "cuda")
-    assert error <= RELATIVE_TOLERANCE * size, (backend, error, size)
+    error, size = low_precision_error(backend, "cuda", n_kv_heads)
+    assert error <= RELATIVE_TOLERANCE * size, (backend, n_kv_heads, error, size)
