@@ -362,7 +362,8 @@ def write_reports(
         text_done = [r for r in done if not is_task_run(r)]  # task runs get their own panels (accuracy)
         trained = [r for r in text_done if (r.run_key, "flops/train") in values]  # a model scored here has no FLOPs here
         figures = [flops_figure(trained, values)] if trained else []
-        figures += [position_figure(text_done, positions)] if text_done else []
+        curves = {key for key, *_ in positions}  # an imported model's own row has no curve until it is scored
+        figures += [position_figure(text_done, positions)] if any(r.run_key in curves for r in text_done) else []
         figures += task_figures(done, values)
         tables = results_table_html(suite_runs, values) + task_table_html(suite_runs, values) if suite_runs else ""
         if suite_latency:

@@ -192,7 +192,9 @@ def test_protocol_end_to_end_on_an_imported_model(folders, tmp_path, capsys):
     assert values["val/ppl"] > 1 and any(n.startswith("lm_eval/kjv_cloze/") for n in values)
     assert len([p for p in store.position_losses("hfcheck") if p[0] == row.run_key]) == 4
     html = (tmp_path / "report" / "hfcheck.html").read_text()
-    assert "mamba@mamba_native [imported]" in html
+    assert "mamba@mamba_native [imported]" in html and "Perplexity by token index" in html
+    assert main(["report", *common, "-o", str(tmp_path / "all")]) == 0  # the imported suite: a table, no empty panel
+    assert "Perplexity by token index" not in (tmp_path / "all" / "imported.html").read_text()
     assert main(["lm-eval", key, "--tasks", "kjv_ppl", "--limit", "2", *common]) == 0
     assert any(n.startswith("lm_eval/kjv_ppl/") for k, _s, n, _v in Store(db).metric_values("imported"))
     assert main(["latency", str(suite), "--run", key, *common, "--report-dir", str(tmp_path / "report")]) == 0
