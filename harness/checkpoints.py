@@ -36,12 +36,18 @@ def save_checkpoint(model: CausalLM, folder: Path, tokenizer: str, config: dict[
     return folder
 
 
-def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> tuple[CausalLM, dict[str, Any]]:
-    """Rebuild the model from ``model.json`` and load its weights; returns (model, metadata)."""
+def load_meta(folder: Path) -> dict[str, Any]:
+    """``model.json`` of a checkpoint: the spec (as a dict), the tokenizer and the cell config."""
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file() or not (folder / META).is_file():
         raise CheckpointError(f"{folder}: no checkpoint here (expected {WEIGHTS} and {META})")
-    meta = json.loads((folder / META).read_text())
+    return json.loads((folder / META).read_text())
+
+
+def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> tuple[CausalLM, dict[str, Any]]:
+    """Rebuild the model from ``model.json`` and load its weights; returns (model, metadata)."""
+    folder = Path(folder)
+    meta = load_meta(folder)
     model = build(ModelSpec(**meta["spec"]))
     missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=False, device=str(device))
     if missing or unexpected:

@@ -20,12 +20,12 @@ from harness.cost import CostError, gpu_kind
 from harness.data import DataError
 from harness.distributed import Group, init_from_env
 from harness.health import Thresholds, flags_by_run
-from harness.launch.submit import LaunchError, submit_suite
-from harness.loggers import LoggerError, check_loggers
+from harness.hf_io import HFError
 from harness.launch.local import LocalLauncher
 from harness.launch.submit import LaunchError, print_slurm_plan, submit_suite
 from harness.lifeline import follow_from_environment
-from harness.latency import LatencyRunner, latency_table, plan_table
+from harness.latency import LatencyRunner, latency_table, plan_table, stored_target
+from harness.loggers import LoggerError, check_loggers
 from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
 from harness.resume import PREEMPTED_EXIT_CODE, Preempted
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
@@ -37,7 +37,7 @@ from models.registry import UnknownMixerError, list_mixers
 
 EXPECTED_ERRORS = (
     SuiteError, StoreError, DataError, UnknownMixerError, CheckpointError, ReportError, LaunchError, CostError,
-    LoggerError,
+    LoggerError, HFError,
 )
 
 
@@ -58,8 +58,6 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="packed-token cache")
     run.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR, help="final weights per run")
     run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
-    run.add_argument("--launcher", choices=["local", "slurm"], default="local",
-                     help="local: run here (default); slurm: one job per pending cell (the suite's launcher: section)")
     run.add_argument("--gpu", help="with --dry-run: the GPU kind to cost the suite on (H200, H100, H100 PCIe, A100)")
     run.add_argument("--gpus", type=int, default=1, help="with --gpu: GPUs per cell (default 1)")
     run.add_argument("--launcher", choices=["local", "slurm", "inline"], default="local",
@@ -99,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     lat.add_argument("suite", type=Path)
     _add_db(lat)
     lat.add_argument("--only", help="glob over 'mixer@backbone/size' or 'mixer@backbone'")
+    lat.add_argument("--run", help="measure this stored run's architecture (e.g. an imported one) instead of the suite's models")
     lat.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
 
     lme = sub.add_parser("lm-eval", help="lm-eval tasks on a done run's checkpoint (needs the [eval] extra)")
@@ -109,6 +108,26 @@ def parser() -> argparse.ArgumentParser:
     lme.add_argument("--device", help="default: CUDA if present, else CPU")
     lme.add_argument("--batch-size", type=int, default=8)
     lme.add_argument("--max-length", type=int, help="tokens the model sees (default: the run's training seq_len)")
+    imp = sub.add_parser("import", help="a Hugging Face checkpoint (Llama, Mamba, Mamba-2) as an imported run")
+    imp.add_argument("source", help="a Hub id (e.g. state-spaces/mamba-130m-hf) or a local folder in its format")
+    imp.add_argument("--as", dest="name", required=True, help="the run's size label, e.g. mamba-130m")
+    imp.add_argument("--revision", help="a Hub branch, tag or commit (default: main)")
+    _add_db(imp)
+    imp.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR, help="where the mapped weights go")
+
+    exp = sub.add_parser("export", help="a finished run as a Hugging Face folder (AutoModelForCausalLM)")
+    exp.add_argument("run_key")
+    exp.add_argument("out", type=Path, help="a new folder")
+    _add_db(exp)
+
+    ev = sub.add_parser("eval", help="score a stored run on a suite's data (perplexity, by position, lm-eval)")
+    ev.add_argument("run_key")
+    ev.add_argument("suite", type=Path)
+    _add_db(ev)
+    ev.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="packed-token cache")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
+
     db = sub.add_parser("db", help="the store itself: upgrade its schema, copy results between stores")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     _add_db(db_sub.add_parser("upgrade", help="migrate the store's schema to this mixbench's (Alembic)"))
@@ -116,6 +135,36 @@ def parser() -> argparse.ArgumentParser:
     copy.add_argument("src", help="SQLite path or SQLAlchemy URL")
     copy.add_argument("dst", help="SQLite path or SQLAlchemy URL (created if new)")
     return ap
+
+
+def cmd_import(args: argparse.Namespace, console: Console) -> int:
+    from harness.hf_io import import_checkpoint
+
+    record = import_checkpoint(args.source, args.name, Store(args.db), args.checkpoint_dir, revision=args.revision)
+    source = record.config["imported"]
+    console.print(f"imported {args.source} ({source['revision']}) as {record.mixer}@{record.backbone} "
+                  f"{record.size}: run {record.run_key}")  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from harness.hf_io import export_run
+
+    how = export_run(Store(args.db), args.run_key, args.out)
+    loads = "AutoModelForCausalLM" + (", trust_remote_code=True" if how == "trust_remote_code" else f" ({how})")
+    console.print(f"exported run {args.run_key} to {args.out}: loads with {loads}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from harness.evaluate_stored import evaluate_stored
+
+    suite, store = load_suite(args.suite), Store(args.db)
+    for record, ppl in evaluate_stored(store, args.run_key, suite, args.cache_dir, args.device):
+        console.print(f"run {args.run_key} on {suite.name} T{record.seq_len}: val ppl {ppl:.3f} (row {record.run_key})")
+    for path in write_reports(store, args.report_dir, suite=suite.name):
+        console.print(f"dashboard: {path}")
+    return 0
 
 
 def cmd_db(args: argparse.Namespace, console: Console) -> int:
@@ -211,9 +260,13 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
     return 1 if failed else 0
 
 
-def run_latency(suite: Suite, store: Store, only: str | None, resume: bool, console: Console) -> bool:
-    """The suite's latency section; prints the stored measurements; True if any point failed (OOM is no failure)."""
-    summary = LatencyRunner(suite, store, console=console).run(only, resume=resume)
+def run_latency(
+    suite: Suite, store: Store, only: str | None, resume: bool, console: Console, run_key: str | None = None
+) -> bool:
+    """The suite's latency section (on a stored run's architecture if ``run_key``); prints the stored
+    measurements; True if any point failed (OOM is no failure)."""
+    chosen = None if run_key is None else [stored_target(store, run_key)]
+    summary = LatencyRunner(suite, store, console=console).run(only, resume=resume, chosen=chosen)
     if resume and not summary.measured:
         console.print(f"[green]latency: all {len(summary.skipped)} models of suite {suite.name} are already measured[/]")
     console.print(latency_table(stored_latency(store, suite.name), f"latency of suite {suite.name}"))
@@ -223,7 +276,7 @@ def run_latency(suite: Suite, store: Store, only: str | None, resume: bool, cons
 def cmd_latency(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
     store = Store(args.db)
-    failed = run_latency(suite, store, args.only, resume=False, console=console)
+    failed = run_latency(suite, store, args.only, resume=False, console=console, run_key=args.run)
     for path in write_reports(store, args.report_dir, suite=suite.name):
         console.print(f"dashboard: {path}")
     console.print(f"database: {store.url}")
@@ -304,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_db(args, console)
         if args.command == "latency":
             return cmd_latency(args, console)
+        if args.command == "import":
+            return cmd_import(args, console)
+        if args.command == "export":
+            return cmd_export(args, console)
+        if args.command == "eval":
+            return cmd_eval(args, console)
         if args.command == "lm-eval":  # imported here: lm-eval is an optional extra
             from harness.lm_eval_adapter import cmd_lm_eval
 

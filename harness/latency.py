@@ -49,6 +49,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,11 +58,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import delete
 
+from harness.checkpoints import load_meta
 from harness.device_memory import free_memory
 from harness.environment import device_name, environment
 from harness.progress import progress_bar
 from harness.report import stored_latency
-from harness.store import Latency, Store
+from harness.store import FINISHED, Latency, Store, StoreError
 from harness.suite import LatencySection, Suite, SuiteError
 from harness.train import seed_everything
 from models import ModelSpec, build, split_arch
@@ -73,11 +75,17 @@ _OOM_MESSAGE = re.compile(r"out of memory|not enough memory|can't allocate memor
 
 @dataclass(frozen=True)
 class Target:
-    """One model to measure: an architecture at a size, with its mixer settings filled in."""
+    """One model to measure: an architecture at a size, with its mixer settings filled in.
+
+    ``spec`` is set for a stored run measured by ``mixbench latency SUITE --run RUN_KEY`` (an
+    imported checkpoint has its own dimensions and vocabulary; ``size`` is then its name).
+    """
 
     arch: str
     size: str
     mixer_settings: dict[str, Any]
+    spec: ModelSpec | None = None
+    run_key: str | None = None
 
     @property
     def mixer(self) -> str:
@@ -132,6 +140,15 @@ def targets(suite: Suite, only: str | None = None) -> list[Target]:
     return out
 
 
+def stored_target(store: Store, run_key: str) -> Target:
+    """A finished run's architecture (its own dimensions and vocabulary), named by its size label."""
+    run = store.run(run_key)
+    if run.status not in FINISHED or not run.checkpoint_path:
+        raise StoreError(f"run {run_key} has no final checkpoint (status {run.status}) to take the architecture from")
+    spec = ModelSpec(**load_meta(Path(run.checkpoint_path))["spec"])
+    return Target(spec.arch, run.size, dict(spec.mixer_overrides), spec=spec, run_key=run_key)
+
+
 def resolve_device(section: LatencySection, suite: Suite) -> torch.device:
     if section.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -147,11 +164,13 @@ def protocol(section: LatencySection, target: Target) -> dict[str, Any]:
         "warmup": section.warmup,
         "repeats": section.repeats,
         "decode_tokens": section.decode_tokens,
-        "vocab_size": section.vocab_size,
+        "vocab_size": section.vocab_size if target.spec is None else target.spec.vocab_size,
         "seed": section.seed,
         "cuda_graphs": section.cuda_graphs,
         "mixer_settings": target.mixer_settings,
     }
+    if target.run_key is not None:  # a stored run's architecture: its dimensions decide the figures too
+        settings["run_key"] = target.run_key
     return json.loads(json.dumps(settings, default=str))  # exactly what the JSON column returns
 
 
@@ -247,7 +266,8 @@ class Sweep:
         self.generator = torch.Generator().manual_seed(section.seed)
 
     def _ids(self, *shape: int) -> torch.Tensor:
-        return torch.randint(0, self.section.vocab_size, shape, generator=self.generator).to(self.device)
+        vocab = self.model.spec.vocab_size  # the section's, or a stored run's own
+        return torch.randint(0, vocab, shape, generator=self.generator).to(self.device)
 
     def prefill(self, context: int) -> Measurement:
         s = self.section
@@ -353,12 +373,15 @@ class LatencyRunner:
         }  # fmt: skip
         return all(point in have for point in sweep_points(s))
 
-    def run(self, only: str | None = None, resume: bool = False) -> LatencySummary:
-        """Measure every target (only the unmeasured ones if ``resume``); store each model's rows as it ends."""
+    def run(self, only: str | None = None, resume: bool = False, chosen: list[Target] | None = None) -> LatencySummary:
+        """Measure every target (only the unmeasured ones if ``resume``); store each model's rows as it ends.
+
+        ``chosen`` replaces the suite's models (a stored run's ``stored_target``).
+        """
         s, summary = self.section, LatencySummary()
         device = resolve_device(s, self.suite)
         todo = []
-        for target in targets(self.suite, only):
+        for target in targets(self.suite, only) if chosen is None else chosen:
             if resume and self.is_measured(target, device):
                 summary.skipped.append(target.label)
             else:
@@ -401,7 +424,8 @@ class LatencyRunner:
         model, backends, measurements, built = None, dict.fromkeys(MODES, "-"), [], True
         try:
             seed_everything(s.seed)
-            spec = ModelSpec.parse(target.arch, target.size, s.vocab_size, mixer_overrides=dict(target.mixer_settings))
+            spec = target.spec or ModelSpec.parse(target.arch, target.size, s.vocab_size,
+                                                  mixer_overrides=dict(target.mixer_settings))  # fmt: skip
             with torch.device(device):
                 model = build(spec)
             model = model.to(device=device, dtype=DTYPES[s.dtype]).eval()

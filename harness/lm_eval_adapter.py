@@ -63,7 +63,7 @@ from harness.data import TextTokenizer, load_tokenizer
 from harness.environment import pick_device
 from harness.parallel import autocast
 from harness.progress import progress_bar
-from harness.store import Store, StoreError
+from harness.store import FINISHED, Store, StoreError
 
 try:
     from lm_eval.api.model import LM as _LMBase
@@ -112,8 +112,8 @@ def checkpoint_of(run_key: str, db: str | None) -> Path:
         run = Store(db).run(run_key)
     except StoreError as exc:
         raise LMEvalError(str(exc)) from None
-    if run.status != "done" or not run.checkpoint_path:
-        raise LMEvalError(f"run {run_key} has no checkpoint (status {run.status}); only a done run can be evaluated")
+    if run.status not in FINISHED or not run.checkpoint_path:
+        raise LMEvalError(f"run {run_key} has no checkpoint (status {run.status}); only a finished run can be evaluated")
     return Path(run.checkpoint_path)
 
 

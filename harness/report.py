@@ -24,7 +24,7 @@ from sqlalchemy import select
 from harness.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
 from harness.health import flags_by_run
 from harness.report_live import refresh_tag, running_curves_figure
-from harness.store import Latency, Run, Store
+from harness.store import FINISHED, Latency, Run, Store
 from harness.tasks.report import is_task_run, task_figures, task_table_html
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
@@ -36,8 +36,13 @@ class ReportError(RuntimeError):
 
 
 def arch_label(run: Run) -> str:
-    """``mixer@backbone``: what a line of a panel or a row of a table stands for."""
-    return f"{run.mixer}@{run.backbone}"
+    """``mixer@backbone``: what a line of a panel or a row of a table stands for.
+
+    A model not trained on the suite (a published checkpoint, a run from another suite) is
+    marked ``[imported]`` or ``[evaluated]``, so it is never read as one of the suite's cells.
+    """
+    mark = f" [{run.status}]" if run.status in ("imported", "evaluated") else ""
+    return f"{run.mixer}@{run.backbone}{mark}"
 
 
 def sizes_by_params(runs: list[Run]) -> list[str]:
@@ -369,13 +374,16 @@ def write_reports(
     written = []
     for name in suites:
         suite_runs = [r for r in runs if r.suite == name]
-        done = [r for r in suite_runs if r.status == "done"]
+        done = [r for r in suite_runs if r.status in FINISHED]
         suite_latency = [r for r in latency if r.suite == name]
         live = running_curves_figure(suite_runs, metric_rows)
         if not done and not suite_latency and live is None:
             continue
         text_done = [r for r in done if not is_task_run(r)]  # task runs get their own panels (accuracy)
-        figures = [flops_figure(text_done, values), position_figure(text_done, positions)] if text_done else []
+        trained = [r for r in text_done if (r.run_key, "flops/train") in values]  # a model scored here has no FLOPs here
+        figures = [flops_figure(trained, values)] if trained else []
+        curves = {key for key, *_ in positions}  # an imported model's own row has no curve until it is scored
+        figures += [position_figure(text_done, positions)] if any(r.run_key in curves for r in text_done) else []
         figures += task_figures(done, values)
         figures += [live] if live is not None else []
         tables = results_table_html(suite_runs, values, flags, known) + task_table_html(suite_runs, values) if suite_runs else ""

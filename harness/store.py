@@ -57,6 +57,11 @@ JOB_ENV = ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID")  # where a launched job find
 BigInt = Integer().with_variant(BigInteger(), "postgresql")
 
 
+# Statuses of a run with a final model and results: trained here (done), brought in by
+# ``mixbench import`` (imported), or a stored model scored on another suite's data (evaluated).
+FINISHED = ("done", "imported", "evaluated")
+
+
 class StoreError(Exception):
     """A database that cannot be used as it is: the message says what and where."""
 
@@ -87,7 +92,9 @@ class Run(Base):
     n_params: Mapped[int | None] = mapped_column(BigInt)
     n_params_non_embedding: Mapped[int | None] = mapped_column(BigInt)
     backend: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed
+    # queued | running | done | failed | imported (a published checkpoint, and its evaluations) |
+    # evaluated (a trained run scored on another suite's data): see FINISHED
+    status: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -174,6 +181,24 @@ class RunRecord:
     seq_len: int
     dataset: str
     config: dict[str, Any]
+
+
+def _write_results(
+    s: Session, run: Run, status: str, metrics: Iterable[tuple[int, str, float]],
+    position_loss: Iterable[tuple[int, int, int, float]], n_params: int, n_params_non_embedding: int, backend: str,
+    environment: dict[str, Any], checkpoint_path: str | None,
+) -> None:  # fmt: skip
+    """A run's results and final columns, inside the caller's transaction.
+
+    Rows of the names written replace any stored under them (the live curve written so far).
+    """
+    metrics = list(metrics)
+    s.execute(delete(Metric).where(Metric.run_id == run.id, Metric.name.in_({n for _, n, _ in metrics})))
+    s.add_all(Metric(run_id=run.id, step=st, name=n, value=float(v)) for st, n, v in metrics)
+    s.add_all(PositionLoss(run_id=run.id, bucket=b, start=lo, end=hi, loss=float(v)) for b, lo, hi, v in position_loss)
+    run.n_params, run.n_params_non_embedding = n_params, n_params_non_embedding
+    run.backend, run.environment, run.checkpoint_path = backend, environment, checkpoint_path
+    run.status, run.error, run.finished_at = status, None, _now()
 
 
 def resolve_url(db: str | Path | None) -> str:
@@ -441,15 +466,43 @@ class Store:
             run = s.scalar(select(Run).where(Run.run_key == run_key))
             if run is None:
                 raise StoreError(f"run {run_key} was never claimed")
-            metrics = list(metrics)  # the live curve written so far is replaced by the whole one
-            s.execute(delete(Metric).where(Metric.run_id == run.id, Metric.name.in_({n for _, n, _ in metrics})))
-            s.add_all(Metric(run_id=run.id, step=st, name=n, value=float(v)) for st, n, v in metrics)
-            s.add_all(
-                PositionLoss(run_id=run.id, bucket=b, start=lo, end=hi, loss=float(v)) for b, lo, hi, v in position_loss
-            )
-            run.n_params, run.n_params_non_embedding = n_params, n_params_non_embedding
-            run.backend, run.environment, run.checkpoint_path = backend, environment, checkpoint_path
-            run.status, run.error, run.finished_at = "done", None, _now()
+            _write_results(s, run, "done", metrics, position_loss, n_params, n_params_non_embedding, backend,
+                           environment, checkpoint_path)  # fmt: skip
+
+    def put_finished(
+        self,
+        record: RunRecord,
+        status: str,
+        *,
+        metrics: Iterable[tuple[int, str, float]] = (),
+        position_loss: Iterable[tuple[int, int, int, float]] = (),
+        n_params: int,
+        n_params_non_embedding: int,
+        backend: str,
+        environment: dict[str, Any],
+        checkpoint_path: str | None = None,
+    ) -> None:
+        """A run made outside a suite's training (``imported`` or ``evaluated``), written whole in one transaction.
+
+        Doing it again (a re-import, a re-evaluation) replaces the row's results; a trained
+        cell's row is never overwritten this way.
+        """
+        if status not in FINISHED or status == "done":
+            raise StoreError(f"put_finished writes imported or evaluated runs, not {status!r}")
+        with self.session() as s:
+            run = s.scalar(select(Run).where(Run.run_key == record.run_key))
+            if run is None:
+                run = Run(**record.__dict__, status=status, started_at=_now())
+                s.add(run)
+                s.flush()
+            elif run.status not in FINISHED or run.status == "done":
+                raise StoreError(f"run {record.run_key} is a {run.status} suite cell; it is not replaced")
+            else:
+                s.execute(delete(Metric).where(Metric.run_id == run.id))
+                s.execute(delete(PositionLoss).where(PositionLoss.run_id == run.id))
+                run.config = record.config
+            _write_results(s, run, status, metrics, position_loss, n_params, n_params_non_embedding, backend,
+                           environment, checkpoint_path)  # fmt: skip
 
     def fail(self, run_key: str, error: str, environment: dict[str, Any] | None = None) -> None:
         with self.session() as s:
@@ -466,8 +519,8 @@ class Store:
         """
         with self.session() as s:
             run = s.scalar(select(Run).where(Run.run_key == run_key))
-            if run is None or run.status != "done":
-                raise StoreError(f"run {run_key!r} is not a done run in {self.url}")
+            if run is None or run.status not in FINISHED:
+                raise StoreError(f"run {run_key!r} is not a finished run ({', '.join(FINISHED)}) in {self.url}")
             step = s.scalar(select(func.max(Metric.step)).where(Metric.run_id == run.id)) or 0
             metrics = list(metrics)
             names = [name for name, _ in metrics]

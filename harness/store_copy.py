@@ -1,7 +1,7 @@
 """``mixbench db copy SRC DST``: move finished results between stores (a laptop's SQLite into the lab's PostgreSQL).
 
-A run is copied with its metrics and position losses when it is finished in SRC (done or
-failed) and DST lacks it or holds it unfinished-or-failed while SRC has it done; runs still
+A run is copied with its metrics and position losses when it is finished in SRC (done, imported,
+evaluated, or failed) and DST lacks it or holds it unfinished-or-failed while SRC has it finished; runs still
 queued or running in SRC stay behind. Latency rows are copied unless DST has an identical
 one. Everything lands in one DST transaction, so an error leaves DST as it was, and copying
 twice copies nothing the second time.
@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from harness.store import Latency, Metric, PositionLoss, Run, Store
+from harness.store import FINISHED, Latency, Metric, PositionLoss, Run, Store
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def _latency_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 def copy_store(src: Store, dst: Store) -> CopySummary:
     with src.engine.connect() as conn:
-        runs = [_utc(dict(r)) for r in conn.execute(select(*_columns(Run)).where(Run.status.in_(("done", "failed")))).mappings()]
+        runs = [_utc(dict(r)) for r in conn.execute(select(*_columns(Run)).where(Run.status.in_((*FINISHED, "failed")))).mappings()]
         children = {
             table: [dict(r) for r in conn.execute(select(Run.run_key, *_columns(table)).join(table, table.run_id == Run.id)).mappings()]
             for table in (Metric, PositionLoss)
@@ -53,7 +53,7 @@ def copy_store(src: Store, dst: Store) -> CopySummary:
         ids: dict[str, int] = {}
         for run in runs:
             run_id, status = held.get(run["run_key"], (None, None))
-            if status is not None and not (status in ("failed", "queued") and run["status"] == "done"):
+            if status is not None and not (status in ("failed", "queued") and run["status"] in FINISHED):
                 skipped += 1
                 continue
             if run_id is not None:

@@ -67,7 +67,13 @@ def reserve(cache: torch.Tensor, filled: int, needed: int) -> torch.Tensor:
 
 @register_mixer("attention")
 class Attention(SequenceMixer):
-    """Llama-style attention: fused QKV projection, RoPE on Q and K, output projection."""
+    """Llama-style attention: fused QKV projection, RoPE on Q and K, output projection.
+
+    ``n_kv_heads`` below ``n_heads`` is grouped-query attention (Llama 2/3, SmolLM): each key/value
+    head serves ``n_heads / n_kv_heads`` consecutive query heads, and the decode cache holds only
+    the key/value heads. It is a model-level setting (it comes with the size, like ``n_heads``),
+    so it is not one of the mixer's defaults and leaves every existing run key as it was.
+    """
 
     backends = (
         Backend("flash-attn", needs_cuda_module("flash_attn", "flash_attn_2_cuda"), (torch.float16, torch.bfloat16)),
@@ -82,21 +88,27 @@ class Attention(SequenceMixer):
         n_heads: int = 4,
         rope_base: float = 10000.0,
         backend: str = "auto",
+        n_kv_heads: int | None = None,
     ) -> None:
         super().__init__(backend)
         if d_model % n_heads:
             raise ValueError(f"attention: d_model {d_model} is not divisible by n_heads {n_heads}")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"attention: n_kv_heads {n_kv_heads} does not divide n_heads {n_heads}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.n_kv_heads, self.kv_dim = n_kv_heads, n_kv_heads * self.head_dim
         self.rope_base = rope_base
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.qkv = nn.Linear(d_model, d_model + 2 * self.kv_dim, bias=False)  # rows: q, then k, then v
         self.out = nn.Linear(d_model, d_model, bias=False)
         for lin in (self.qkv, self.out):
             nn.init.normal_(lin.weight, std=0.02)
 
     def _heads(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project ``(batch, seq, d)`` to rotated q, k and v of shape ``(batch, heads, seq, head_dim)``."""
+        """Project ``(batch, seq, d)`` to rotated q ``(batch, heads, seq, head_dim)``, k and v (``kv_heads``)."""
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).split([self.d_model, self.kv_dim, self.kv_dim], dim=-1)
+        q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))
         positions = torch.arange(start, start + t, device=x.device)
         cos, sin = rotary_cos_sin(positions, self.head_dim, self.rope_base, dtype=q.dtype)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
@@ -117,14 +129,17 @@ class Attention(SequenceMixer):
             k, v = k_cache[:, :, :end].to(q.dtype), v_cache[:, :, :end].to(q.dtype)
             state = {"k": k_cache, "v": v_cache, "pos": end}
         if self.select_backend(q.device, q.dtype) == "flash-attn":
-            y = flash_attention(q, k, v)
+            y = flash_attention(q, k, v)  # takes fewer key/value heads as they are
         else:
+            group = self.n_heads // self.n_kv_heads
+            if group > 1:
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             y = sdpa_attention(q, k, v)
         return self._merge(y), state
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         def empty() -> torch.Tensor:
-            return torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
+            return torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
 
         return {"k": empty(), "v": empty(), "pos": 0}
 
@@ -135,11 +150,11 @@ class Attention(SequenceMixer):
 
     def flops(self, seq_len: int) -> int:
         d = self.d_model
-        projections = 2 * seq_len * d * 4 * d
+        projections = 2 * seq_len * d * (2 * d + 2 * self.kv_dim)  # q, k, v and out
         # QK^T and AV over the full T x T score matrix: what sdpa's math path and
         # torch.utils.flop_counter count (a causal kernel skips about half of it).
         scores = 2 * 2 * seq_len * seq_len * d
         return projections + scores
 
     def state_size(self, seq_len: int) -> int:
-        return 2 * seq_len * self.d_model  # the KV cache grows with the context (spare capacity not counted)
+        return 2 * seq_len * self.kv_dim  # the KV cache grows with the context (spare capacity not counted)

@@ -34,12 +34,17 @@ BACKBONES: dict[str, Backbone] = {
 
 @dataclass(frozen=True)
 class Size:
-    """One model size; ``n_layers`` is the Transformer count (a backbone may multiply it)."""
+    """One model size; ``n_layers`` is the Transformer count (a backbone may multiply it).
+
+    ``n_kv_heads`` is the number of key/value heads of grouped-query attention (Llama 2/3,
+    SmolLM); None means one per query head, the multi-head attention every preset trains.
+    """
 
     d_model: int
     n_layers: int
     n_heads: int
     mlp_hidden: int
+    n_kv_heads: int | None = None
 
 
 # The paper's configurations (TTT paper, Table/appendix: Transformer++ widths, depths, heads

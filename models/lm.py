@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.backbones import get_backbone, get_size
+from models.backbones import Size, get_backbone, get_size
 from models.layers import CausalDepthwiseConv, RMSNorm, SwiGLU
 from models.registry import active_backend, build_mixer
 
@@ -29,7 +29,14 @@ def split_arch(arch: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: ``mixer@backbone`` at a size, over a vocabulary."""
+    """What to build: ``mixer@backbone`` at a size, over a vocabulary.
+
+    ``dims`` gives the dimensions outright for a model that is not in the size table (a
+    published checkpoint brought in by ``mixbench import``); ``size`` then only names it, and
+    ``dims.n_layers`` counts the blocks as built (no backbone multiplier), because a checkpoint
+    fixes its own depth. ``norm_eps`` is the epsilon of every RMSNorm of the backbone (Llama and
+    Mamba checkpoints use 1e-5; our trained models 1e-6).
+    """
 
     mixer: str
     backbone: str
@@ -37,6 +44,12 @@ class ModelSpec:
     vocab_size: int
     mixer_overrides: dict[str, Any] = field(default_factory=dict)
     tie_embeddings: bool = True
+    dims: Size | None = None
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dims, dict):  # read back from a checkpoint's model.json
+            object.__setattr__(self, "dims", Size(**self.dims))
 
     @staticmethod
     def parse(arch: str, size: str, vocab_size: int, **kwargs: Any) -> "ModelSpec":
@@ -48,15 +61,27 @@ class ModelSpec:
     def arch(self) -> str:
         return f"{self.mixer}@{self.backbone}"
 
+    @property
+    def dimensions(self) -> Size:
+        """Width, heads and MLP width: ``dims`` if given, else the size table's row."""
+        return self.dims if self.dims is not None else get_size(self.size)
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks as built: ``dims.n_layers``, or the size's Transformer count times the backbone's multiplier."""
+        if self.dims is not None:
+            return self.dims.n_layers
+        return get_size(self.size).n_layers * get_backbone(self.backbone).layer_multiplier
+
 
 class Block(nn.Module):
     """One layer: the backbone's sub-blocks, each ``x + sub(norm(x))``."""
 
     def __init__(self, spec: ModelSpec, layer_idx: int, n_layers: int) -> None:
         super().__init__()
-        size, backbone = get_size(spec.size), get_backbone(spec.backbone)
+        size, backbone = spec.dimensions, get_backbone(spec.backbone)
         self.kinds = backbone.sub_blocks
-        self.norms = nn.ModuleList(RMSNorm(size.d_model) for _ in self.kinds)
+        self.norms = nn.ModuleList(RMSNorm(size.d_model, spec.norm_eps) for _ in self.kinds)
         model_kwargs = {
             "d_model": size.d_model,
             "layer_idx": layer_idx,
@@ -64,6 +89,8 @@ class Block(nn.Module):
             "n_layers": n_layers,
             "backbone": backbone.name,
         }
+        if size.n_kv_heads is not None:  # only grouped-query sizes: a mixer taking **kwargs never sees it otherwise
+            model_kwargs["n_kv_heads"] = size.n_kv_heads
         subs: list[nn.Module] = []
         for kind in self.kinds:
             if kind == "mixer":
@@ -112,11 +139,10 @@ class CausalLM(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        size, backbone = get_size(spec.size), get_backbone(spec.backbone)
-        n_layers = size.n_layers * backbone.layer_multiplier
+        size, n_layers = spec.dimensions, spec.n_blocks
         self.embed = nn.Embedding(spec.vocab_size, size.d_model)
         self.blocks = nn.ModuleList(Block(spec, i, n_layers) for i in range(n_layers))
-        self.norm = RMSNorm(size.d_model)
+        self.norm = RMSNorm(size.d_model, spec.norm_eps)
         self.head = nn.Linear(size.d_model, spec.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         for block in self.blocks:

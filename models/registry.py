@@ -28,7 +28,7 @@ ENTRY_POINT_GROUP = "mixbench.mixers"
 
 # Keyword arguments the model builder supplies from the size preset and backbone; they are
 # not per-mixer settings, so they are never part of a mixer's defaults or overrides.
-MODEL_LEVEL_KWARGS = ("d_model", "layer_idx", "n_heads", "n_layers", "backbone")
+MODEL_LEVEL_KWARGS = ("d_model", "layer_idx", "n_heads", "n_kv_heads", "n_layers", "backbone")
 
 
 class UnknownMixerError(LookupError):

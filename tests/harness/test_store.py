@@ -235,7 +235,7 @@ def test_a_server_database_upgrades_only_when_asked(postgres_db):
 def test_add_metrics_to_a_done_run_replaces_same_names(db):
     store = Store(db)
     store.claim(record())
-    with pytest.raises(StoreError, match="is not a done run"):
+    with pytest.raises(StoreError, match="is not a finished run"):
         store.add_metrics("k1", [("lm_eval/x/acc", 0.5)])
     finish(store)
     assert store.add_metrics("k1", [("lm_eval/x/acc", 0.5)]) == 2  # the run's final step

@@ -14,11 +14,16 @@ from models.layers import apply_rotary, rotary_cos_sin
 
 
 def naive_attention(mixer: Attention, x: torch.Tensor) -> torch.Tensor:
-    """Causal softmax attention written out: explicit scores, mask, softmax, weighted sum."""
+    """Causal softmax attention written out: explicit scores, mask, softmax, weighted sum.
+
+    With grouped-query attention, query head ``i`` reads key/value head ``i // (heads / kv_heads)``.
+    """
     b, t, d = x.shape
-    h, hd = mixer.n_heads, mixer.head_dim
-    q, k, v = (x @ mixer.qkv.weight.T).split(d, dim=-1)
-    q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))
+    h, hd, kv = mixer.n_heads, mixer.head_dim, mixer.n_kv_heads
+    q, k, v = (x @ mixer.qkv.weight.T).split([d, kv * hd, kv * hd], dim=-1)
+    q = q.view(b, t, h, hd).transpose(1, 2)
+    shared = torch.arange(h) // (h // kv)  # the key/value head of each query head
+    k, v = (z.view(b, t, kv, hd).transpose(1, 2)[:, shared] for z in (k, v))
     cos, sin = rotary_cos_sin(torch.arange(t), hd, mixer.rope_base, dtype=x.dtype)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
@@ -41,9 +46,10 @@ def test_rotary_preserves_norms_and_relative_positions():
     assert torch.allclose(dot_at(3, 1), dot_at(10, 8))  # depends only on i - j
 
 
-def test_sdpa_matches_naive_reference_forward_and_backward():
+@pytest.mark.parametrize("n_kv_heads", [None, 1])
+def test_sdpa_matches_naive_reference_forward_and_backward(n_kv_heads):
     torch.manual_seed(0)
-    mixer = Attention(d_model=24, n_heads=3, backend="sdpa").double()
+    mixer = Attention(d_model=24, n_heads=3, backend="sdpa", n_kv_heads=n_kv_heads).double()
     x = torch.randn(2, 11, 24, dtype=torch.float64, requires_grad=True)
     y, _ = mixer(x)
     y_ref = naive_attention(mixer, x)
@@ -65,9 +71,10 @@ def test_output_is_causal():
     assert not torch.allclose(mixer(x)[0][:, 6:], mixer(x2)[0][:, 6:])
 
 
-def test_prefill_then_step_equals_full_forward():
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_prefill_then_step_equals_full_forward(n_kv_heads):
     torch.manual_seed(2)
-    mixer = Attention(d_model=16, n_heads=4).double()
+    mixer = Attention(d_model=16, n_heads=4, n_kv_heads=n_kv_heads).double()
     x = torch.randn(2, 13, 16, dtype=torch.float64)
     full, _ = mixer(x)
     y, state = mixer(x[:, :5], mixer.init_state(2, x.device, x.dtype))
@@ -77,6 +84,7 @@ def test_prefill_then_step_equals_full_forward():
         steps.append(y_t.unsqueeze(1))
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-12)
     assert state["pos"] == 13 and state["k"].shape[2] >= 13
+    assert state["k"].shape[1] == mixer.n_kv_heads  # the cache holds only the key/value heads
 
 
 def storage_numbers(t: torch.Tensor) -> int:
@@ -136,9 +144,9 @@ def test_lm_prefill_then_step_equals_forward(backbone):
         assert torch.allclose(step_logits, logits[:, t], atol=1e-10), f"decode differs at position {t}"
 
 
-@pytest.mark.parametrize("seq_len", [32, 96])
-def test_analytic_flops_match_the_flop_counter(seq_len, count_flops):
-    mixer = Attention(d_model=32, n_heads=4)
+@pytest.mark.parametrize(("seq_len", "n_kv_heads"), [(32, None), (96, None), (32, 2)])
+def test_analytic_flops_match_the_flop_counter(seq_len, n_kv_heads, count_flops):
+    mixer = Attention(d_model=32, n_heads=4, n_kv_heads=n_kv_heads)
     with count_flops() as counter:
         mixer(torch.randn(1, seq_len, 32))
     assert mixer.flops(seq_len) == counter.get_total_flops()
@@ -149,9 +157,11 @@ def test_bad_configuration_errors_are_clear():
         Attention(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="unknown backend 'flash'"):
         Attention(d_model=32, n_heads=4, backend="flash")
+    with pytest.raises(ValueError, match="n_kv_heads 3 does not divide n_heads 4"):
+        Attention(d_model=32, n_heads=4, n_kv_heads=3)
 
 
-def low_precision_error(backend: str, device: str) -> tuple[float, float]:
+def low_precision_error(backend: str, device: str, n_kv_heads: int | None = None) -> tuple[float, float]:
     """(max |y - y_ref|, max |y_ref|) of ``backend`` in bfloat16 against the float64 naive reference.
 
     The weights have std 1/sqrt(d), so q.k is of order one and the softmax is far from uniform:
@@ -161,7 +171,7 @@ def low_precision_error(backend: str, device: str) -> tuple[float, float]:
     """
     torch.manual_seed(4)
     d = 128
-    mixer = Attention(d_model=d, n_heads=2, backend=backend)
+    mixer = Attention(d_model=d, n_heads=2, backend=backend, n_kv_heads=n_kv_heads)
     for lin in (mixer.qkv, mixer.out):
         torch.nn.init.normal_(lin.weight, std=d**-0.5)
     mixer = mixer.to(torch.bfloat16)
@@ -178,15 +188,17 @@ def low_precision_error(backend: str, device: str) -> tuple[float, float]:
 RELATIVE_TOLERANCE = 2e-2
 
 
-def test_sdpa_in_bfloat16_matches_the_float64_reference():
-    error, size = low_precision_error("sdpa", "cpu")
+@pytest.mark.parametrize("n_kv_heads", [None, 1])
+def test_sdpa_in_bfloat16_matches_the_float64_reference(n_kv_heads):
+    error, size = low_precision_error("sdpa", "cpu", n_kv_heads)
     assert error <= RELATIVE_TOLERANCE * size, (error, size)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["flash-attn", "sdpa"])
-def test_gpu_backends_in_bfloat16_match_the_float64_reference(backend):
+@pytest.mark.parametrize("n_kv_heads", [None, 1])  # 1: grouped-query (flash-attn takes fewer key/value heads as they are)
+def test_gpu_backends_in_bfloat16_match_the_float64_reference(backend, n_kv_heads):
     if backend == "flash-attn":
         pytest.importorskip("flash_attn", reason="flash-attn is not installed (pip install '.[gpu]')")
-    error, size = low_precision_error(backend, "cuda")
-    assert error <= RELATIVE_TOLERANCE * size, (backend, error, size)
+    error, size = low_precision_error(backend, "cuda", n_kv_heads)
+    assert error <= RELATIVE_TOLERANCE * size, (backend, n_kv_heads, error, size)
