@@ -64,7 +64,8 @@ def test_miniature_budgets_fit_its_epoch_cap_on_the_shipped_corpus(tmp_path):
 def test_mqar_suites_grids():
     decisive = load_suite(SUITES / "mqar.yaml")
     cells = decisive.cells()
-    assert len(cells) == 5 * 2 * 2  # mixers x widths x learning rates
+    assert len(cells) == 5 * 2 * 3  # mixers x widths x seeds
+    assert {c.train.seed for c in cells} == {0, 1, 2} and {c.train.lr for c in cells} == {1e-2}
     assert {c.size for c in cells} == {"micro", "tiny"} and {c.seq_len for c in cells} == {64}
     assert all(c.arch.endswith(("@mamba", "@mamba_native")) for c in cells)  # every model has a short convolution
     quick = load_suite(SUITES / "mqar-quick.yaml")

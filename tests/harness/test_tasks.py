@@ -244,7 +244,8 @@ def test_task_grid_expands_and_hashes_every_parameter(task_suite):
     assert "data" not in cell.config
     assert cell.config["task"] == {"name": "mqar", "params": {"vocab_size": 64, "num_kv_pairs": 2, "num_queries": None},
                                    "seq_len": 32, "n_train": 64, "n_val": 16, "seed": 0}  # fmt: skip
-    assert cell.config["selection"] == {"lr_grid": [1e-3, 3e-3], "metric": "task/accuracy", "goal": "max"}
+    assert cell.config["selection"] == {"lr_grid": [1e-3, 3e-3], "seeds": [0], "metric": "task/accuracy", "goal": "max",
+                                       "over_seeds": "median"}
     key = cell.run_key
     changes = ({"task": {"seed": 1}}, {"task": {"n_train": 65}},
                {"task": {"params": {"num_kv_pairs": 2, "vocab_size": 66}}})  # fmt: skip
