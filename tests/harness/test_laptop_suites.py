@@ -29,7 +29,7 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-def test_miniature_dry_run_lists_six_architectures_three_sizes_and_chinchilla_scaled_budgets(tmp_path, monkeypatch, capsys):
+def test_miniature_dry_run_lists_six_architectures_two_sizes_three_seeds_and_chinchilla_scaled_budgets(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(SUITES / "miniature.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -38,14 +38,15 @@ def test_miniature_dry_run_lists_six_architectures_three_sizes_and_chinchilla_sc
     suite = load_suite(SUITES / "miniature.yaml")
     rows = dry_run_rows("miniature", tmp_path)
     assert sorted((r["model"], r["size"], r["seq"]) for r in rows) == sorted(
-        (m, s, "1024") for m in SIX for s in ("micro", "tiny", "mini")
+        (m, s, "1024") for m in SIX for s in ("micro", "tiny") for _seed in range(3)
     )
+    assert sorted({c.train.seed for c in suite.cells()}) == [0, 1, 2]
     ratio, batch = suite.spec.train.tokens_per_param, suite.spec.train.batch_tokens
     for r in rows:  # tokens proportional to parameters, rounded up to whole batches
         assert number(r["tokens"]) == math.ceil(ratio * number(r["params"]) / batch) * batch, r
     params = {(r["model"], r["size"]): number(r["params"]) for r in rows}
     for model in SIX:
-        assert params[(model, "micro")] < params[(model, "tiny")] < params[(model, "mini")]
+        assert params[(model, "micro")] < params[(model, "tiny")]
     assert not (tmp_path / "cache").exists(), "a dry run reads no data"
 
 
