@@ -360,8 +360,13 @@ class Cell:
             config["task"] = self.task
         if self.lr_grid is not None or self.seeds is not None:
             metric, goal = ("task/accuracy", "max") if self.task is not None else ("val/loss", "min")
-            config["selection"] = {"lr_grid": list(self.lr_grid or [self.train.lr]), "seeds": list(self.seeds or [self.train.seed]),
-                                   "metric": metric, "goal": goal, "over_seeds": "median"}  # fmt: skip
+            config["selection"] = {
+                "lr_grid": list(self.lr_grid or [self.train.lr]),
+                "seeds": list(self.seeds or [self.train.seed]),
+                "metric": metric,
+                "goal": goal,
+                "over_seeds": "median",  # the lr whose median over seeds is best (harness/seeds.py)
+            }
         return config
 
     @property
