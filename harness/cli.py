@@ -26,7 +26,7 @@ from harness.launch.submit import LaunchError, print_slurm_plan, submit_suite
 from harness.lifeline import follow_from_environment
 from harness.latency import LatencyRunner, latency_table, plan_table, stored_target
 from harness.loggers import LoggerError, check_loggers
-from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, stored_latency, write_reports
+from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, spread_rows, stored_latency, write_reports
 from harness.resume import PREEMPTED_EXIT_CODE, Preempted
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
 from harness.store import SCHEMA_VERSION, Store, StoreError, resolve_url
@@ -248,7 +248,7 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
             console.print(
                 f"suite {suite.name}: {len(summary.done)} trained, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
             )
-        console.print(results_table(store, suite.name))
+        print_results(console, store, suite.name)
         failed = bool(summary.failed)
     if args.train_only:
         return 0
@@ -321,6 +321,26 @@ def results_table(store: Store, suite: str | None, thresholds: Thresholds = Thre
     return table
 
 
+def seeds_table(store: Store, suite: str | None) -> Table | None:
+    """The points over seeds (``harness/seeds.py``): median and range, chosen lr, ties, split; None without any."""
+    values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
+    rows = spread_rows(store.runs(suite), values)
+    if not rows:
+        return None
+    table = Table(title=escape("over seeds: median [min-max]; chosen: the lr with the best median; ties: ranges overlap"))
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row.values())
+    return table
+
+
+def print_results(console: Console, store: Store, suite: str | None, thresholds: Thresholds = Thresholds()) -> None:
+    console.print(results_table(store, suite, thresholds))
+    if (table := seeds_table(store, suite)) is not None:
+        console.print(table)
+
+
 def cmd_query(args: argparse.Namespace, console: Console) -> int:
     columns, rows = Store(args.db).query(args.sql)
     table = Table()
@@ -344,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "mixers":
             return cmd_mixers(console)
         if args.command == "results":
-            console.print(results_table(Store(args.db), args.suite, Thresholds(stale_minutes=args.stale_minutes)))
+            print_results(console, Store(args.db), args.suite, Thresholds(stale_minutes=args.stale_minutes))
             return 0
         if args.command == "watch":
             name = load_suite(Path(args.suite)).name if Path(args.suite).is_file() else args.suite

@@ -1,11 +1,13 @@
 """Dashboards: one self-contained Plotly HTML per suite, built from the store alone.
 
-Panels: validation perplexity vs training FLOPs (log-log, one line per architecture across
-sizes, one panel per context length: the paper's Figure 1 left), perplexity by token
-position (Figure 1 right), latency (prefill time and decode time per token vs context length,
+Runs are read as points over seeds (``harness/seeds.py``): each point of a panel is the
+median over its seeds, with min-max bars (a band for the position curves), at the learning
+rate with the best median. Panels: validation perplexity vs training FLOPs (log-log, one
+line per architecture across sizes, one panel per context length: the paper's Figure 1
+left), perplexity by token position (Figure 1 right), latency (prefill time and decode time per token vs context length,
 one line per architecture and size; out-of-memory points marked, not drawn), and sortable
-tables of the results and the latency measurements with backend and environment. A suite with
-latency rows and no training runs gets a dashboard too.
+tables of the results and the latency measurements with backend and environment, and of the points over seeds (median,
+range, ties, split points). A suite with latency rows and no training runs gets a dashboard too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,8 +27,9 @@ from sqlalchemy import select
 from harness.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
 from harness.health import flags_by_run
 from harness.report_live import refresh_tag, running_curves_figure
+from harness.seeds import Point, choose, is_task_run, ties
 from harness.store import FINISHED, Latency, Run, Store
-from harness.tasks.report import is_task_run, task_figures, task_table_html
+from harness.tasks.report import ACCURACY, split_label, task_figures, task_table_html
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
 IMAGE_FORMATS = ("png", "svg")
@@ -50,25 +54,28 @@ def sizes_by_params(runs: list[Run]) -> list[str]:
     return sorted({r.size for r in runs}, key=lambda s: min(r.n_params or 0 for r in runs if r.size == s))
 
 
-def flops_figure(runs: list[Run], values: dict[tuple[str, str], float]) -> go.Figure:
-    seq_lens = sorted({r.seq_len for r in runs})
+def flops_figure(points: list[Point], values: dict[tuple[str, str], float]) -> go.Figure:
+    """Median validation perplexity over seeds (bars: min-max) vs training FLOPs, one line per architecture."""
+    seq_lens = sorted({p.run.seq_len for p in points})
     fig = make_subplots(rows=1, cols=len(seq_lens), subplot_titles=[f"context {t}" for t in seq_lens])
-    archs = sorted({arch_label(r) for r in runs})
+    archs = sorted({arch_label(p.run) for p in points})
     for col, seq_len in enumerate(seq_lens, 1):
         for i, arch in enumerate(archs):
-            points = sorted(
-                (values[(r.run_key, "flops/train")], values[(r.run_key, "val/ppl")], r)
-                for r in runs
-                if arch_label(r) == arch and r.seq_len == seq_len
-            )
-            if not points:
+            rows = sorted(
+                ((values[(p.run.run_key, "flops/train")], p.spread(values, "val/ppl"), p) for p in points
+                 if arch_label(p.run) == arch and p.run.seq_len == seq_len),
+                key=lambda q: q[0],
+            )  # fmt: skip
+            if not rows:
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=[p[0] for p in points],
-                    y=[p[1] for p in points],
+                    x=[q[0] for q in rows],
+                    y=[q[1].median for q in rows],
+                    error_y={"type": "data", "symmetric": False, "array": [q[1].hi - q[1].median for q in rows],
+                             "arrayminus": [q[1].median - q[1].lo for q in rows], "thickness": 1.5},
                     mode="lines+markers+text",
-                    text=[p[2].size for p in points],
+                    text=[q[2].run.size for q in rows],
                     textposition="top center",
                     name=arch,
                     legendgroup=arch,
@@ -76,12 +83,14 @@ def flops_figure(runs: list[Run], values: dict[tuple[str, str], float]) -> go.Fi
                     marker={"color": _color(i)},
                     line={"color": _color(i)},
                     customdata=[
-                        [p[2].run_key, p[2].n_params, values.get((p[2].run_key, "train/tokens"), float("nan"))]
-                        for p in points
+                        [q[2].run.run_key, q[2].run.n_params, values.get((q[2].run.run_key, "train/tokens"), float("nan")),
+                         q[2].lr, ", ".join(f"seed {s}: {v:.3f}" for s, v in zip(q[2].seeds, q[1].values))]
+                        for q in rows
                     ],
                     hovertemplate=(
                         "%{fullData.name} %{text}<br>run %{customdata[0]}<br>params %{customdata[1]:,}"
-                        "<br>tokens %{customdata[2]:,.0f}<br>train FLOPs %{x:.3g}<br>val ppl %{y:.3f}<extra></extra>"
+                        "<br>tokens %{customdata[2]:,.0f}<br>lr %{customdata[3]:g}<br>train FLOPs %{x:.3g}"
+                        "<br>median val ppl %{y:.3f}<br>%{customdata[4]}<extra></extra>"
                     ),
                 ),
                 row=1,
@@ -89,36 +98,57 @@ def flops_figure(runs: list[Run], values: dict[tuple[str, str], float]) -> go.Fi
             )
         fig.update_xaxes(type="log", title_text="training FLOPs", row=1, col=col)
         fig.update_yaxes(type="log", title_text="validation perplexity" if col == 1 else None, row=1, col=col)
-    fig.update_layout(title="Validation perplexity vs training FLOPs", height=480)
+    fig.update_layout(title=f"Validation perplexity vs training FLOPs<br><sub>{html.escape(_seeds_note(points))}</sub>",
+                      height=480, margin={"t": 100})  # fmt: skip
     return fig
 
 
-def position_figure(runs: list[Run], position_rows: list[tuple[str, int, int, int, float]]) -> go.Figure:
-    by_run: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+def _seeds_note(points: list[Point]) -> str:
+    seeds = "/".join(str(n) for n in sorted({len(p.runs) for p in points}))
+    return f"median over {seeds} seed(s), bars or band min-max, at the learning rate with the best median val/loss"
+
+
+def position_figure(points: list[Point], position_rows: list[tuple[str, int, int, int, float]]) -> go.Figure:
+    """Perplexity by token index: each point's median over seeds per stretch, its min-max as a band."""
+    by_run: dict[str, dict[tuple[int, int], float]] = defaultdict(dict)
     for key, _bucket, lo, hi, loss in position_rows:
-        by_run[key].append((lo, hi, loss))
+        by_run[key][(lo, hi)] = loss
     fig = go.Figure()
-    archs = sorted({arch_label(r) for r in runs})
-    sizes = sizes_by_params(runs)
-    for run in runs:
-        rows = by_run.get(run.run_key)
-        if not rows:
+    archs = sorted({arch_label(p.run) for p in points})
+    sizes = sizes_by_params([p.run for p in points])
+    for point in points:
+        curves = [by_run[r.run_key] for r in point.runs if by_run.get(r.run_key)]
+        if not curves:
             continue
+        stretches = sorted(set.intersection(*(set(c) for c in curves)))
+        x = [(lo + hi - 1) / 2 for lo, hi in stretches]
+        ppl = [[math.exp(min(c[s], 700.0)) for c in curves] for s in stretches]
+        name = f"{arch_label(point.run)} {point.run.size} T{point.run.seq_len}"
+        color = _color(archs.index(arch_label(point.run)))
+        if len(curves) > 1:  # the band: up along the best seed, back along the worst
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=[min(v) for v in ppl] + [max(v) for v in ppl][::-1],
+                                     fill="toself", fillcolor=color, opacity=0.15, line={"width": 0}, hoverinfo="skip",
+                                     legendgroup=name, showlegend=False))  # fmt: skip
         fig.add_trace(
             go.Scatter(
-                x=[(lo + hi - 1) / 2 for lo, hi, _ in rows],
-                y=[math.exp(min(loss, 700.0)) for _, _, loss in rows],
+                x=x,
+                y=[statistics.median(v) for v in ppl],
                 mode="lines+markers",
-                name=f"{arch_label(run)} {run.size} T{run.seq_len}",
-                line={"color": _color(archs.index(arch_label(run))), "dash": _DASHES[sizes.index(run.size) % len(_DASHES)]},
-                hovertemplate="positions %{customdata[0]}-%{customdata[1]}<br>ppl %{y:.3f}<extra>%{fullData.name}</extra>",
-                customdata=[[lo, hi - 1] for lo, hi, _ in rows],
+                name=name,
+                legendgroup=name,
+                line={"color": color, "dash": _DASHES[sizes.index(point.run.size) % len(_DASHES)]},
+                hovertemplate="positions %{customdata[0]}-%{customdata[1]}<br>median ppl %{y:.3f} (%{customdata[2]})"
+                "<extra>%{fullData.name}</extra>",
+                customdata=[[lo, hi - 1, f"{min(v):.3f}-{max(v):.3f} over {len(v)} seed(s)"]
+                            for (lo, hi), v in zip(stretches, ppl)],  # fmt: skip
             )
         )
     fig.update_xaxes(title_text="token index (bucket centre)")
     fig.update_yaxes(type="log", title_text="perplexity")
-    # one legend row per run: tall enough that a static image (which cannot scroll) shows them all
-    fig.update_layout(title="Perplexity by token index (validation)", height=max(480, 160 + 22 * len(fig.data)))
+    # one legend row per line: tall enough that a static image (which cannot scroll) shows them all
+    lines = sum(1 for trace in fig.data if trace.showlegend is not False)
+    fig.update_layout(title=f"Perplexity by token index (validation)<br><sub>{html.escape(_seeds_note(points))}</sub>",
+                      height=max(480, 160 + 22 * lines), margin={"t": 100})  # fmt: skip
     return fig
 
 
@@ -134,7 +164,7 @@ def results_table_html(
         v = values.get((run.run_key, name))
         return ("-", "") if v is None else (format(v, spec), repr(v))
 
-    header = ("run key", "model", "size", "seq", "params", "status", "val ppl", "train FLOPs", "tokens/s",
+    header = ("run key", "model", "size", "seq", "lr", "seed", "params", "status", "val ppl", "train FLOPs", "tokens/s",
               "GPU-h predicted", "GPU-h actual", "backend", "device", "commit", "error", "flags")  # fmt: skip
     by_run: dict[str, dict[str, float]] = defaultdict(dict)
     for (key, name), v in values.items():
@@ -142,11 +172,14 @@ def results_table_html(
     rows = []
     for r in runs:
         env = r.environment or {}
+        train = r.config.get("train", {}) if isinstance(r.config, dict) else {}
         own = by_run[r.run_key]
         predicted = predicted_gpu_hours(r, own, known or [])
         actual = actual_gpu_hours(own) if predicted is not None else None  # a CPU run's hours are not GPU-hours
         cells = [
             (r.run_key, ""), (arch_label(r), ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
+            (f"{train.get('lr', '-'):g}" if "lr" in train else "-", str(train.get("lr", ""))),
+            (str(train.get("seed", "-")), ""),
             (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")), (r.status, ""),
             metric(r, "val/ppl", ".3f"), metric(r, "flops/train", ".3g"), metric(r, "train/tokens_per_s", ",.0f"),
             ("-", "") if predicted is None else (f"{predicted.gpu_hours:.3g} ({'measured' if predicted.measured else 'assumed MFU'})",
@@ -157,6 +190,59 @@ def results_table_html(
         ]  # fmt: skip
         rows.append(cells)
     return _sortable_table("Results", "results", header, rows)
+
+
+def spread_rows(runs: list[Run], values: dict[tuple[str, str], float]) -> list[dict[str, str]]:
+    """One row per point over seeds, for the dashboard and ``mixbench results``: its median and
+    range, whether it is its grid's chosen learning rate, whether its seeds split on solving the
+    task, and which chosen points of its comparison it ties with (ranges overlap). None when every
+    point is one seed and its grid's only point: then the results table already says it all."""
+    choices = choose(runs, values)
+    if all(len(c.candidates) == 1 and len(c.best.runs) == 1 for c in choices):
+        return []
+    best = [c.best for c in choices]
+    tied = ties([p for p in best if is_task_run(p.run)], values, ACCURACY)
+    tied |= ties([p for p in best if not is_task_run(p.run)], values, "val/ppl")
+    rows = []
+    for choice in choices:
+        for point in choice.candidates:
+            run = point.run
+            task = is_task_run(run)
+            metric = ACCURACY if task else "val/ppl"
+            spread = point.spread(values, metric)
+            if spread is None:
+                continue
+            chosen = point is choice.best
+            others = [arch_label(p.run) for p in tied.get(run.run_key, [])]
+            rows.append({
+                "model": arch_label(run), "size": run.size, "seq": str(run.seq_len),
+                "task": _task_text(run) if task else "-", "lr": f"{point.lr:g}",
+                "seeds": ", ".join(str(s) for s in point.seeds), "metric": "accuracy" if task else "val ppl",
+                "median": f"{spread.median:.4g}", "min": f"{spread.lo:.4g}", "max": f"{spread.hi:.4g}",
+                "chosen": "yes" if chosen else "", "split": split_label(point, values) if task else "",
+                "ties with": ", ".join(others) if chosen else "",
+            })  # fmt: skip
+    return rows
+
+
+def _task_text(run: Run) -> str:
+    task = run.config["task"]
+    return f"{task['name']}(" + ", ".join(f"{k}={v}" for k, v in task["params"].items()) + ")"
+
+
+def spread_table_html(runs: list[Run], values: dict[tuple[str, str], float]) -> str:
+    rows = spread_rows(runs, values)
+    if not rows:
+        return ""
+    header = tuple(rows[0])
+    table = _sortable_table("Over seeds", "seeds", header, [[(row[h], "") for h in header] for row in rows])
+    return table.replace(
+        "<p>Click a column header to sort.</p>",
+        "<p>One row per point (every run of a setting but its seed): the median and range over seeds. Chosen: the "
+        "learning rate with the best median. Ties with: chosen points of the same size, sequence length and task "
+        "whose ranges overlap this one's, so neither ranks above the other. Split: some seeds solve the task and "
+        "some do not. Click a column header to sort.</p>",
+    )
 
 
 def _sortable_table(title: str, table_id: str, header: tuple[str, ...], rows: list[list[tuple[str, str]]]) -> str:
@@ -379,14 +465,18 @@ def write_reports(
         live = running_curves_figure(suite_runs, metric_rows)
         if not done and not suite_latency and live is None:
             continue
-        text_done = [r for r in done if not is_task_run(r)]  # task runs get their own panels (accuracy)
-        trained = [r for r in text_done if (r.run_key, "flops/train") in values]  # a model scored here has no FLOPs here
+        # task runs get their own panels (accuracy); text points are each grid's chosen learning rate
+        text_points = [c.best for c in choose([r for r in done if not is_task_run(r)], values)]
+        trained = [p for p in text_points if (p.run.run_key, "flops/train") in values]  # a model scored here has no FLOPs here
         figures = [flops_figure(trained, values)] if trained else []
         curves = {key for key, *_ in positions}  # an imported model's own row has no curve until it is scored
-        figures += [position_figure(text_done, positions)] if any(r.run_key in curves for r in text_done) else []
+        figures += [position_figure(text_points, positions)] if any(p.run.run_key in curves for p in text_points) else []
         figures += task_figures(done, values)
         figures += [live] if live is not None else []
-        tables = results_table_html(suite_runs, values, flags, known) + task_table_html(suite_runs, values) if suite_runs else ""
+        tables = ""
+        if suite_runs:
+            tables = results_table_html(suite_runs, values, flags, known) + spread_table_html(suite_runs, values)
+            tables += task_table_html(suite_runs, values)
         if suite_latency:
             figures.append(latency_figure(suite_latency))
             tables += latency_table_html(suite_latency)

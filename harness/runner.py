@@ -68,7 +68,7 @@ class Workload:
 
 
 def cell_label(cell: Cell) -> str:
-    """``arch/size/Tseq_len``; a task cell adds its task and non-default parameters, a grid cell its lr."""
+    """``arch/size/Tseq_len``; a task cell adds its task and non-default parameters, a grid cell its lr and seed."""
     label = f"{cell.arch}/{cell.size}/T{cell.seq_len}"
     if cell.task is not None:
         task = get_task(cell.task["name"])
@@ -77,6 +77,8 @@ def cell_label(cell: Cell) -> str:
         label += f"/{cell.task['name']}({params})"
     if cell.lr_grid is not None:
         label += f"/lr={cell.train.lr:g}"
+    if cell.seeds is not None:
+        label += f"/seed={cell.train.seed}"
     return label
 
 

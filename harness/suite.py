@@ -1,8 +1,8 @@
 """Suite files: validate a YAML suite and expand its grid into cells with stable run keys.
 
 A suite is one small validated config (pydantic, unknown fields refused). Its grid
-(models × sizes × sequence lengths, × task parameters and learning rates where the suite
-lists several) expands into cells; each cell's canonical config, with
+(models × sizes × sequence lengths, × task parameters, learning rates and seeds where the
+suite lists several) expands into cells; each cell's canonical config, with
 every default filled in (the mixer's own defaults included), hashes to its ``run_key``, so
 changing anything that could change a number makes a new run, and nothing else does.
 """
@@ -66,7 +66,8 @@ class TrainSection(_Section):
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(1.0, gt=0)
-    seed: int = 0
+    # The model's initialisation and the data order; a suite's ``seeds`` list makes it a grid axis.
+    seed: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
     device: str = "auto"
     # How the cell runs, not what it computes (left out of the run key; harness/parallel.py, resume.py):
@@ -250,6 +251,10 @@ class SuiteSpec(_Section):
     models: list[Annotated[str, AfterValidator(_check_arch)]] = Field(min_length=1)
     sizes: list[str] = Field(min_length=1)
     seq_lens: list[int] | None = None  # grid axis; default: data.seq_len
+    # Grid axis: one cell per seed, each its own train.seed (the model's initialisation and the
+    # data order; a task's sequences stay task.seed's). Default: train.seed alone. Reports show
+    # the median and the range over seeds and pick the learning rate by the median.
+    seeds: list[Annotated[int, Field(ge=0)]] | None = None
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     overrides: dict[str, dict[str, Any]] = {}
@@ -277,8 +282,17 @@ class SuiteSpec(_Section):
             raise ValueError(f"unknown size(s) {unknown}; known: {', '.join(SIZES)}")
         return sizes
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"must list distinct seeds, got {seeds}")
+        return seeds
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "SuiteSpec":
+        if self.seeds is not None and "seed" in self.train.model_fields_set:
+            raise ValueError("train.seed and seeds are both set: list every seed in `seeds` and drop train.seed")
         if self.task is not None and self.eval.lm_eval:
             raise ValueError("eval.lm_eval needs a text suite: a task suite has no tokenizer to score text with")
         if isinstance(self.train.lr, dict):
@@ -313,6 +327,7 @@ class Cell:
     base_dir: Path  # where relative data paths in the suite file are resolved
     task: dict[str, Any] | None = None  # a task cell's canonical task config (``TaskSection.config``)
     lr_grid: tuple[float, ...] | None = None  # the learning rates this cell competes with, its own included
+    seeds: tuple[int, ...] | None = None  # the seeds this cell is repeated over, its own (train.seed) included
 
     @property
     def mixer(self) -> str:
@@ -327,9 +342,12 @@ class Cell:
         """The canonical config: everything that determines this cell's numbers.
 
         A task cell has ``task`` (name, every parameter, seq_len, sizes and seed of its data)
-        in place of ``data``. A cell of a learning-rate grid also has ``selection``: the grid
-        and the rule that picks its winner. That says how the run is compared, not what it
-        computes, so the run key leaves it out: widening the grid retrains nothing done.
+        in place of ``data``. A cell of a learning-rate grid or a seed list also has
+        ``selection``: the grid, the seeds, and the rule that picks the winning learning rate
+        (the best median over seeds). That says how the run is compared, not what it computes,
+        so the run key leaves it out: widening the grid or adding seeds retrains nothing done.
+        The seed itself is ``train.seed``, in the key like any other setting; a suite without
+        ``seeds`` keeps seed 0, so its keys are those from before seeds were an axis.
         """
         config = {
             "protocol": PROTOCOL_VERSION,
@@ -342,9 +360,15 @@ class Cell:
         if self.task is not None:
             del config["data"]
             config["task"] = self.task
-        if self.lr_grid is not None:
+        if self.lr_grid is not None or self.seeds is not None:
             metric, goal = ("task/accuracy", "max") if self.task is not None else ("val/loss", "min")
-            config["selection"] = {"lr_grid": list(self.lr_grid), "metric": metric, "goal": goal}
+            config["selection"] = {
+                "lr_grid": list(self.lr_grid or [self.train.lr]),
+                "seeds": list(self.seeds or [self.train.seed]),
+                "metric": metric,
+                "goal": goal,
+                "over_seeds": "median",  # the lr whose median over seeds is best (harness/seeds.py)
+            }
         return config
 
     @property
@@ -370,9 +394,11 @@ class Suite:
         return self.spec.name
 
     def cells(self) -> list[Cell]:
+        """Every cell, seed by seed: a run stopped early has whole grids at its first seeds."""
         s = self.spec
         out: list[Cell] = []
-        for arch in s.models:
+        seeds = s.seeds or [s.train.seed]
+        for seed, arch in itertools.product(seeds, s.models):
             settings = s.mixer_settings(split_arch(arch)[0])
             for size in s.sizes:
                 lr = s.train.lr[size] if isinstance(s.train.lr, dict) else s.train.lr
@@ -389,12 +415,13 @@ class Suite:
                                     size=size,
                                     seq_len=seq_len,
                                     data=s.data.model_copy(update={"seq_len": seq_len}),
-                                    train=s.train.model_copy(update={"lr": one_lr}),
+                                    train=s.train.model_copy(update={"lr": one_lr, "seed": seed}),
                                     eval=s.eval,
                                     mixer_settings=settings,
                                     base_dir=self.path.parent,
                                     task=None if point is None else s.task.config(point, seq_len),
                                     lr_grid=grid,
+                                    seeds=None if s.seeds is None else tuple(s.seeds),
                                 )
                             )
         return out

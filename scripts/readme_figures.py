@@ -8,11 +8,17 @@ store (a half-finished grid would draw a misleading figure). Then it
 
 * writes every dashboard panel as a PNG into ``docs/figures/<suite>/`` (``mixbench report
   --format png``, through kaleido and Chromium);
-* writes the suite's table (MQAR: best-of-grid accuracy per mixer and width, with the state
-  size; a text suite: validation perplexity per architecture and size, and the perplexity at
-  the start, middle and end of the context), the suite's wall time (first cell started to last
-  cell finished, from the store) and the figure links between the README's markers
-  ``<!-- results:<suite> -->`` and ``<!-- /results:<suite> -->``.
+* writes the suite's table (MQAR: accuracy per mixer and width at the learning rate with the
+  best median, with the state size; a text suite: validation perplexity per architecture and
+  size, and the perplexity at the start, middle and end of the context), the number of seeds,
+  the suite's wall time (first cell started to last cell finished, from the store) and the
+  figure links between the README's markers ``<!-- results:<suite> -->`` and
+  ``<!-- /results:<suite> -->``.
+
+Every figure of a table is the median over seeds with its range (``harness/seeds.py``): a
+cell whose range overlaps another model's at the same size is marked as a tie with it, and a
+task point where some seeds solve the task and some do not says so, so that a reading written
+from the table claims only what holds across seeds.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 from collections import defaultdict
@@ -31,9 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.report import ReportError, arch_label, sizes_by_params, write_reports  # noqa: E402 - after the path: run as a script from anywhere
+from harness.seeds import Point, choose, ties  # noqa: E402
 from harness.store import Run, Store, StoreError  # noqa: E402
 from harness.suite import Suite, SuiteError, load_suite  # noqa: E402
-from harness.tasks.report import best_of_grid  # noqa: E402
+from harness.tasks.report import ACCURACY, split_label  # noqa: E402
 
 DEFAULT_SUITES = ("mqar", "miniature")
 Values = dict[tuple[str, str], float]
@@ -66,50 +74,63 @@ def wall_time(runs: list[Run]) -> str:
     return f"{minutes:.0f} minutes"
 
 
+def _tie_note(point: Point, tied: dict[str, list[Point]]) -> str:
+    others = [arch_label(p.run) for p in tied.get(point.run.run_key, [])]
+    return f"; tie: {', '.join(others)}" if others else ""
+
+
 def task_table(runs: list[Run], values: Values) -> list[str]:
-    """Markdown: per mixer and width, the best-of-grid accuracy, its learning rate and the state size."""
-    winners = {members[0].run_key: members[0] for members in best_of_grid(runs, values).values()}
+    """Markdown: per mixer and width, the median accuracy over seeds [min-max] at the learning rate
+    with the best median, that learning rate and the state size; ties and split points marked."""
+    best = [c.best for c in choose(runs, values)]
+    tied = ties(best, values, ACCURACY)
     sizes = sizes_by_params(runs)
-    cells: dict[str, dict[str, Run]] = defaultdict(dict)
-    for run in winners.values():
-        cells[arch_label(run)][run.size] = run
+    cells: dict[str, dict[str, Point]] = defaultdict(dict)
+    for point in best:
+        cells[arch_label(point.run)][point.run.size] = point
 
-    def mean_accuracy(arch: str) -> float:
-        return sum(values[(r.run_key, "task/accuracy")] for r in cells[arch].values()) / len(cells[arch])
+    def mean_median(arch: str) -> float:
+        return sum(p.spread(values, ACCURACY).median for p in cells[arch].values()) / len(cells[arch])
 
-    lines = ["| model | " + " | ".join(f"{s}: accuracy (lr, state size)" for s in sizes) + " |",
+    lines = ["| model | " + " | ".join(f"{s}: accuracy, median [min-max] (lr, state size)" for s in sizes) + " |",
              "|---|" + "---|" * len(sizes)]  # fmt: skip
-    for arch in sorted(cells, key=mean_accuracy, reverse=True):
+    for arch in sorted(cells, key=mean_median, reverse=True):
         row = []
         for size in sizes:
-            run = cells[arch].get(size)
-            if run is None:
+            point = cells[arch].get(size)
+            if point is None:
                 row.append("")
                 continue
-            accuracy, state = values[(run.run_key, "task/accuracy")], values[(run.run_key, "model/state_size")]
-            row.append(f"{accuracy:.3f} ({run.config['train']['lr']:g}, {state:,.0f})")
+            state = values[(point.run.run_key, "model/state_size")]
+            split = f" **split: {split_label(point, values)}**" if split_label(point, values) else ""
+            row.append(f"{point.spread(values, ACCURACY).text('.3f')} ({point.lr:g}, {state:,.0f}{_tie_note(point, tied)})"
+                       + split)  # fmt: skip
         lines.append(f"| {arch} | " + " | ".join(row) + " |")
     return lines
 
 
 def text_table(runs: list[Run], values: Values, positions: list[tuple[str, int, int, int, float]]) -> list[str]:
-    """Markdown: validation perplexity per architecture and size, then the largest size's by token index."""
+    """Markdown: median validation perplexity [min-max] over seeds per architecture and size (ties
+    marked), then the largest size's median by token index."""
+    best = [c.best for c in choose(runs, values)]
+    tied = ties(best, values, "val/ppl")
     sizes = sizes_by_params(runs)
-    by_arch: dict[str, dict[str, Run]] = defaultdict(dict)
-    for run in runs:
-        by_arch[arch_label(run)][run.size] = run
+    by_arch: dict[str, dict[str, Point]] = defaultdict(dict)
+    for point in best:
+        by_arch[arch_label(point.run)][point.run.size] = point
     largest = sizes[-1]
-    buckets: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    buckets: dict[str, dict[tuple[int, int], float]] = defaultdict(dict)
     for key, _bucket, lo, hi, loss in positions:
-        buckets[key].append((lo, hi, loss))
-    probe = sorted(buckets[by_arch[next(iter(by_arch))][largest].run_key])
+        buckets[key][(lo, hi)] = loss
+    probe = sorted(buckets[by_arch[next(iter(by_arch))][largest].runs[0].run_key])
     picks = [probe[0], probe[len(probe) // 2 - 1], probe[-1]] if len(probe) >= 3 else probe
-    header = [f"{s} ppl" for s in sizes] + [f"{largest} ppl at tokens {lo}-{hi - 1}" for lo, hi, _ in picks]
+    header = [f"{s} ppl" for s in sizes] + [f"{largest} ppl at tokens {lo}-{hi - 1}" for lo, hi in picks]
     lines = ["| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-    for arch in sorted(by_arch, key=lambda a: values[(by_arch[a][largest].run_key, "val/ppl")]):
-        row = [f"{values[(by_arch[arch][s].run_key, 'val/ppl')]:.1f}" for s in sizes]
-        stretch = dict(((lo, hi), loss) for lo, hi, loss in buckets[by_arch[arch][largest].run_key])
-        row += [f"{math.exp(stretch[(lo, hi)]):.1f}" for lo, hi, _ in picks]
+    for arch in sorted(by_arch, key=lambda a: by_arch[a][largest].spread(values, "val/ppl").median):
+        row = [by_arch[arch][s].spread(values, "val/ppl").text(".1f") + _tie_note(by_arch[arch][s], tied).replace("; ", " ")
+               for s in sizes]  # fmt: skip
+        seeds = by_arch[arch][largest].runs
+        row += [f"{statistics.median(math.exp(buckets[r.run_key][stretch]) for r in seeds):.1f}" for stretch in picks]
         lines.append(f"| {arch} | " + " | ".join(row) + " |")
     return lines
 
@@ -119,10 +140,15 @@ def results_block(suite: Suite, runs: list[Run], values: Values, positions, figu
     table = task_table(runs, values) if suite.spec.task is not None else text_table(runs, values, positions)
     epochs = sorted({round(values[(r.run_key, "data/epochs")], 2) for r in runs if (r.run_key, "data/epochs") in values})
     lines = ["<!-- generated by scripts/readme_figures.py from the store; do not edit by hand -->", "", *table, ""]
-    facts = f"{len(runs)} cells, wall time {wall_time(runs)} (first cell started to last finished)"
+    seeds = sorted({len(p.runs) for p in (c.best for c in choose(runs, values))})
+    facts = (f"{len(runs)} cells, {'/'.join(map(str, seeds))} seed(s) per point, wall time {wall_time(runs)} "
+             "(first cell started to last finished)")  # fmt: skip
     if epochs and max(epochs) > 1:
         facts += f"; passes over the training text: {epochs[0]:g}-{epochs[-1]:g}"
     lines += [facts + ".", ""]
+    if max(seeds) > 1:
+        lines += ["Each figure: the median over seeds [min-max]. A tie: the ranges of two models at one size "
+                  "overlap, so neither ranks above the other; split: some seeds solve the task and some do not.", ""]  # fmt: skip
     lines += [f"![{path.stem}]({Path(os.path.relpath(path, readme_dir)).as_posix()})" for path in figures]
     return "\n".join(lines)
 

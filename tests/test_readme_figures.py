@@ -56,7 +56,7 @@ def test_a_suite_with_cells_not_done_is_refused_in_one_line(figures, tmp_path, c
                          "--figures-dir", str(tmp_path / "figs")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "suite mqar: 20 of 20 cells are not done" in err and "python -m harness run suites/mqar.yaml" in err
+    assert "suite mqar: 30 of 30 cells are not done" in err and "python -m harness run suites/mqar.yaml" in err
     assert readme.read_text() == README.format(name="mqar") and not (tmp_path / "figs").exists()
 
 
@@ -96,7 +96,7 @@ def test_refresh_writes_png_panels_and_the_tables_of_a_task_and_a_text_suite(fig
     page = readme.read_text()
     assert "stale text" not in page and page.count("do not edit by hand") == 2
     assert "![mqar-accuracy-vs-state-size](docs/figures/recall/mqar-accuracy-vs-state-size.png)" in page
-    assert "| attention@transformer | " in page and "micro: accuracy (lr, state size)" in page
+    assert "| attention@transformer | " in page and "micro: accuracy, median [min-max] (lr, state size)" in page
     assert "| ttt_linear@transformer | " in page and "micro ppl at tokens 0-7" in page and "tokens 24-31" in page
     runs = load_suite(paths[0]).cells()
-    assert "4 cells, wall time" in page and len(runs) == 4
+    assert "4 cells, 1 seed(s) per point, wall time" in page and len(runs) == 4

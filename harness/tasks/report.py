@@ -1,12 +1,15 @@
 """Dashboard panels for task suites, and the best-of-learning-rate-grid rule they apply.
 
-The rule: runs that differ only in their learning rate (same model, size, sequence length,
-task and task parameters) form a group, and the group is shown by its best run: the highest
-``task/accuracy`` on held-out sequences, ties broken by the lower ``val/loss``, then by the
-smaller learning rate. It is applied here, at report time, because only then is every member
-of a grid known; each panel says so in its subtitle and the task table marks the winners.
+The rule (``harness/seeds.py``): runs that differ only in their seed form a point, shown by
+its median ``task/accuracy`` on held-out sequences over seeds, with bars from the worst seed
+to the best; of the points that differ only in learning rate (same model, size, sequence
+length, task and task parameters) the one with the highest median is shown, ties broken by
+the lower median ``val/loss``, then by the smaller learning rate. It is applied here, at
+report time, because only then is every member of a grid known; each panel says so in its
+subtitle. A point where some seeds solve the task and some do not is drawn as an open
+diamond and labelled with how many seeds solved it, so a median never hides a coin flip.
 
-Panels (each point one group's best run): accuracy vs sequence length (one subplot per
+Panels (each point one grid's chosen point): accuracy vs sequence length (one subplot per
 difficulty, e.g. number of key-value pairs) and accuracy vs difficulty (one per sequence
 length), each where the suite varies it, one line per mixer@backbone and size; and accuracy
 vs the model's ``state_size`` on a log axis, one line per mixer@backbone through its sizes
@@ -23,15 +26,12 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from harness.seeds import SOLVED, Choice, Point, Values, choose, is_task_run
 from harness.store import Run
 from harness.tasks.base import get_task
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-Values = dict[tuple[str, str], float]
-
-
-def is_task_run(run: Run) -> bool:
-    return isinstance(run.config, dict) and "task" in run.config
+ACCURACY = "task/accuracy"
 
 
 def _series(run: Run) -> str:
@@ -50,33 +50,25 @@ def _lr(run: Run) -> float:
     return float(run.config["train"]["lr"])
 
 
-def _group_key(run: Run) -> tuple[Any, ...]:
-    task = run.config["task"]
-    return (run.mixer, run.backbone, run.size, run.seq_len, task["name"], json.dumps(task["params"], sort_keys=True))
+def best_of_grid(runs: list[Run], values: Values) -> list[Choice]:
+    """The learning-rate grids of the done task runs, each with its points best median first."""
+    return choose([r for r in runs if is_task_run(r)], values)
 
 
-def best_of_grid(runs: list[Run], values: Values) -> dict[str, list[Run]]:
-    """``{winner run_key: every run of its group, best first}`` over the done task runs."""
-    groups: dict[tuple[Any, ...], list[Run]] = defaultdict(list)
-    for run in runs:
-        if run.status == "done" and is_task_run(run) and (run.run_key, "task/accuracy") in values:
-            groups[_group_key(run)].append(run)
-
-    def rank(run: Run) -> tuple[float, float, float]:
-        loss = values.get((run.run_key, "val/loss"), float("inf"))
-        return (-values[(run.run_key, "task/accuracy")], loss, _lr(run))
-
-    return {members[0].run_key: members for members in (sorted(g, key=rank) for g in groups.values())}
+def split_label(point: Point, values: Values) -> str:
+    """``2/3 seeds solve`` for a point some seeds solve and some do not, else empty."""
+    spread = point.spread(values, ACCURACY)
+    return f"{spread.solved()}/{len(spread.values)} seeds solve" if spread.split() else ""
 
 
-def _rule_subtitle(groups: dict[str, list[Run]]) -> str:
-    lrs = sorted({_lr(r) for members in groups.values() for r in members})
-    sizes = sorted({len(m) for m in groups.values()})
-    per_group = "/".join(str(s) for s in sizes)
+def _rule_subtitle(choices: list[Choice]) -> str:
+    lrs = sorted({p.lr for c in choices for p in c.candidates})
+    sizes = "/".join(str(s) for s in sorted({len(c.candidates) for c in choices}))
+    seeds = "/".join(str(s) for s in sorted({len(p.runs) for c in choices for p in c.candidates}))
     grid = ", ".join(f"{x:g}" for x in lrs)
     return (
-        f"each point: the best of its learning-rate grid ({per_group} run(s) per point; lr {grid}): "
-        "highest task/accuracy on held-out sequences, ties to the lower val/loss"
+        f"each point: median task/accuracy over {seeds} seed(s), bars min-max, of the learning rate with the best "
+        f"median ({sizes} per point; lr {grid}); open diamond: some seeds solve (>= {SOLVED:g}) and some do not"
     )
 
 
@@ -90,42 +82,52 @@ def _varying(runs: list[Run]) -> set[str]:
 
 
 def _line_figure(
-    winners: list[Run], values: Values, x_of, facet_of, x_title: str, title: str, subtitle: str,
+    winners: list[Point], values: Values, x_of, facet_of, x_title: str, title: str, subtitle: str,
     log_x: bool = False, series_of=_series, label_of=None,  # noqa: ANN001 - Run -> str callables
 ) -> go.Figure:
-    """One subplot per facet, one line per series (default: mixer@backbone and size), points labelled by ``label_of``."""
-    facets = sorted({facet_of(r) for r in winners})
-    series = sorted({series_of(r) for r in winners})
+    """One subplot per facet, one line per series (default: mixer@backbone and size), points labelled by ``label_of``.
+
+    Each point is its median over seeds with min-max bars; a split point is an open diamond
+    whose label says how many seeds solved the task.
+    """
+    facets = sorted({facet_of(p.run) for p in winners})
+    series = sorted({series_of(p.run) for p in winners})
     fig = make_subplots(rows=1, cols=max(1, len(facets)), subplot_titles=[str(f[1]) for f in facets] or None)
     for col, facet in enumerate(facets, 1):
         for i, name in enumerate(series):
             points = sorted(
-                ((x_of(r), values[(r.run_key, "task/accuracy")], r) for r in winners
-                 if facet_of(r) == facet and series_of(r) == name),
-                key=lambda p: (p[0], p[2].seq_len),  # a recurrent state is the same size at every seq_len
+                ((x_of(p.run), p.spread(values, ACCURACY), p) for p in winners
+                 if facet_of(p.run) == facet and series_of(p.run) == name),
+                key=lambda q: (q[0], q[2].run.seq_len),  # a recurrent state is the same size at every seq_len
             )  # fmt: skip
             if not points:
                 continue
+            labels = [" ".join(filter(None, (label_of(p.run) if label_of else "", split_label(p, values))))
+                      for _, _, p in points]  # fmt: skip
             fig.add_trace(
                 go.Scatter(
-                    x=[p[0] for p in points],
-                    y=[p[1] for p in points],
-                    mode="lines+markers+text" if label_of else "lines+markers",
-                    text=[label_of(p[2]) for p in points] if label_of else None,
+                    x=[q[0] for q in points],
+                    y=[q[1].median for q in points],
+                    error_y={"type": "data", "symmetric": False, "array": [q[1].hi - q[1].median for q in points],
+                             "arrayminus": [q[1].median - q[1].lo for q in points], "thickness": 1.5},
+                    mode="lines+markers+text" if any(labels) else "lines+markers",
+                    text=labels if any(labels) else None,
                     # below a point near the top, so that no label is cut off by the axis
-                    textposition=["bottom center" if p[1] > 0.9 else "top center" for p in points],
+                    textposition=["bottom center" if q[1].median > 0.9 else "top center" for q in points],
                     name=name,
                     legendgroup=name,
                     showlegend=col == 1,
-                    marker={"color": _PALETTE[i % len(_PALETTE)]},
+                    marker={"color": _PALETTE[i % len(_PALETTE)], "size": 9,
+                            "symbol": ["diamond-open" if q[1].split() else "circle" for q in points]},
                     line={"color": _PALETTE[i % len(_PALETTE)]},
                     customdata=[
-                        [p[2].run_key, p[2].seq_len, _lr(p[2]), values.get((p[2].run_key, "model/state_size"))]
-                        for p in points
+                        [q[2].run.run_key, q[2].run.seq_len, q[2].lr, values.get((q[2].run.run_key, "model/state_size")),
+                         ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(q[2].seeds, q[1].values))]
+                        for q in points
                     ],
                     hovertemplate=(
                         "%{fullData.name}<br>run %{customdata[0]}<br>seq_len %{customdata[1]}<br>lr %{customdata[2]:g}"
-                        "<br>state size %{customdata[3]:,}<br>accuracy %{y:.4f}<extra></extra>"
+                        "<br>state size %{customdata[3]:,}<br>median accuracy %{y:.4f}<br>%{customdata[4]}<extra></extra>"
                     ),
                 ),
                 row=1,
@@ -143,14 +145,14 @@ def task_figures(runs: list[Run], values: Values) -> list[go.Figure]:
     Accuracy vs sequence length and vs difficulty appear only where the suite varies them;
     accuracy vs state size always does.
     """
-    groups = best_of_grid(runs, values)
-    if not groups:
+    choices = best_of_grid(runs, values)
+    if not choices:
         return []
-    winners = [members[0] for members in groups.values()]
-    subtitle = _rule_subtitle(groups)
-    varying = _varying(winners)
-    names = sorted({r.config["task"]["name"] for r in winners})
-    difficulty = _difficulty(winners[0]) or "difficulty"
+    winners = [c.best for c in choices]
+    subtitle = _rule_subtitle(choices)
+    varying = _varying([p.run for p in winners])
+    names = sorted({p.run.config["task"]["name"] for p in winners})
+    difficulty = _difficulty(winners[0].run) or "difficulty"
 
     def level(r: Run) -> Any:
         return r.config["task"]["params"].get(difficulty, 0)
@@ -173,7 +175,7 @@ def task_figures(runs: list[Run], values: Values) -> list[go.Figure]:
 
     # Zoology's plot: one line per mixer (and sequence length, when that varies) through its
     # widths, each point labelled by its size: does recall grow with the state a mixer keeps?
-    many_lengths = len({r.seq_len for r in winners}) > 1
+    many_lengths = len({p.run.seq_len for p in winners}) > 1
 
     def mixer_line(r: Run) -> str:
         return f"{r.mixer}@{r.backbone}" + (f" T{r.seq_len}" if many_lengths else "")
@@ -183,7 +185,7 @@ def task_figures(runs: list[Run], values: Values) -> list[go.Figure]:
     if many_lengths:  # a single sequence length would make a panel of one column of dots
         figures.append(_line_figure(winners, values, lambda r: r.seq_len, by_level, "sequence length",
                                     f"{title}: accuracy vs sequence length", subtitle))  # fmt: skip
-    if len({json.dumps(level(r)) for r in winners}) > 1:
+    if len({json.dumps(level(p.run)) for p in winners}) > 1:
         figures.append(_line_figure(winners, values, level, by_seq_len, difficulty,
                                     f"{title}: accuracy vs {difficulty}", subtitle))  # fmt: skip
     figures.append(_line_figure(winners, values, state_size, by_level, "state size (numbers kept between tokens)",
@@ -193,15 +195,21 @@ def task_figures(runs: list[Run], values: Values) -> list[go.Figure]:
 
 
 def task_table_html(runs: list[Run], values: Values) -> str:
-    """Every task run with its parameters, learning rate and accuracy; the grid winners marked."""
+    """Every task run with its parameters, learning rate, seed and accuracy; the chosen points' runs marked."""
     task_runs = [r for r in runs if is_task_run(r)]
     if not task_runs:
         return ""
-    groups = best_of_grid(task_runs, values)
-    header = ("run key", "model", "size", "seq", "task", "lr", "accuracy", "sequence acc.", "state size", "val loss",
-              "status", "best of grid")  # fmt: skip
+    chosen = {r.run_key for c in best_of_grid(task_runs, values) for r in c.best.runs}
+
+    def order(r: Run) -> tuple[Any, ...]:
+        task = r.config["task"]
+        return (r.mixer, r.backbone, r.size, r.seq_len, task["name"], json.dumps(task["params"], sort_keys=True),
+                _lr(r), r.config["train"].get("seed", 0))  # fmt: skip
+
+    header = ("run key", "model", "size", "seq", "task", "lr", "seed", "accuracy", "sequence acc.", "state size",
+              "val loss", "status", "chosen")  # fmt: skip
     rows = []
-    for r in sorted(task_runs, key=lambda r: (_group_key(r), _lr(r))):
+    for r in sorted(task_runs, key=order):
         t = r.config["task"]
 
         def v(name: str, spec: str) -> str:
@@ -209,14 +217,14 @@ def task_table_html(runs: list[Run], values: Values) -> str:
             return "-" if x is None else format(x, spec)
 
         params = ", ".join(f"{k}={val}" for k, val in t["params"].items())
-        best = "yes" if r.run_key in groups else ""
         cells = (r.run_key, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len), f"{t['name']}({params})", f"{_lr(r):g}",
-                 v("task/accuracy", ".4f"), v("task/sequence_accuracy", ".4f"), v("model/state_size", ",.0f"),
-                 v("val/loss", ".4f"), r.status, best)  # fmt: skip
+                 str(r.config["train"].get("seed", 0)), v(ACCURACY, ".4f"), v("task/sequence_accuracy", ".4f"),
+                 v("model/state_size", ",.0f"), v("val/loss", ".4f"), r.status, "yes" if r.run_key in chosen else "")  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     ths = "".join(f"<th onclick='sortTable(this)'>{html.escape(h)}</th>" for h in header)
     return (
-        "<h2>Task runs</h2><p>Best of grid: among runs that differ only in learning rate, the one with the "
-        "highest task/accuracy on held-out sequences (ties: lower val/loss, then smaller lr) is marked and plotted.</p>"
+        "<h2>Task runs</h2><p>Chosen: among runs that differ only in learning rate, those of the learning rate with "
+        "the highest median task/accuracy over seeds on held-out sequences (ties: lower median val/loss, then smaller "
+        "lr) are marked, and their median and range plotted.</p>"
         f"<table id='task-results'><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )

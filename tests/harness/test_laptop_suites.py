@@ -29,7 +29,7 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-def test_miniature_dry_run_lists_six_architectures_three_sizes_and_chinchilla_scaled_budgets(tmp_path, monkeypatch, capsys):
+def test_miniature_dry_run_lists_six_architectures_two_sizes_three_seeds_and_chinchilla_scaled_budgets(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(SUITES / "miniature.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -38,14 +38,15 @@ def test_miniature_dry_run_lists_six_architectures_three_sizes_and_chinchilla_sc
     suite = load_suite(SUITES / "miniature.yaml")
     rows = dry_run_rows("miniature", tmp_path)
     assert sorted((r["model"], r["size"], r["seq"]) for r in rows) == sorted(
-        (m, s, "1024") for m in SIX for s in ("micro", "tiny", "mini")
+        (m, s, "1024") for m in SIX for s in ("micro", "tiny") for _seed in range(3)
     )
+    assert sorted({c.train.seed for c in suite.cells()}) == [0, 1, 2]
     ratio, batch = suite.spec.train.tokens_per_param, suite.spec.train.batch_tokens
     for r in rows:  # tokens proportional to parameters, rounded up to whole batches
         assert number(r["tokens"]) == math.ceil(ratio * number(r["params"]) / batch) * batch, r
     params = {(r["model"], r["size"]): number(r["params"]) for r in rows}
     for model in SIX:
-        assert params[(model, "micro")] < params[(model, "tiny")] < params[(model, "mini")]
+        assert params[(model, "micro")] < params[(model, "tiny")]
     assert not (tmp_path / "cache").exists(), "a dry run reads no data"
 
 
@@ -64,7 +65,8 @@ def test_miniature_budgets_fit_its_epoch_cap_on_the_shipped_corpus(tmp_path):
 def test_mqar_suites_grids():
     decisive = load_suite(SUITES / "mqar.yaml")
     cells = decisive.cells()
-    assert len(cells) == 5 * 2 * 2  # mixers x widths x learning rates
+    assert len(cells) == 5 * 2 * 3  # mixers x widths x seeds
+    assert {c.train.seed for c in cells} == {0, 1, 2} and {c.train.lr for c in cells} == {1e-2}
     assert {c.size for c in cells} == {"micro", "tiny"} and {c.seq_len for c in cells} == {64}
     assert all(c.arch.endswith(("@mamba", "@mamba_native")) for c in cells)  # every model has a short convolution
     quick = load_suite(SUITES / "mqar-quick.yaml")

@@ -40,6 +40,22 @@ def test_per_size_learning_rates(write_suite):
     assert {c.size: c.train.lr for c in load_suite(path).cells()} == {"micro": 1e-2, "tiny": 5e-3}
 
 
+def test_seeds_are_a_grid_axis_in_the_run_key_and_seed_0_keeps_the_unseeded_key(write_suite):
+    plain = load_suite(write_suite(train={"tokens": 2048, "batch_tokens": 256, "lr": [1e-3, 3e-3]})).cells()
+    seeded = load_suite(write_suite(seeds=[0, 1, 2], train={"tokens": 2048, "batch_tokens": 256, "lr": [1e-3, 3e-3]})).cells()
+    assert [(c.train.seed, c.train.lr) for c in seeded] == [(s, lr) for s in (0, 1, 2) for lr in (1e-3, 3e-3)]
+    assert len({c.run_key for c in seeded}) == 6
+    # seed 0 is the default: a suite that adds seeds reuses the runs it already has
+    assert [c.run_key for c in seeded[:2]] == [c.run_key for c in plain]
+    assert all(c.config["selection"]["seeds"] == [0, 1, 2] for c in seeded)
+    # the seed list is how runs are compared, not what one computes: a wider list keeps every key
+    wider = load_suite(write_suite(seeds=[0, 1, 2, 3], train={"tokens": 2048, "batch_tokens": 256, "lr": [1e-3, 3e-3]}))
+    assert [c.run_key for c in wider.cells()[:6]] == [c.run_key for c in seeded]
+    assert load_suite(write_suite(train={"tokens": 2048, "batch_tokens": 256, "seed": 1})).cells()[0].run_key not in {
+        c.run_key for c in plain
+    }
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
@@ -53,6 +69,10 @@ def test_per_size_learning_rates(write_suite):
         ({"overrides": {"attention": {"heads": 3}}}, "overrides.attention: unknown setting(s) ['heads']"),
         ({"overrides": {"mamba": {"d_state": 8}}}, "overrides.mamba: no model in this suite uses mixer 'mamba'"),
         ({"data": {"seq_len": 0}}, "data.seq_len"),
+        ({"seeds": []}, "seeds: must list distinct seeds, got []"),
+        ({"seeds": [0, 1, 0]}, "seeds: must list distinct seeds, got [0, 1, 0]"),
+        ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
+        ({"seeds": [0, 1], "train": {"seed": 3}}, "train.seed and seeds are both set"),
     ],
 )
 def test_bad_suites_name_the_file_and_the_field(write_suite, fields, message):

@@ -244,7 +244,8 @@ def test_task_grid_expands_and_hashes_every_parameter(task_suite):
     assert "data" not in cell.config
     assert cell.config["task"] == {"name": "mqar", "params": {"vocab_size": 64, "num_kv_pairs": 2, "num_queries": None},
                                    "seq_len": 32, "n_train": 64, "n_val": 16, "seed": 0}  # fmt: skip
-    assert cell.config["selection"] == {"lr_grid": [1e-3, 3e-3], "metric": "task/accuracy", "goal": "max"}
+    assert cell.config["selection"] == {"lr_grid": [1e-3, 3e-3], "seeds": [0], "metric": "task/accuracy", "goal": "max",
+                                       "over_seeds": "median"}
     key = cell.run_key
     changes = ({"task": {"seed": 1}}, {"task": {"n_train": 65}},
                {"task": {"params": {"num_kv_pairs": 2, "vocab_size": 66}}})  # fmt: skip
@@ -272,11 +273,15 @@ def test_text_suites_keep_their_config_and_keys(write_suite):
 
 
 class FakeRun:
-    def __init__(self, key: str, lr: float, seq_len: int = 32, pairs: int = 4, mixer: str = "attention", size: str = "tiny"):
+    """A stored task run as the report reads it: the canonical config's shape, no database."""
+
+    def __init__(self, key: str, lr: float, seq_len: int = 32, pairs: int = 4, mixer: str = "attention",
+                 size: str = "tiny", seed: int = 0):  # fmt: skip
         self.run_key, self.mixer, self.backbone, self.size, self.seq_len = key, mixer, "transformer", size, seq_len
         self.status = "done"
-        task = {"name": "mqar", "params": {"num_kv_pairs": pairs, "vocab_size": 64}}
-        self.config = {"train": {"lr": lr}, "task": task}
+        task = {"name": "mqar", "params": {"num_kv_pairs": pairs, "vocab_size": 64}, "seq_len": seq_len}
+        model = {"arch": f"{mixer}@transformer", "size": size, "mixer_settings": {}}
+        self.config = {"model": model, "train": {"lr": lr, "seed": seed}, "task": task}
 
 
 def test_best_of_grid_keeps_the_most_accurate_run_of_each_group():
@@ -287,16 +292,16 @@ def test_best_of_grid_keeps_the_most_accurate_run_of_each_group():
     loss = {"a": 1.0, "b": 0.4, "c": 0.3, "d": 2.0, "e": 2.5, "f": 1.0, "g": 1.0}
     values = {(k, "task/accuracy"): v for k, v in acc.items()} | {(k, "val/loss"): v for k, v in loss.items()}
     values |= {(k, "model/state_size"): 100.0 for k in "fg"}  # a fixed-size state: same x at both lengths
-    groups = best_of_grid(runs, values)
-    assert set(groups) == {"c", "d", "f", "g"}  # ties on accuracy go to the lower loss
-    assert [r.run_key for r in groups["c"]] == ["c", "b", "a"]
+    choices = {c.best.run.run_key: [p.run.run_key for p in c.candidates] for c in best_of_grid(runs, values)}
+    assert set(choices) == {"c", "d", "f", "g"}  # ties on accuracy go to the lower loss
+    assert choices["c"] == ["c", "b", "a"]
     figures = task_figures(runs, values)
     assert [f.layout.title.text.split("<br>")[0] for f in figures] == [
         "mqar: accuracy vs sequence length",
         "mqar: accuracy vs num_kv_pairs",
         "mqar: accuracy vs state size",
     ]
-    assert "best of its learning-rate grid" in figures[0].layout.title.text
+    assert "of the learning rate with the best median" in figures[0].layout.title.text
 
 
 def test_one_task_point_draws_only_the_state_size_panel_one_line_per_mixer_through_its_widths():
