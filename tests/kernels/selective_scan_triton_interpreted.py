@@ -143,11 +143,11 @@ def test_mamba_mixer_runs_the_kernel_and_decodes_from_its_state():
 
 
 def test_a_run_records_the_backend_of_training_and_of_decode():
-    """What a run stores (``model.backends``): the kernels for training, PyTorch for ``step``."""
+    """What a run stores (``model.backends``): the scan kernels for training, the decode kernels for ``step``."""
     model = build(ModelSpec.parse("mamba@mamba_native", "tiny", 50))
     cpu = torch.device("cpu")
     assert model.backends(cpu, torch.bfloat16) == ["triton"]
-    assert model.backends(cpu, torch.bfloat16, decode=True) == ["torch"]
+    assert model.backends(cpu, torch.bfloat16, decode=True) == ["triton"]
 
 
 def test_torch_compile_runs_the_kernels_as_they_are():
