@@ -10,38 +10,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from interpreted import HAS_TRITON, run_interpreted
 from test_ssd import make_inputs
 
 from kernels.ssd import ssd_chunked, ssd_chunked_triton
 from kernels.ssm_step import ssm_state_update_reference
 
-ROOT = Path(__file__).resolve().parents[2]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def test_kernels_under_the_interpreter():
-    if not HAS_TRITON:
-        if os.environ.get("MIXBENCH_REQUIRE_TRITON"):
-            pytest.fail("MIXBENCH_REQUIRE_TRITON is set but triton is not installed")
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    env.update(TRITON_INTERPRET="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    inner = Path(__file__).with_name("mamba_triton_interpreted.py")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(inner)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-    summary = proc.stdout.strip().splitlines()[-1]
-    allowed_skips = os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM") is None  # references of the GPU extras
-    assert "passed" in summary and "deselected" not in summary and (allowed_skips or "skipped" not in summary), summary
+    # The only allowed skips are the references of the GPU extras where they are absent.
+    run_interpreted("mamba_triton_interpreted.py", skips_allowed=not os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM"))
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")

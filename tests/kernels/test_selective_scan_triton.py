@@ -10,41 +10,22 @@ the Mamba mixer's fast path on a GPU without mamba-ssm.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from interpreted import HAS_TRITON, run_interpreted
 from test_selective_scan import make_inputs, run
 
 from kernels.selective_scan import selective_scan_chunked, selective_scan_triton, triton_unavailable_reason
 from models.mamba import Mamba
 
-ROOT = Path(__file__).resolve().parents[2]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 CPU = torch.device("cpu")
 
 
 def test_kernels_under_the_interpreter():
-    if not HAS_TRITON:
-        if os.environ.get("MIXBENCH_REQUIRE_TRITON"):
-            pytest.fail("MIXBENCH_REQUIRE_TRITON is set but triton is not installed")
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    env.update(TRITON_INTERPRET="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    inner = Path(__file__).with_name("selective_scan_triton_interpreted.py")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(inner)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    report = proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert proc.returncode == 0, report
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert "passed" in summary and "deselected" not in summary, summary
     # The only allowed skip is mamba-ssm's reference where mamba-ssm is absent (conftest decides).
-    assert "skipped" not in summary or not os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM"), summary
+    run_interpreted("selective_scan_triton_interpreted.py", skips_allowed=not os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM"))
 
 
 # -- bad inputs and the probe (no kernel runs) -------------------------------------------------------

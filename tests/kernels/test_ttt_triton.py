@@ -12,38 +12,22 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from interpreted import HAS_TRITON, run_interpreted
 from ttt_triton_cases import Case, make_leaves, relative_errors, run_form
 
 from kernels.ttt import TTTState, fresh_state, triton_unavailable_reason, ttt_dual, ttt_triton
 from models.ttt import TTTLinear, TTTMLP
 
 ROOT = Path(__file__).resolve().parents[2]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_gpu = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs triton and a CUDA GPU")
 
 
 def test_kernels_under_the_interpreter():
-    if not HAS_TRITON:
-        if os.environ.get("MIXBENCH_REQUIRE_TRITON"):
-            pytest.fail("MIXBENCH_REQUIRE_TRITON is set but triton is not installed")
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    env.update(TRITON_INTERPRET="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    inner = Path(__file__).with_name("ttt_triton_interpreted.py")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(inner)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    report = proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert proc.returncode == 0, report
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert "passed" in summary and "skipped" not in summary and "deselected" not in summary, summary
+    run_interpreted("ttt_triton_interpreted.py")
 
 
 # -- bad inputs and the probe (no kernel runs) -------------------------------------------------------
