@@ -5,7 +5,7 @@
 
 Each kernel is compiled by Triton for ``sm_<arch>`` (``triton.compile`` on an ``ASTSource``, as
 ``ttt_kernels_smem.py`` does); shared memory comes from Triton's metadata, registers per thread and
-spill stores/loads from ``ptxas -v`` (the ptxas Triton ships) on the PTX it produced. A kernel above
+spill stores/loads from the log of Triton's own ``ptxas -v`` run (``benchmarks/triton_aot.py``). A kernel above
 255 registers spills; above the block's shared memory (227 KB on H100/H200) it cannot launch.
 Nothing runs; compiling takes seconds to minutes per kernel on a small CPU.
 """
@@ -13,50 +13,20 @@ Nothing runs; compiling takes seconds to minutes per kernel on a small CPU.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.triton_aot import compile_for  # noqa: E402
 
 from kernels.causal_conv.triton_update import _conv_update  # noqa: E402
 from kernels.ssd.triton_chunked import _TORCH_TO_DOT, _ssd_forward, ssd_blocks  # noqa: E402
 from kernels.ssm_step.triton_step import _state_update  # noqa: E402
 
-PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas-blackwell"  # the newest (Triton picks it for recent PTX)
 TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
-
-
-def compile_for(kernel, constants: dict, pointer_types: dict[str, str], num_warps: int, arch: int) -> dict[str, float]:
-    """Shared memory (KB), registers per thread and spill bytes of ``kernel`` built for ``sm_<arch>``."""
-    signature = {
-        name: "constexpr" if name in constants else pointer_types.get(name, "i32") for name in kernel.arg_names
-    }
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=num_warps))  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "k.ptx"
-        ptx.write_text(compiled.asm["ptx"])
-        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-        log = subprocess.run([str(PTXAS), "-v", f"--gpu-name={gpu}", str(ptx), "-o", str(Path(tmp) / "k.cubin")],
-                             capture_output=True, text=True)  # fmt: skip
-        if log.returncode:
-            raise RuntimeError(f"ptxas failed on {kernel.__name__}: {log.stderr.strip()[:600]}")
-        log = log.stdout + log.stderr
-    regs = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    return {
-        "smem_kb": compiled.metadata.shared / 1024,
-        "regs": int(regs.group(1)) if regs else -1,
-        "spill_stores": int(spills.group(1)) if spills else -1,
-        "spill_loads": int(spills.group(2)) if spills else -1,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,28 +42,28 @@ def main(argv: list[str] | None = None) -> None:
 
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     print(f"command: python benchmarks/mamba_kernels_resources.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"triton {triton.__version__}, sm_{args.arch}, ptxas {PTXAS}")
+    print(f"triton {triton.__version__}, sm_{args.arch}, the ptxas Triton runs for it")
     print()
     print("| kernel | config | input | num_warps | registers/thread | spill stores/loads (B) | shared memory (KB) |")
     print("|---|---|---|---:|---:|---:|---:|")
     block_p, block_n, warps = ssd_blocks(args.headdim, args.d_state, args.block_p or None)
     for dtype in args.dtypes.split(","):
-        io = "*" + TYPES[dtype]
+        io = TYPES[dtype]
         for chunk in (int(c) for c in args.chunks.split(",")):
             constants = dict(HAS_BIAS=True, SOFTPLUS=True, HAS_D=True, HAS_Z=False, HAS_H0=False,
                              DOT=_TORCH_TO_DOT[torch_dtype[dtype]], L=chunk, BLOCK_P=block_p, BLOCK_N=block_n)  # fmt: skip
-            pointers = {n: io for n in ("X", "DT", "B", "C", "Z", "Y")} | {n: "*fp32" for n in ("DT_BIAS", "A", "D", "H0", "HT")}
+            pointers = {n: io for n in ("X", "DT", "B", "C", "Z", "Y")} | {n: "fp32" for n in ("DT_BIAS", "A", "D", "H0", "HT")}
             r = compile_for(_ssd_forward, constants, pointers, warps, args.arch)
             config = f"chunk {chunk}, headdim block {block_p}, d_state {args.d_state}"
-            print(f"| _ssd_forward | {config} | {dtype} | {warps} | {r['regs']} | {r['spill_stores']}/{r['spill_loads']} | {r['smem_kb']:.1f} |", flush=True)  # fmt: skip
+            print(f"| _ssd_forward | {config} | {dtype} | {warps} | {r.registers} | {r.spill_stores}/{r.spill_loads} | {r.shared / 1024:.1f} |", flush=True)  # fmt: skip
         pointers = {n: io for n in ("X", "Y", "W", "BIAS")} | {"STATE": io}
         r = compile_for(_conv_update, dict(WIDTH=4, WIDTH_P=4, HAS_BIAS=True, SILU=True, BLOCK_C=256), pointers, 4, args.arch)
-        print(f"| _conv_update | width 4, 256 channels | {dtype} | 4 | {r['regs']} | {r['spill_stores']}/{r['spill_loads']} | {r['smem_kb']:.1f} |", flush=True)  # fmt: skip
+        print(f"| _conv_update | width 4, 256 channels | {dtype} | 4 | {r.registers} | {r.spill_stores}/{r.spill_loads} | {r.shared / 1024:.1f} |", flush=True)  # fmt: skip
         bp = max(1, min(triton.next_power_of_2(args.headdim), 4096 // block_n))
-        pointers = {n: io for n in ("X", "DT", "B", "C", "Z", "Y")} | {n: "*fp32" for n in ("STATE", "A", "D", "BIAS")}
+        pointers = {n: io for n in ("X", "DT", "B", "C", "Z", "Y")} | {n: "fp32" for n in ("STATE", "A", "D", "BIAS")}
         constants = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_P=bp, BLOCK_N=block_n)
         r = compile_for(_state_update, constants, pointers, 4, args.arch)
-        print(f"| _state_update | block {bp} x {block_n} | {dtype} | 4 | {r['regs']} | {r['spill_stores']}/{r['spill_loads']} | {r['smem_kb']:.1f} |", flush=True)  # fmt: skip
+        print(f"| _state_update | block {bp} x {block_n} | {dtype} | 4 | {r.registers} | {r.spill_stores}/{r.spill_loads} | {r.shared / 1024:.1f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

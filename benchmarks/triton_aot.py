@@ -29,7 +29,9 @@ class Resources:
     registers: int  # per thread
     spill_stores: int  # bytes per thread
     spill_loads: int
+    stack: int  # bytes of stack frame per thread
     shared: int  # bytes per block
+    dots: int  # matrix products in the TTGIR (loops over blocks counted once): the chain's dots per step
 
     def cells(self) -> str:
         """``registers | spill stores/loads (bytes) | shared (KB)`` table cells."""
@@ -45,29 +47,35 @@ def signature(kernel, constants: dict, pointers: dict[str, str], scalar: str = "
     }
 
 
-def compile_for(kernel, constants: dict, pointers: dict[str, str], num_warps: int, arch: int) -> Resources:
-    """Compile ``kernel`` for ``sm_<arch>``; registers and spills from ptxas's own log of this build."""
-    knobs.compilation.always_compile = True  # a cache hit would skip ptxas, and its log
-    knobs.nvidia.dump_ptxas_log = True
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):
-            compiled = triton.compile(
-                ASTSource(kernel, signature(kernel, constants, pointers), constexprs=constants),
-                target=GPUTarget("cuda", arch, 32),
-                options=dict(num_warps=num_warps),
-            )
-    finally:
-        knobs.compilation.always_compile = False
-        knobs.nvidia.dump_ptxas_log = False
+def ptxas_figures(log: str) -> dict[str, int]:
+    """Registers, stack frame and spills from a ``ptxas -v`` log; one clear line if it has no registers
+    (ptxas failed, e.g. a PTX version it does not know). ptxas omits a zero stack or spill line."""
+    registers = re.search(r"Used (\d+) registers", log)
+    if registers is None:
+        raise RuntimeError(f"triton_aot: no 'Used (\\d+) registers' in the ptxas log: {log[-2000:]!r}")
 
     def number(pattern: str) -> int:
-        found = re.search(pattern, log.getvalue())
-        return int(found.group(1)) if found else 0  # ptxas omits zero spills
+        found = re.search(pattern, log)
+        return int(found.group(1)) if found else 0
 
-    return Resources(
-        registers=number(r"Used (\d+) registers"),
+    return dict(
+        registers=int(registers.group(1)),
+        stack=number(r"(\d+) bytes stack frame"),
         spill_stores=number(r"(\d+) bytes spill stores"),
         spill_loads=number(r"(\d+) bytes spill loads"),
-        shared=compiled.metadata.shared,
     )
+
+
+def compile_for(kernel, constants: dict, pointers: dict[str, str], num_warps: int, arch: int) -> Resources:
+    """Compile ``kernel`` for ``sm_<arch>``; registers and spills from ptxas's own log of this very build."""
+    log = io.StringIO()
+    with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        knobs.compilation.always_compile = True  # a cache hit would skip ptxas, and its log
+        knobs.nvidia.dump_ptxas_log = True
+        compiled = triton.compile(
+            ASTSource(kernel, signature(kernel, constants, pointers), constexprs=constants),
+            target=GPUTarget("cuda", arch, 32),
+            options=dict(num_warps=num_warps),
+        )
+    dots = len(re.findall(r"= tt\.dot |= ttng\.warp_group_dot ", compiled.asm["ttgir"]))
+    return Resources(shared=compiled.metadata.shared, dots=dots, **ptxas_figures(log.getvalue()))

@@ -7,7 +7,7 @@
 A kernel whose shared memory exceeds the block limit of the target (227 KB on H100/H200, 163 KB
 on A100) compiles but cannot launch: Triton raises "out of resource: shared memory". This is how
 the figures in docs/design.md were obtained (Triton 3.9). Registers and spills come from the
-log of Triton's own ``ptxas -v`` run (compiled afresh) (``Used N registers``, ``bytes
+log of Triton's own ``ptxas -v`` run (compiled afresh, ``benchmarks/triton_aot.py``) (``Used N registers``, ``bytes
 spill stores``): a kernel at 255 registers with spills keeps part of its tiles in local memory, which
 on a GPU is a round trip through L1/L2 on the sequential chain. Compiling takes seconds to minutes
 per kernel on a small CPU; nothing runs.
@@ -16,18 +16,14 @@ per kernel on a small CPU; nothing runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import re
 import sys
 from pathlib import Path
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.triton_aot import compile_for  # noqa: E402
 from kernels.ttt.triton_common import _options  # noqa: E402
 from kernels.ttt.triton_linear import LINEAR  # noqa: E402
 from kernels.ttt.triton_mlp import MLP  # noqa: E402
@@ -35,45 +31,6 @@ from kernels.ttt.triton_mlp import MLP  # noqa: E402
 PAIRS = {"linear": LINEAR, "mlp": MLP}
 SCALARS = ("seq", "heads", "start_pos", "n_chunks")
 IO = ("Q", "K", "V", "Y", "DQ", "DK", "DV")  # in the input dtype; every other pointer is float32
-
-
-def compile_figures(kernel, constants: dict, in_dtype: str, num_warps: int, arch: int) -> dict[str, int]:
-    """Shared memory (bytes), registers per thread, stack frame and spill stores/loads (bytes) of one
-    kernel, and its matrix products (``tt.dot``/``warp_group_dot`` ops in the TTGIR: the dots each
-    chunk of the sequential walk runs, loops over blocks counted once).
-
-    Compiles afresh (no cache hit) with Triton's ptxas log on, and reads the log of that very run.
-    """
-    signature = {
-        name: "constexpr" if name in constants else "i32" if name in SCALARS else "*" + (in_dtype if name in IO else "fp32")
-        for name in kernel.arg_names
-    }
-    log = io.StringIO()
-    with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
-        triton.knobs.compilation.always_compile = True
-        triton.knobs.nvidia.dump_ptxas_log = True
-        source = ASTSource(kernel, signature, constexprs=constants)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
-    ttgir = compiled.asm["ttgir"]
-    dots = len(re.findall(r"= tt\.dot |= ttng\.warp_group_dot ", ttgir))
-    return dict(shared=compiled.metadata.shared, dots=dots, **ptxas_figures(log.getvalue()))
-
-
-def ptxas_figures(log: str) -> dict[str, int]:
-    """Registers, stack frame and spills from a ``ptxas -v`` log; one clear line if it has none."""
-
-    def figure(pattern: str) -> int:
-        found = re.search(pattern, log)
-        if found is None:
-            raise RuntimeError(f"ttt_kernels_smem: no '{pattern}' in the ptxas log: {log[-2000:]!r}")
-        return int(found.group(1))
-
-    return dict(
-        registers=figure(r"Used (\d+) registers"),
-        stack=figure(r"(\d+) bytes stack frame"),
-        spill_stores=figure(r"(\d+) bytes spill stores"),
-        spill_loads=figure(r"(\d+) bytes spill loads"),
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,9 +71,10 @@ def main(argv: list[str] | None = None) -> None:
                         options = _options(pair, widths, args.mini_batch, dtype, backward=kernel is pair.bwd)
                         num_warps = options.pop("num_warps")
                         options.update(HAS_ACC=acc, **extra)
-                        f = compile_figures(kernel, options, in_dtype, num_warps, args.arch)
-                        row = (kernel.__name__, dim, in_dtype, acc, num_warps, f["dots"], f"{f['shared'] / 1024:.0f}",
-                               f["registers"], f["stack"], f"{f['spill_stores']} / {f['spill_loads']}")  # fmt: skip
+                        pointers = {a: in_dtype if a in IO else "fp32" for a in kernel.arg_names if a not in SCALARS}
+                        f = compile_for(kernel, options, pointers, num_warps, args.arch)
+                        row = (kernel.__name__, dim, in_dtype, acc, num_warps, f.dots, f"{f.shared / 1024:.0f}",
+                               f.registers, f.stack, f"{f.spill_stores} / {f.spill_loads}")  # fmt: skip
                         print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
 
