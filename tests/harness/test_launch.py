@@ -212,7 +212,7 @@ def steps_by_cell(db: Path) -> dict[str, float]:
 
 def stored_numbers(db: str) -> dict[tuple[str, float, str, int], float]:
     """Every stored metric but the timings, by (size, learning rate, name, step): the same cell in another suite."""
-    timed = ("seconds", "tokens/s", "tokens_per_s", "mfu")
+    timed = ("seconds", "tokens/s", "tokens_per_s", "mfu", "health/slow")  # a slow flag is a timing too
     cells = {r.run_key: (r.size, r.config["train"]["lr"]) for r in Store(db).runs()}
     return {(*cells[k], n, s): v for k, s, n, v in Store(db).metric_values() if not any(t in n for t in timed)}
 
@@ -249,8 +249,10 @@ def stop_mid_training(launch: subprocess.Popen, db: str, stop: Callable[[int], N
     return out
 
 
-TWO_CELLS = {"tokens": 200 * 256, "batch_tokens": 256, "lr": [3e-3, 1e-3], "log_every": 10, "checkpoint_every": 10,
-             "device": "cpu"}  # two micro cells (a grid of two learning rates), long enough to be stopped  # fmt: skip
+# Two micro cells (a grid of two learning rates), long enough to be stopped: on a quiet machine one job can
+# train a few hundred steps while the other is still importing, so a shorter budget lets a cell finish first.
+TWO_CELLS = {"tokens": 1000 * 256, "batch_tokens": 256, "lr": [3e-3, 1e-3], "log_every": 10, "checkpoint_every": 10,
+             "device": "cpu"}  # fmt: skip
 
 
 @needs_proc
