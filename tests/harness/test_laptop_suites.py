@@ -69,6 +69,8 @@ def test_mqar_suites_grids():
     assert {c.train.seed for c in cells} == {0, 1, 2} and {c.train.lr for c in cells} == {1e-2}
     assert {c.size for c in cells} == {"micro", "tiny"} and {c.seq_len for c in cells} == {64}
     assert all(c.arch.endswith(("@mamba", "@mamba_native")) for c in cells)  # every model has a short convolution
+    assert decisive.spec.train.tokens <= decisive.spec.task.n_train * 64  # no training sequence is seen twice
+    assert decisive.spec.launcher.parallel == 2  # both cores, one thread per cell
     quick = load_suite(SUITES / "mqar-quick.yaml")
     assert quick.name == "mqar-quick" and len(quick.cells()) == 5 * 8
 
