@@ -198,13 +198,17 @@ def _ssd_backward(
         Bm = tl.load(B + b * sb_b + t[:, None] * sb_t + g * sb_g + n[None, :] * sb_n, mask=bc_mask, other=0.0)
         Cm = tl.load(C + b * sc_b + t[:, None] * sc_t + g * sc_g + n[None, :] * sc_n, mask=bc_mask, other=0.0)
         Bm, Cm = Bm.to(DOT), Cm.to(DOT)
-        H = tl.load(HS + (bh * n_chunks + c) * headdim * d_state + slice_offs, mask=state_mask, other=0.0)
         dY = tl.load(DY + b * sy_b + t[:, None] * sy_t + h * sy_h + p[None, :] * sy_p, mask=io_mask, other=0.0)
         dY = dY.to(tl.float32)
         xdt = x * dt[:, None]
+        to_end = xdt * to_end_decay[:, None]
         decay = tl.exp(tl.where(causal, S[:, None] - S[None, :], float("-inf")))
         scores = tl.dot(Cm, tl.trans(Bm)) * decay  # (C B^T o decay)
+        # Each (BLOCK_P, BLOCK_N) tile's uses are grouped so that few are live at once (registers):
+        # the entry state's first ...
+        H = tl.load(HS + (bh * n_chunks + c) * headdim * d_state + slice_offs, mask=state_mask, other=0.0)
         CH = tl.dot(Cm, tl.trans(H).to(DOT))  # C H^T, before its decay exp(S)
+        dH_H = tl.sum(dH * H)
         if HAS_Z:  # the gate needs the output before it: recompute it
             y = tl.dot(scores.to(DOT), xdt.to(DOT)) + CH * exp_S[:, None]
             if HAS_D:
@@ -215,16 +219,21 @@ def _ssd_backward(
             dz = dY * y * sig * (1.0 + zv * (1.0 - sig))
             tl.store(DZ + b * sg_b + t[:, None] * sg_t + h * sg_h + p[None, :] * sg_p, dz.to(DZ.dtype.element_ty), mask=io_mask)
             dY = dY * zv * sig  # now the gradient of the output before the gate
+        dYe = (dY * exp_S[:, None]).to(DOT)  # what reads the entry state
+        dC = tl.dot(dYe, H.to(DOT))
+        # ... then the gradient of the leaving state, which becomes that of the entering one
+        dHc = dH.to(DOT)
+        dB = tl.dot(to_end.to(DOT), dHc)
+        BdH = tl.dot(Bm, tl.trans(dHc))  # B dH^T: what the leaving state sends back to each token
+        dH = dH * tl.exp(S_end) + tl.dot(tl.trans(dYe), Cm).to(tl.float32)
+        # within the chunk
         dYc = dY.to(DOT)
         d_scores = tl.dot(dYc, tl.trans(xdt.to(DOT)))  # dY xdt^T
-        G = d_scores * decay  # d loss / d (C B^T)
-        to_end = xdt * to_end_decay[:, None]
-        dHc = dH.to(DOT)
-        dC = tl.dot(G.to(DOT), Bm) + tl.dot((dY * exp_S[:, None]).to(DOT), H.to(DOT))
-        dB = tl.dot(tl.trans(G).to(DOT), Cm) + tl.dot(to_end.to(DOT), dHc)
-        BdH = tl.dot(Bm, tl.trans(dHc))  # B dH^T: what the leaving state sends back to each token
+        G = (d_scores * decay).to(DOT)  # d loss / d (C B^T)
+        dC += tl.dot(G, Bm)
+        dB += tl.dot(tl.trans(G), Cm)
         dxdt = tl.dot(tl.trans(scores).to(DOT), dYc) + to_end_decay[:, None] * BdH
-        dl = _log_decay_grad(d_scores * scores, dY, CH, exp_S, to_end, BdH, tl.sum(dH * H), S_end, rows, L)
+        dl = _log_decay_grad(d_scores * scores, dY, CH, exp_S, to_end, BdH, dH_H, S_end, rows, L)
         dA += tl.sum(dl * dt, axis=0)
         ddt = tl.where(t_ok, (tl.sum(dxdt * x, axis=1) + dl * a) * slope, 0.0)
         tl.store(DDT + (partial * T + t) * heads + h, ddt, mask=t_ok)
@@ -236,8 +245,6 @@ def _ssd_backward(
         bc_offs = ((partial * T + t[:, None]) * heads + h) * d_state + n[None, :]
         tl.store(DB + bc_offs, dB, mask=bc_mask)
         tl.store(DC + bc_offs, dC, mask=bc_mask)
-        # the gradient of the state entering this chunk
-        dH = dH * tl.exp(S_end) + tl.dot(tl.trans((dY * exp_S[:, None]).to(DOT)), Cm).to(tl.float32)
     tl.store(DH0 + bh * headdim * d_state + slice_offs, dH, mask=state_mask)
     tl.store(DA + partial * heads + h, dA)
     if HAS_D:
