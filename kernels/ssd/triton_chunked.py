@@ -1,4 +1,4 @@
-"""SSD (Mamba-2's scan) as one Triton kernel: the chunked algorithm of ``chunked.py``, fused.
+"""SSD (Mamba-2's scan) in Triton: the chunked algorithm of ``chunked.py``, fused, forward and backward.
 
 Same function and signature as ``ssd_chunked``. One program per (batch, head, block of
 ``BLOCK_P`` head channels) keeps its ``(BLOCK_P, d_state)`` slice of the state in float32
@@ -14,9 +14,25 @@ so the sequence is read once and the output written once; nothing of size ``T x 
 stored. ``dt + dt_bias`` and its softplus are applied in the kernel. Tokens past the end of the
 sequence get ``dt = 0`` (decay 1, no input): the final state is that of the last real token.
 
-Backward: the kernel does not save activations; the gradients are those of ``ssd_chunked``
-recomputed on the same inputs (PyTorch, float32+), which ``tests/kernels/ssd_triton_interpreted.py``
-holds to the sequential reference. A Triton backward is future work.
+Backward (``_ssd_backward``): nothing is saved in the forward but its inputs. The backward first
+reruns the forward kernel with ``STATES_ONLY`` to write the state entering every chunk (float32,
+``batch * heads * n_chunks * headdim * d_state``: 4 bytes per element of ``x`` times
+``d_state / L``), then one program per (batch, head, block of head channels) walks the chunks last
+to first, carrying ``dH``, the gradient of the state leaving the chunk (from the final state's
+gradient, or 0), in float32 registers. Per chunk, with ``dY`` the gradient of the output before
+the gate (``dz`` needs that output: recomputed), ``G = (dY (dt x)^T) o decay``:
+
+* ``dC = G B + (exp(S) dY) H``, ``dB = G^T C + (dt x exp(S_end - S)) dH``,
+* ``d(dt x) = (C B^T o decay)^T dY + exp(S_end - S) B dH^T``, hence ``dx`` (plus ``D dY``) and
+  part of ``ddt``,
+* the gradient of the log decays: ``dS`` from every ``exp`` above (``_log_decay_grad``), reverse
+  cumulative sum, times ``A`` into ``ddt`` and times ``dt`` into ``dA``; then the softplus's slope,
+* ``dH <- exp(S_end) dH + (exp(S) dY)^T C``: at the end the initial state's gradient.
+
+Sums over head channels (and over a group's heads for ``B``, ``C``) are float32 partials, one
+slice per program, reduced by PyTorch: deterministic, and ``dB``, ``dC`` take
+``n_pblocks * batch * T * heads * d_state`` floats each meanwhile. The backward has its own chunk
+and channel block (``MAX_CHUNK_BWD``, ``ssd_blocks``): it holds twice the forward's state.
 """
 
 from __future__ import annotations
@@ -33,8 +49,8 @@ _TORCH_TO_DOT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfl
 # memory (at 128: 2.3 KB of spills); float32 at 32 uses 124 KB (at 64: 210 KB and 1.2 KB of spills,
 # at 128: 418 KB, over the 227 KB a block may have).
 MAX_CHUNK = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
-# The backward's chunk (its own: it recomputes the entry states at that length), see ``ssd_blocks``.
-MAX_CHUNK_BWD = {torch.float32: 16, torch.float16: 32, torch.bfloat16: 32}
+# The backward's chunk: its own, as it recomputes the entry states at that length (``ssd_blocks``).
+MAX_CHUNK_BWD = {torch.float32: 16, torch.float16: 16, torch.bfloat16: 16}
 
 
 @triton.jit
@@ -262,11 +278,14 @@ def chunk_length(chunk_size: int, seq_len: int, cap: int) -> int:
 
 
 def ssd_blocks(headdim: int, d_state: int, block_p: int | None = None, backward: bool = False) -> tuple[int, int, int]:
-    """``(BLOCK_P, BLOCK_N, num_warps)``: head channels per program (at most 64), the padded state
-    width, and 8 warps once a program's state slice passes 4096 floats (at headdim 64, d_state 128:
-    255 registers per thread and a few bytes of spills on sm_90, ``benchmarks/mamba_kernels_resources.py``).
-    The backward carries two such slices (the entry state and its gradient): 8 warps from 2048 floats."""
-    block_p = block_p or min(_block(headdim), 64)
+    """``(BLOCK_P, BLOCK_N, num_warps)``: head channels per program, the padded state width, and 8
+    warps once a program's state slice passes 4096 floats (at headdim 64, d_state 128: 255 registers
+    per thread and a few bytes of spills on sm_90, ``benchmarks/mamba_kernels_resources.py``).
+    The forward takes up to 64 channels. The backward holds two state slices (the entry state and
+    the gradient carried back) and five more matmul operands: at most 32 channels, 8 warps from 2048
+    floats; at headdim 64, d_state 128, chunk 16 that spills 168 B per thread (bf16) or 396 B
+    (float32) on sm_90, against 580 / 852 B with 64 channels and 1272 B at chunk 32 (bf16)."""
+    block_p = block_p or min(_block(headdim), 32 if backward else 64)
     block_n = _block(d_state)
     return block_p, block_n, 4 if block_p * block_n <= (2048 if backward else 4096) else 8
 
