@@ -92,7 +92,7 @@ def _ssd_forward(
 ):  # fmt: skip
     """``Y`` and the final state ``HT``; or, with ``STATES_ONLY`` (the backward's recompute), only the
     state entering each chunk, into ``HS (batch, heads, n_chunks, headdim, d_state)`` float32."""
-    bh = tl.program_id(0).to(tl.int64)  # state offsets pass 2^31 elements at 1.3b widths and long T
+    bh = tl.program_id(0)
     b, h = bh // heads, bh % heads
     g = h // per_group
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -124,7 +124,7 @@ def _ssd_forward(
         Bm = Bm.to(DOT)
         xdt = x * dt[:, None]
         if STATES_ONLY:
-            tl.store(HS + (bh * n_chunks + c) * headdim * d_state + slice_offs, H, mask=state_mask)
+            tl.store(HS + (bh.to(tl.int64) * n_chunks + c) * headdim * d_state + slice_offs, H, mask=state_mask)
         else:
             Cm = tl.load(C + b * sc_b + t[:, None] * sc_t + g * sc_g + n[None, :] * sc_n, mask=bc_mask, other=0.0)
             Cm = Cm.to(DOT)
