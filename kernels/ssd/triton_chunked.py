@@ -408,11 +408,11 @@ def ssd_backward_triton(
     )  # fmt: skip
     ddt = ddt.sum(0)  # the gradient of the raw dt: the kernel applied the softplus's slope
 
-    def group_sum(partials: torch.Tensor) -> torch.Tensor:  # over channel blocks and a group's heads
-        return partials.view(n_pblocks, batch, seq_len, groups, heads // groups, d_state).sum((0, 4)).to(B.dtype)
+    def group_sum(partials: torch.Tensor, like: torch.Tensor) -> torch.Tensor:  # over channel blocks and a group's heads
+        return partials.view(n_pblocks, batch, seq_len, groups, heads // groups, d_state).sum((0, 4)).to(like.dtype)
 
     return (
-        dx, ddt.to(dt.dtype), dA.sum((0, 1)).to(A.dtype), group_sum(dB), group_sum(dC),
+        dx, ddt.to(dt.dtype), dA.sum((0, 1)).to(A.dtype), group_sum(dB, B), group_sum(dC, C),
         None if D is None else _skip_grad(dD, D),
         dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype),
         None if initial_state is None else dh0.to(initial_state.dtype),
