@@ -45,9 +45,9 @@ from kernels.ssd.chunked import DEFAULT_CHUNK_SIZE
 
 _TORCH_TO_DOT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 # The kernel's longest chunk per input dtype. On sm_90 (``benchmarks/mamba_kernels_resources.py``,
-# headdim 64, d_state 128): 16-bit inputs at 64 use 255 registers, 12 B of spills, 56 KB of shared
-# memory (at 128: 2.3 KB of spills); float32 at 32 uses 124 KB (at 64: 210 KB and 1.2 KB of spills,
-# at 128: 418 KB, over the 227 KB a block may have).
+# headdim 64, d_state 128, Triton 3.9): 16-bit inputs at 64 use 255 registers, 212 B of spills, 56 KB
+# of shared memory (at 32: 233 registers, no spills, 32 KB); float32 at 32 uses 124 KB and 120 B of
+# spills (at 64: 210 KB and 860 B; at 128 over the 227 KB a block may have).
 MAX_CHUNK = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
 # The backward's chunk: its own, as it recomputes the entry states at that length (``ssd_blocks``).
 MAX_CHUNK_BWD = {torch.float32: 16, torch.float16: 16, torch.bfloat16: 16}
@@ -280,11 +280,12 @@ def chunk_length(chunk_size: int, seq_len: int, cap: int) -> int:
 def ssd_blocks(headdim: int, d_state: int, block_p: int | None = None, backward: bool = False) -> tuple[int, int, int]:
     """``(BLOCK_P, BLOCK_N, num_warps)``: head channels per program, the padded state width, and 8
     warps once a program's state slice passes 4096 floats (at headdim 64, d_state 128: 255 registers
-    per thread and a few bytes of spills on sm_90, ``benchmarks/mamba_kernels_resources.py``).
+    per thread on sm_90, spills per ``MAX_CHUNK``, ``benchmarks/mamba_kernels_resources.py``).
     The forward takes up to 64 channels. The backward holds two state slices (the entry state and
-    the gradient carried back) and five more matmul operands: at most 32 channels, 8 warps from 2048
+    the gradient carried back) besides the chunk's tiles: at most 32 channels, 8 warps from 2048
     floats; at headdim 64, d_state 128, chunk 16 that spills 168 B per thread (bf16) or 396 B
-    (float32) on sm_90, against 580 / 852 B with 64 channels and 1272 B at chunk 32 (bf16)."""
+    (float32) on sm_90, against 580 / 852 B with 64 channels and 1272 B at chunk 32 (bf16). The
+    price: two channel blocks per head at headdim 64, so twice the ``dB``, ``dC`` partials."""
     block_p = block_p or min(_block(headdim), 32 if backward else 64)
     block_n = _block(d_state)
     return block_p, block_n, 4 if block_p * block_n <= (2048 if backward else 4096) else 8
