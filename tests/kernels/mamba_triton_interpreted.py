@@ -6,7 +6,9 @@ chosen so that blocks are partial: lengths that are not multiples of the chunk, 
 state sizes padded to 16, head dims split into several blocks.
 
 * SSD (``ssd_chunked_triton``) against the sequential reference in float64 and mamba-ssm's
-  ``ssd_chunk_scan_combined_ref`` / ``ssd_minimal_discrete``: output, final state, every gradient.
+  ``ssd_chunk_scan_combined_ref`` / ``ssd_minimal_discrete``: output, final state, every gradient
+  (those of the Triton backward, ``_ssd_backward``), with the loss on the output and the final
+  state, on the output alone, or on the final state alone.
 * The one-token conv and SSM-state kernels against our references and causal-conv1d's /
   mamba-ssm's (``causal_conv1d_update_ref``, ``selective_state_update_ref``), in both layouts.
 * The mixers: Mamba-2's ``triton`` backend equals ``torch`` (forward, parameter gradients), and
@@ -61,7 +63,7 @@ def as64(result):
     ("T", "chunk", "heads", "headdim", "groups", "n", "drop", "D_per_channel"),
     [
         (37, 16, 4, 3, 2, 5, (), False),  # partial last chunk, padded head dim and state
-        (40, 32, 2, 80, 1, 16, ("z",), True),  # head dim 80: blocks of 64, the second mostly masked
+        (40, 32, 2, 80, 1, 16, ("z",), True),  # head dim 80: blocks of 64 (backward: 32), the last mostly masked
         (5, 64, 2, 8, 2, 20, ("initial_state",), False),  # one short chunk, d_state 20 -> 32 columns
         (48, 16, 3, 4, 1, 8, ("D", "dt_bias"), False),  # whole chunks, no skip, no bias
     ],
@@ -76,6 +78,21 @@ def test_ssd_matches_the_reference_forward_and_every_gradient(T, chunk, heads, h
         torch.testing.assert_close(ours[2][name], ref[2][name], atol=1e-4, rtol=1e-4, msg=lambda m: f"grad {name}: {m}")
 
 
+def test_ssd_gradients_of_the_final_state_alone():
+    """The loss reads only the final state: the backward gets no output gradient (``None``), only ``d_final``."""
+    inputs = make_inputs(2, 37, 4, 20, 2, 12, seed=11)
+    leaves = {k: v.float().requires_grad_() for k, v in inputs.items()}
+    ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    w = torch.randn(inputs["initial_state"].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _, final = ssd_chunked_triton(**leaves, dt_softplus=True, return_final_state=True, chunk_size=16)
+    _, ref_final = ssd_reference(**ref_leaves, dt_softplus=True, return_final_state=True)
+    ours = torch.autograd.grad((final.double() * w).sum(), list(leaves.values()), allow_unused=True)
+    ref = torch.autograd.grad((ref_final * w).sum(), list(ref_leaves.values()), allow_unused=True)
+    for name, a, b in zip(leaves, ours, ref):
+        b = torch.zeros_like(inputs[name]) if b is None else b  # z and D do not reach the state
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4, msg=lambda m: f"grad {name}: {m}")
+
+
 def test_ssd_strong_decay_stays_finite():
     inputs = make_inputs(1, 70, 2, 4, 1, 8, seed=3)
     inputs["A"] = inputs["A"] * 40  # decays far beyond e^-88 inside a chunk
@@ -83,6 +100,8 @@ def test_ssd_strong_decay_stays_finite():
     ours = as64(run(ssd_chunked_triton, {k: v.float() for k, v in inputs.items()}, chunk_size=32))
     torch.testing.assert_close(ours[0], ref[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours[1], ref[1], atol=1e-4, rtol=1e-4)
+    for name in ref[2]:  # the backward's exponents are <= 0 too
+        torch.testing.assert_close(ours[2][name], ref[2][name], atol=1e-3, rtol=1e-3, msg=lambda m: f"grad {name}: {m}")
 
 
 def test_ssd_matches_mamba_ssm_references(mamba_ssm_module):
@@ -119,6 +138,11 @@ def test_ssd_half_precision_inputs_keep_a_float32_state():
     assert out.dtype == torch.float16 and final.dtype == torch.float32
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(final, ref_final, atol=2e-2, rtol=2e-2)
+    # the backward's float16 matmul operands: every gradient within 2e-2 of its largest value
+    ours, ref = as64(run(ssd_chunked_triton, low, chunk_size=16)), run(ssd_chunked, {k: v.double() for k, v in low.items()})
+    for name in ref[2]:
+        scale = ref[2][name].abs().max()
+        torch.testing.assert_close(ours[2][name] / scale, ref[2][name] / scale, atol=2e-2, rtol=0, msg=lambda m: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize(("channels", "width"), [(10, 4), (300, 4), (5, 2)])
