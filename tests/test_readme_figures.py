@@ -56,7 +56,7 @@ def test_a_suite_with_cells_not_done_is_refused_in_one_line(figures, tmp_path, c
                          "--figures-dir", str(tmp_path / "figs")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "suite mqar: 30 of 30 cells are not done" in err and "python -m harness run suites/mqar.yaml" in err
+    assert "suite mqar: 24 of 24 cells are not done" in err and "python -m harness run suites/mqar.yaml" in err
     assert readme.read_text() == README.format(name="mqar") and not (tmp_path / "figs").exists()
 
 

@@ -66,7 +66,9 @@ def test_miniature_budgets_read_the_shipped_corpus_at_most_once(tmp_path):
 def test_mqar_suites_grids():
     decisive = load_suite(SUITES / "mqar.yaml")
     cells = decisive.cells()
-    assert len(cells) == 5 * 2 * 3  # mixers x widths x seeds
+    assert len(cells) == 4 * 2 * 3  # mixers x widths x seeds
+    assert {c.arch for c in cells} == {"attention@mamba", "ttt_linear@mamba", "ttt_mlp@mamba", "mamba2@mamba_native"}
+    assert {c.mixer_settings["d_state"] for c in cells if c.arch.startswith("mamba2")} == {64}  # the suite's override
     assert {c.train.seed for c in cells} == {0, 1, 2} and {c.train.lr for c in cells} == {1e-2}
     assert {c.size for c in cells} == {"micro", "tiny"} and {c.seq_len for c in cells} == {64}
     assert all(c.arch.endswith(("@mamba", "@mamba_native")) for c in cells)  # every model has a short convolution
