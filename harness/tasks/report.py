@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import html
 import json
+import math
+import textwrap
 from collections import defaultdict
 from typing import Any
 
@@ -81,6 +83,65 @@ def _varying(runs: list[Run]) -> set[str]:
     return {k for k, vs in seen.items() if len(vs) > 1}
 
 
+# Label placement, in fractions of one subplot's plotting area (a 1200 x 500 figure with the
+# legend beside it: about 900 / columns pixels wide, 310 high), so that two labels never print
+# on top of each other (at one width two mixers' points can sit a few pixels apart).
+_CHAR_PX, _LINE_PX, _GAP_PX, _PLOT_W_PX, _PLOT_H_PX = 6.5, 14.0, 6.0, 900.0, 310.0
+_POSITIONS = ("bottom center", "top center", "bottom right", "top right", "bottom left", "top left",
+              "middle right", "middle left")  # fmt: skip
+
+
+def _label_box(x: float, y: float, text: str, position: str, n_cols: int) -> tuple[float, float, float, float]:
+    """``(x0, x1, y0, y1)`` a label at ``position`` of a point at ``(x, y)`` covers, in plot fractions."""
+    w = len(text) * _CHAR_PX * n_cols / _PLOT_W_PX
+    h, gx, gy = _LINE_PX / _PLOT_H_PX, _GAP_PX * n_cols / _PLOT_W_PX, _GAP_PX / _PLOT_H_PX
+    vertical, horizontal = position.split()
+    y0 = {"top": y + gy, "bottom": y - gy - h, "middle": y - h / 2}[vertical]
+    x0 = {"center": x - w / 2, "right": x + gx, "left": x - gx - w}[horizontal]
+    return x0, x0 + w, y0, y0 + h
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[2], b[2]))
+
+
+def label_positions(points: list[tuple[float, float, str]], log_x: bool, n_cols: int = 1) -> list[str]:
+    """A ``textposition`` for each labelled point ``(x, y, text)`` of one subplot.
+
+    Greedy, left to right: each label takes the first position (below a point near the top of
+    the axis, above it otherwise, then beside it) that overlaps neither a label already placed
+    nor another point's marker, and stays inside the plot; failing that, the one that
+    overlaps least. Plotly places text only relative to its own point, so this is the whole
+    of the layout.
+    """
+    if not points:
+        return []
+    xs = [math.log10(x) if log_x else x for x, _, _ in points]
+    lo, hi = min(xs), max(xs)
+    span = (hi - lo) or 1.0
+    norm = [(0.05 + 0.9 * (x - lo) / span, y / 1.02) for x, (_, y, _) in zip(xs, points)]
+    mx, my = 5 * n_cols / _PLOT_W_PX, 5 / _PLOT_H_PX  # half a marker, in plot fractions
+    markers = [(x - mx, x + mx, y - my, y + my) for x, y in norm]
+    placed: list[tuple[float, float, float, float]] = []
+    chosen = [""] * len(points)
+    for i in sorted(range(len(points)), key=lambda j: norm[j]):
+        x, y = norm[i]
+        text = points[i][2]
+        order = _POSITIONS if y > 0.85 else (_POSITIONS[1], _POSITIONS[0], *_POSITIONS[2:])
+
+        def cost(position: str) -> float:
+            box = _label_box(x, y, text, position, n_cols)
+            outside = max(0.0, -box[0]) + max(0.0, box[1] - 1) + max(0.0, -box[2]) + max(0.0, box[3] - 1)
+            hits = sum(_overlap(box, other) for other in placed)
+            hits += sum(_overlap(box, m) for j, m in enumerate(markers) if j != i)
+            return hits + outside
+
+        best = min(order, key=lambda pos: (cost(pos) > 0, cost(pos), order.index(pos)))
+        chosen[i] = best
+        placed.append(_label_box(x, y, text, best, n_cols))
+    return chosen
+
+
 def _line_figure(
     winners: list[Point], values: Values, x_of, facet_of, x_title: str, title: str, subtitle: str,
     log_x: bool = False, series_of=_series, label_of=None,  # noqa: ANN001 - Run -> str callables
@@ -88,22 +149,30 @@ def _line_figure(
     """One subplot per facet, one line per series (default: mixer@backbone and size), points labelled by ``label_of``.
 
     Each point is its median over seeds with min-max bars; a split point is an open diamond
-    whose label says how many seeds solved the task.
+    whose label says how many seeds solved the task. Labels are placed by ``label_positions``.
     """
     facets = sorted({facet_of(p.run) for p in winners})
     series = sorted({series_of(p.run) for p in winners})
-    fig = make_subplots(rows=1, cols=max(1, len(facets)), subplot_titles=[str(f[1]) for f in facets] or None)
+    n_cols = max(1, len(facets))
+    fig = make_subplots(rows=1, cols=n_cols, subplot_titles=[str(f[1]) for f in facets] or None)
     for col, facet in enumerate(facets, 1):
-        for i, name in enumerate(series):
+        lines = {}
+        for name in series:
             points = sorted(
                 ((x_of(p.run), p.spread(values, ACCURACY), p) for p in winners
                  if facet_of(p.run) == facet and series_of(p.run) == name),
                 key=lambda q: (q[0], q[2].run.seq_len),  # a recurrent state is the same size at every seq_len
             )  # fmt: skip
-            if not points:
-                continue
             labels = [" ".join(filter(None, (label_of(p.run) if label_of else "", split_label(p, values))))
                       for _, _, p in points]  # fmt: skip
+            lines[name] = (points, labels)
+        labelled = [(name, k) for name, (points, labels) in lines.items() for k, text in enumerate(labels) if text]
+        where = dict(zip(labelled, label_positions(
+            [(lines[n][0][k][0], lines[n][0][k][1].median, lines[n][1][k]) for n, k in labelled], log_x, n_cols)))
+        for i, name in enumerate(series):
+            points, labels = lines[name]
+            if not points:
+                continue
             fig.add_trace(
                 go.Scatter(
                     x=[q[0] for q in points],
@@ -112,8 +181,7 @@ def _line_figure(
                              "arrayminus": [q[1].median - q[1].lo for q in points], "thickness": 1.5},
                     mode="lines+markers+text" if any(labels) else "lines+markers",
                     text=labels if any(labels) else None,
-                    # below a point near the top, so that no label is cut off by the axis
-                    textposition=["bottom center" if q[1].median > 0.9 else "top center" for q in points],
+                    textposition=[where.get((name, k), "top center") for k in range(len(points))],
                     name=name,
                     legendgroup=name,
                     showlegend=col == 1,
@@ -135,7 +203,10 @@ def _line_figure(
             )
         fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear", row=1, col=col)
         fig.update_yaxes(title_text="accuracy" if col == 1 else None, range=[0, 1.02], row=1, col=col)
-    fig.update_layout(title={"text": f"{title}<br><sub>{html.escape(subtitle)}</sub>"}, height=500, margin={"t": 110})
+    # A subtitle wider than the figure runs off its right edge: wrap it.
+    sub_lines = textwrap.wrap(subtitle, 150)
+    fig.update_layout(title={"text": "<br>".join([title, *(f"<sub>{html.escape(t)}</sub>" for t in sub_lines)])},
+                      height=500, margin={"t": 95 + 15 * len(sub_lines)})  # fmt: skip
     return fig
 
 

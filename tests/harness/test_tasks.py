@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 
 import numpy as np
@@ -25,7 +26,7 @@ from harness.tasks import (
     make_sequences,
     register_task,
 )
-from harness.tasks.report import best_of_grid, task_figures
+from harness.tasks.report import _label_box, _overlap, best_of_grid, label_positions, task_figures
 from harness.train import plan_training, train
 from models import ModelSpec, build
 
@@ -318,6 +319,21 @@ def test_one_task_point_draws_only_the_state_size_panel_one_line_per_mixer_throu
     mamba = lines["mamba@transformer"]
     assert list(mamba.x) == [1024, 2048] and list(mamba.y) == [0.2, 0.6] and list(mamba.text) == ["micro", "tiny"]
     assert "lines" in mamba.mode
+
+
+def test_labels_of_two_mixers_whose_points_nearly_coincide_are_placed_apart():
+    """The README's MQAR figure printed attention's 'tiny' and Mamba-2's 'micro 2/3 seeds solve' on top of each other."""
+    points = [(2752, 0.51, "micro"), (16768, 1.0, "tiny"), (18688, 0.999, "micro 2/3 seeds solve"),
+              (35840, 1.0, "tiny"), (35200, 0.10, "tiny 1/3 seeds solve")]  # fmt: skip
+    positions = label_positions(points, log_x=True)
+    assert positions[1].startswith("bottom") and positions[3].startswith("bottom")  # near the top: below the point
+    assert positions[0].startswith("top")  # elsewhere above it
+    lo, hi = math.log10(2752), math.log10(35840)
+    boxes = [_label_box(0.05 + 0.9 * (math.log10(x) - lo) / (hi - lo), y / 1.02, t, pos, 1)
+             for (x, y, t), pos in zip(points, positions)]  # fmt: skip
+    assert all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert positions[2] != positions[1]  # the first choice for both; the later one moves
+    assert label_positions([], log_x=False) == []
 
 
 # --- end to end: attention learns MQAR through the real runner -----------------------------
