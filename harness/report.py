@@ -24,6 +24,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 from sqlalchemy import select
 
+from harness.atomic_file import write_text_atomic
 from harness.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
 from harness.health import flags_by_run
 from harness.report_live import refresh_tag, running_curves_figure
@@ -481,7 +482,7 @@ def write_reports(
             figures.append(latency_figure(suite_latency))
             tables += latency_table_html(suite_latency)
         path = out_dir / f"{name}.html"
-        path.write_text(dashboard_html(name, figures, tables, refresh_tag() if live is not None else ""))
+        write_text_atomic(path, dashboard_html(name, figures, tables, refresh_tag() if live is not None else ""))
         written.append(path)
         if image_format is not None and figures:
             written += write_panel_images(figures, out_dir / name, image_format)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.atomic_file import write_text_atomic
 from harness.data.split import is_val
 
 FORMAT_VERSION = 2  # bump when the packing or the cache layout changes
@@ -65,15 +66,6 @@ def preparing(cache_dir: Path, key: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _fsync_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TokenCache:
@@ -159,7 +151,7 @@ class TokenCache:
         return np.frombuffer(base64.b64decode(self.state["tail"]), dtype=self.dtype)
 
     def _commit(self) -> None:
-        _fsync_write(self.folder / "state.json", json.dumps(self.state, indent=1) + "\n")
+        write_text_atomic(self.folder / "state.json", json.dumps(self.state, indent=1) + "\n", durable=True)
 
     def drop_uncommitted(self) -> None:
         """Cut both files back to the committed blocks (an append that did not commit)."""
