@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness.cli import main
+from harness.environment import cpu_model
 from harness.store import Store
 from harness.suite import load_suite
 
@@ -100,3 +102,4 @@ def test_refresh_writes_png_panels_and_the_tables_of_a_task_and_a_text_suite(fig
     assert "| ttt_linear@transformer | " in page and "micro ppl at tokens 0-7" in page and "tokens 24-31" in page
     runs = load_suite(paths[0]).cells()
     assert "4 cells, 1 seed(s) per point, wall time" in page and len(runs) == 4
+    assert f"measured on cpu ({cpu_model()}, " in page and f"torch {torch.__version__}" in page
