@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -168,8 +168,47 @@ def padded(width: int) -> int:
 
 
 @dataclass(frozen=True)
+class KernelSpec:
+    """One kernel of a launcher as it is built: for the compile-time report (``benchmarks/ttt_kernels_smem.py``)."""
+
+    name: str
+    kernel: Any  # a triton JITFunction
+    constants: dict
+    num_warps: int
+    sequential: bool  # a walk over the chunks (its loop body is a step of the chain), else parallel over them
+
+
+def kernel_constants(kernel: Any, options: dict) -> dict:
+    """The compile-time arguments ``kernel`` takes, out of the options every TTT kernel is offered."""
+    return {name: value for name, value in options.items() if name in kernel.arg_names}
+
+
+class Launcher(Protocol):
+    """How one inner model's kernels run on flat ``(BH, ...)`` contiguous tensors: what
+    ``_KernelFn`` and ``run_kernel`` call, whatever the kernels (one walk per pass, ``KernelPair``, or
+    a walk beside parallel kernels, TTT-Linear's)."""
+
+    n_layers: int  # of the inner model f
+    n_pre: int  # how many tensors ``prepass`` returns
+    # flat inputs (q, k, v, lr, ts, ln_w, ln_b), start position -> the pre-pass tensors (``pre`` above)
+    prepass: Callable[[list[torch.Tensor], int], list[torch.Tensor]]
+
+    def launch_forward(
+        self, inputs: list[torch.Tensor], state: list[torch.Tensor], start_pos: int, save: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """``(y, state out, saved)``; ``saved`` is what the backward needs (empty tensors' stand-ins without ``save``)."""
+
+    def launch_backward(
+        self, inputs: list[torch.Tensor], state: list[torch.Tensor], saved: list[torch.Tensor], dy: torch.Tensor,
+        d_state: list[torch.Tensor], start_pos: int,
+    ) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """``(dq, dk, dv, dlr, dts per token, dln_w, dln_b per program, *d_pre)``, float32 where not the
+        inputs' dtype; ``d_state`` (the gradients of the state out on entry) becomes those of the state in."""
+
+
+@dataclass(frozen=True)
 class KernelPair:
-    """A forward and a backward kernel for one inner model, and how to launch them."""
+    """A forward and a backward kernel for one inner model, each one sequential walk, and how to launch them."""
 
     n_layers: int  # of the inner model f
     fwd: Any
@@ -180,69 +219,95 @@ class KernelPair:
     bwd_constexprs: Callable[[tuple[int, ...]], dict] = lambda widths: {}
     # widths of f, rows of a chunk block -> shapes of the backward's per-program float32 scratch buffers
     scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
-    # flat inputs (q, k, v, lr, ts, ln_w, ln_b), start position -> the pre-pass tensors (``pre`` above)
     prepass: Callable[[list[torch.Tensor], int], list[torch.Tensor]] = lambda inputs, start_pos: []
-    n_pre: int = 0  # how many tensors ``prepass`` returns
+    n_pre: int = 0
     # per-token float32 ``(BH, T, d)`` buffers the forward saves (with the weights) for the backward
     token_saves: int = 0
+
+    def options(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, backward: bool = False) -> dict:
+        """Compile-time sizes of the forward (or backward) kernel, ``num_warps`` included."""
+        return dict(
+            **(self.bwd_constexprs(widths) if backward else {}),
+            **base_options(widths, mb, dtype),
+            num_warps=self.num_warps(widths),
+            **self.constexprs(widths),
+        )
+
+    def specs(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, has_acc: bool) -> list:
+        """The two walks as a training step builds them (``benchmarks/ttt_kernels_smem.py``)."""
+        fwd = dict(self.options(widths, mb, dtype), HAS_ACC=has_acc, SAVE=True, HAS_PRE=True)
+        bwd = dict(self.options(widths, mb, dtype, backward=True), HAS_ACC=has_acc)
+        return [
+            KernelSpec(name, kernel, opts, opts.pop("num_warps"), True)
+            for name, kernel, opts in (("forward", self.fwd, fwd), ("backward", self.bwd, bwd))
+        ]
+
+    def launch_forward(self, inputs, state, start_pos, save):  # noqa: ANN001, ANN201 - Launcher's
+        q, ts = inputs[0], inputs[4]
+        has_pre = len(inputs) > N_INPUTS
+        if not has_pre:  # placeholders the kernel does not read (it computes what the pre-pass would)
+            inputs = inputs + [q] * self.n_pre
+        bh, seq, _ = q.shape
+        n_chunks = -(-(seq + start_pos) // ts.shape[0])
+        f32 = dict(device=q.device, dtype=torch.float32)
+        widths = state_widths(state)
+        y = torch.empty_like(q)
+        out = [t.to(torch.float32, copy=True) for t in state]  # the kernel turns the state in into the state out
+        saved = []  # a dummy pointer (out[...]) when nothing is saved
+        for d_in, d_out in zip(widths[:-1], widths[1:]):
+            saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
+            saved.append(torch.empty(bh, n_chunks, padded(d_out), **f32))
+        saved += [torch.empty(bh, seq, widths[0], **f32) for _ in range(self.token_saves)]
+        if not save:
+            saved = [out[0]] * len(saved)
+        self.fwd[(bh,)](
+            *inputs, *out, y, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
+            HAS_ACC=start_pos > 0, SAVE=save, HAS_PRE=has_pre, **self.options(widths, ts.shape[0], q.dtype),
+        )  # fmt: skip
+        return y, out, saved
+
+    def launch_backward(self, inputs, state, saved, dy, d_state, start_pos):  # noqa: ANN001, ANN201 - Launcher's
+        q, k, v, lr, ts, ln_w, ln_b, *pre = inputs
+        bh, seq, dim = q.shape
+        mb, heads = ts.shape[0], ln_w.shape[0]
+        f32 = dict(device=q.device, dtype=torch.float32)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
+        dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
+        d_pre = [torch.zeros(t.shape, **f32) for t in pre]  # the kernel writes only its chunks' blocks
+        widths = state_widths(state)
+        scratch = [torch.empty(bh, *shape, **f32) for shape in self.scratch(widths, padded(mb))]
+        self.bwd[(bh,)](
+            *inputs, *state[len(state) // 2 :], *saved, dy,
+            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre, *d_state, *scratch,
+            seq, heads, start_pos, -(-(seq + start_pos) // mb),
+            HAS_ACC=start_pos > 0, **self.options(widths, mb, q.dtype, backward=True),
+        )  # fmt: skip
+        return (dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre)
 
 
 N_INPUTS = 7  # q, k, v, lr, ts, ln_w, ln_b; the pre-pass tensors follow
 
 
-def _widths(state: list[torch.Tensor]) -> tuple[int, ...]:
+def state_widths(state: list[torch.Tensor]) -> tuple[int, ...]:
+    """Widths of the inner model ``(d, d_1, ..)`` from a flat state ``W1, b1, .., then the sums``."""
     weights = state[0 : len(state) // 2 : 2]
     return (weights[0].shape[1], *(w.shape[2] for w in weights))
 
 
-def _options(pair: KernelPair, widths: tuple[int, ...], mb: int, dtype: torch.dtype, backward: bool = False) -> dict:
-    """Compile-time sizes; float32 inputs use full-precision dots, other dtypes TF32 (state stays float32)."""
-    return dict(
-        **(pair.bwd_constexprs(widths) if backward else {}),
-        D=widths[0],
-        BD=padded(widths[0]),
-        MB=mb,
-        BLOCK_N=padded(mb),
-        PREC="ieee" if dtype == torch.float32 else "tf32",
-        EPS=LN_EPS,
-        num_warps=pair.num_warps(widths),
-        **pair.constexprs(widths),
-    )
-
-
-def _forward(pair: KernelPair, inputs: list[torch.Tensor], state: list[torch.Tensor], start_pos: int, save: bool):
-    """Launch the forward kernel on flat ``(BH, ...)`` contiguous tensors; returns y, state out, saved weights."""
-    q, ts = inputs[0], inputs[4]
-    has_pre = len(inputs) > N_INPUTS
-    if not has_pre:  # placeholders the kernel does not read (it computes what the pre-pass would)
-        inputs = inputs + [q] * pair.n_pre
-    bh, seq, _ = q.shape
-    n_chunks = -(-(seq + start_pos) // ts.shape[0])
-    f32 = dict(device=q.device, dtype=torch.float32)
-    widths = _widths(state)
-    y = torch.empty_like(q)
-    out = [t.to(torch.float32, copy=True) for t in state]  # the kernel turns the state in into the state out
-    saved = []  # a dummy pointer (out[...]) when nothing is saved
-    for d_in, d_out in zip(widths[:-1], widths[1:]):
-        saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
-        saved.append(torch.empty(bh, n_chunks, padded(d_out), **f32))
-    saved += [torch.empty(bh, seq, widths[0], **f32) for _ in range(pair.token_saves)]
-    if not save:
-        saved = [out[0]] * len(saved)
-    pair.fwd[(bh,)](
-        *inputs, *out, y, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
-        HAS_ACC=start_pos > 0, SAVE=save, HAS_PRE=has_pre, **_options(pair, widths, ts.shape[0], q.dtype),
-    )  # fmt: skip
-    return y, out, saved
+def base_options(widths: tuple[int, ...], mb: int, dtype: torch.dtype) -> dict:
+    """Compile-time sizes every TTT kernel takes; float32 inputs use full-precision dots, other
+    dtypes TF32 (the state stays float32)."""
+    return dict(D=widths[0], BD=padded(widths[0]), MB=mb, BLOCK_N=padded(mb), PREC="ieee" if dtype == torch.float32 else "tf32", EPS=LN_EPS)
 
 
 class _KernelFn(torch.autograd.Function):
-    """Forward and backward kernels on flat tensors; the state in and out are differentiable."""
+    """A launcher's forward and backward on flat tensors; the state in and out are differentiable."""
 
     @staticmethod
-    def forward(ctx, pair: KernelPair, start_pos: int, checkpoint: bool, n_inputs: int, *tensors):
+    def forward(ctx, pair: Launcher, start_pos: int, checkpoint: bool, n_inputs: int, *tensors):
         inputs, state = list(tensors[:n_inputs]), list(tensors[n_inputs:])
-        y, out, saved = _forward(pair, inputs, state, start_pos, save=not checkpoint)
+        y, out, saved = pair.launch_forward(inputs, state, start_pos, save=not checkpoint)
         ctx.pair, ctx.start_pos, ctx.checkpoint, ctx.n_inputs = pair, start_pos, checkpoint, n_inputs
         ctx.save_for_backward(*tensors, *(() if checkpoint else saved))
         return (y, *out)
@@ -254,31 +319,21 @@ class _KernelFn(torch.autograd.Function):
         inputs = list(tensors[:n_inputs])
         state = list(tensors[n_inputs : n_inputs + len(d_out)])
         saved = list(tensors[n_inputs + len(d_out) :])
-        if ctx.checkpoint:  # recompute the chunk-start weights: one more forward pass, no memory kept
-            saved = _forward(pair, inputs, state, start_pos, save=True)[2]
-        q, k, v, lr, ts, ln_w, ln_b, *pre = inputs
-        bh, seq, dim = q.shape
+        if ctx.checkpoint:  # recompute what the forward would have saved: one more forward pass, no memory kept
+            saved = pair.launch_forward(inputs, state, start_pos, save=True)[2]
+        q, lr, ts, ln_w, pre = inputs[0], inputs[3], inputs[4], inputs[5], inputs[N_INPUTS:]
+        seq, dim = q.shape[1:]
         mb, heads = ts.shape[0], ln_w.shape[0]
         f32 = dict(device=q.device, dtype=torch.float32)
 
         def given(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
             return torch.zeros(like.shape, **f32) if g is None else g.float().contiguous()
 
-        dy = given(dy, q)
-        # The kernel turns the gradients of the state out into those of the state in, in place.
+        # The launcher turns the gradients of the state out into those of the state in, in place.
         d_state = [given(g, t).clone() for g, t in zip(d_out, state)]
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
-        dln_w, dln_b = torch.empty(bh, dim, **f32), torch.empty(bh, dim, **f32)
-        d_pre = [torch.zeros(t.shape, **f32) for t in pre]  # the kernel writes only its chunks' blocks
-        widths = _widths(state)
-        scratch = [torch.empty(bh, *shape, **f32) for shape in pair.scratch(widths, padded(mb))]
-        pair.bwd[(bh,)](
-            *inputs, *state[len(state) // 2 :], *saved, dy,
-            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre, *d_state, *scratch,
-            seq, heads, start_pos, -(-(seq + start_pos) // mb),
-            HAS_ACC=start_pos > 0, **_options(pair, widths, mb, q.dtype, backward=True),
-        )  # fmt: skip
+        dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre = pair.launch_backward(
+            inputs, state, saved, given(dy, q), d_state, start_pos
+        )
         # Per-token token-scale gradients go to their position in the mini-batch.
         positions = (torch.arange(seq, device=q.device) + start_pos) % mb
         dts = torch.zeros(mb, **f32).index_add_(0, positions, dts_tok.sum(0))
@@ -309,7 +364,7 @@ def chunk_mix(inputs: list[torch.Tensor], start_pos: int) -> list[torch.Tensor]:
 
 
 def run_kernel(
-    pair: KernelPair,
+    pair: Launcher,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -343,7 +398,7 @@ def run_kernel(
     if needs_grad:
         y, *out = _KernelFn.apply(pair, state.pos, checkpoint, len(inputs), *inputs, *flat_state)
     else:
-        y, out, _ = _forward(pair, inputs, flat_state, state.pos, save=False)
+        y, out, _ = pair.launch_forward(inputs, flat_state, state.pos, save=False)
     shaped = [t.view(batch, heads, *((1,) if i % 2 else ()), *t.shape[1:]) for i, t in enumerate(out)]
     n = len(state.params)
     params = tuple(zip(shaped[0 : 2 * n : 2], shaped[1 : 2 * n : 2]))

@@ -1,41 +1,50 @@
-"""TTT-Linear in Triton: the dual form of ``kernels.ttt.dual.ttt_dual`` fused into one kernel per pass.
+"""TTT-Linear in Triton: the dual form of ``kernels.ttt.dual.ttt_dual``, a sequential walk that carries
+only the state, beside kernels parallel over chunks for everything else.
 
-One program per (batch, head) holds ``W`` (``d x d``), ``b`` and the partial gradient sum in
-registers, in float32 whatever the input dtype, and walks the mini-batches in order. For each
-chunk of tokens (a mini-batch, or the part of one that a state starting or ending mid-mini-batch
-covers) it does what ``ttt_dual`` does with separate PyTorch ops (same notation):
+The function, per chunk of tokens (a mini-batch, or the part of one that a state starting or
+ending mid-mini-batch covers), in ``ttt_dual``'s notation::
 
     Z = X W + b;  G = d/dZ 1/2 ||LN(Z) - (V - X)||^2          (analytic LayerNorm+L2 gradient)
     Zq = Q W + b - (eta * (Q X^T + 1)) G  [- s * (Q G_acc + g_acc) when the chunk starts mid-mini-batch]
     y = Q + LN(Zq)                                            (output LayerNorm and residual)
     W, b <- W - s_last (G_acc + X^T (lr * G)), ...            (at the end of a mini-batch; else G_acc grows)
 
-The backward kernel walks the chunks in reverse with the same layout, carrying the gradient of
-the weights at the start of the next chunk, and recomputes every per-chunk quantity (Z, G, the
-score matrix, the output LayerNorm) from the weights at the chunk's start. Those weights are
-either **stored** by the forward pass (``checkpoint=False``, the default: ``(d*d + d)`` float32
-per head per mini-batch, i.e. ``4 d (d + 1) / b`` bytes per token per head: 1040 B at
-d=64, b=16, about 2.7x a bf16 q, k, v) or **recomputed** by running the forward kernel again
-inside the backward (``checkpoint=True``: no memory kept between forward and backward beyond
-the inputs, one more forward pass of time, about a third of forward+backward).
+Only ``Z``, ``G`` and the update depend on the previous chunk, so only they are on the chain
+(the paper's latency is one chain of ``T / b`` dependent steps):
 
-The backward holds no ``d x d`` tile: the gradients of ``W`` and of its running sum live in
-their output buffers (updated in place) and each chunk walks ``W`` in blocks of ``RB`` rows
-(``row_tile``), in three passes: ``X W`` and ``Q W`` summed over blocks; per block the query
-side's input gradients and the running sum's new term; per block the terms through ``dZ``
-(known only after the second pass). A block's columns of ``dq``/``dk`` go through a
-``BLOCK_N x d`` float32 scratch. This keeps the backward's shared memory at 81-128 KB at d=128
-on sm_90 (it was 148-487 KB; docs/design.md).
+* **forward walk** (``_fwd_walk``, one program per (batch, head), ``W`` in registers): per chunk
+  ``Z``, ``G`` and the update; it stores the weights at every chunk's start and ``G`` (and, for
+  the backward, ``LN(Z)``, its ``rstd`` and ``mean(g_hat * LN(Z))``);
+* **output** (``_fwd_out``, one program per (chunk, batch, head)): ``Zq`` and ``y`` from the stored
+  weights and ``G``, all chunks at once;
+* **backward**, three launches: ``_bwd_out`` (parallel) the output's gradients: ``dq`` (final),
+  ``dmix``, ``dZq``'s terms in ``dG`` and in ``dW`` (``Q^T dZq``, one ``d x d`` per chunk); then
+  ``_bwd_walk`` (sequential, reverse) carries ``dW, db`` only: per chunk ``X dT``, the inner
+  LayerNorm's backward to ``dZ``, and ``dW += Q^T dZq + X^T dZ``, storing the carry it entered
+  the chunk with; then ``_bwd_in`` (parallel) recomputes each chunk
+  from that carry: ``dk``, ``dv``, ``dlr``, the token scales' and the LayerNorm weights'
+  gradients.
+
+Full mini-batches (every chunk but a sequence's first and last) take a specialised step: no
+running sum (it is zero after a mini-batch closes), the last token's scale hoisted out of the
+loop, no per-chunk branch; the first and last chunks take the general step. Each walk loads the
+next chunk's tiles one step ahead, so their memory latency is hidden behind a step.
+
+Memory: the forward stores the chunk-start weights (``4 d (d + 1) / b`` bytes per token per head:
+1040 B at d=64, b=16) and per token ``LN(Z)``, ``G`` (float32) and two floats; the weights only
+are kept in inference too (the output kernel reads them). ``checkpoint=True`` keeps nothing but
+the inputs and reruns the forward walk in the backward. The backward's temporaries: one ``d x d``
+per chunk (``Q^T dZq``, then the carry) and ``dG``'s query part per token.
+
+Decode: a step (one token, no gradient, no pre-pass) runs the walk with the output fused into it
+(``QUERY``): one launch per layer per token. The same fused walk computes the whole forward for
+any length (a test compares it with the split one).
 
 Shape rules: ``tl.dot`` needs every dim >= 16, so a chunk is a block of ``max(16, b)`` rows
 (rounded up to a power of two), the rows past the chunk masked to zero (a zero learning rate
-and token scale make them contribute nothing); likewise ``head_dim`` is padded to a power of two
->= 16 with masked columns (powers of two >= 16 waste nothing; 96, at 760m, pads to 128).
-The inner model must be the one TTT-Linear uses: one dense layer with a bias, the LayerNorm
-and the residual (``ttt_dual`` covers the other knobs).
-
-Decode: the same forward kernel launched on one token is the fused decode step (one launch
-updates W/b/the gradient sum and writes the output).
+and token scale make them contribute nothing); ``head_dim`` is padded to a power of two >= 16
+with masked columns (96, at 760m, pads to 128). The inner model must be the one TTT-Linear uses:
+one dense layer with a bias, the LayerNorm and the residual (``ttt_dual`` covers the other knobs).
 
 Set ``TRITON_INTERPRET=1`` before triton is first imported in the process to run the kernels
 on CPU (tests/kernels/test_ttt_triton.py does it in a subprocess).
@@ -43,80 +52,167 @@ on CPU (tests/kernels/test_ttt_triton.py does it in a subprocess).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
 from kernels.ttt.inner import TTTState
 from kernels.ttt.triton_common import (
-    KernelPair,
+    N_INPUTS,
+    KernelSpec,
+    base_options,
     centre,
     chunk_bounds,
     chunk_mix,
     chunk_mix_block,
     chunk_square,
+    kernel_constants,
     ln_project,
-    load_chunk,
     padded,
-    query_input_bwd,
-    query_output_bwd,
     row_layer_norm,
     run_kernel,
 )
 
+# -- tiles --------------------------------------------------------------------------------------
+
 
 @triton.jit
-def _ttt_linear_fwd(
-    Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
-    MIX,  # the pre-pass: eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32
-    W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
-    Y,  # the output, (BH, T, D)
-    WS, BS,  # weights at each chunk's start, (BH, n_chunks, BD, BD) / (BH, n_chunks, BD), if SAVE
-    ZS, ZQS,  # Z = X W + b and Zq (before the output LayerNorm), (BH, T, D) float32, if SAVE
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr,
+def _tokens(P, pid, seq, t0, rows, valid, cols, cmask, D: tl.constexpr):
+    """A chunk's rows of a ``(BH, T, D)`` tensor, float32, zero past the chunk and in padding columns."""
+    offs = pid * seq * D + (t0 + rows)[:, None] * D + cols[None, :]
+    return tl.load(P + offs, mask=valid[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_tokens(P, value, pid, seq, t0, rows, valid, cols, cmask, D: tl.constexpr):
+    offs = pid * seq * D + (t0 + rows)[:, None] * D + cols[None, :]
+    tl.store(P + offs, value.to(P.dtype.element_ty), mask=valid[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _per_token(P, pid, seq, t0, rows, valid):
+    """A chunk's entries of a ``(BH, T)`` tensor, float32, zero past the chunk."""
+    return tl.load(P + pid * seq + t0 + rows, mask=valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _square(P, at, cols, BD: tl.constexpr):
+    """Block ``at`` of a ``(.., BD, BD)`` float32 buffer (padded: no mask)."""
+    return tl.load(P + at * BD * BD + cols[:, None] * BD + cols[None, :])
+
+
+@triton.jit
+def _store_square(P, value, at, cols, BD: tl.constexpr):
+    tl.store(P + at * BD * BD + cols[:, None] * BD + cols[None, :], value)
+
+
+@triton.jit
+def _state_matrix(P, pid, cols, D: tl.constexpr, width):
+    """Program ``pid``'s ``D x D`` state tensor (weights, a sum or a gradient), float32, zero-padded.
+
+    ``width`` is ``D``, or 0 for zeros (a condition as a bound: the interpreter takes no scalar
+    in a block mask)."""
+    mmask = (cols < width)[:, None] & (cols < width)[None, :]
+    return tl.load(P + pid * D * D + cols[:, None] * D + cols[None, :], mask=mmask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _state_vector(P, pid, cols, D: tl.constexpr, width):
+    return tl.load(P + pid * D + cols, mask=cols < width, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_state(PW, PB, w, b, pid, cols, cmask, D: tl.constexpr):
+    tl.store(PW + pid * D * D + cols[:, None] * D + cols[None, :], w, mask=cmask[:, None] & cmask[None, :])
+    tl.store(PB + pid * D + cols, b, mask=cmask)
+
+
+# -- the math of a chunk, shared by the walks and the parallel kernels -------------------------------
+
+
+@triton.jit
+def _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr):
+    """``(G, LN(Z), rstd, mean(g_hat LN(Z)))`` of ``Z = X W + b``: the reconstruction loss's gradient."""
+    z = tl.dot(x, w, input_precision=PREC) + b[None, :]
+    z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
+    g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
+    zg = tl.sum(g_hat * z_hat, axis=1) / D
+    g = rstd[:, None] * (centre(g_hat, cmask, D) - z_hat * zg[:, None])
+    return g, z_hat, rstd, zg
+
+
+@triton.jit
+def _inner_gradient_bwd(dg, x, v, z_hat, rstd, zg, g, ln_w, ln_b, cmask, D: tl.constexpr):
+    """Through ``_inner_gradient`` from ``dG`` back to ``(dZ, dg_hat)``, from what the forward stored.
+
+    ``G = rstd * g_in``, ``g_in = g_hat - mean(g_hat) - z_hat mean(g_hat z_hat)``,
+    ``g_hat = (z_hat ln_w + ln_b - (V - X)) ln_w``; ``dg_hat`` carries on to the target and the
+    LayerNorm weights (``_bwd_in``).
+    """
+    g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
+    m = tl.sum(dg * z_hat, axis=1) / D
+    dg_hat = rstd[:, None] * (centre(dg, cmask, D) - z_hat * m[:, None])
+    dz_hat = -rstd[:, None] * (dg * zg[:, None] + g_hat * m[:, None]) + dg_hat * ln_w[None, :] * ln_w[None, :]
+    drstd = tl.sum(dg * g, axis=1)  # rstd * sum(dG * g_in)
+    dz = ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * drstd / D)[:, None] * z_hat
+    return dz, dg_hat, g_hat
+
+
+@triton.jit
+def _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D: tl.constexpr, EPS: tl.constexpr,
+            PREC: tl.constexpr, HAS_ACC: tl.constexpr):  # fmt: skip
+    """``(y, LN(Zq), its rstd, Q G_acc + g_acc)`` of a chunk from its starting weights and ``G``."""
+    zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
+    acc_q = tl.zeros_like(zq)
+    if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
+        acc_q += tl.dot(q, gw, input_precision=PREC) + gb[None, :]
+        zq -= s[:, None] * acc_q
+    zq_hat, rstd_q = row_layer_norm(zq, cmask, D, EPS)
+    return q + zq_hat * ln_w[None, :] + ln_b[None, :], zq_hat, rstd_q, acc_q
+
+
+# -- forward ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_step(
+    Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
+    c, pid, seq, start_pos, n_chunks, cols, cmask,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    EPS: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, HAS_PRE: tl.constexpr, QUERY: tl.constexpr,
+    FULL: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BD)
-    cmask = cols < D
-    mat, mmask = cols[:, None] * D + cols[None, :], cmask[:, None] & cmask[None, :]
-    block = cols[:, None] * BD + cols[None, :]
-    w = tl.load(W + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
-    b = tl.load(B + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    gw = tl.zeros((BD, BD), tl.float32)
-    gb = tl.zeros((BD,), tl.float32)
-    if HAS_ACC:
-        gw += tl.load(GW + pid * D * D + mat, mask=mmask, other=0.0).to(tl.float32)
-        gb += tl.load(GB + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    base, tok_base = pid * seq * D, pid * seq
-    for c in range(n_chunks):
-        t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-        offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
-        if SAVE:
-            tl.store(WS + (pid * n_chunks + c) * BD * BD + block, w)
-            tl.store(BS + (pid * n_chunks + c) * BD + cols, b)
-        # The analytic gradient of the reconstruction loss at the chunk's starting weights.
-        z = tl.dot(x, w, input_precision=PREC) + b[None, :]
-        z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
-        g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
-        g = ln_project(g_hat, z_hat, rstd, cmask, D)
-        # The dual-form output at the queries.
-        mix = chunk_mix_block(MIX, pid * n_chunks + c, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
-        zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
-        if HAS_ACC:  # gradients of the mini-batch's earlier tokens, carried in the state (zero after it)
-            zq -= s[:, None] * (tl.dot(q, gw, input_precision=PREC) + gb[None, :])
-        if SAVE:
-            tl.store(ZS + offs, z, mask=mask)
-            tl.store(ZQS + offs, zq, mask=mask)
-        zq_hat, _ = row_layer_norm(zq, cmask, D, EPS)
-        y = q + zq_hat * ln_w[None, :] + ln_b[None, :]
-        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
-        # The update: into the running sum, and into W, b when the chunk closes its mini-batch.
-        lr_g = lr[:, None] * g
-        gw += tl.dot(tl.trans(x), lr_g, input_precision=PREC)
+    """Chunk ``c`` of the forward walk from its tiles ``x, v, lr``; returns the state after it.
+
+    ``FULL``: a whole mini-batch from a closed state (no running sum, ``s_full`` the last scale).
+    ``QUERY``: the output too (the fused walk); else the walk stores what ``_fwd_out`` reads.
+    """
+    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+    at = pid * n_chunks + c
+    g, z_hat, rstd, zg = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
+    if QUERY:
+        q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
+        s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
+        mix = chunk_mix_block(MIX, at, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
+        y, _, _, _ = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC and not FULL)
+        _store_tokens(Y, y, pid, seq, t0, rows, valid, cols, cmask, D)
+    else:
+        _store_square(WS, w, at, cols, BD)
+        tl.store(BS + at * BD + cols, b)
+        _store_tokens(GS, g, pid, seq, t0, rows, valid, cols, cmask, D)
+    if SAVE:
+        _store_tokens(ZH, z_hat, pid, seq, t0, rows, valid, cols, cmask, D)
+        tl.store(RS + pid * seq + t0 + rows, rstd, mask=valid)
+        tl.store(ZGS + pid * seq + t0 + rows, zg, mask=valid)
+    lr_g = lr[:, None] * g
+    update = tl.dot(tl.trans(x), lr_g, input_precision=PREC)
+    if FULL:
+        w -= s_full * update
+        b -= s_full * tl.sum(lr_g, axis=0)
+    else:  # into the running sum, and into W, b when the chunk closes its mini-batch
+        gw += update
         gb += tl.sum(lr_g, axis=0)
         closes = (p + n == MB).to(tl.float32)
         s_last = tl.load(TS + p + n - 1).to(tl.float32) * closes
@@ -124,239 +220,416 @@ def _ttt_linear_fwd(
         b -= s_last * gb
         gw *= 1.0 - closes
         gb *= 1.0 - closes
-    tl.store(W + pid * D * D + mat, w, mask=mmask)
-    tl.store(B + pid * D + cols, b, mask=cmask)
-    tl.store(GW + pid * D * D + mat, gw, mask=mmask)
-    tl.store(GB + pid * D + cols, gb, mask=cmask)
+    return w, b, gw, gb
 
 
 @triton.jit
-def _row_block(
-    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held,
-    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, HAS_ACC: tl.constexpr, ON_CHIP: tl.constexpr,
-):  # fmt: skip
-    """Rows ``rc`` of a chunk's starting ``W`` and running sum (zero unless ``HAS_ACC``), the
-    matching columns of its queries and keys (float32), and where those rows sit in this
-    program's ``d x d`` buffers (offsets and mask), for the gradients stored in place.
-
-    On the on-chip path the one block is all of ``W``: ``held = (w, gw, q, x)``, loaded once per
-    chunk, is returned instead of loading it again in every pass."""
-    rmask = rc < D
-    at_w, wmask = pid * D * D + rc[:, None] * D + cols[None, :], rmask[:, None] & cmask[None, :]
-    if ON_CHIP:
-        w, gw, qr, xr = held
-    else:
-        w = tl.load(WS + at * BD * BD + rc[:, None] * BD + cols[None, :])
-        gw = tl.zeros((RB, BD), tl.float32)
-        if HAS_ACC:
-            gw += first * tl.load(GW0 + at_w, mask=wmask, other=0.0).to(tl.float32)
-        tok, tmask = base + (t0 + rows)[:, None] * D + rc[None, :], valid[:, None] & rmask[None, :]
-        qr = tl.load(Q + tok, mask=tmask, other=0.0).to(tl.float32)
-        xr = tl.load(K + tok, mask=tmask, other=0.0).to(tl.float32)
-    return w, gw, qr, xr, at_w, wmask
-
-
-@triton.jit
-def _fetch(P, offs, mask, held, ON_CHIP: tl.constexpr):
-    """A block the backward accumulates into: ``held`` (registers) on the on-chip path, else from ``P``."""
-    if ON_CHIP:
-        return held
-    else:
-        return tl.load(P + offs, mask=mask, other=0.0)
-
-
-@triton.jit
-def _keep(P, offs, mask, value, held, ON_CHIP: tl.constexpr):
-    """Puts ``value`` back where ``_fetch`` found it: returns it as the new ``held``, or stores it to ``P``."""
-    if ON_CHIP:
-        return value
-    else:
-        tl.store(P + offs, value, mask=mask)
-        return held
-
-
-@triton.jit
-def _ttt_linear_bwd(
-    Q, K, V, LR, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, ZS, ZQS,  # forward inputs and what the forward saved
-    DY, DQ, DK, DV, DLR, DTS, DLNW, DLNB,  # gradients of y and of the inputs (DTS, DLN*: per program)
-    DMIX,  # the gradient of the pre-pass's MIX (zero on entry; autograd takes it on to q, k, lr, ts)
-    DW, DB, DGW, DGB,  # in: gradients of the state out; out: of the state in
-    DQS, DKS,  # scratch, (BH, BLOCK_N, BD) each: the parts of dq, dk gathered row block by row block
+def _fwd_walk(
+    Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
+    MIX,  # the pre-pass: eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32 (read if QUERY)
+    W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
+    Y,  # the output, (BH, T, D) (written if QUERY)
+    WS, BS, GS,  # weights at each chunk's start (BH, n_chunks, BD, BD) / (.., BD); G (BH, T, D); unless QUERY
+    ZH, RS, ZGS,  # LN(Z) (BH, T, D), its rstd and mean(g_hat LN(Z)) (BH, T), float32, if SAVE
     seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, ON_CHIP: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr,
+    QUERY: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
-    cols, rrow = tl.arange(0, BD), tl.arange(0, RB)
+    cols = tl.arange(0, BD)
     cmask = cols < D
-    # The d-wide gradients live in registers. Those of W and its running sum too on the on-chip
-    # path (RB == BD: one block, dw_all/dgw_all carried over the whole walk); else in DW, DGW,
-    # a row block at a time (dw_all/dgw_all then stay unused).
-    dw_all = tl.zeros((RB, BD), tl.float32)
-    dgw_all = tl.zeros((RB, BD), tl.float32)
-    if ON_CHIP:
-        at_all, all_mask = pid * D * D + rrow[:, None] * D + cols[None, :], (rrow < D)[:, None] & cmask[None, :]
-        dw_all += tl.load(DW + at_all, mask=all_mask, other=0.0)
-        dgw_all += tl.load(DGW + at_all, mask=all_mask, other=0.0)
-    db = tl.load(DB + pid * D + cols, mask=cmask, other=0.0)
-    dgb = tl.load(DGB + pid * D + cols, mask=cmask, other=0.0)
+    w = _state_matrix(W, pid, cols, D, D)
+    b = _state_vector(B, pid, cols, D, D)
+    gw = _state_matrix(GW, pid, cols, D, D * HAS_ACC)
+    gb = _state_vector(GB, pid, cols, D, D * HAS_ACC)
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    dln_w = tl.zeros((BD,), tl.float32)
-    dln_b = tl.zeros((BD,), tl.float32)
-    base, tok_base = pid * seq * D, pid * seq
-    scratch = pid * BLOCK_N * BD + tl.arange(0, BLOCK_N)[:, None] * BD
-    smask = (tl.arange(0, BLOCK_N) < BLOCK_N)[:, None] & (rrow < RB)[None, :]  # the scratch has no padding
-    for back in range(n_chunks):
-        c = n_chunks - 1 - back
+    s_full = tl.load(TS + MB - 1).to(tl.float32)
+    # The first chunk (it may start mid-mini-batch, and be the last) takes the general step.
+    t0, n, p, rows, valid = chunk_bounds(0, start_pos, seq, MB, BLOCK_N)
+    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
+    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
+    lr = _per_token(LR, pid, seq, t0, rows, valid)
+    w, b, gw, gb = _fwd_step(
+        Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
+        0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, SAVE, HAS_PRE, QUERY,
+        False,
+    )  # fmt: skip
+    # Whole mini-batches in between, each chunk's tiles loaded during the step before.
+    t0, n, p, rows, valid = chunk_bounds(1, start_pos, seq, MB, BLOCK_N)
+    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
+    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
+    lr = _per_token(LR, pid, seq, t0, rows, valid)
+    for c in range(1, n_chunks - 1):
+        t0, n, p, rows, valid = chunk_bounds(c + 1, start_pos, seq, MB, BLOCK_N)
+        x_next = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
+        v_next = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
+        lr_next = _per_token(LR, pid, seq, t0, rows, valid)
+        w, b, gw, gb = _fwd_step(
+            Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
+            c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, SAVE, HAS_PRE,
+            QUERY, True,
+        )  # fmt: skip
+        x, v, lr = x_next, v_next, lr_next
+    # The last chunk (it may end mid-mini-batch) takes the general step; its tiles are loaded.
+    if n_chunks > 1:
+        w, b, gw, gb = _fwd_step(
+            Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
+            n_chunks - 1, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, False, SAVE,
+            HAS_PRE, QUERY, False,
+        )  # fmt: skip
+    _store_state(W, B, w, b, pid, cols, cmask, D)
+    _store_state(GW, GB, gw, gb, pid, cols, cmask, D)
+
+
+@triton.jit
+def _fwd_out(
+    Q, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, GS, Y,  # GW0, GB0: the state in's running sums
+    seq, heads, start_pos, n_chunks,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+):  # fmt: skip
+    """The output of chunk ``program_id(0)`` from the walk's stored weights and ``G``."""
+    c, pid = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    at = pid * n_chunks + c
+    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+    q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
+    g = _tokens(GS, pid, seq, t0, rows, valid, cols, cmask, D)
+    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
+    offs, mask = chunk_square(at, p, rows, valid, MB)
+    mix = tl.load(MIX + offs, mask=mask, other=0.0)
+    gw = _state_matrix(GW0, pid, cols, D, D * HAS_ACC * (c == 0))
+    gb = _state_vector(GB0, pid, cols, D, D * HAS_ACC * (c == 0))
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
+    y, _, _, _ = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
+    _store_tokens(Y, y, pid, seq, t0, rows, valid, cols, cmask, D)
+
+
+# -- backward ---------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_out(
+    Q, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, GS, DY,
+    DQ, DMIX, DGQ, DWQ, DBQ, DTS, DLN, DGW_IN, DGB_IN,
+    seq, heads, start_pos, n_chunks,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
+):  # fmt: skip
+    """The output's backward for chunk ``program_id(0)``: ``dq`` (whole), ``dmix``, ``dZq``'s term in
+    ``dG`` (``DGQ``), ``Q^T dZq`` and ``sum dZq`` (``DWQ``, ``DBQ``: what the walk adds to ``dW``,
+    ``db``), the token scales' running-sum term, the output LayerNorm's weight gradients (``DLN``,
+    per chunk), and the state in's running sums' query term (``DGW_IN``, first chunk)."""
+    c, pid = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    at = pid * n_chunks + c
+    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+    q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
+    g = _tokens(GS, pid, seq, t0, rows, valid, cols, cmask, D)
+    dy = _tokens(DY, pid, seq, t0, rows, valid, cols, cmask, D)
+    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
+    offs, mask = chunk_square(at, p, rows, valid, MB)
+    mix = tl.load(MIX + offs, mask=mask, other=0.0)
+    first = D * HAS_ACC * (c == 0)  # D in the first chunk of a state that starts mid-mini-batch, else 0
+    gw = _state_matrix(GW0, pid, cols, D, first)
+    gb = _state_vector(GB0, pid, cols, D, first)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
+    _, zq_hat, rstd_q, acc_q = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
+    tl.store(DLN + at * 2 * BD + cols, tl.sum(dy * zq_hat, axis=0))
+    tl.store(DLN + at * 2 * BD + BD + cols, tl.sum(dy, axis=0))
+    dzq = ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
+    dq = dy + tl.dot(dzq, tl.trans(w), input_precision=PREC)
+    ds = tl.zeros((BLOCK_N,), tl.float32)
+    if HAS_ACC:
+        s_dzq = s[:, None] * dzq
+        dq -= tl.dot(s_dzq, tl.trans(gw), input_precision=PREC)
+        ds -= tl.sum(dzq * acc_q, axis=1)
+        mmask = (cols < first)[:, None] & (cols < first)[None, :]
+        at_w = pid * D * D + cols[:, None] * D + cols[None, :]
+        tl.store(DGW_IN + at_w, -tl.dot(tl.trans(q), s_dzq, input_precision=PREC), mask=mmask)
+        tl.store(DGB_IN + pid * D + cols, -tl.sum(s_dzq, axis=0), mask=cols < first)
+    _store_tokens(DQ, dq, pid, seq, t0, rows, valid, cols, cmask, D)
+    tl.store(DTS + pid * seq + t0 + rows, ds, mask=valid)
+    tl.store(DMIX + offs, -tl.dot(dzq, tl.trans(g), input_precision=PREC), mask=mask)
+    _store_tokens(DGQ, -tl.dot(tl.trans(mix), dzq, input_precision=PREC), pid, seq, t0, rows, valid, cols, cmask, D)
+    _store_square(DWQ, tl.dot(tl.trans(q), dzq, input_precision=PREC), at, cols, BD)
+    tl.store(DBQ + at * BD + cols, tl.sum(dzq, axis=0))
+
+
+@triton.jit
+def _bwd_tiles(K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, c, pid, seq, start_pos, n_chunks, cols, cmask,
+               D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """What the backward walk reads of chunk ``c``."""
+    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+    at = pid * n_chunks + tl.maximum(c, 0)  # c = -1: the prefetch past the first chunk (its rows masked)
+    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
+    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
+    z_hat = _tokens(ZH, pid, seq, t0, rows, valid, cols, cmask, D)
+    g = _tokens(GS, pid, seq, t0, rows, valid, cols, cmask, D)
+    dgq = _tokens(DGQ, pid, seq, t0, rows, valid, cols, cmask, D)
+    lr = _per_token(LR, pid, seq, t0, rows, valid)
+    rstd = tl.load(RS + pid * seq + t0 + rows, mask=valid, other=1.0)
+    zg = _per_token(ZGS, pid, seq, t0, rows, valid)
+    return x, v, z_hat, g, dgq, lr, rstd, zg, _square(DWQ, at, cols, BD), tl.load(DBQ + at * BD + cols)
+
+
+@triton.jit
+def _update_gradient(dw, db, dgw_end, dgb_end, s_last, closes):
+    """The gradient of a chunk's update total ``G_acc + X^T (lr G)`` (and ``b``'s) from the carry:
+    ``-s_last dW`` where the chunk closes its mini-batch, else the running sum's own gradient."""
+    return closes * (-s_last * dw) + (1.0 - closes) * dgw_end, closes * (-s_last * db) + (1.0 - closes) * dgb_end
+
+
+@triton.jit
+def _bwd_step(
+    DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b, s_full,
+    c, pid, seq, start_pos, n_chunks, cols, cmask,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    FULL: tl.constexpr,
+):  # fmt: skip
+    """Chunk ``c`` of the backward walk: the carry ``dW, db`` at the chunk's end -> at its start.
+
+    Stores the carry it was given (``DWC``, ``DBC``) for ``_bwd_in``. ``FULL``: a whole mini-batch; else the general step, which also reads the state
+    out's running-sum gradients (the last chunk, if it ends mid-mini-batch) and adds the update's
+    gradient to the state in's running sums (the first chunk)."""
+    at = pid * n_chunks + c
+    _store_square(DWC, dw, at, cols, BD)
+    tl.store(DBC + at * BD + cols, db)
+    if FULL:
+        dt, dt_b = -s_full * dw, -s_full * db
+    else:
         t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-        offs, mask, q, x, v, lr, s = load_chunk(Q, K, V, LR, TS, base, tok_base, t0, p, rows, valid, cols, cmask, D)
-        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        at = pid * n_chunks + c
-        first = (c == 0).to(tl.float32)  # only the first chunk starts with a non-zero running sum
-        gb = tl.zeros((BD,), tl.float32)
-        if HAS_ACC:
-            gb += first * tl.load(GB0 + pid * D + cols, mask=cmask, other=0.0).to(tl.float32)
-        held = None  # on the on-chip path: all of the chunk's W and running sum, loaded once
-        if ON_CHIP:
-            w_all, gw_all, _, _, _, _ = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rrow, rows, valid, cols, cmask, first, None, D, BD, RB, HAS_ACC, False
-            )
-            held = (w_all, gw_all, q, x)
-        # The chunk's forward: Z and Zq as the forward saved them; Q GW + gb (the running sum's
-        # term at the queries, non-zero only in a first chunk that starts mid-mini-batch) again.
-        z = tl.load(ZS + offs, mask=mask, other=0.0)
-        zq = tl.load(ZQS + offs, mask=mask, other=0.0)
-        acc_q = tl.zeros((BLOCK_N, BD), tl.float32) + gb[None, :]
-        if HAS_ACC:
-            for r0 in range(0, BD, RB):
-                rc = r0 + rrow
-                w, gw, qr, xr, at_w, wmask = _row_block(
-                    Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC,
-                    ON_CHIP,
-                )  # fmt: skip
-                acc_q += tl.dot(qr, gw, input_precision=PREC)
-        target = v - x
-        z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
-        g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - target) * ln_w[None, :]
-        zg = tl.sum(g_hat * z_hat, axis=1) / D
-        g_in = centre(g_hat, cmask, D) - z_hat * zg[:, None]
-        g = rstd[:, None] * g_in
-        mix_offs, mix_mask = chunk_square(at, p, rows, valid, MB)
-        mix = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
-        zq_hat, rstd_q = row_layer_norm(zq, cmask, D, EPS)
-        lr_g = lr[:, None] * g
         closes = (p + n == MB).to(tl.float32)
         s_last = tl.load(TS + p + n - 1).to(tl.float32)
-
-        # The update: W' = W - s_last * total when the chunk closes its mini-batch, else the
-        # running sum becomes total (total = running sum + X^T (lr G)); b's part here, W's per block.
-        d_total_b = closes * (-s_last * db) + (1.0 - closes) * dgb
-        ds_last = tl.sum(db * (gb + tl.sum(lr_g, axis=0)), axis=0)
-        dgb = d_total_b
-        # The output: y = q + LN(zq) * ln_w + ln_b.
-        dln_w += tl.sum(dy * zq_hat, axis=0)
-        dln_b += tl.sum(dy, axis=0)
-        dzq = ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
-        ds = tl.zeros((BLOCK_N,), tl.float32)
-        dmix, dg, db, dgb, ds = query_output_bwd(dzq, g, mix, s, acc_q, db, dgb, ds, HAS_ACC, PREC)
-        tl.store(DMIX + mix_offs, dmix, mask=mix_mask)
-        dlr_g = tl.zeros((BLOCK_N, BD), tl.float32) + d_total_b[None, :]
-        # dq's and dk's terms through W: in registers on the on-chip path, else gathered in the
-        # scratch a row block (of W, so columns of dq/dk) at a time.
-        dq_w = tl.zeros((BLOCK_N, RB), tl.float32)
-        dk_w = tl.zeros((BLOCK_N, RB), tl.float32)
-        # Per row block of W: the query side's input gradients and the running sum's new term
-        # X^T (lr G).
-        for r0 in range(0, BD, RB):
-            rc = r0 + rrow
-            w, gw, qr, xr, at_w, wmask = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, HAS_ACC, ON_CHIP
-            )
-            dw = _fetch(DW, at_w, wmask, dw_all, ON_CHIP)
-            dgw = _fetch(DGW, at_w, wmask, dgw_all, ON_CHIP)
-            ds_last += tl.sum(tl.sum(dw * (gw + tl.dot(tl.trans(xr), lr_g, input_precision=PREC)), axis=1), axis=0)
-            d_total_w = closes * (-s_last * dw) + (1.0 - closes) * dgw
-            dq_r, dw, dgw = query_input_bwd(qr, dzq, w, gw, s, dw, d_total_w, HAS_ACC, PREC)
-            dlr_g += tl.dot(xr, d_total_w, input_precision=PREC)
-            dk_r = tl.dot(lr_g, tl.trans(d_total_w), input_precision=PREC)
-            dq_w = _keep(DQS, scratch + rc[None, :], smask, dq_r, dq_w, ON_CHIP)
-            dk_w = _keep(DKS, scratch + rc[None, :], smask, dk_r, dk_w, ON_CHIP)
-            dw_all = _keep(DW, at_w, wmask, dw, dw_all, ON_CHIP)
-            dgw_all = _keep(DGW, at_w, wmask, dgw, dgw_all, ON_CHIP)
-        ds += tl.where(rows == n - 1, -closes * ds_last, 0.0)
-        dg += lr[:, None] * dlr_g
-        dlr = tl.sum(dlr_g * g, axis=1)
-        # G = rstd * g_in, g_in = g_hat - mean(g_hat) - z_hat mean(g_hat z_hat),
-        # g_hat = (z_hat ln_w + ln_b - target) ln_w, z_hat and rstd the LayerNorm of Z = X W + b.
-        dg_hat = ln_project(dg, z_hat, rstd, cmask, D)
-        dz_hat = -rstd[:, None] * (dg * zg[:, None] + g_hat * (tl.sum(dg * z_hat, axis=1) / D)[:, None])
-        drstd = tl.sum(dg * g_in, axis=1)
-        dz_hat += dg_hat * ln_w[None, :] * ln_w[None, :]
-        dtarget = -dg_hat * ln_w[None, :]
-        dln_w += tl.sum(dg_hat * (2.0 * z_hat * ln_w[None, :] + ln_b[None, :] - target), axis=0)
-        dln_b += tl.sum(dg_hat * ln_w[None, :], axis=0)
-        dz = ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * rstd * drstd / D)[:, None] * z_hat
-        db += tl.sum(dz, axis=0)
-        if not ON_CHIP:
-            tl.debug_barrier()  # the blocks stored above are read below by other threads of the program
-        # Per row block of W: the terms through dZ (Z = X W + b).
-        for r0 in range(0, BD, RB):
-            rc = r0 + rrow
-            w, gw, qr, xr, at_w, wmask = _row_block(
-                Q, K, WS, GW0, at, pid, base, t0, rc, rows, valid, cols, cmask, first, held, D, BD, RB, False, ON_CHIP
-            )
-            dw = _fetch(DW, at_w, wmask, dw_all, ON_CHIP) + tl.dot(tl.trans(xr), dz, input_precision=PREC)
-            dw_all = _keep(DW, at_w, wmask, dw, dw_all, ON_CHIP)
-            dk_r = _fetch(DKS, scratch + rc[None, :], smask, dk_w, ON_CHIP)
-            dk_r += tl.dot(dz, tl.trans(w), input_precision=PREC)
-            dk_w = _keep(DKS, scratch + rc[None, :], smask, dk_r, dk_w, ON_CHIP)
-        if not ON_CHIP:
-            tl.debug_barrier()
-        smask_all = (rows < BLOCK_N)[:, None] & (cols < BD)[None, :]
-        dq = dy + _fetch(DQS, scratch + cols[None, :], smask_all, dq_w, ON_CHIP)
-        dx = _fetch(DKS, scratch + cols[None, :], smask_all, dk_w, ON_CHIP) - dtarget
-        if not ON_CHIP:
-            tl.debug_barrier()  # the next chunk overwrites the scratch
-
-        tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=mask)
-        tl.store(DK + offs, dx.to(DK.dtype.element_ty), mask=mask)
-        tl.store(DV + offs, dtarget.to(DV.dtype.element_ty), mask=mask)
-        tl.store(DLR + tok_base + t0 + rows, dlr, mask=valid)
-        tl.store(DTS + tok_base + t0 + rows, ds, mask=valid)
-    if ON_CHIP:
-        tl.store(DW + at_all, dw_all, mask=all_mask)
-        tl.store(DGW + at_all, dgw_all, mask=all_mask)
-    tl.store(DB + pid * D + cols, db, mask=cmask)
-    tl.store(DGB + pid * D + cols, dgb, mask=cmask)
-    tl.store(DLNW + pid * D + cols, dln_w, mask=cmask)
-    tl.store(DLNB + pid * D + cols, dln_b, mask=cmask)
+        last = D * (c == n_chunks - 1)
+        dgw_end, dgb_end = _state_matrix(DGW, pid, cols, D, last), _state_vector(DGB, pid, cols, D, last)
+        dt, dt_b = _update_gradient(dw, db, dgw_end, dgb_end, s_last, closes)
+        first = D * (c == 0)
+        at_w, mmask = pid * D * D + cols[:, None] * D + cols[None, :], (cols < first)[:, None] & (cols < first)[None, :]
+        tl.store(DGW_IN + at_w, tl.load(DGW_IN + at_w, mask=mmask, other=0.0) + dt, mask=mmask)
+        at_b = pid * D + cols
+        tl.store(DGB_IN + at_b, tl.load(DGB_IN + at_b, mask=cols < first, other=0.0) + dt_b, mask=cols < first)
+    dg = dgq + lr[:, None] * (tl.dot(x, dt, input_precision=PREC) + dt_b[None, :])
+    dz, _, _ = _inner_gradient_bwd(dg, x, v, z_hat, rstd, zg, g, ln_w, ln_b, cmask, D)
+    dw += dwq + tl.dot(tl.trans(x), dz, input_precision=PREC)
+    db += dbq + tl.sum(dz, axis=0)
+    return dw, db
 
 
-ON_CHIP_MAX_DIM = 64  # every paper size: W, its gradient and its running sum's, 16 KB each in float32
+@triton.jit
+def _bwd_walk(
+    K, V, LR, TS, LNW, LNB, ZH, GS, RS, ZGS, DGQ,
+    DWQ, DBQ,  # Q^T dZq and sum dZq per chunk (BH, n_chunks, BD, BD) / (.., BD)
+    DWC, DBC,  # out: the carry at each chunk's end, same shapes (a buffer of its own: no warp may overwrite
+    # a block another has yet to read)
+    DW, DB,  # in: the gradients of the state out's W, b; out: of the state in's
+    DGW, DGB,  # the gradients of the state out's running sums (read)
+    DGW_IN, DGB_IN,  # the gradients of the state in's running sums (the update's term added here)
+    seq, heads, start_pos, n_chunks,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    dw = _state_matrix(DW, pid, cols, D, D)
+    db = _state_vector(DB, pid, cols, D, D)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    s_full = tl.load(TS + MB - 1).to(tl.float32)
+    c = n_chunks - 1  # the last chunk (it may end mid-mini-batch, and be the first): the general step
+    x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq = _bwd_tiles(
+        K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N
+    )
+    dw, db = _bwd_step(
+        DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b, s_full,
+        c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, False,
+    )  # fmt: skip
+    # Whole mini-batches, last to first, each chunk's tiles loaded during the step before.
+    x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq = _bwd_tiles(
+        K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, n_chunks - 2, pid, seq, start_pos, n_chunks, cols, cmask,
+        D, BD, MB, BLOCK_N,
+    )  # fmt: skip
+    for back in range(2, n_chunks):
+        c = n_chunks - back
+        x_n, v_n, z_hat_n, g_n, dgq_n, lr_n, rstd_n, zg_n, dwq_n, dbq_n = _bwd_tiles(
+            K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, c - 1, pid, seq, start_pos, n_chunks, cols, cmask,
+            D, BD, MB, BLOCK_N,
+        )  # fmt: skip
+        dw, db = _bwd_step(
+            DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b,
+            s_full, c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, True,
+        )  # fmt: skip
+        x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq = x_n, v_n, z_hat_n, g_n, dgq_n, lr_n, rstd_n, zg_n, dwq_n, dbq_n
+    if n_chunks > 1:  # the first chunk (it may start mid-mini-batch): the general step; its tiles are loaded
+        dw, db = _bwd_step(
+            DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b,
+            s_full, 0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, False,
+        )  # fmt: skip
+    _store_state(DW, DB, dw, db, pid, cols, cmask, D)
 
 
-def row_tile(widths: tuple[int, ...]) -> int:
-    """Rows of ``W`` per block in the backward: all of them (the on-chip path) up to head_dim 64,
-    else ``RB x d`` tiles of at most 1024 elements (at least 16 rows)."""
-    bd = padded(widths[0])
-    return bd if bd <= ON_CHIP_MAX_DIM else max(16, 1024 // bd)
+@triton.jit
+def _bwd_in(
+    K, V, LR, TS, LNW, LNB, GW0, GB0, WS, ZH, GS, RS, ZGS, DGQ, DWC, DBC, DGW, DGB,
+    DK, DV, DLR, DTS, DLN,
+    seq, heads, start_pos, n_chunks,
+    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """The input side's backward for chunk ``program_id(0)`` from the carry the walk stored (``DWC``,
+    ``DBC``: the gradients of the state at the chunk's end): ``dk``, ``dv``, ``dlr``, the last token
+    scale's term, and the inner LayerNorm's weight gradients (added to ``DLN``)."""
+    c, pid = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    at = pid * n_chunks + c
+    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+    x, v, z_hat, g, dgq, lr, rstd, zg, dw, db = _bwd_tiles(
+        K, V, LR, ZH, GS, RS, ZGS, DGQ, DWC, DBC, c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N
+    )
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    closes = (p + n == MB).to(tl.float32)
+    s_last = tl.load(TS + p + n - 1).to(tl.float32)
+    last = D * (c == n_chunks - 1)
+    dt, dt_b = _update_gradient(
+        dw, db, _state_matrix(DGW, pid, cols, D, last), _state_vector(DGB, pid, cols, D, last), s_last, closes
+    )
+    u = tl.dot(x, dt, input_precision=PREC) + dt_b[None, :]  # the gradient of lr * G
+    dz, dg_hat, _ = _inner_gradient_bwd(dgq + lr[:, None] * u, x, v, z_hat, rstd, zg, g, ln_w, ln_b, cmask, D)
+    dtarget = -dg_hat * ln_w[None, :]
+    # g_hat = (z_hat ln_w + ln_b - target) ln_w
+    dln_w = tl.sum(dg_hat * (2.0 * z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)), axis=0)
+    tl.store(DLN + at * 2 * BD + cols, tl.load(DLN + at * 2 * BD + cols) + dln_w)
+    tl.store(DLN + at * 2 * BD + BD + cols, tl.load(DLN + at * 2 * BD + BD + cols) + tl.sum(dg_hat * ln_w[None, :], axis=0))
+    lr_g = lr[:, None] * g
+    dx = tl.dot(dz, tl.trans(_square(WS, at, cols, BD)), input_precision=PREC)
+    dx += tl.dot(lr_g, tl.trans(dt), input_precision=PREC) - dtarget
+    _store_tokens(DK, dx, pid, seq, t0, rows, valid, cols, cmask, D)
+    _store_tokens(DV, dtarget, pid, seq, t0, rows, valid, cols, cmask, D)
+    tl.store(DLR + pid * seq + t0 + rows, tl.sum(u * g, axis=1), mask=valid)
+    # The last token scale of a closing chunk: W' = W - s_last (G_acc + X^T (lr G)), and b' alike.
+    ds_last = tl.sum(tl.sum(lr_g * (tl.dot(x, dw, input_precision=PREC) + db[None, :]), axis=1), axis=0)
+    if HAS_ACC:
+        first = D * (c == 0)
+        gw0, gb0 = _state_matrix(GW0, pid, cols, D, first), _state_vector(GB0, pid, cols, D, first)
+        ds_last += tl.sum(tl.sum(dw * gw0, axis=1), axis=0) + tl.sum(db * gb0, axis=0)
+    at_s, lands = DTS + pid * seq + t0 + rows, valid & (rows == n - 1)
+    tl.store(at_s, tl.load(at_s, mask=lands, other=0.0) - closes * ds_last, mask=lands)
 
 
-LINEAR = KernelPair(
-    1,
-    _ttt_linear_fwd,
-    _ttt_linear_bwd,
-    constexprs=lambda widths: {},
-    # 8 warps at every head_dim (sm_90, bf16, docs/design.md): at d=64 the forward spills nothing at 8
-    # (172 B at 4), the on-chip backward 0.4 KB (1.4 KB at 4); 16 caps registers at 128 and spills more.
-    num_warps=lambda w: 8,
-    bwd_constexprs=lambda widths: dict(RB=row_tile(widths), ON_CHIP=row_tile(widths) == padded(widths[0])),
-    scratch=lambda widths, block_n: [(block_n, padded(widths[0]))] * 2,
-    prepass=chunk_mix,
-    n_pre=1,
-    token_saves=2,  # Z and Zq: the backward loads them instead of 4 dots per chunk (512 B per token per head at d=64)
-)
+# -- on the host ------------------------------------------------------------------------------------
+
+
+def _num_warps(widths: tuple[int, ...]) -> int:
+    """8 warps (docs/design.md has the sm_90 figures at 2, 4 and 8)."""
+    return 8
+
+
+@dataclass(frozen=True)
+class LinearKernels:
+    """TTT-Linear's launcher (``triton_common.Launcher``): a walk per pass beside parallel kernels."""
+
+    n_layers: int = 1
+    n_pre: int = 1
+    prepass = staticmethod(chunk_mix)
+
+    def options(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, has_acc: bool) -> dict:
+        return dict(base_options(widths, mb, dtype), HAS_ACC=has_acc)
+
+    def specs(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, has_acc: bool) -> list[KernelSpec]:
+        """Every kernel a training step and a decode step launch, with the compile-time arguments they get."""
+        opts, nw = self.options(widths, mb, dtype, has_acc), _num_warps(widths)
+        walk = dict(SAVE=True, HAS_PRE=True, QUERY=False)
+        return [
+            KernelSpec("forward walk", _fwd_walk, kernel_constants(_fwd_walk, opts | walk), nw, True),
+            KernelSpec("forward output", _fwd_out, kernel_constants(_fwd_out, opts), nw, False),
+            KernelSpec("backward output", _bwd_out, kernel_constants(_bwd_out, opts), nw, False),
+            KernelSpec("backward walk", _bwd_walk, kernel_constants(_bwd_walk, opts), nw, True),
+            KernelSpec("backward input", _bwd_in, kernel_constants(_bwd_in, opts), nw, False),
+            KernelSpec("decode step", _fwd_walk, kernel_constants(_fwd_walk, opts | dict(SAVE=False, HAS_PRE=False, QUERY=True)), nw, True),
+        ]
+
+    def launch_forward(self, inputs, state, start_pos, save):  # noqa: ANN001, ANN201 - Launcher's
+        q, ts = inputs[0], inputs[4]
+        bh, seq, dim = q.shape
+        mb, heads = ts.shape[0], inputs[5].shape[0]
+        n_chunks = -(-(seq + start_pos) // mb)
+        f32 = dict(device=q.device, dtype=torch.float32)
+        bd = padded(dim)
+        opts = self.options((dim, dim), mb, q.dtype, start_pos > 0)
+        nw = _num_warps((dim, dim))
+        y = torch.empty_like(q)
+        out = [t.to(torch.float32, copy=True) for t in state]  # the walk turns the state in into the state out
+        fused = len(inputs) == N_INPUTS  # a decode step: no pre-pass, the output inside the walk
+        mix = inputs[N_INPUTS] if not fused else q  # a placeholder the fused walk does not read
+        ws, bs = torch.empty(bh, n_chunks, bd, bd, **f32), torch.empty(bh, n_chunks, bd, **f32)
+        gs = torch.empty(bh, seq, dim, **f32)
+        if fused:
+            ws = bs = gs = out[0]  # not written
+        zh, rs, zgs = (torch.empty(bh, seq, dim, **f32), torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32))
+        if not save:
+            zh = rs = zgs = out[0]
+        scalars = (seq, heads, start_pos, n_chunks)
+        walk = dict(SAVE=save, HAS_PRE=not fused, QUERY=fused)
+        _fwd_walk[(bh,)](
+            *inputs[:N_INPUTS], mix, *out, y, ws, bs, gs, zh, rs, zgs, *scalars,
+            **kernel_constants(_fwd_walk, opts | walk), num_warps=nw,
+        )  # fmt: skip
+        if not fused:
+            _fwd_out[(n_chunks, bh)](
+                q, ts, inputs[5], inputs[6], mix, state[2], state[3], ws, bs, gs, y, *scalars,
+                **kernel_constants(_fwd_out, opts), num_warps=nw,
+            )  # fmt: skip
+        return y, out, [ws, bs, gs, zh, rs, zgs]
+
+    def launch_backward(self, inputs, state, saved, dy, d_state, start_pos):  # noqa: ANN001, ANN201 - Launcher's
+        q, k, v, lr, ts, ln_w, ln_b, mix = inputs
+        ws, bs, gs, zh, rs, zgs = saved
+        bh, seq, dim = q.shape
+        mb, heads = ts.shape[0], ln_w.shape[0]
+        n_chunks = -(-(seq + start_pos) // mb)
+        bd = padded(dim)
+        f32 = dict(device=q.device, dtype=torch.float32)
+        opts = self.options((dim, dim), mb, q.dtype, start_pos > 0)
+        nw = _num_warps((dim, dim))
+        scalars = (seq, heads, start_pos, n_chunks)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
+        dmix = torch.zeros(mix.shape, **f32)  # the kernels write only their chunks' blocks
+        dgq = torch.empty(bh, seq, dim, **f32)
+        dwq, dbq = torch.empty(bh, n_chunks, bd, bd, **f32), torch.empty(bh, n_chunks, bd, **f32)
+        dwc, dbc = torch.empty_like(dwq), torch.empty_like(dbq)
+        dln = torch.empty(bh, n_chunks, 2, bd, **f32)
+        dw, db, dgw, dgb = d_state  # the state out's gradients; dw, db become the state in's in place
+        dgw_in, dgb_in = torch.zeros_like(dgw), torch.zeros_like(dgb)
+        _bwd_out[(n_chunks, bh)](
+            q, ts, ln_w, ln_b, mix, state[2], state[3], ws, bs, gs, dy,
+            dq, dmix, dgq, dwq, dbq, dts_tok, dln, dgw_in, dgb_in, *scalars, **kernel_constants(_bwd_out, opts), num_warps=nw,
+        )  # fmt: skip
+        _bwd_walk[(bh,)](
+            k, v, lr, ts, ln_w, ln_b, zh, gs, rs, zgs, dgq, dwq, dbq, dwc, dbc, dw, db, dgw, dgb, dgw_in, dgb_in,
+            *scalars, **kernel_constants(_bwd_walk, opts), num_warps=nw,
+        )  # fmt: skip
+        _bwd_in[(n_chunks, bh)](
+            k, v, lr, ts, ln_w, ln_b, state[2], state[3], ws, zh, gs, rs, zgs, dgq, dwc, dbc, dgw, dgb,
+            dk, dv, dlr, dts_tok, dln, *scalars, **kernel_constants(_bwd_in, opts), num_warps=nw,
+        )  # fmt: skip
+        d_state[2].copy_(dgw_in)
+        d_state[3].copy_(dgb_in)
+        dln = dln.sum(1)[..., :dim]
+        return dq, dk, dv, dlr, dts_tok, dln[:, 0], dln[:, 1], dmix
+
+
+LINEAR = LinearKernels()
 
 
 def ttt_linear_triton(
@@ -375,7 +648,7 @@ def ttt_linear_triton(
     """TTT-Linear over a sequence in Triton: the same function and signature as ``ttt_dual``.
 
     The carried state comes back in float32 whatever the input dtype; ``checkpoint=True``
-    recomputes the per-mini-batch weights in the backward instead of storing them.
+    recomputes what the forward stores (one more forward walk) instead of keeping it.
     """
     return run_kernel(
         LINEAR, q, k, v, lr, state,

@@ -105,6 +105,38 @@ ptxas info    : Used 255 registers, used 1 barriers, 264 bytes cumulative stack 
         smem.ptxas_figures("ptxas fatal   : Unsupported .version 9.4")
 
 
+SASS = """
+	.section	.text._fwd_walk,"ax",@progbits
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   BRA `(.L_x_9) ;
+.L_x_1:
+        /*0020*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+.L_x_2:
+        /*0030*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0040*/                   STL [R1], R4 ;
+        /*0050*/               @P1 BRA `(.L_x_2) ;
+        /*0060*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0070*/                   LDL R4, [R1] ;
+        /*0080*/               @P0 BRA `(.L_x_1) ;
+.L_x_9:
+        /*0090*/                   EXIT ;
+"""
+
+
+def test_a_walks_step_is_the_body_of_its_outermost_loop_in_sass(monkeypatch):
+    """From the label to the branch back to it, the widest such span (an inner loop counts once);
+    a branch forward (``.L_x_9``) is no loop, and a kernel without a backward branch has none."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    spec = importlib.util.spec_from_file_location("triton_aot", ROOT / "benchmarks" / "triton_aot.py")
+    aot = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "triton_aot", aot)
+    spec.loader.exec_module(aot)
+    assert aot.loop_figures(SASS) == aot.LoopFigures(instructions=7, barriers=2, local=2)
+    assert aot.loop_figures(SASS.replace("@P0 BRA `(.L_x_1)", "@P0 BRA `(.L_x_9)")) == aot.LoopFigures(3, 1, 1)
+    assert aot.loop_figures(SASS.replace("@P0 BRA `(.L_x_1)", "NOP").replace("@P1 BRA `(.L_x_2)", "NOP")) is None
+
+
 # -- on a GPU, at real sizes -----------------------------------------------------------------------
 
 # max |kernel - dual(float64)| / max |dual(float64)|, per input dtype. float32 inputs use IEEE

@@ -7,8 +7,8 @@ tiny (the interpreter runs every block op in numpy) and chosen so that chunks ar
 mini-batches of 5 and 8 over lengths that are not multiples, states starting mid-mini-batch,
 head_dim 12 (padded to 16 columns) and 16/32, the 16-row blocks ``tl.dot`` needs masking the rest;
 TTT-MLP at head_dim 20 walks its hidden width (80, padded to 128) in several blocks. The
-TTT-Linear backward keeps W and its gradients on chip up to head_dim 64 (40, padded to 64, is
-the widest case here) and walks W's rows in blocks above it (head_dim 72, padded to 128).
+TTT-Linear walks peel a sequence's first and last chunks off their loop over whole mini-batches,
+so the cases include one chunk, two, and whole mini-batches only.
 """
 
 from __future__ import annotations
@@ -36,8 +36,14 @@ CASES = [
     Case("linear", batch=1, heads=1, seq=21, dim=32, mb=16, pos=9),
     # head_dim 40 (64 columns): the backward's on-chip path at its widest, with masked columns.
     Case("linear", batch=1, heads=1, seq=19, dim=40, mb=8),
-    # head_dim 72 (128 columns): the backward walks W in row blocks of 16, full, partly and wholly masked.
+    # head_dim 72 (128 columns), masked columns in every kernel.
     Case("linear", batch=1, heads=2, seq=13, dim=72, mb=4, pos=1),
+    # The walks peel the first and last chunks off the loop over whole mini-batches: one chunk that
+    # starts and ends mid-mini-batch, one that starts mid-way and closes it, two chunks, whole ones only.
+    Case("linear", batch=1, heads=1, seq=3, dim=16, mb=8, pos=2),
+    Case("linear", batch=1, heads=1, seq=6, dim=16, mb=8, pos=2),
+    Case("linear", batch=1, heads=2, seq=16, dim=16, mb=8),
+    Case("linear", batch=1, heads=1, seq=32, dim=16, mb=4),
     Case("mlp", batch=1, heads=2, seq=24, dim=16, mb=8),
     Case("mlp", batch=2, heads=1, seq=13, dim=12, mb=5, pos=2),
     # Hidden width 80 in blocks of 32 (triton_mlp.hidden_tile): full, partly and wholly masked blocks.
@@ -65,12 +71,24 @@ def test_kernel_matches_dual_forward_and_every_gradient(case):
     assert all(g.abs().max() > 0 for g in grads.values())
 
 
-def test_cases_cover_both_linear_backward_paths():
-    """The cases above reach the on-chip backward (head_dim <= 64) and the row-block one (above)."""
-    on_chip = {c.dim: LINEAR.bwd_constexprs((c.dim, c.dim))["ON_CHIP"] for c in CASES if c.kind == "linear"}
-    assert on_chip[40] and on_chip[16] and not on_chip[72], on_chip
-    assert LINEAR.bwd_constexprs((64, 64)) == dict(RB=64, ON_CHIP=True)  # every paper size
-    assert LINEAR.bwd_constexprs((128, 128)) == dict(RB=16, ON_CHIP=False)
+@pytest.mark.parametrize("pos", [0, 3])
+def test_linear_fused_walk_equals_the_split_forward(pos):
+    """The decode path (the output inside the walk, ``QUERY``) over a whole sequence gives what the
+    walk plus the parallel output kernel give: the same y and state out."""
+    case = Case("linear", batch=2, heads=1, seq=29, dim=16, mb=8, pos=pos)
+    leaves = {k: v.float() for k, v in make_leaves(case, seed=5).items()}
+    b, h, t, d = case.batch, case.heads, case.seq, case.dim
+    inputs = [leaves[n].reshape(b * h, t, -1).squeeze(-1).contiguous() if n == "lr" else leaves[n].reshape(b * h, t, d)
+              for n in ("q", "k", "v", "lr")]  # fmt: skip
+    inputs += [leaves["token_scale"], leaves["ln_weight"].reshape(h, d), leaves["ln_bias"].reshape(h, d)]
+    tile = dict(W=leaves["W1"].expand(b, h, d, d), B=leaves["b1"].expand(b, h, 1, d))
+    sums = [leaves["sum_W1"], leaves["sum_b1"]] if pos else [torch.zeros(b, h, d, d), torch.zeros(b, h, 1, d)]
+    state = [t.reshape(b * h, *t.shape[2:]).squeeze(1).contiguous() for t in (tile["W"], tile["B"], *sums)]
+    fused = LINEAR.launch_forward(inputs, state, pos, save=False)
+    split = LINEAR.launch_forward(inputs + LINEAR.prepass(inputs, pos), state, pos, save=False)
+    assert (fused[0] - split[0]).abs().max() <= TOL * split[0].abs().max()
+    for a, s in zip(fused[1], split[1]):
+        assert (a - s).abs().max() <= TOL * max(s.abs().max(), 1.0)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
