@@ -48,6 +48,29 @@ def centre(a, cmask, D: tl.constexpr):
 
 
 @triton.jit
+def _add_pairs(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+@triton.jit
+def _add_triples(a0, a1, a2, b0, b1, b2):
+    return a0 + b0, a1 + b1, a2 + b2
+
+
+@triton.jit
+def row_sums(a, b):
+    """``(sum(a), sum(b))`` over each row in one reduction: where a row spans warps, one exchange
+    through shared memory (and its barriers) instead of two."""
+    return tl.reduce((a, b), 1, _add_pairs)
+
+
+@triton.jit
+def row_sums3(a, b, c):
+    """``row_sums`` of three."""
+    return tl.reduce((a, b, c), 1, _add_triples)
+
+
+@triton.jit
 def row_layer_norm(z, cmask, D: tl.constexpr, EPS: tl.constexpr):
     """``(z_hat, rstd)`` of a LayerNorm over the last dim, without the affine part."""
     centred = centre(z, cmask, D)

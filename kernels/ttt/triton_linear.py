@@ -72,6 +72,8 @@ from kernels.ttt.triton_common import (
     ln_project,
     padded,
     row_layer_norm,
+    row_sums,
+    row_sums3,
     run_kernel,
 )
 
@@ -133,13 +135,22 @@ def _store_state(PW, PB, w, b, pid, cols, cmask, D: tl.constexpr):
 
 
 @triton.jit
-def _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr):
-    """``(G, LN(Z), rstd, mean(g_hat LN(Z)))`` of ``Z = X W + b``: the reconstruction loss's gradient."""
+def _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
+                    CENTRED: tl.constexpr = False):  # fmt: skip
+    """``(G, LN(Z), rstd, mean(g_hat LN(Z)))`` of ``Z = X W + b``: the reconstruction loss's gradient.
+
+    ``CENTRED``: ``W``'s rows and ``b`` have zero mean (the walks carry them so, ``_centred``), so
+    ``Z`` is already centred and the LayerNorm needs no mean."""
     z = tl.dot(x, w, input_precision=PREC) + b[None, :]
-    z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
+    if CENTRED:
+        rstd = 1.0 / tl.sqrt(tl.sum(z * z, axis=1) / D + EPS)
+        z_hat = z * rstd[:, None]
+    else:
+        z_hat, rstd = row_layer_norm(z, cmask, D, EPS)
     g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
-    zg = tl.sum(g_hat * z_hat, axis=1) / D
-    g = rstd[:, None] * (centre(g_hat, cmask, D) - z_hat * zg[:, None])
+    g_sum, zg_sum = row_sums(g_hat, g_hat * z_hat)  # g_hat is zero in padding columns
+    zg = zg_sum / D
+    g = rstd[:, None] * tl.where(cmask[None, :], g_hat - (g_sum / D)[:, None] - z_hat * zg[:, None], 0.0)
     return g, z_hat, rstd, zg
 
 
@@ -152,11 +163,14 @@ def _inner_gradient_bwd(dg, x, v, z_hat, rstd, zg, g, ln_w, ln_b, cmask, D: tl.c
     LayerNorm weights (``_bwd_in``).
     """
     g_hat = (z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)) * ln_w[None, :]
-    m = tl.sum(dg * z_hat, axis=1) / D
-    dg_hat = rstd[:, None] * (centre(dg, cmask, D) - z_hat * m[:, None])
+    dg = tl.where(cmask[None, :], dg, 0.0)  # so that the row sums below are over the D real columns
+    dg_sum, m, drstd = row_sums3(dg, dg * z_hat, dg * g)  # drstd: rstd * sum(dG * g_in)
+    m = m / D
+    dg_hat = rstd[:, None] * tl.where(cmask[None, :], dg - (dg_sum / D)[:, None] - z_hat * m[:, None], 0.0)
     dz_hat = -rstd[:, None] * (dg * zg[:, None] + g_hat * m[:, None]) + dg_hat * ln_w[None, :] * ln_w[None, :]
-    drstd = tl.sum(dg * g, axis=1)  # rstd * sum(dG * g_in)
-    dz = ln_project(dz_hat, z_hat, rstd, cmask, D) - (rstd * drstd / D)[:, None] * z_hat
+    dz_sum, dzz_sum = row_sums(dz_hat, dz_hat * z_hat)
+    dz = rstd[:, None] * tl.where(cmask[None, :], dz_hat - (dz_sum / D)[:, None] - z_hat * (dzz_sum / D)[:, None], 0.0)
+    dz -= (rstd * drstd / D)[:, None] * z_hat
     return dz, dg_hat, g_hat
 
 
@@ -177,35 +191,50 @@ def _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D: tl.constexpr, EPS:
 
 
 @triton.jit
+def _centred(w, b, cmask, D: tl.constexpr):
+    """``(W - u 1^T, b - beta, u, beta)``: ``u`` the row means of ``W``, ``beta`` the mean of ``b``.
+
+    Every row of ``G`` sums to zero (``sum(LN(Z)) = 0``), so an update ``X^T (lr G)`` leaves ``u``
+    and ``beta`` as they are: the walk carries the centred parts, whose ``Z = X W + b`` comes out
+    centred, and a LayerNorm mean fewer is on the chain. Only a running sum given in the state in
+    (a start mid-mini-batch) can move ``u`` and ``beta``, in the first chunk.
+    """
+    u = tl.sum(w, axis=1) / D
+    beta = tl.sum(b, axis=0) / D
+    return tl.where(cmask[None, :], w - u[:, None], 0.0), tl.where(cmask, b - beta, 0.0), u, beta
+
+
+@triton.jit
 def _fwd_step(
-    Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
+    Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
     c, pid, seq, start_pos, n_chunks, cols, cmask,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    EPS: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, HAS_PRE: tl.constexpr, QUERY: tl.constexpr,
-    FULL: tl.constexpr,
+    EPS: tl.constexpr, HAS_ACC: tl.constexpr, HAS_PRE: tl.constexpr, QUERY: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     """Chunk ``c`` of the forward walk from its tiles ``x, v, lr``; returns the state after it.
 
-    ``FULL``: a whole mini-batch from a closed state (no running sum, ``s_full`` the last scale).
-    ``QUERY``: the output too (the fused walk); else the walk stores what ``_fwd_out`` reads.
+    The state is carried centred (``_centred``): ``W = w + u 1^T``, ``b = b + beta``, and the
+    running sums alike (``u_acc``, ``beta_acc``). ``FULL``: a whole mini-batch from a closed state
+    (no running sum, ``s_full`` the last scale, ``u`` and ``beta`` unchanged). ``QUERY``: the
+    output too (the fused walk); else the walk stores the chunk's starting weights for ``_fwd_out``.
     """
     t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
     at = pid * n_chunks + c
-    g, z_hat, rstd, zg = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
+    g, _, _, _ = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC, True)
+    w_full = tl.where(cmask[None, :], w + u[:, None], 0.0)
+    b_full = tl.where(cmask, b + beta, 0.0)
     if QUERY:
         q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
         s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
         mix = chunk_mix_block(MIX, at, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
-        y, _, _, _ = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC and not FULL)
+        gw_full = tl.where(cmask[None, :], gw + u_acc[:, None], 0.0)
+        gb_full = tl.where(cmask, gb + beta_acc, 0.0)
+        y, _, _, _ = _output(q, w_full, b_full, gw_full, gb_full, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC,
+                             HAS_ACC and not FULL)  # fmt: skip
         _store_tokens(Y, y, pid, seq, t0, rows, valid, cols, cmask, D)
     else:
-        _store_square(WS, w, at, cols, BD)
-        tl.store(BS + at * BD + cols, b)
-        _store_tokens(GS, g, pid, seq, t0, rows, valid, cols, cmask, D)
-    if SAVE:
-        _store_tokens(ZH, z_hat, pid, seq, t0, rows, valid, cols, cmask, D)
-        tl.store(RS + pid * seq + t0 + rows, rstd, mask=valid)
-        tl.store(ZGS + pid * seq + t0 + rows, zg, mask=valid)
+        _store_square(WS, w_full, at, cols, BD)
+        tl.store(BS + at * BD + cols, b_full)
     lr_g = lr[:, None] * g
     update = tl.dot(tl.trans(x), lr_g, input_precision=PREC)
     if FULL:
@@ -218,9 +247,13 @@ def _fwd_step(
         s_last = tl.load(TS + p + n - 1).to(tl.float32) * closes
         w -= s_last * gw
         b -= s_last * gb
+        u -= s_last * u_acc
+        beta -= s_last * beta_acc
         gw *= 1.0 - closes
         gb *= 1.0 - closes
-    return w, b, gw, gb
+        u_acc *= 1.0 - closes
+        beta_acc *= 1.0 - closes
+    return w, b, gw, gb, u, beta, u_acc, beta_acc
 
 
 @triton.jit
@@ -229,20 +262,18 @@ def _fwd_walk(
     MIX,  # the pre-pass: eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32 (read if QUERY)
     W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
     Y,  # the output, (BH, T, D) (written if QUERY)
-    WS, BS, GS,  # weights at each chunk's start (BH, n_chunks, BD, BD) / (.., BD); G (BH, T, D); unless QUERY
-    ZH, RS, ZGS,  # LN(Z) (BH, T, D), its rstd and mean(g_hat LN(Z)) (BH, T), float32, if SAVE
+    WS, BS,  # weights at each chunk's start (BH, n_chunks, BD, BD) / (.., BD), float32, unless QUERY
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr,
-    QUERY: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr, QUERY: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
     cmask = cols < D
-    w = _state_matrix(W, pid, cols, D, D)
-    b = _state_vector(B, pid, cols, D, D)
-    gw = _state_matrix(GW, pid, cols, D, D * HAS_ACC)
-    gb = _state_vector(GB, pid, cols, D, D * HAS_ACC)
+    w, b, u, beta = _centred(_state_matrix(W, pid, cols, D, D), _state_vector(B, pid, cols, D, D), cmask, D)
+    gw, gb, u_acc, beta_acc = _centred(
+        _state_matrix(GW, pid, cols, D, D * HAS_ACC), _state_vector(GB, pid, cols, D, D * HAS_ACC), cmask, D
+    )
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     s_full = tl.load(TS + MB - 1).to(tl.float32)
@@ -251,10 +282,9 @@ def _fwd_walk(
     x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
     v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
     lr = _per_token(LR, pid, seq, t0, rows, valid)
-    w, b, gw, gb = _fwd_step(
-        Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
-        0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, SAVE, HAS_PRE, QUERY,
-        False,
+    w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
+        Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
+        0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, HAS_PRE, QUERY, False,
     )  # fmt: skip
     # Whole mini-batches in between, each chunk's tiles loaded during the step before.
     t0, n, p, rows, valid = chunk_bounds(1, start_pos, seq, MB, BLOCK_N)
@@ -266,38 +296,39 @@ def _fwd_walk(
         x_next = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
         v_next = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
         lr_next = _per_token(LR, pid, seq, t0, rows, valid)
-        w, b, gw, gb = _fwd_step(
-            Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
-            c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, SAVE, HAS_PRE,
-            QUERY, True,
+        w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
+            Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
+            c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, HAS_PRE, QUERY,
+            True,
         )  # fmt: skip
         x, v, lr = x_next, v_next, lr_next
     # The last chunk (it may end mid-mini-batch) takes the general step; its tiles are loaded.
     if n_chunks > 1:
-        w, b, gw, gb = _fwd_step(
-            Q, TS, MIX, Y, WS, BS, GS, ZH, RS, ZGS, x, v, lr, w, b, gw, gb, ln_w, ln_b, s_full,
-            n_chunks - 1, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, False, SAVE,
+        w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
+            Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
+            n_chunks - 1, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, False,
             HAS_PRE, QUERY, False,
         )  # fmt: skip
-    _store_state(W, B, w, b, pid, cols, cmask, D)
-    _store_state(GW, GB, gw, gb, pid, cols, cmask, D)
+    _store_state(W, B, w + u[:, None], b + beta, pid, cols, cmask, D)
+    _store_state(GW, GB, gw + u_acc[:, None], gb + beta_acc, pid, cols, cmask, D)
 
 
 @triton.jit
 def _fwd_out(
-    Q, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, GS, Y,  # GW0, GB0: the state in's running sums
+    Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, Y,  # GW0, GB0: the state in's running sums
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
 ):  # fmt: skip
-    """The output of chunk ``program_id(0)`` from the walk's stored weights and ``G``."""
+    """The output of chunk ``program_id(0)`` from the weights the walk stored (``G`` recomputed from them)."""
     c, pid = tl.program_id(0), tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BD)
     cmask = cols < D
     at = pid * n_chunks + c
     t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
     q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
-    g = _tokens(GS, pid, seq, t0, rows, valid, cols, cmask, D)
+    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
+    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
     s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
     offs, mask = chunk_square(at, p, rows, valid, MB)
     mix = tl.load(MIX + offs, mask=mask, other=0.0)
@@ -306,6 +337,7 @@ def _fwd_out(
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
+    g, _, _, _ = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
     y, _, _, _ = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
     _store_tokens(Y, y, pid, seq, t0, rows, valid, cols, cmask, D)
 
@@ -315,8 +347,8 @@ def _fwd_out(
 
 @triton.jit
 def _bwd_out(
-    Q, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, GS, DY,
-    DQ, DMIX, DGQ, DWQ, DBQ, DTS, DLN, DGW_IN, DGB_IN,
+    Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, DY,
+    DQ, DMIX, DGQ, DWQ, DBQ, DTS, DLN, DGW_IN, DGB_IN, GS, ZH, RS, ZGS,
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
@@ -324,14 +356,15 @@ def _bwd_out(
     """The output's backward for chunk ``program_id(0)``: ``dq`` (whole), ``dmix``, ``dZq``'s term in
     ``dG`` (``DGQ``), ``Q^T dZq`` and ``sum dZq`` (``DWQ``, ``DBQ``: what the walk adds to ``dW``,
     ``db``), the token scales' running-sum term, the output LayerNorm's weight gradients (``DLN``,
-    per chunk), and the state in's running sums' query term (``DGW_IN``, first chunk)."""
+    per chunk), and the state in's running sums' query term (``DGW_IN``, first chunk). Also what the
+    walk and ``_bwd_in`` read of the inner gradient, recomputed from the stored weights: ``G``
+    (``GS``), ``LN(Z)`` (``ZH``), its ``rstd`` (``RS``) and ``mean(g_hat LN(Z))`` (``ZGS``)."""
     c, pid = tl.program_id(0), tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BD)
     cmask = cols < D
     at = pid * n_chunks + c
     t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
     q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
-    g = _tokens(GS, pid, seq, t0, rows, valid, cols, cmask, D)
     dy = _tokens(DY, pid, seq, t0, rows, valid, cols, cmask, D)
     s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
     offs, mask = chunk_square(at, p, rows, valid, MB)
@@ -342,6 +375,13 @@ def _bwd_out(
     ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
     w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
+    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
+    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
+    g, z_hat, rstd, zg = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
+    _store_tokens(GS, g, pid, seq, t0, rows, valid, cols, cmask, D)
+    _store_tokens(ZH, z_hat, pid, seq, t0, rows, valid, cols, cmask, D)
+    tl.store(RS + pid * seq + t0 + rows, rstd, mask=valid)
+    tl.store(ZGS + pid * seq + t0 + rows, zg, mask=valid)
     _, zq_hat, rstd_q, acc_q = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
     tl.store(DLN + at * 2 * BD + cols, tl.sum(dy * zq_hat, axis=0))
     tl.store(DLN + at * 2 * BD + BD + cols, tl.sum(dy, axis=0))
@@ -548,14 +588,14 @@ class LinearKernels:
     def specs(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, has_acc: bool) -> list[KernelSpec]:
         """Every kernel a training step and a decode step launch, with the compile-time arguments they get."""
         opts, nw = self.options(widths, mb, dtype, has_acc), _num_warps(widths)
-        walk = dict(SAVE=True, HAS_PRE=True, QUERY=False)
+        walk = dict(HAS_PRE=True, QUERY=False)
         return [
             KernelSpec("forward walk", _fwd_walk, kernel_constants(_fwd_walk, opts | walk), nw, True),
             KernelSpec("forward output", _fwd_out, kernel_constants(_fwd_out, opts), nw, False),
             KernelSpec("backward output", _bwd_out, kernel_constants(_bwd_out, opts), nw, False),
             KernelSpec("backward walk", _bwd_walk, kernel_constants(_bwd_walk, opts), nw, True),
             KernelSpec("backward input", _bwd_in, kernel_constants(_bwd_in, opts), nw, False),
-            KernelSpec("decode step", _fwd_walk, kernel_constants(_fwd_walk, opts | dict(SAVE=False, HAS_PRE=False, QUERY=True)), nw, True),
+            KernelSpec("decode step", _fwd_walk, kernel_constants(_fwd_walk, opts | dict(HAS_PRE=False, QUERY=True)), nw, True),
         ]
 
     def launch_forward(self, inputs, state, start_pos, save):  # noqa: ANN001, ANN201 - Launcher's
@@ -572,28 +612,24 @@ class LinearKernels:
         fused = len(inputs) == N_INPUTS  # a decode step: no pre-pass, the output inside the walk
         mix = inputs[N_INPUTS] if not fused else q  # a placeholder the fused walk does not read
         ws, bs = torch.empty(bh, n_chunks, bd, bd, **f32), torch.empty(bh, n_chunks, bd, **f32)
-        gs = torch.empty(bh, seq, dim, **f32)
         if fused:
-            ws = bs = gs = out[0]  # not written
-        zh, rs, zgs = (torch.empty(bh, seq, dim, **f32), torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32))
-        if not save:
-            zh = rs = zgs = out[0]
+            ws = bs = out[0]  # not written
         scalars = (seq, heads, start_pos, n_chunks)
-        walk = dict(SAVE=save, HAS_PRE=not fused, QUERY=fused)
+        walk = dict(HAS_PRE=not fused, QUERY=fused)
         _fwd_walk[(bh,)](
-            *inputs[:N_INPUTS], mix, *out, y, ws, bs, gs, zh, rs, zgs, *scalars,
+            *inputs[:N_INPUTS], mix, *out, y, ws, bs, *scalars,
             **kernel_constants(_fwd_walk, opts | walk), num_warps=nw,
         )  # fmt: skip
         if not fused:
             _fwd_out[(n_chunks, bh)](
-                q, ts, inputs[5], inputs[6], mix, state[2], state[3], ws, bs, gs, y, *scalars,
+                q, inputs[1], inputs[2], ts, inputs[5], inputs[6], mix, state[2], state[3], ws, bs, y, *scalars,
                 **kernel_constants(_fwd_out, opts), num_warps=nw,
             )  # fmt: skip
-        return y, out, [ws, bs, gs, zh, rs, zgs]
+        return y, out, [ws, bs]  # the same with or without ``save``: the output kernel reads them
 
     def launch_backward(self, inputs, state, saved, dy, d_state, start_pos):  # noqa: ANN001, ANN201 - Launcher's
         q, k, v, lr, ts, ln_w, ln_b, mix = inputs
-        ws, bs, gs, zh, rs, zgs = saved
+        ws, bs = saved
         bh, seq, dim = q.shape
         mb, heads = ts.shape[0], ln_w.shape[0]
         n_chunks = -(-(seq + start_pos) // mb)
@@ -605,15 +641,17 @@ class LinearKernels:
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dlr, dts_tok = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
         dmix = torch.zeros(mix.shape, **f32)  # the kernels write only their chunks' blocks
-        dgq = torch.empty(bh, seq, dim, **f32)
+        dgq, gs, zh = (torch.empty(bh, seq, dim, **f32) for _ in range(3))
+        rs, zgs = torch.empty(bh, seq, **f32), torch.empty(bh, seq, **f32)
         dwq, dbq = torch.empty(bh, n_chunks, bd, bd, **f32), torch.empty(bh, n_chunks, bd, **f32)
         dwc, dbc = torch.empty_like(dwq), torch.empty_like(dbq)
         dln = torch.empty(bh, n_chunks, 2, bd, **f32)
         dw, db, dgw, dgb = d_state  # the state out's gradients; dw, db become the state in's in place
         dgw_in, dgb_in = torch.zeros_like(dgw), torch.zeros_like(dgb)
         _bwd_out[(n_chunks, bh)](
-            q, ts, ln_w, ln_b, mix, state[2], state[3], ws, bs, gs, dy,
-            dq, dmix, dgq, dwq, dbq, dts_tok, dln, dgw_in, dgb_in, *scalars, **kernel_constants(_bwd_out, opts), num_warps=nw,
+            q, k, v, ts, ln_w, ln_b, mix, state[2], state[3], ws, bs, dy,
+            dq, dmix, dgq, dwq, dbq, dts_tok, dln, dgw_in, dgb_in, gs, zh, rs, zgs, *scalars,
+            **kernel_constants(_bwd_out, opts), num_warps=nw,
         )  # fmt: skip
         _bwd_walk[(bh,)](
             k, v, lr, ts, ln_w, ln_b, zh, gs, rs, zgs, dgq, dwq, dbq, dwc, dbc, dw, db, dgw, dgb, dgw_in, dgb_in,
