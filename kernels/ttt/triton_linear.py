@@ -12,13 +12,14 @@ ending mid-mini-batch covers), in ``ttt_dual``'s notation::
 Only ``Z``, ``G`` and the update depend on the previous chunk, so only they are on the chain
 (the paper's latency is one chain of ``T / b`` dependent steps):
 
-* **forward walk** (``_fwd_walk``, one program per (batch, head), ``W`` in registers): per chunk
-  ``Z``, ``G`` and the update; it stores the weights at every chunk's start and ``G`` (and, for
-  the backward, ``LN(Z)``, its ``rstd`` and ``mean(g_hat * LN(Z))``);
-* **output** (``_fwd_out``, one program per (chunk, batch, head)): ``Zq`` and ``y`` from the stored
-  weights and ``G``, all chunks at once;
+* **forward walk** (``_fwd_walk``, one program per (batch, head), ``W`` in registers, carried
+  centred: ``_centred``): per chunk ``Z``, ``G`` and the update; it stores the weights at every
+  chunk's start, and nothing else;
+* **output** (``_fwd_out``, one program per (chunk, batch, head)): ``G`` again from the stored
+  weights, then ``Zq`` and ``y``, all chunks at once;
 * **backward**, three launches: ``_bwd_out`` (parallel) the output's gradients: ``dq`` (final),
-  ``dmix``, ``dZq``'s terms in ``dG`` and in ``dW`` (``Q^T dZq``, one ``d x d`` per chunk); then
+  ``dmix``, ``dZq``'s terms in ``dG`` and in ``dW`` (``Q^T dZq``, one ``d x d`` per chunk), and
+  the inner LayerNorm's figures the walk needs (from the stored weights); then
   ``_bwd_walk`` (sequential, reverse) carries ``dW, db`` only: per chunk ``X dT``, the inner
   LayerNorm's backward to ``dZ``, and ``dW += Q^T dZq + X^T dZ``, storing the carry it entered
   the chunk with; then ``_bwd_in`` (parallel) recomputes each chunk
@@ -30,11 +31,11 @@ running sum (it is zero after a mini-batch closes), the last token's scale hoist
 loop, no per-chunk branch; the first and last chunks take the general step. Each walk loads the
 next chunk's tiles one step ahead, so their memory latency is hidden behind a step.
 
-Memory: the forward stores the chunk-start weights (``4 d (d + 1) / b`` bytes per token per head:
-1040 B at d=64, b=16) and per token ``LN(Z)``, ``G`` (float32) and two floats; the weights only
-are kept in inference too (the output kernel reads them). ``checkpoint=True`` keeps nothing but
-the inputs and reruns the forward walk in the backward. The backward's temporaries: one ``d x d``
-per chunk (``Q^T dZq``, then the carry) and ``dG``'s query part per token.
+Memory: the forward stores the chunk-start weights only (``4 d (d + 1) / b`` bytes per token per
+head: 1040 B at d=64, b=16), in inference too (the output kernel reads them). ``checkpoint=True``
+keeps nothing but the inputs and reruns the forward in the backward. The backward's temporaries:
+two ``d x d`` float32 per chunk (``Q^T dZq``, and the carry) and four floats' worth of ``d`` per
+token (``dG``'s query part, ``G``, ``LN(Z)``), float32.
 
 Decode: a step (one token, no gradient, no pre-pass) runs the walk with the output fused into it
 (``QUERY``): one launch per layer per token. The same fused walk computes the whole forward for
@@ -314,6 +315,32 @@ def _fwd_walk(
 
 
 @triton.jit
+def _query_chunk(Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, c, pid, seq, heads, start_pos, n_chunks, cols, cmask,
+                 D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr,
+                 PREC: tl.constexpr, EPS: tl.constexpr):  # fmt: skip
+    """Chunk ``c`` recomputed from the weights the walk stored, for the parallel kernels: its tiles,
+    the inner gradient (``_inner_gradient``) and the output (``_output``); the first chunk of a
+    state that starts mid-mini-batch with the state in's running sums."""
+    at = pid * n_chunks + c
+    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
+    q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
+    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
+    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
+    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
+    mix_offs, mix_mask = chunk_square(at, p, rows, valid, MB)
+    mix = tl.load(MIX + mix_offs, mask=mix_mask, other=0.0)
+    first = D * HAS_ACC * (c == 0)  # D in the first chunk of a state that starts mid-mini-batch, else 0
+    gw, gb = _state_matrix(GW0, pid, cols, D, first), _state_vector(GB0, pid, cols, D, first)
+    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
+    w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
+    g, z_hat, rstd, zg = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
+    y, zq_hat, rstd_q, acc_q = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
+    return (t0, rows, valid, q, s, mix, mix_offs, mix_mask, first, gw, ln_w, w, g, z_hat, rstd, zg,
+            y, zq_hat, rstd_q, acc_q)  # fmt: skip
+
+
+@triton.jit
 def _fwd_out(
     Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, Y,  # GW0, GB0: the state in's running sums
     seq, heads, start_pos, n_chunks,
@@ -324,21 +351,10 @@ def _fwd_out(
     c, pid = tl.program_id(0), tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BD)
     cmask = cols < D
-    at = pid * n_chunks + c
-    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-    q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
-    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
-    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
-    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
-    offs, mask = chunk_square(at, p, rows, valid, MB)
-    mix = tl.load(MIX + offs, mask=mask, other=0.0)
-    gw = _state_matrix(GW0, pid, cols, D, D * HAS_ACC * (c == 0))
-    gb = _state_vector(GB0, pid, cols, D, D * HAS_ACC * (c == 0))
-    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
-    g, _, _, _ = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
-    y, _, _, _ = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
+    t0, rows, valid, _, _, _, _, _, _, _, _, _, _, _, _, _, y, _, _, _ = _query_chunk(
+        Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, c, pid, seq, heads, start_pos, n_chunks, cols, cmask,
+        D, BD, MB, BLOCK_N, HAS_ACC, PREC, EPS,
+    )  # fmt: skip
     _store_tokens(Y, y, pid, seq, t0, rows, valid, cols, cmask, D)
 
 
@@ -363,26 +379,17 @@ def _bwd_out(
     cols = tl.arange(0, BD)
     cmask = cols < D
     at = pid * n_chunks + c
-    t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
-    q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
+    t0, rows, valid, q, s, mix, offs, mask, first, gw, ln_w, w, g, z_hat, rstd, zg, _, zq_hat, rstd_q, acc_q = (
+        _query_chunk(
+            Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, c, pid, seq, heads, start_pos, n_chunks, cols, cmask,
+            D, BD, MB, BLOCK_N, HAS_ACC, PREC, EPS,
+        )
+    )  # fmt: skip
     dy = _tokens(DY, pid, seq, t0, rows, valid, cols, cmask, D)
-    s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
-    offs, mask = chunk_square(at, p, rows, valid, MB)
-    mix = tl.load(MIX + offs, mask=mask, other=0.0)
-    first = D * HAS_ACC * (c == 0)  # D in the first chunk of a state that starts mid-mini-batch, else 0
-    gw = _state_matrix(GW0, pid, cols, D, first)
-    gb = _state_vector(GB0, pid, cols, D, first)
-    ln_w = tl.load(LNW + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    ln_b = tl.load(LNB + (pid % heads) * D + cols, mask=cmask, other=0.0).to(tl.float32)
-    w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
-    x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
-    v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
-    g, z_hat, rstd, zg = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
     _store_tokens(GS, g, pid, seq, t0, rows, valid, cols, cmask, D)
     _store_tokens(ZH, z_hat, pid, seq, t0, rows, valid, cols, cmask, D)
     tl.store(RS + pid * seq + t0 + rows, rstd, mask=valid)
     tl.store(ZGS + pid * seq + t0 + rows, zg, mask=valid)
-    _, zq_hat, rstd_q, acc_q = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
     tl.store(DLN + at * 2 * BD + cols, tl.sum(dy * zq_hat, axis=0))
     tl.store(DLN + at * 2 * BD + BD + cols, tl.sum(dy, axis=0))
     dzq = ln_project(dy * ln_w[None, :], zq_hat, rstd_q, cmask, D)
