@@ -1,15 +1,16 @@
 """What the TTT Triton kernels share: row helpers inside a kernel, and the launch/autograd glue.
 
-Both kernels (``triton_linear``, ``triton_mlp``) follow one layout, so the host side is written
-once here: one program per (batch, head) walks the chunks of the sequence; the forward kernel takes
+The host side is written once here: ``_KernelFn`` and ``run_kernel`` drive any ``Launcher``.
+``KernelPair`` is the launcher of one sequential walk per pass (TTT-MLP's kernels; TTT-Linear's
+split kernels have their own, ``triton_linear.LinearKernels``): one program per (batch, head)
+walks the chunks of the sequence; the forward kernel takes
 ``(Q, K, V, LR, TS, LNW, LNB, *pre, *state, Y, *saved, seq, heads, start_pos, n_chunks)``, where
 ``state`` (float32) holds the state in on entry and the state out on exit,
 and the backward kernel ``(Q, K, V, LR, TS, LNW, LNB, *pre, *grads_in, *saved, DY, DQ, DK, DV, DLR,
 DTS, DLNW, DLNB, *d_pre, *d_state, *scratch, seq, heads, start_pos, n_chunks)``, where ``d_state`` holds the
 gradients of the state out on entry and those of the state in on exit, and where a state
 is its weights ``(W_l, b_l for each layer)`` then the running gradient sums in the same order,
-and ``saved`` the weights at the start of every chunk (padded blocks, float32), then a pair's
-per-token buffers (``token_saves``). ``pre`` are the
+and ``saved`` the weights at the start of every chunk (padded blocks, float32). ``pre`` are the
 tensors a pair's parallel pre-pass computes (PyTorch, under autograd) from the inputs, taking
 out of the sequential walk what does not depend on the weights; the backward kernel writes
 their gradients into ``d_pre`` (float32, zero-filled) and autograd carries them on to the inputs.
@@ -238,19 +239,14 @@ class KernelPair:
     bwd: Any
     constexprs: Callable[[tuple[int, ...]], dict]  # widths of f -> kernel-specific compile-time sizes
     num_warps: Callable[[tuple[int, ...]], int]
-    # widths of f -> compile-time sizes of the backward kernel only
-    bwd_constexprs: Callable[[tuple[int, ...]], dict] = lambda widths: {}
     # widths of f, rows of a chunk block -> shapes of the backward's per-program float32 scratch buffers
     scratch: Callable[[tuple[int, ...], int], list[tuple[int, ...]]] = lambda widths, block_n: []
     prepass: Callable[[list[torch.Tensor], int], list[torch.Tensor]] = lambda inputs, start_pos: []
     n_pre: int = 0
-    # per-token float32 ``(BH, T, d)`` buffers the forward saves (with the weights) for the backward
-    token_saves: int = 0
 
-    def options(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, backward: bool = False) -> dict:
-        """Compile-time sizes of the forward (or backward) kernel, ``num_warps`` included."""
+    def options(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype) -> dict:
+        """Compile-time sizes of both kernels, ``num_warps`` included."""
         return dict(
-            **(self.bwd_constexprs(widths) if backward else {}),
             **base_options(widths, mb, dtype),
             num_warps=self.num_warps(widths),
             **self.constexprs(widths),
@@ -259,7 +255,7 @@ class KernelPair:
     def specs(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, has_acc: bool) -> list:
         """The two walks as a training step builds them (``benchmarks/ttt_kernels_smem.py``)."""
         fwd = dict(self.options(widths, mb, dtype), HAS_ACC=has_acc, SAVE=True, HAS_PRE=True)
-        bwd = dict(self.options(widths, mb, dtype, backward=True), HAS_ACC=has_acc)
+        bwd = dict(self.options(widths, mb, dtype), HAS_ACC=has_acc)
         return [
             KernelSpec(name, kernel, opts, opts.pop("num_warps"), True)
             for name, kernel, opts in (("forward", self.fwd, fwd), ("backward", self.bwd, bwd))
@@ -280,7 +276,6 @@ class KernelPair:
         for d_in, d_out in zip(widths[:-1], widths[1:]):
             saved.append(torch.empty(bh, n_chunks, padded(d_in), padded(d_out), **f32))
             saved.append(torch.empty(bh, n_chunks, padded(d_out), **f32))
-        saved += [torch.empty(bh, seq, widths[0], **f32) for _ in range(self.token_saves)]
         if not save:
             saved = [out[0]] * len(saved)
         self.fwd[(bh,)](
@@ -304,7 +299,7 @@ class KernelPair:
             *inputs, *state[len(state) // 2 :], *saved, dy,
             dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre, *d_state, *scratch,
             seq, heads, start_pos, -(-(seq + start_pos) // mb),
-            HAS_ACC=start_pos > 0, **self.options(widths, mb, q.dtype, backward=True),
+            HAS_ACC=start_pos > 0, **self.options(widths, mb, q.dtype),
         )  # fmt: skip
         return (dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre)
 

@@ -207,10 +207,10 @@ def _centred(w, b, cmask, D: tl.constexpr):
 
 @triton.jit
 def _fwd_step(
-    Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
+    Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
     c, pid, seq, start_pos, n_chunks, cols, cmask,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    EPS: tl.constexpr, HAS_ACC: tl.constexpr, HAS_PRE: tl.constexpr, QUERY: tl.constexpr, FULL: tl.constexpr,
+    EPS: tl.constexpr, HAS_ACC: tl.constexpr, QUERY: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     """Chunk ``c`` of the forward walk from its tiles ``x, v, lr``; returns the state after it.
 
@@ -227,7 +227,7 @@ def _fwd_step(
     if QUERY:
         q = _tokens(Q, pid, seq, t0, rows, valid, cols, cmask, D)
         s = tl.load(TS + p + rows, mask=valid, other=0.0).to(tl.float32)
-        mix = chunk_mix_block(MIX, at, p, rows, valid, q, x, s, lr, MB, PREC, HAS_PRE)
+        mix = chunk_mix_block(Q, at, p, rows, valid, q, x, s, lr, MB, PREC, False)  # no pre-pass: computed here
         gw_full = tl.where(cmask[None, :], gw + u_acc[:, None], 0.0)
         gb_full = tl.where(cmask, gb + beta_acc, 0.0)
         y, _, _, _ = _output(q, w_full, b_full, gw_full, gb_full, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC,
@@ -260,13 +260,12 @@ def _fwd_step(
 @triton.jit
 def _fwd_walk(
     Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
-    MIX,  # the pre-pass: eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32 (read if QUERY)
     W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
     Y,  # the output, (BH, T, D) (written if QUERY)
     WS, BS,  # weights at each chunk's start (BH, n_chunks, BD, BD) / (.., BD), float32, unless QUERY
     seq, heads, start_pos, n_chunks,
     D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, HAS_PRE: tl.constexpr, QUERY: tl.constexpr,
+    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, QUERY: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
@@ -284,8 +283,8 @@ def _fwd_walk(
     v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
     lr = _per_token(LR, pid, seq, t0, rows, valid)
     w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
-        Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
-        0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, HAS_PRE, QUERY, False,
+        Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
+        0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, QUERY, False,
     )  # fmt: skip
     # Whole mini-batches in between, each chunk's tiles loaded during the step before.
     t0, n, p, rows, valid = chunk_bounds(1, start_pos, seq, MB, BLOCK_N)
@@ -298,17 +297,17 @@ def _fwd_walk(
         v_next = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
         lr_next = _per_token(LR, pid, seq, t0, rows, valid)
         w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
-            Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
-            c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, HAS_PRE, QUERY,
+            Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
+            c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, QUERY,
             True,
         )  # fmt: skip
         x, v, lr = x_next, v_next, lr_next
     # The last chunk (it may end mid-mini-batch) takes the general step; its tiles are loaded.
     if n_chunks > 1:
         w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
-            Q, TS, MIX, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
+            Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
             n_chunks - 1, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, False,
-            HAS_PRE, QUERY, False,
+            QUERY, False,
         )  # fmt: skip
     _store_state(W, B, w + u[:, None], b + beta, pid, cols, cmask, D)
     _store_state(GW, GB, gw + u_acc[:, None], gb + beta_acc, pid, cols, cmask, D)
@@ -595,14 +594,14 @@ class LinearKernels:
     def specs(self, widths: tuple[int, ...], mb: int, dtype: torch.dtype, has_acc: bool) -> list[KernelSpec]:
         """Every kernel a training step and a decode step launch, with the compile-time arguments they get."""
         opts, nw = self.options(widths, mb, dtype, has_acc), _num_warps(widths)
-        walk = dict(HAS_PRE=True, QUERY=False)
+        walk = dict(QUERY=False)
         return [
             KernelSpec("forward walk", _fwd_walk, kernel_constants(_fwd_walk, opts | walk), nw, True),
             KernelSpec("forward output", _fwd_out, kernel_constants(_fwd_out, opts), nw, False),
             KernelSpec("backward output", _bwd_out, kernel_constants(_bwd_out, opts), nw, False),
             KernelSpec("backward walk", _bwd_walk, kernel_constants(_bwd_walk, opts), nw, True),
             KernelSpec("backward input", _bwd_in, kernel_constants(_bwd_in, opts), nw, False),
-            KernelSpec("decode step", _fwd_walk, kernel_constants(_fwd_walk, opts | dict(HAS_PRE=False, QUERY=True)), nw, True),
+            KernelSpec("decode step", _fwd_walk, kernel_constants(_fwd_walk, opts | dict(QUERY=True)), nw, True),
         ]
 
     def launch_forward(self, inputs, state, start_pos, save):  # noqa: ANN001, ANN201 - Launcher's
@@ -617,19 +616,18 @@ class LinearKernels:
         y = torch.empty_like(q)
         out = [t.to(torch.float32, copy=True) for t in state]  # the walk turns the state in into the state out
         fused = len(inputs) == N_INPUTS  # a decode step: no pre-pass, the output inside the walk
-        mix = inputs[N_INPUTS] if not fused else q  # a placeholder the fused walk does not read
         ws, bs = torch.empty(bh, n_chunks, bd, bd, **f32), torch.empty(bh, n_chunks, bd, **f32)
         if fused:
             ws = bs = out[0]  # not written
         scalars = (seq, heads, start_pos, n_chunks)
-        walk = dict(HAS_PRE=not fused, QUERY=fused)
         _fwd_walk[(bh,)](
-            *inputs[:N_INPUTS], mix, *out, y, ws, bs, *scalars,
-            **kernel_constants(_fwd_walk, opts | walk), num_warps=nw,
+            *inputs[:N_INPUTS], *out, y, ws, bs, *scalars,
+            **kernel_constants(_fwd_walk, opts | dict(QUERY=fused)), num_warps=nw,
         )  # fmt: skip
         if not fused:
             _fwd_out[(n_chunks, bh)](
-                q, inputs[1], inputs[2], ts, inputs[5], inputs[6], mix, state[2], state[3], ws, bs, y, *scalars,
+                q, inputs[1], inputs[2], ts, inputs[5], inputs[6], inputs[N_INPUTS], state[2], state[3], ws, bs, y,
+                *scalars,
                 **kernel_constants(_fwd_out, opts), num_warps=nw,
             )  # fmt: skip
         return y, out, [ws, bs]  # the same with or without ``save``: the output kernel reads them
