@@ -5,7 +5,7 @@
     python benchmarks/cross_entropy.py --device cuda --tokens 16384 --vocab 50304   # GPU: a 125m step's logits
 
 ``plain`` is ``F.cross_entropy(logits.float(), targets)``, what the training loop ran before;
-``chunked`` is ``harness.loss.cross_entropy`` (row chunks of ``CHUNK_ELEMENTS``; the backward
+``chunked`` is ``harness.engine.loss.cross_entropy`` (row chunks of ``CHUNK_ELEMENTS``; the backward
 recomputes each chunk's log-softmax). Logits in bf16 on CUDA (as autocast makes them), float32
 on CPU. Each is first checked: gradients equal to the plain path's, loss to float32 rounding.
 Then the median of ``--repeats`` after a warm-up, and on CUDA the peak memory the loss adds
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.environment import machine_summary  # noqa: E402
-from harness.loss import CHUNK_ELEMENTS, cross_entropy  # noqa: E402
+from harness.measure.environment import machine_summary  # noqa: E402
+from harness.engine.loss import CHUNK_ELEMENTS, cross_entropy  # noqa: E402
 
 LOSSES = {"plain": lambda x, t: F.cross_entropy(x.float(), t), "chunked": cross_entropy}
 

@@ -98,7 +98,7 @@ def main() -> None:
     # Here, not at the top: the spawned workers import this module and need no torch.
     import torch
 
-    from harness.environment import machine_summary
+    from harness.measure.environment import machine_summary
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print("machine:", machine_summary(torch.device("cpu")))
 

@@ -52,7 +52,7 @@ from kernels.selective_scan import (  # noqa: E402
     selective_scan_triton,
     triton_unavailable_reason,
 )
-from harness.environment import machine_summary  # noqa: E402
+from harness.measure.environment import machine_summary  # noqa: E402
 from models.backbones import SIZES  # noqa: E402
 from models.mixer import needs_cuda_module  # noqa: E402
 from kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_triton  # noqa: E402

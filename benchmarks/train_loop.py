@@ -16,11 +16,11 @@ final losses must agree (correctness before timing); then each loop trains ``--s
 tokens/s [min-max], the overhead of the harness loop (target: at most 3 %) on the medians and
 on the best runs (the least disturbed on a shared machine), on the process CPU time of each
 whole call (which does not count waiting for a core), and on CUDA the
-MFU (analytic training FLOPs / time / the device's peak, ``harness.mfu``). With ``--compile
+MFU (analytic training FLOPs / time / the device's peak, ``harness.measure.mfu``). With ``--compile
 on|both`` (``train.compile``: each block compiled) it prints the graph breaks Dynamo met (each
 block should be one graph; the TTT op is one custom op, ``kernels.ttt.op``), and with ``both``
 the harness loop's tokens/s with compile over without. It never asserts a time.
-With ``--store DB`` on a GPU of ``harness.mfu``'s table, the harness loop's median
+With ``--store DB`` on a GPU of ``harness.measure.mfu``'s table, the harness loop's median
 tokens/s of each model is recorded in the store's ``throughput`` table, keyed by (architecture,
 size, context, backend, GPU kind): ``mixbench run SUITE --dry-run --gpu KIND`` costs cells from it.
 """
@@ -39,18 +39,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.cost import kind_of_device  # noqa: E402
+from harness.measure.cost import kind_of_device  # noqa: E402
 from harness.data import PackedData  # noqa: E402
-from harness.environment import device_name, environment  # noqa: E402
-from harness.environment import machine_summary  # noqa: E402
-from harness.flops import training_flops  # noqa: E402
-from harness.loss import cross_entropy  # noqa: E402
-from harness.mfu import mfu, peak_tflops  # noqa: E402
-from harness.parallel import autocast, compute_dtype, prepare  # noqa: E402
-from harness.sampler import BlockSampler  # noqa: E402
-from harness.store import Store  # noqa: E402
-from harness.suite import TrainSection  # noqa: E402
-from harness.train import learning_rate, make_optimizer, micro_batching, plan_training, train  # noqa: E402
+from harness.measure.environment import device_name, environment  # noqa: E402
+from harness.measure.environment import machine_summary  # noqa: E402
+from harness.measure.flops import training_flops  # noqa: E402
+from harness.engine.loss import cross_entropy  # noqa: E402
+from harness.measure.mfu import mfu, peak_tflops  # noqa: E402
+from harness.engine.parallel import autocast, compute_dtype, prepare  # noqa: E402
+from harness.engine.sampler import BlockSampler  # noqa: E402
+from harness.store.database import Store  # noqa: E402
+from harness.config.suite import TrainSection  # noqa: E402
+from harness.engine.train import learning_rate, make_optimizer, micro_batching, plan_training, train  # noqa: E402
 from models import ModelSpec, build  # noqa: E402
 
 VOCAB = 4096
@@ -69,7 +69,7 @@ def make_model(arch: str, size: str, device: torch.device, compile_: bool) -> to
 
 
 def harness_loop(arch, size, data, cfg, plan, device, compile_) -> tuple[float, float]:  # noqa: ANN001
-    """(seconds, last loss) of ``harness.train.train``."""
+    """(seconds, last loss) of ``harness.engine.train.train``."""
     model = make_model(arch, size, device, compile_)
     result = train(model, data, cfg, plan, device)
     return result.seconds, [v for _, n, v in result.metrics if n == "train/loss"][-1]
@@ -124,7 +124,7 @@ def main() -> None:
     gpu = kind_of_device(device_name(device)) if device.type == "cuda" else None
     if args.store and gpu is None:
         raise SystemExit(
-            f"--store records speeds for GPU cost estimates; {device_name(device)} is no GPU kind of harness/mfu.py"
+            f"--store records speeds for GPU cost estimates; {device_name(device)} is no GPU kind of harness/measure/mfu.py"
         )
     store = Store(args.store) if args.store else None
     data = synthetic_data(max(4 * args.batch, 256), args.seq_len)

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.ttt import FORMS, fresh_state  # noqa: E402
-from harness.environment import machine_summary  # noqa: E402
+from harness.measure.environment import machine_summary  # noqa: E402
 from models.ttt import TTTLinear, TTTMLP  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bf16": torch.bfloat16}

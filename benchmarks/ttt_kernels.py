@@ -46,7 +46,7 @@ if not torch.cuda.is_available():  # must precede the first triton import (the k
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.environment import machine_summary  # noqa: E402
+from harness.measure.environment import machine_summary  # noqa: E402
 from kernels.selective_scan import selective_scan_cuda, selective_scan_reference  # noqa: E402
 from kernels.ttt import fresh_state, ttt_dual, ttt_triton  # noqa: E402
 from models.backbones import SIZES  # noqa: E402

@@ -15,24 +15,24 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
-from harness.cost import CostError, gpu_kind
+from harness.store.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError
+from harness.measure.cost import CostError, gpu_kind
 from harness.data import DataError
-from harness.distributed import Group, init_from_env
-from harness.health import Thresholds, flags_by_run
-from harness.hf_io import HFError
+from harness.engine.distributed import Group, init_from_env
+from harness.monitor.health import Thresholds, flags_by_run
+from harness.interop.hf_io import HFError
 from harness.launch.local import LocalLauncher
 from harness.launch.submit import LaunchError, print_slurm_plan, submit_suite
-from harness.lifeline import follow_from_environment
-from harness.latency import LatencyRunner, latency_table, plan_table, stored_target
-from harness.loggers import LoggerError, check_loggers
-from harness.report import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, spread_rows, stored_latency, write_reports
-from harness.resume import PREEMPTED_EXIT_CODE, Preempted
+from harness.common.lifeline import follow_from_environment
+from harness.measure.latency import LatencyRunner, latency_table, plan_table, stored_target
+from harness.monitor.loggers import LoggerError, check_loggers
+from harness.report.dashboard import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, spread_rows, stored_latency, write_reports
+from harness.engine.resume import PREEMPTED_EXIT_CODE, Preempted
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
-from harness.store import SCHEMA_VERSION, Store, StoreError, resolve_url
-from harness.store_copy import copy_store
-from harness.suite import Suite, SuiteError, load_suite
-from harness.watch import watch
+from harness.store.database import SCHEMA_VERSION, Store, StoreError, resolve_url
+from harness.store.transfer import copy_store
+from harness.config.suite import Suite, SuiteError, load_suite
+from harness.monitor.watch import watch
 from models.registry import UnknownMixerError, list_mixers
 
 EXPECTED_ERRORS = (
@@ -138,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_import(args: argparse.Namespace, console: Console) -> int:
-    from harness.hf_io import import_checkpoint
+    from harness.interop.hf_io import import_checkpoint
 
     record = import_checkpoint(args.source, args.name, Store(args.db), args.checkpoint_dir, revision=args.revision)
     source = record.config["imported"]
@@ -148,7 +148,7 @@ def cmd_import(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from harness.hf_io import export_run
+    from harness.interop.hf_io import export_run
 
     how = export_run(Store(args.db), args.run_key, args.out)
     loads = "AutoModelForCausalLM" + (", trust_remote_code=True" if how == "trust_remote_code" else f" ({how})")
@@ -157,7 +157,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from harness.evaluate_stored import evaluate_stored
+    from harness.evaluate.stored import evaluate_stored
 
     suite, store = load_suite(args.suite), Store(args.db)
     for record, ppl in evaluate_stored(store, args.run_key, suite, args.cache_dir, args.device):
@@ -322,7 +322,7 @@ def results_table(store: Store, suite: str | None, thresholds: Thresholds = Thre
 
 
 def seeds_table(store: Store, suite: str | None) -> Table | None:
-    """The points over seeds (``harness/seeds.py``): median and range, chosen lr, ties, split; None without any."""
+    """The points over seeds (``harness/report/seeds.py``): median and range, chosen lr, ties, split; None without any."""
     values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
     rows = spread_rows(store.runs(suite), values)
     if not rows:
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return cmd_eval(args, console)
         if args.command == "lm-eval":  # imported here: lm-eval is an optional extra
-            from harness.lm_eval_adapter import cmd_lm_eval
+            from harness.evaluate.lm_eval_adapter import cmd_lm_eval
 
             return cmd_lm_eval(args, console, errors)
         paths = write_reports(Store(args.db), args.output, suite=args.suite, image_format=args.format)

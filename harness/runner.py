@@ -20,24 +20,24 @@ from torch import nn
 from rich.console import Console
 from rich.table import Table
 
-from harness.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
-from harness.budget import cell_need, largest_needs
+from harness.store.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
+from harness.config.budget import cell_need, largest_needs
 from harness.data import DataConfig, DataError, DataNeed, PackedData, disk_bytes, load_packed, load_tokenizer
-from harness.device_memory import free_memory
-from harness.distributed import Group
-from harness.environment import environment, pick_device
-from harness.evaluate import evaluate
-from harness.cost import duration, estimate, measurements
-from harness.flops import training_flops
-from harness.live import LiveCurve
-from harness.loggers import DEFAULT_LOG_DIR, open_mirrors
-from harness.mfu import mfu, peak_tflops
-from harness.parallel import choose_mode, compute_dtype, full_model, prepare
-from harness.resume import Preempted, StepCheckpoints
-from harness.store import RunRecord, Store
-from harness.suite import Cell, Suite
+from harness.engine.device_memory import free_memory
+from harness.engine.distributed import Group
+from harness.measure.environment import environment, pick_device
+from harness.evaluate.perplexity import evaluate
+from harness.measure.cost import duration, estimate, measurements
+from harness.measure.flops import training_flops
+from harness.monitor.live import LiveCurve
+from harness.monitor.loggers import DEFAULT_LOG_DIR, open_mirrors
+from harness.measure.mfu import mfu, peak_tflops
+from harness.engine.parallel import choose_mode, compute_dtype, full_model, prepare
+from harness.engine.resume import Preempted, StepCheckpoints
+from harness.store.database import RunRecord, Store
+from harness.config.suite import Cell, Suite
 from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
-from harness.train import TrainPlan, plan_training, seed_everything, train
+from harness.engine.train import TrainPlan, plan_training, seed_everything, train
 from models import ModelSpec, build
 
 DEFAULT_CACHE_DIR = Path("results") / "cache"
@@ -283,7 +283,7 @@ class SuiteRunner:
         group, main = self.group, self.group.is_main
         device = group.device(pick_device(cell.train.device))
         if cell.eval.lm_eval and main:  # before training: lm-eval missing or an unknown task fails now
-            from harness import lm_eval_adapter
+            from harness.evaluate import lm_eval_adapter
 
             lm_eval_adapter.check_tasks(cell.eval.lm_eval)
         work = self.workload(cell) if main else None
@@ -328,7 +328,7 @@ class SuiteRunner:
         if utilisation is not None:
             metrics.append((final, "train/mfu", utilisation))
         if cell.eval.lm_eval:
-            from harness import lm_eval_adapter
+            from harness.evaluate import lm_eval_adapter
 
             scores |= lm_eval_adapter.lm_eval_metrics(
                 model, work.data.tokenizer, cell.eval.lm_eval, max_length=cell.seq_len,
@@ -362,7 +362,7 @@ class SuiteRunner:
 
     def dry_run(self, only: str | None = None, gpu: str | None = None, gpus: int = 1) -> Table:
         """The cells with parameter counts, token budgets and FLOPs, computed without any data;
-        with ``gpu`` (a kind of ``harness.mfu``'s table) also the GPU-hours each would take (``harness.cost``)."""
+        with ``gpu`` (a kind of ``harness.measure.mfu``'s table) also the GPU-hours each would take (``harness.measure.cost``)."""
         table = Table(title=f"suite {self.suite.name}: dry run")
         costed = ("GPU-hours", f"wall on {gpus}× {gpu}", "speed from") if gpu else ()
         for col in ("run key", "model", "size", "seq", "params", "non-emb params", "tokens", "train FLOPs", "status", *costed):

@@ -162,7 +162,7 @@ def judge_pytest(junit: Path, code: int, workers: int = 0) -> Result:
 
 def judge_smoke(db: str, models: list[str], code: int) -> list[Result]:
     """One row per model: its cell's status and training+evaluation time, from the store."""
-    from harness.store import Store
+    from harness.store.database import Store
 
     runs = {f"{r.mixer}@{r.backbone}": r for r in Store(db).runs("gpu_check_smoke")} if Path(db).exists() else {}
     rows = []
@@ -180,8 +180,8 @@ def judge_smoke(db: str, models: list[str], code: int) -> list[Result]:
 
 def judge_latency(db: str, suite: str, dtype: str, graphs: bool, code: int) -> Result:
     """Every row ok; attention rows name the backend that ran; with graphs every decode row replayed one."""
-    from harness.report import stored_latency
-    from harness.store import Store
+    from harness.report.dashboard import stored_latency
+    from harness.store.database import Store
 
     label = f"latency tiny, {dtype}, {'CUDA graphs' if graphs else 'eager'}"
     rows = stored_latency(Store(db), suite) if Path(db).exists() else []
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_GPU
     out = args.out or ROOT / "results" / "gpu_check" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
-    from harness.environment import git_commit, machine_summary
+    from harness.measure.environment import git_commit, machine_summary
 
     began = time.monotonic()
     results = run_checks(build_checks(out), out)

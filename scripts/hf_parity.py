@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.data import load_tokenizer  # noqa: E402
 from harness.data.common import CORPUS_DIR  # noqa: E402
-from harness.hf_io import read_folder, resolve_source  # noqa: E402
+from harness.interop.hf_io import read_folder, resolve_source  # noqa: E402
 from models import build  # noqa: E402
 from models.hf_format import import_transformers, load_into, spec_from_config  # noqa: E402
 

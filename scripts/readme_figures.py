@@ -15,7 +15,7 @@ store (a half-finished grid would draw a misleading figure). Then it
   figure links between the README's markers ``<!-- results:<suite> -->`` and
   ``<!-- /results:<suite> -->``.
 
-Every figure of a table is the median over seeds with its range (``harness/seeds.py``): a
+Every figure of a table is the median over seeds with its range (``harness/report/seeds.py``): a
 cell whose range overlaps another model's at the same size is marked as a tie with it, and a
 task point where some seeds solve the task and some do not says so, so that a reading written
 from the table claims only what holds across seeds.
@@ -37,11 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.report import ReportError, arch_label, sizes_by_params, write_reports  # noqa: E402 - after the path: run as a script from anywhere
-from harness.seeds import Point, choose, ties  # noqa: E402
-from harness.store import Run, Store, StoreError  # noqa: E402
-from harness.suite import Suite, SuiteError, load_suite  # noqa: E402
-from harness.tasks.report import ACCURACY, split_label  # noqa: E402
+from harness.report.dashboard import ReportError, arch_label, sizes_by_params, write_reports  # noqa: E402 - after the path: run as a script from anywhere
+from harness.report.seeds import Point, choose, ties  # noqa: E402
+from harness.store.database import Run, Store, StoreError  # noqa: E402
+from harness.config.suite import Suite, SuiteError, load_suite  # noqa: E402
+from harness.report.tasks import ACCURACY, split_label  # noqa: E402
 
 DEFAULT_SUITES = ("mqar", "miniature")
 Values = dict[tuple[str, str], float]

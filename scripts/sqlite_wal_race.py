@@ -4,7 +4,7 @@
 
 Eight processes switch one fresh file to WAL at the same moment, again and again: first with
 a bare ``PRAGMA journal_mode=WAL`` (what the store ran on every connect), then through
-``harness.store._enable_wal``. SQLite breaks the deadlock of two simultaneous switches by
+``harness.store.database._enable_wal``. SQLite breaks the deadlock of two simultaneous switches by
 failing one at once, without waiting out ``busy_timeout``; ``_enable_wal`` retries. It prints
 how many repetitions had a process fail (on this 2-core machine: about 2 in 100 for the bare
 PRAGMA, 0 for ``_enable_wal``).
@@ -22,7 +22,7 @@ from typing import Callable
 
 from sqlalchemy import create_engine
 
-from harness.store import _enable_wal, _sqlite_setup
+from harness.store.database import _enable_wal, _sqlite_setup
 
 
 def bare_pragma(path: Path) -> None:

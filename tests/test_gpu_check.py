@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.latency import replace_rows
-from harness.store import Store
-from harness.suite import load_suite
+from harness.measure.latency import replace_rows
+from harness.store.database import Store
+from harness.config.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.py"

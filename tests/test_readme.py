@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from harness.cli import main
-from harness.store import Store
+from harness.store.database import Store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

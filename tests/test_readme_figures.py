@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from harness.cli import main
-from harness.environment import cpu_model
-from harness.store import Store
-from harness.suite import load_suite
+from harness.measure.environment import cpu_model
+from harness.store.database import Store
+from harness.config.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 

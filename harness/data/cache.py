@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.atomic_file import write_text_atomic
+from harness.common.atomic_file import write_text_atomic
 from harness.data.split import is_val
 
 FORMAT_VERSION = 2  # bump when the packing or the cache layout changes

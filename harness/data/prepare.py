@@ -36,8 +36,8 @@ from harness.data.cache import TokenCache
 from harness.data.common import DataError
 from harness.data.source import Source, iter_documents, open_datasets
 from harness.data.tokenizer import TextTokenizer
-from harness.lifeline import follow
-from harness.progress import progress_bar
+from harness.common.lifeline import follow
+from harness.common.progress import progress_bar
 
 SHARD_CHARS = 1 << 23  # largest shard: ~2M tokens of English, a few seconds of one core
 MIN_SHARD_CHARS = 1 << 16

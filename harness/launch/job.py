@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.lifeline import child_environment
+from harness.common.lifeline import child_environment
 
 GRACE_S = 60  # how long a rank may take to write its checkpoint after SIGTERM (Slurm's warning is 90 s)
 

@@ -13,7 +13,7 @@ Each job writes its output to ``results/jobs/SUITE/local/``; this process prints
 when a job starts and one when it ends. Jobs run in their own sessions: Ctrl-C reaches this
 process alone, which hands it on once to every job (each records itself interrupted), and
 SIGTERM/SIGUSR1 are handed on as SIGTERM (each job saves a checkpoint and exits 75). A job
-ends with this process even after a kill -9 (``harness.lifeline``).
+ends with this process even after a kill -9 (``harness.common.lifeline``).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from typing import Any
 from rich.console import Console
 
 from harness.launch.job import cell_command
-from harness.launch.resources import LauncherSection
+from harness.config.launcher import LauncherSection
 from harness.launch.submit import DEFAULT_JOB_DIR, LaunchError
-from harness.lifeline import child_environment
-from harness.resume import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE
+from harness.common.lifeline import child_environment
+from harness.engine.resume import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE
 from harness.runner import Summary, cell_label, run_record, select_cells
-from harness.store import Store
-from harness.suite import Suite
+from harness.store.database import Store
+from harness.config.suite import Suite
 
 POLL_S = 0.2
 STOP_GRACE_S = 120  # how long a stopped job may take to save its checkpoint before it is killed

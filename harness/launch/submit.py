@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.launch.job import CellJob
-from harness.launch.resources import LauncherSection
+from harness.config.launcher import LauncherSection
 from harness.runner import cell_label, one_line, run_record, select_cells
-from harness.store import Store
-from harness.suite import Suite
+from harness.store.database import Store
+from harness.config.suite import Suite
 
 DEFAULT_JOB_DIR = Path("results") / "jobs"  # submitit's scripts, pickles and logs, one folder per suite
 

@@ -12,7 +12,7 @@ and maps how it ended:
   the failing rank has already printed and recorded its error, so no torchrun summary follows.
 
 SIGUSR1 is added to the signals handed on to the ranks unless ``--signals-to-handle`` is
-given. The ranks end with this process even after a kill -9 (``harness.lifeline``), and this
+given. The ranks end with this process even after a kill -9 (``harness.common.lifeline``), and this
 process ends with the launcher that started it, if one asked.
 """
 
@@ -22,8 +22,8 @@ import os
 import signal
 import sys
 
-from harness.lifeline import PARENT_ENV, follow_from_environment
-from harness.resume import PREEMPTED_EXIT_CODE, PREEMPT_SIGNALS
+from harness.common.lifeline import PARENT_ENV, follow_from_environment
+from harness.engine.resume import PREEMPTED_EXIT_CODE, PREEMPT_SIGNALS
 
 SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 

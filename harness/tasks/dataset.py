@@ -1,6 +1,6 @@
 """A task as training data for the one training loop, and accuracy on held-out sequences.
 
-``TaskData`` has what ``harness.train.train`` asks of data (``len(data.train)`` and
+``TaskData`` has what ``harness.engine.train.train`` asks of data (``len(data.train)`` and
 ``data.batch(split, indices) -> (inputs, targets)``), with targets at ``IGNORE_INDEX`` where
 nothing is scored, so the same ``F.cross_entropy`` averages over the scored positions only.
 ``evaluate_task`` reports the fraction of scored tokens predicted exactly (argmax), the

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.store import RunRecord, Store
+from harness.store.database import RunRecord, Store
 
 
 def main(url: str, n_cells: int, go: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import atomic_file
-from harness.atomic_file import write_text_atomic
+from harness.common import atomic_file
+from harness.common.atomic_file import write_text_atomic
 
 
 def test_replaces_the_file_and_leaves_nothing_beside_it(tmp_path: Path):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.checkpoints import CheckpointError, load_checkpoint
+from harness.store.checkpoints import CheckpointError, load_checkpoint
 from harness.cli import main
 from harness.data import load_packed
-from harness.evaluate import evaluate
+from harness.evaluate.perplexity import evaluate
 from harness.runner import data_config
-from harness.suite import load_suite
-from harness.store import Store
+from harness.config.suite import load_suite
+from harness.store.database import Store
 
 
 def test_done_run_saves_weights_that_reload_exactly(write_suite, tmp_path, monkeypatch):

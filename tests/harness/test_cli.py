@@ -14,8 +14,8 @@ import pytest
 
 from harness import runner as runner_module
 from harness.cli import main
-from harness.store import SCHEMA_VERSION, Store
-from harness.train import TrainingDiverged
+from harness.store.database import SCHEMA_VERSION, Store
+from harness.engine.train import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,7 +160,7 @@ def test_killed_run_resumes_without_duplicate_rows(write_suite, tmp_path):
     first_done_at = Store(db).runs()[0].finished_at
 
     summary = runner_module.SuiteRunner(
-        __import__("harness.suite", fromlist=["load_suite"]).load_suite(suite), Store(db),
+        __import__("harness.config.suite", fromlist=["load_suite"]).load_suite(suite), Store(db),
         cache_dir=tmp_path / "results" / "cache",
     ).run()  # fmt: skip
     assert summary.skipped == ["attention@transformer/micro/T32"]

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from harness.cli import main
-from harness.cost import ASSUMED_MFU, CostError, duration, estimate, gpu_kind, measurements, predicted_gpu_hours
-from harness.store import RunRecord, Store
+from harness.measure.cost import ASSUMED_MFU, CostError, duration, estimate, gpu_kind, measurements, predicted_gpu_hours
+from harness.store.database import RunRecord, Store
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 

@@ -22,8 +22,8 @@ from xml.etree import ElementTree
 import pytest
 import torch
 
-from harness import latency as latency_module
-from harness import report as report_module
+from harness.measure import latency as latency_module
+from harness.report import dashboard as report_module
 from harness.cli import main
 
 BROWSER = next((p for name in ("chromium", "chromium-browser") if (p := shutil.which(name))), None)

@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from harness.live import LiveCurve
-from harness.report import write_reports
-from harness.store import RunRecord, Store
+from harness.monitor.live import LiveCurve
+from harness.report.dashboard import write_reports
+from harness.store.database import RunRecord, Store
 from test_dashboard_browser import BROWSER, FLAGS, browser  # noqa: F401 - the fixture skips without Chromium
 
 PROBE = """<script>

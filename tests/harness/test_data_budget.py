@@ -11,9 +11,9 @@ from harness import data
 from harness.cli import main
 from harness.data import cache as cache_module
 from harness.runner import SuiteRunner, data_config
-from harness.store import Store
-from harness.suite import load_suite
-from harness.train import plan_training
+from harness.store.database import Store
+from harness.config.suite import load_suite
+from harness.engine.train import plan_training
 from models import ModelSpec, build
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import migrations
+from harness.store import migrations
 from harness.cli import main
-from harness.store import SCHEMA_VERSION, RunRecord, Store
+from harness.store.database import SCHEMA_VERSION, RunRecord, Store
 
 LEGACY = Path(__file__).parent / "data"
 

@@ -24,9 +24,9 @@ import torch.multiprocessing as mp
 from dist_worker import train_micro, weight_norms, worker
 from processes import wait_for
 from harness.data import DataConfig, load_packed
-from harness.distributed import TIMEOUT_ENV, Group
-from harness.resume import PREEMPTED_EXIT_CODE
-from harness.store import Store, StoreError
+from harness.engine.distributed import TIMEOUT_ENV, Group
+from harness.engine.resume import PREEMPTED_EXIT_CODE
+from harness.store.database import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.flops import training_flops
+from harness.measure.flops import training_flops
 from models import ModelSpec, build
 from models.backbones import BACKBONES
 from models.registry import MixerEntry, list_mixers

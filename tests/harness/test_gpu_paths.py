@@ -16,11 +16,11 @@ import pytest
 import torch
 import yaml
 
-from harness import latency as latency_module
+from harness.measure import latency as latency_module
 from harness import runner as runner_module
 from harness.cli import main
-from harness.report import stored_latency
-from harness.store import Store
+from harness.report.dashboard import stored_latency
+from harness.store.database import Store
 from models import ModelSpec, build
 
 CPU = torch.device("cpu")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from harness.health import SLOW, SPIKE, HealthMonitor, Thresholds, flags_by_run, run_flags
-from harness.store import Run
+from harness.monitor.health import SLOW, SPIKE, HealthMonitor, Thresholds, flags_by_run, run_flags
+from harness.store.database import Run
 
 
 def curve(losses: list[float], rates: list[float] | None = None) -> list[tuple[int, str, float]]:

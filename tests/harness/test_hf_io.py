@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.checkpoints import load_checkpoint, save_checkpoint
+from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.cli import main
 from harness.data.tokenizer import BUILTIN_TOKENIZER_FILES
-from harness.hf_io import export_run, import_checkpoint
-from harness.store import RunRecord, Store
+from harness.interop.hf_io import export_run, import_checkpoint
+from harness.store.database import RunRecord, Store
 from models import ModelSpec, build
 from models.hf_format import DEFAULTS, import_transformers
 
@@ -258,8 +258,8 @@ def test_parity_script_measures_a_local_folder(folders):
 
 
 def test_a_trained_run_scored_on_another_suite_is_marked_evaluated(tmp_path):
-    from harness.evaluate_stored import evaluate_stored
-    from harness.suite import load_suite
+    from harness.evaluate.stored import evaluate_stored
+    from harness.config.suite import load_suite
 
     store = Store(tmp_path / "db.sqlite")
     key = stored_run(store, tmp_path / "ckpt", "attention@transformer", seed=3)

@@ -10,8 +10,8 @@ import pytest
 
 from harness.cli import main
 from harness.runner import SuiteRunner
-from harness.store import Store
-from harness.suite import load_suite
+from harness.store.database import Store
+from harness.config.suite import load_suite
 
 SUITES = Path(__file__).resolve().parents[2] / "suites"
 KJV = Path(__file__).resolve().parents[2] / "harness" / "corpus"

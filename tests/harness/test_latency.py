@@ -6,11 +6,11 @@ import pytest
 import torch
 import yaml
 
-from harness import latency as latency_module
+from harness.measure import latency as latency_module
 from harness.cli import main
-from harness.report import stored_latency
-from harness.store import Store
-from harness.suite import SuiteError, load_suite
+from harness.report.dashboard import stored_latency
+from harness.store.database import Store
+from harness.config.suite import SuiteError, load_suite
 
 # device pinned: these tests assert CPU facts (sdpa, perf_counter, no peak memory); the GPU
 # variant is tests/harness/test_gpu_paths.py

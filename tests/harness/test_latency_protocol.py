@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from harness import latency as latency_module
+from harness.measure import latency as latency_module
 from harness.cli import main
-from harness.report import stored_latency
-from harness.store import Store
+from harness.report.dashboard import stored_latency
+from harness.store.database import Store
 
 WARMUP, REPEATS, DECODE_TOKENS, BATCH, CONTEXTS = 2, 3, 5, 2, (8, 16)
 PREFILL_MS, STEP_MS, HEAD_MS_PER_ROW = 2.0, 3.0, 0.5  # the costs of a timed call

@@ -23,11 +23,11 @@ from rich.console import Console
 from harness.cli import main
 from harness.launch.job import CellJob, cell_command
 from harness.launch.local import slots
-from harness.launch.resources import LauncherSection
+from harness.config.launcher import LauncherSection
 from harness.launch.submit import LaunchError, submit_suite
-from harness.store import Store, StoreError
+from harness.store.database import Store, StoreError
 from processes import alive, descendants, needs_proc, wait_for
-from harness.suite import SuiteError, load_suite
+from harness.config.suite import SuiteError, load_suite
 
 submitit = pytest.importorskip("submitit", reason="the [slurm] extra (submitit) is not installed")
 REPO = Path(__file__).resolve().parents[2]

@@ -21,12 +21,12 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from harness import lm_eval_adapter  # noqa: E402
-from harness.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from harness.evaluate import lm_eval_adapter  # noqa: E402
+from harness.store.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.data import ByteTokenizer, load_tokenizer  # noqa: E402
-from harness.lm_eval_adapter import LMEvalError, MixbenchLM  # noqa: E402
-from harness.store import Store  # noqa: E402
+from harness.evaluate.lm_eval_adapter import LMEvalError, MixbenchLM  # noqa: E402
+from harness.store.database import Store  # noqa: E402
 from models import ModelSpec, build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,12 +296,12 @@ def test_a_suite_stores_lm_eval_metrics_and_the_run_key_reloads(write_suite, tmp
 
 
 def test_lm_eval_command_line_with_the_mixbench_model(tmp_path):
-    """``python -m harness.lm_eval_adapter`` is lm-eval's own CLI with ``mixbench`` registered."""
+    """``python -m harness.evaluate.lm_eval_adapter`` is lm-eval's own CLI with ``mixbench`` registered."""
     torch.manual_seed(0)
     model = build(ModelSpec.parse("attention@transformer", "micro", ByteTokenizer().vocab_size))
     ckpt = save_checkpoint(model, tmp_path / "ckpt", "bytes", {"data": {"seq_len": 32}})
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.lm_eval_adapter", "--model", "mixbench",
+        [sys.executable, "-m", "harness.evaluate.lm_eval_adapter", "--model", "mixbench",
          "--model_args", f"checkpoint={ckpt}", "--tasks", "kjv_cloze", "--limit", "4"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={"PATH": "/usr/bin:/bin", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.store import Store
+from harness.store.database import Store
 
 
 def wandb_history(path: Path) -> dict[int, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""``harness.loss.cross_entropy``: the plain float32 ``F.cross_entropy`` computed in row chunks."""
+"""``harness.engine.loss.cross_entropy``: the plain float32 ``F.cross_entropy`` computed in row chunks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.loss import cross_entropy
+from harness.engine.loss import cross_entropy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -15,8 +15,8 @@ import torch
 
 from harness import runner as runner_module
 from harness.runner import SuiteRunner
-from harness.store import Store
-from harness.suite import load_suite
+from harness.store.database import Store
+from harness.config.suite import load_suite
 
 SUITES = Path(__file__).resolve().parents[2] / "suites"
 MODELS = ["ttt_linear@mamba", "ttt_mlp@mamba", "ttt_linear@transformer", "ttt_mlp@transformer",

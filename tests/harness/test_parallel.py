@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from harness.cli import main, results_table
-from harness.distributed import Group
-from harness.mfu import mfu, peak_tflops
-from harness.parallel import FSDP_FROM_PARAMS, choose_mode, prepare
-from harness.store import RunRecord, Store
-from harness.suite import TrainSection, load_suite
-from harness.train import micro_batching, plan_training
+from harness.engine.distributed import Group
+from harness.measure.mfu import mfu, peak_tflops
+from harness.engine.parallel import FSDP_FROM_PARAMS, choose_mode, prepare
+from harness.store.database import RunRecord, Store
+from harness.config.suite import TrainSection, load_suite
+from harness.engine.train import micro_batching, plan_training
 from models import ModelSpec, build
 
 
@@ -75,8 +75,8 @@ def test_results_show_step_and_tokens_of_a_running_cell(write_suite, tmp_path, c
 
 
 def test_bad_engine_settings_are_one_clear_line(write_suite, monkeypatch):
-    from harness.distributed import timeout_from_env
-    from harness.suite import SuiteError
+    from harness.engine.distributed import timeout_from_env
+    from harness.config.suite import SuiteError
 
     monkeypatch.setenv("MIXBENCH_DIST_TIMEOUT_S", "ten minutes")
     with pytest.raises(ValueError, match="MIXBENCH_DIST_TIMEOUT_S='ten minutes' is not a number of seconds"):

@@ -7,7 +7,7 @@ not chaotic (24 steps, long before MQAR's phase transition) the stored numbers m
 ``THREADS_RTOL``. Measured on the 2-core development machine (torch 2.13 CPU): bit-identical at
 1 and 2 threads at this size, and at d_model 64 with 2048-token batches too. Another CPU model
 or BLAS path is what changes the rounding (issue 26); a cell near a phase transition is where
-that decides the outcome, which is why suites report seeds (harness/seeds.py), not one run.
+that decides the outcome, which is why suites report seeds (harness/report/seeds.py), not one run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from harness.cli import main
-from harness.store import Store
+from harness.store.database import Store
 
 # relative difference allowed between 1 and 2 intra-op threads, on every computed metric
 THREADS_RTOL = 1e-3

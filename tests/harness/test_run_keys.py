@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.suite import load_suite
+from harness.config.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 FROZEN = json.loads((Path(__file__).parent / "data" / "suite_run_keys.json").read_text())

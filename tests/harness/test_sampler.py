@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.sampler import BlockSampler
+from harness.engine.sampler import BlockSampler
 
 
 def rank_batches(n_blocks: int, batch: int, world: int, steps: int, state=None) -> list[list[np.ndarray]]:

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.report import flops_figure, position_figure, spread_rows, write_reports
-from harness.seeds import Spread, choose, ties
-from harness.store import RunRecord, Store
-from harness.suite import load_suite
-from harness.tasks.report import task_figures
+from harness.report.dashboard import flops_figure, position_figure, spread_rows, write_reports
+from harness.report.seeds import Spread, choose, ties
+from harness.store.database import RunRecord, Store
+from harness.config.suite import load_suite
+from harness.report.tasks import task_figures
 
 ROOT = Path(__file__).resolve().parents[2]
 

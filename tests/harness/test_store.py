@@ -18,8 +18,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from harness import migrations
-from harness.store import SCHEMA_VERSION, Base, RunRecord, Store, StoreError
+from harness.store import migrations
+from harness.store.database import SCHEMA_VERSION, Base, RunRecord, Store, StoreError
 
 
 def record(key: str = "k1", **kw) -> RunRecord:
@@ -71,7 +71,7 @@ def test_a_live_claim_blocks_and_a_dead_one_is_retaken_without_duplicates(db):
     # A runner that died mid-run: its claim names a process that no longer exists.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with store.session() as s:
-        from harness.store import Metric, Run
+        from harness.store.database import Metric, Run
 
         run = s.query(Run).one()
         run.claimed_by = f"{run.claimed_by.rpartition(':')[0]}:{dead.stdout.strip()}"

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from harness.checkpoints import load_checkpoint
+from harness.store.checkpoints import load_checkpoint
 from harness.cli import main
 from harness.data import load_packed
 from harness.runner import data_config
-from harness.store import Store
-from harness.suite import load_suite
+from harness.store.database import Store
+from harness.config.suite import load_suite
 
 KJV = Path(__file__).resolve().parents[2] / "harness" / "corpus" / "kjv.txt"
 SEQ_LEN, TOKENS, MAX_VAL = 32, 2048, 8

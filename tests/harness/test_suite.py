@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.suite import SuiteError, load_suite
+from harness.config.suite import SuiteError, load_suite
 
 
 def test_grid_expands_models_sizes_and_seq_lens(write_suite):

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
-from harness.store import Store
-from harness.suite import SuiteError, TrainSection, load_suite
+from harness.store.database import Store
+from harness.config.suite import SuiteError, TrainSection, load_suite
 from harness.tasks import (
     IGNORE_INDEX,
     Task,
@@ -26,8 +26,8 @@ from harness.tasks import (
     make_sequences,
     register_task,
 )
-from harness.tasks.report import _label_box, _overlap, best_of_grid, label_positions, task_figures
-from harness.train import plan_training, train
+from harness.report.tasks import _label_box, _overlap, best_of_grid, label_positions, task_figures
+from harness.engine.train import plan_training, train
 from models import ModelSpec, build
 
 SMALL = {

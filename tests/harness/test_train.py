@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from harness.data import DataConfig, load_packed
-from harness.evaluate import bucket_bounds, evaluate
-from harness.suite import EvalSection, TrainSection
-from harness.train import TrainingDiverged, learning_rate, plan_training, train
+from harness.evaluate.perplexity import bucket_bounds, evaluate
+from harness.config.suite import EvalSection, TrainSection
+from harness.engine.train import TrainingDiverged, learning_rate, plan_training, train
 from models import ModelSpec, build
 
 

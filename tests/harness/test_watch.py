@@ -13,10 +13,10 @@ from sqlalchemy import update
 
 from harness import runner as runner_module
 from harness.cli import main
-from harness.live import LiveCurve
-from harness.store import Run, RunRecord, Store
-from harness.suite import load_suite
-from harness.watch import eta_seconds, frames
+from harness.monitor.live import LiveCurve
+from harness.store.database import Run, RunRecord, Store
+from harness.config.suite import load_suite
+from harness.monitor.watch import eta_seconds, frames
 
 
 def text(table) -> str:  # noqa: ANN001 - a rich Table

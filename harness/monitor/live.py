@@ -1,6 +1,6 @@
 """A running cell's live figures in the store: its curve, health flags and progress, every log.
 
-Rank 0 alone writes (the training loop's ``on_log`` hook, :data:`harness.train.LogHook`), so
+Rank 0 alone writes (the training loop's ``on_log`` hook, :data:`harness.engine.train.LogHook`), so
 any machine that reads the store (``mixbench watch``, ``results``, the dashboard) follows a cell
 while it trains, and a cell that fails keeps its curve up to its last log. Each log is one
 transaction for the curve and one for progress (which also beats the heartbeat).
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import TracebackType
 
-from harness.health import HEALTH_NAMES, HealthMonitor, Thresholds
-from harness.loggers import Mirror
-from harness.store import Store
-from harness.train import CURVE_NAMES
+from harness.monitor.health import HEALTH_NAMES, HealthMonitor, Thresholds
+from harness.monitor.loggers import Mirror
+from harness.store.database import Store
+from harness.engine.train import CURVE_NAMES
 
 
 class LiveCurve:

@@ -1,6 +1,6 @@
 """Dashboards: one self-contained Plotly HTML per suite, built from the store alone.
 
-Runs are read as points over seeds (``harness/seeds.py``): each point of a panel is the
+Runs are read as points over seeds (``harness/report/seeds.py``): each point of a panel is the
 median over its seeds, with min-max bars (a band for the position curves), at the learning
 rate with the best median. Panels: validation perplexity vs training FLOPs (log-log, one
 line per architecture across sizes, one panel per context length: the paper's Figure 1
@@ -24,13 +24,13 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 from sqlalchemy import select
 
-from harness.atomic_file import write_text_atomic
-from harness.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
-from harness.health import flags_by_run
-from harness.report_live import refresh_tag, running_curves_figure
-from harness.seeds import Point, choose, is_task_run, ties
-from harness.store import FINISHED, Latency, Run, Store
-from harness.tasks.report import ACCURACY, split_label, task_figures, task_table_html
+from harness.common.atomic_file import write_text_atomic
+from harness.measure.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
+from harness.monitor.health import flags_by_run
+from harness.report.live_panels import refresh_tag, running_curves_figure
+from harness.report.seeds import Point, choose, is_task_run, ties
+from harness.store.database import FINISHED, Latency, Run, Store
+from harness.report.tasks import ACCURACY, split_label, task_figures, task_table_html
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
 IMAGE_FORMATS = ("png", "svg")

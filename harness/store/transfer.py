@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from harness.store import FINISHED, Latency, Metric, PositionLoss, Run, Store
+from harness.store.database import FINISHED, Latency, Metric, PositionLoss, Run, Store
 
 
 @dataclass(frozen=True)

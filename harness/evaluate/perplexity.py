@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.parallel import autocast
+from harness.engine.parallel import autocast
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ attention trains at 21% MFU and TTT-Linear at 8%), so an estimate uses, in this 
    (``train/tokens_per_s`` over ``train/world_size``), the newest first. The rate is per GPU and
    scales linearly with ``--gpus`` (an assumption: it ignores communication).
 2. otherwise the analytic training FLOPs at :data:`ASSUMED_MFU` of the kind's dense bf16 peak
-   (``harness.mfu``), labelled *assumed* wherever it is printed.
+   (``harness.measure.mfu``), labelled *assumed* wherever it is printed.
 
 GPU-hours = tokens / (tokens/s per GPU) / 3600 whatever the GPU count; the wall time divides by it.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from harness.mfu import PEAK_BF16_TFLOPS
-from harness.store import Run, Store
+from harness.measure.mfu import PEAK_BF16_TFLOPS
+from harness.store.database import Run, Store
 
 ASSUMED_MFU = 0.20  # between the measured attention (21%) and TTT-Linear (8%) at 125m on an H200
 
@@ -47,7 +47,7 @@ def gpu_kind(name: str) -> str:
 
 
 def kind_of_device(device_name: str) -> str | None:
-    """The kind a device name (``torch.cuda.get_device_name``) is, as ``harness.mfu.peak_tflops`` matches it."""
+    """The kind a device name (``torch.cuda.get_device_name``) is, as ``harness.measure.mfu.peak_tflops`` matches it."""
     return next((kind for kind in PEAK_BF16_TFLOPS if kind in device_name), None)
 
 

@@ -6,7 +6,7 @@ training speed), ``schema_info``
 (the schema version, beside Alembic's ``alembic_version``). Every write that finishes a run
 is one transaction, so a crash loses at most the run in flight; a run is claimed before it
 starts, so a rerun resumes and any number of runners on one database never train the same
-cell twice. The schema's history is in ``harness/migrations`` (Alembic, SQLite and PostgreSQL).
+cell twice. The schema's history is in ``harness/store/migrations`` (Alembic, SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from harness import migrations
+from harness.store import migrations
 
-SCHEMA_VERSION = 4  # schema_info.version written by the Alembic head (harness/migrations/versions)
+SCHEMA_VERSION = 4  # schema_info.version written by the Alembic head (harness/store/migrations/versions)
 DEFAULT_DB = Path("results") / "mixbench.db"
 DB_ENV = "MIXBENCH_DB"  # the store when no --db is given
 JOB_ENV = ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID")  # where a launched job finds its id (Slurm, submitit's local executor)
@@ -161,7 +161,7 @@ class Throughput(Base):
     size: Mapped[str] = mapped_column(String(32))
     seq_len: Mapped[int] = mapped_column(Integer)
     backend: Mapped[str] = mapped_column(String(200))
-    gpu: Mapped[str] = mapped_column(String(64))  # a kind of harness/mfu.py's table, e.g. H100
+    gpu: Mapped[str] = mapped_column(String(64))  # a kind of harness/measure/mfu.py's table, e.g. H100
     gpus: Mapped[int] = mapped_column(Integer)  # devices the measurement ran on
     tokens_per_s: Mapped[float] = mapped_column(Float)  # all devices together
     source: Mapped[str] = mapped_column(String(200))  # e.g. benchmarks/train_loop.py, or a run key

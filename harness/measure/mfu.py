@@ -1,6 +1,6 @@
 """Model FLOPs utilisation: analytic training FLOPs per second over the devices' peak.
 
-MFU = ``flops/train`` (``harness.flops``: 3 × the analytic forward) / elapsed seconds /
+MFU = ``flops/train`` (``harness.measure.flops``: 3 × the analytic forward) / elapsed seconds /
 (peak per device × devices). The peaks are the vendors' dense bf16 tensor-core figures
 (no sparsity). A device not in the table has no MFU unless ``train.peak_tflops`` says its
 peak; a CPU has none.

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+import harness
+
 _PACKAGES = ("mixbench", "torch", "triton", "flash-attn", "mamba-ssm", "causal-conv1d", "datasets", "tokenizers")
 
 
@@ -26,7 +28,7 @@ def _version(name: str) -> str | None:
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the mixbench checkout, with ``+dirty`` if it has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(harness.__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=5

@@ -2,7 +2,7 @@
 
 Any machine that can read the store (a laptop against the shared PostgreSQL server) sees, per
 cell: status, step / total, the latest training loss, the recent tokens/s and MFU, the time
-left at that rate, the job and host that run it, and its health flags (``harness.health``).
+left at that rate, the job and host that run it, and its health flags (``harness.monitor.health``).
 The table is rebuilt every few seconds from what the running cells write every ``log_every`` steps.
 """
 
@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from harness.cost import duration
-from harness.health import Thresholds, flags_by_run
-from harness.report import arch_label
-from harness.store import Run, Store
+from harness.measure.cost import duration
+from harness.monitor.health import Thresholds, flags_by_run
+from harness.report.dashboard import arch_label
+from harness.store.database import Run, Store
 
 FINISHED = ("done", "failed")
 

@@ -13,8 +13,8 @@ from collections.abc import Hashable, Iterable
 import torch
 
 from harness.data import DataNeed
-from harness.suite import Cell
-from harness.train import plan_training
+from harness.config.suite import Cell
+from harness.engine.train import plan_training
 from models import ModelSpec, build
 
 

@@ -19,14 +19,14 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.launch.resources import LauncherSection
+from harness.config.launcher import LauncherSection
 from harness.tasks import TaskError, TaskParamError, get_task
 from models.backbones import BACKBONES, SIZES
 from models.lm import split_arch
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
 
 # Bumped whenever the training or evaluation protocol changes what a cell would measure.
-PROTOCOL_VERSION = 2  # 2: the per-rank sampler's data order (harness/sampler.py), bf16 evaluation on CUDA
+PROTOCOL_VERSION = 2  # 2: the per-rank sampler's data order (harness/engine/sampler.py), bf16 evaluation on CUDA
 
 
 class SuiteError(Exception):
@@ -70,19 +70,19 @@ class TrainSection(_Section):
     seed: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
     device: str = "auto"
-    # How the cell runs, not what it computes (left out of the run key; harness/parallel.py, resume.py):
+    # How the cell runs, not what it computes (left out of the run key; harness/engine/parallel.py, resume.py):
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun; auto: FSDP from 300M parameters
     checkpoint_every: int = Field(0, ge=0)  # steps between mid-cell checkpoints (0: only on SIGTERM/SIGUSR1)
     keep_checkpoints: int = Field(2, gt=0)
     compile: bool = False  # torch.compile per block
     activation_checkpointing: bool = False  # recompute each block in the backward pass
-    peak_tflops: float | None = Field(None, gt=0)  # the device's peak for MFU (default: harness/mfu.py table)
+    peak_tflops: float | None = Field(None, gt=0)  # the device's peak for MFU (default: harness/measure/mfu.py table)
     # A guard, not a setting (also left out of the run key): the most passes over the training
     # split (a corpus's blocks, a task's n_train sequences) the budget may take. A small split
-    # repeats epochs (harness/sampler.py); every run records how many as `data/epochs`, and a
+    # repeats epochs (harness/engine/sampler.py); every run records how many as `data/epochs`, and a
     # cell that would exceed this stops before training with one line. None: no limit.
     max_epochs: float | None = Field(None, gt=0)
-    # Trackers that mirror the live curve (harness/loggers.py; the [trackers] extra); the store stays the truth.
+    # Trackers that mirror the live curve (harness/monitor/loggers.py; the [trackers] extra); the store stays the truth.
     loggers: list[Literal["tensorboard", "wandb"]] = []
 
     ENGINE_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -110,13 +110,13 @@ class EvalSection(_Section):
     position_buckets: int = Field(16, gt=0)
     max_val_sequences: int = Field(256, gt=0)
     batch_size: int = Field(8, gt=0)
-    # lm-eval tasks run on the final model (harness/lm_eval_adapter.py; needs the [eval] extra)
+    # lm-eval tasks run on the final model (harness/evaluate/lm_eval_adapter.py; needs the [eval] extra)
     lm_eval: list[str] = []
     lm_eval_limit: int | None = Field(None, gt=0)  # documents per task (None: all)
 
 
 class LatencySection(_Section):
-    """The latency protocol (``harness/latency.py``): every model of the suite at each size.
+    """The latency protocol (``harness/measure/latency.py``): every model of the suite at each size.
 
     No data is read: prompts are random token ids over ``vocab_size`` (default 32000, the
     Llama tokenizer the paper's models use). ``sizes`` defaults to the suite's ``sizes``.
@@ -367,7 +367,7 @@ class Cell:
                 "seeds": list(self.seeds or [self.train.seed]),
                 "metric": metric,
                 "goal": goal,
-                "over_seeds": "median",  # the lr whose median over seeds is best (harness/seeds.py)
+                "over_seeds": "median",  # the lr whose median over seeds is best (harness/report/seeds.py)
             }
         return config
 

@@ -2,7 +2,7 @@
 
 The run's own checkpoint and tokenizer, the suite's source, split, context lengths and
 evaluation settings: validation loss and perplexity, loss by token position, and the suite's
-lm-eval tasks, exactly as a trained cell of the suite is scored (``harness.evaluate``). Each
+lm-eval tasks, exactly as a trained cell of the suite is scored (``harness.evaluate.perplexity``). Each
 context length of the suite gives one row in the suite, keyed by the run and the data, with
 status ``imported`` for a published checkpoint and ``evaluated`` for a model trained here on
 other data, so the dashboards draw it beside the suite's cells and mark it.
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from harness.checkpoints import load_checkpoint
+from harness.store.checkpoints import load_checkpoint
 from harness.data import DataError, DataNeed, load_packed
-from harness.environment import environment, pick_device
-from harness.evaluate import evaluate
+from harness.measure.environment import environment, pick_device
+from harness.evaluate.perplexity import evaluate
 from harness.runner import backend_label, data_config
-from harness.store import FINISHED, RunRecord, Store, StoreError
-from harness.suite import PROTOCOL_VERSION, Suite
+from harness.store.database import FINISHED, RunRecord, Store, StoreError
+from harness.config.suite import PROTOCOL_VERSION, Suite
 
 
 def evaluate_stored(
@@ -60,7 +60,7 @@ def evaluate_stored(
         result = evaluate(model, data, cell.eval, where)
         metrics = [(0, "val/loss", result.loss), (0, "val/ppl", result.perplexity)]
         if cell.eval.lm_eval:
-            from harness import lm_eval_adapter
+            from harness.evaluate import lm_eval_adapter
 
             scores = lm_eval_adapter.lm_eval_metrics(
                 model, data.tokenizer, cell.eval.lm_eval, max_length=cell.seq_len,

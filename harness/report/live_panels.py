@@ -1,6 +1,6 @@
 """The dashboard's view of cells still training: their live loss curves, and a page that reloads itself.
 
-A running cell writes its curve every ``log_every`` steps (``harness.live``); a dashboard written
+A running cell writes its curve every ``log_every`` steps (``harness.monitor.live``); a dashboard written
 while any cell of its suite runs draws those curves (a diverging run is seen on day one, not
 when it ends) and reloads every :data:`REFRESH_SECONDS`. Rewriting the file with ``mixbench
 report`` (e.g. from cron) then shows the newer points.
@@ -12,8 +12,8 @@ from collections import defaultdict
 
 import plotly.graph_objects as go
 
-from harness.health import SPIKE
-from harness.store import Run
+from harness.monitor.health import SPIKE
+from harness.store.database import Run
 
 REFRESH_SECONDS = 60
 

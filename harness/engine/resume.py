@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.distributed import Group
+from harness.engine.distributed import Group
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (a rerun resumes)

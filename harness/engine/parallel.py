@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.distributed import Group
+from harness.engine.distributed import Group
 from models import build
 
 FSDP_FROM_PARAMS = 300_000_000  # 350m and up shard; 125m and below replicate

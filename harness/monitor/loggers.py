@@ -1,7 +1,7 @@
 """Mirrors of a running cell's curve into the trackers people already use (``train.loggers``).
 
 The store stays the source of truth; a mirror receives exactly the rows the store does, as
-they are written (``harness.live``). Each tracker is an optional extra (``mixbench[trackers]``):
+they are written (``harness.monitor.live``). Each tracker is an optional extra (``mixbench[trackers]``):
 
 - ``tensorboard``: event files under ``<log_dir>/tensorboard/<suite>/<run_key>`` (torch's ``SummaryWriter``);
 - ``wandb``: a W&B run named after the cell, id = run key, in offline mode unless ``$WANDB_MODE``

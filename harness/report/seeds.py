@@ -22,7 +22,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-from harness.store import FINISHED, Run
+from harness.store.database import FINISHED, Run
 
 Values = dict[tuple[str, str], float]
 SOLVED = 0.9  # task accuracy at which a seed counts as having solved the task

@@ -1,6 +1,6 @@
 """Dashboard panels for task suites, and the best-of-learning-rate-grid rule they apply.
 
-The rule (``harness/seeds.py``): runs that differ only in their seed form a point, shown by
+The rule (``harness/report/seeds.py``): runs that differ only in their seed form a point, shown by
 its median ``task/accuracy`` on held-out sequences over seeds, with bars from the worst seed
 to the best; of the points that differ only in learning rate (same model, size, sequence
 length, task and task parameters) the one with the highest median is shown, ties broken by
@@ -28,8 +28,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from harness.seeds import SOLVED, Choice, Point, Values, choose, is_task_run
-from harness.store import Run
+from harness.report.seeds import SOLVED, Choice, Point, Values, choose, is_task_run
+from harness.store.database import Run
 from harness.tasks.base import get_task
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")

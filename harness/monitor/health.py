@@ -23,12 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from harness.store import Run
+from harness.store.database import Run
 
 SPIKE = "health/loss_spike"
 SLOW = "health/slow"
 HEALTH_NAMES = (SPIKE, SLOW)
-DIVERGED_ERROR = "TrainingDiverged"  # the exception type that starts a diverged run's error (harness/train.py)
+DIVERGED_ERROR = "TrainingDiverged"  # the exception type that starts a diverged run's error (harness/engine/train.py)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ Conventions (the numbers depend on them, so they are fixed here and tested):
 
 Entry points: the runner calls ``lm_eval_metrics`` when a suite lists ``eval.lm_eval`` tasks
 (``check_tasks`` first, before training, so a typo fails fast); ``mixbench lm-eval RUN_KEY``
-evaluates a stored run; ``python -m harness.lm_eval_adapter ARGS`` is lm-eval's own command
+evaluates a stored run; ``python -m harness.evaluate.lm_eval_adapter ARGS`` is lm-eval's own command
 line with ``mixbench`` registered and the shipped tasks (``harness/lm_eval_tasks/``) included.
 lm-eval is optional (the ``[eval]`` extra): this module imports without it, and everything
 that needs it raises ``LMEvalError`` with the install command.
@@ -58,12 +58,13 @@ from typing import Any
 
 import torch
 
-from harness.checkpoints import load_checkpoint
+import harness
+from harness.store.checkpoints import load_checkpoint
 from harness.data import TextTokenizer, load_tokenizer
-from harness.environment import pick_device
-from harness.parallel import autocast
-from harness.progress import progress_bar
-from harness.store import FINISHED, Store, StoreError
+from harness.measure.environment import pick_device
+from harness.engine.parallel import autocast
+from harness.common.progress import progress_bar
+from harness.store.database import FINISHED, Store, StoreError
 
 try:
     from lm_eval.api.model import LM as _LMBase
@@ -76,7 +77,7 @@ except ImportError as _exc:  # the [eval] extra is not installed
     _MISSING = str(_exc)
 
 MODEL_NAME = "mixbench"
-TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+TASKS_DIR = Path(harness.__file__).resolve().parent / "lm_eval_tasks"
 TEMPLATE_SUFFIX = ".yaml.template"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_GEN_TOKS = 256
@@ -442,7 +443,7 @@ def cmd_lm_eval(args: Any, console: Any, errors: Any) -> int:
     except LMEvalError as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    from harness.store import Store
+    from harness.store.database import Store
 
     step = Store(args.db).add_metrics(args.run_key, metrics.items())
     table = Table(title=f"lm-eval on run {args.run_key} (max_length {lm.max_length}; stored at step {step})")
@@ -471,7 +472,7 @@ def lm_eval_cli(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     # Run as a script this file is ``__main__``; the model lm-eval finds is the importable module's.
-    from harness import lm_eval_adapter
+    from harness.evaluate import lm_eval_adapter
 
     try:
         lm_eval_adapter.lm_eval_cli(sys.argv[1:])

@@ -27,12 +27,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from harness.checkpoints import load_checkpoint, save_checkpoint
+import models
+from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.data import DataError, load_tokenizer
 from harness.data.common import cause, looks_like_hub_id
-from harness.environment import environment
+from harness.measure.environment import environment
 from harness.runner import backend_label
-from harness.store import FINISHED, RunRecord, Store
+from harness.store.database import FINISHED, RunRecord, Store
 from models import build
 from models.hf_format import FormatError, hf_config, hf_tensors, load_into, spec_from_config
 
@@ -41,7 +42,7 @@ DEFAULT_CONTEXT = 2048  # the context recorded for a model whose config has no m
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", *TOKENIZER_FILES]
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-REMOTE_CODE = Path(__file__).resolve().parent.parent / "models" / "hf_remote_code.py"
+REMOTE_CODE = Path(models.__file__).resolve().parent / "hf_remote_code.py"
 
 
 class HFError(Exception):

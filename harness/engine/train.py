@@ -2,9 +2,9 @@
 
 AdamW (β 0.9/0.95, decoupled weight decay on matrices only), linear warm-up then cosine decay
 to ``min_lr_ratio``, gradient clipping, gradient accumulation up to a token batch, bf16
-autocast on CUDA, a float32 cross-entropy computed in row chunks (``harness.loss``), fixed seeds. The same loop runs on one process or data-parallel under
-torchrun (``harness.distributed``, ``harness.parallel``), and resumes mid-cell from
-``torch.distributed.checkpoint`` snapshots (``harness.resume``). A NaN or infinite loss stops the run with the step named.
+autocast on CUDA, a float32 cross-entropy computed in row chunks (``harness.engine.loss``), fixed seeds. The same loop runs on one process or data-parallel under
+torchrun (``harness.engine.distributed``, ``harness.engine.parallel``), and resumes mid-cell from
+``torch.distributed.checkpoint`` snapshots (``harness.engine.resume``). A NaN or infinite loss stops the run with the step named.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.distributed import Group
-from harness.loss import cross_entropy
-from harness.parallel import autocast, gradient_sync
-from harness.progress import progress_bar
-from harness.resume import Preempted, PreemptionFlag, StepCheckpoints
-from harness.sampler import BlockSampler
+from harness.engine.distributed import Group
+from harness.engine.loss import cross_entropy
+from harness.engine.parallel import autocast, gradient_sync
+from harness.common.progress import progress_bar
+from harness.engine.resume import Preempted, PreemptionFlag, StepCheckpoints
+from harness.engine.sampler import BlockSampler
 
 
 # The rows every log writes (``TrainResult.metrics``): the live curve of a running cell.
@@ -148,7 +148,7 @@ def train(
     """Train ``model`` on ``data.train`` for ``plan.steps`` optimiser steps; returns the logged metrics.
 
     The one loop at every world size: ``model`` may be wrapped for DDP/FSDP
-    (``harness.parallel``), and each rank reads its slice of every global batch. With
+    (``harness.engine.parallel``), and each rank reads its slice of every global batch. With
     ``checkpoints`` the run resumes from the latest complete one, saves every
     ``train.checkpoint_every`` steps, and on SIGTERM/SIGUSR1 saves and raises
     :class:`Preempted`. Losses stay on the device and are read once per ``log_every`` steps

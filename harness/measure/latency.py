@@ -58,14 +58,14 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import delete
 
-from harness.checkpoints import load_meta
-from harness.device_memory import free_memory
-from harness.environment import device_name, environment
-from harness.progress import progress_bar
-from harness.report import stored_latency
-from harness.store import FINISHED, Latency, Store, StoreError
-from harness.suite import LatencySection, Suite, SuiteError
-from harness.train import seed_everything
+from harness.store.checkpoints import load_meta
+from harness.engine.device_memory import free_memory
+from harness.measure.environment import device_name, environment
+from harness.common.progress import progress_bar
+from harness.report.dashboard import stored_latency
+from harness.store.database import FINISHED, Latency, Store, StoreError
+from harness.config.suite import LatencySection, Suite, SuiteError
+from harness.engine.train import seed_everything
 from models import ModelSpec, build, split_arch
 
 MODES = ("prefill", "decode")

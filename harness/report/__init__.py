@@ -1,0 +1,6 @@
+"""Reporting: the HTML dashboards (Plotly), their live panels, the reading of runs as points
+over seeds, and the synthetic tasks' panels.
+
+Owns: ``dashboard``, ``live_panels``, ``seeds``, ``tasks``.
+May import: ``common``, ``tasks``, ``measure``, ``monitor`` (health flags), ``store``, ``models``.
+"""
