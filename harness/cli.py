@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -353,6 +354,11 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started with SIGINT ignored (a background job of a non-interactive shell), Python installs
+        # no Ctrl-C handler, and the process and every job it launches would ignore an interrupt that
+        # should mark the cells in flight interrupted. A command line always takes Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser().parse_args(argv)
     console = Console()
     if not console.is_terminal:  # piped or captured: never cut table cells to 80 columns

@@ -45,13 +45,7 @@ def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def follow_from_environment(signum: int = signal.SIGTERM) -> None:
-    """Follow the parent that ``MIXBENCH_PARENT_PID`` names, if a launcher set it; the variable is not passed on.
-
-    A launcher stops its jobs with SIGINT (Ctrl-C). A process started with SIGINT ignored (a
-    background job of a non-interactive shell) passes that on, and Python then installs no
-    handler: such a job would never stop. So a launched job sets its own disposition.
-    """
+    """Follow the parent that ``MIXBENCH_PARENT_PID`` names, if a launcher set it; the variable is not passed on."""
     raw = os.environ.pop(PARENT_ENV, "")
     if raw:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         follow(int(raw), signum)
