@@ -27,7 +27,7 @@ from harness.launch.submit import LaunchError, print_slurm_plan, submit_suite
 from harness.common.lifeline import follow_from_environment
 from harness.measure.latency import LatencyRunner, latency_table, plan_table, stored_target
 from harness.monitor.loggers import LoggerError, check_loggers
-from harness.report.dashboard import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, spread_rows, stored_latency, write_reports
+from harness.report.dashboard import DEFAULT_REPORT_DIR, IMAGE_FORMATS, ReportError, spread_rows, write_reports
 from harness.engine.resume import PREEMPTED_EXIT_CODE, Preempted
 from harness.runner import DEFAULT_CACHE_DIR, SuiteRunner
 from harness.store.database import SCHEMA_VERSION, Store, StoreError, resolve_url
@@ -270,7 +270,7 @@ def run_latency(
     summary = LatencyRunner(suite, store, console=console).run(only, resume=resume, chosen=chosen)
     if resume and not summary.measured:
         console.print(f"[green]latency: all {len(summary.skipped)} models of suite {suite.name} are already measured[/]")
-    console.print(latency_table(stored_latency(store, suite.name), f"latency of suite {suite.name}"))
+    console.print(latency_table(store.latency_rows(suite.name), f"latency of suite {suite.name}"))
     return bool(summary.failed)
 
 

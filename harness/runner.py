@@ -9,9 +9,8 @@ suite goes on; Ctrl-C marks the cell in flight as interrupted and stops.
 
 from __future__ import annotations
 
-import fnmatch
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,29 +31,17 @@ from harness.measure.flops import training_flops
 from harness.monitor.live import LiveCurve
 from harness.monitor.loggers import DEFAULT_LOG_DIR, open_mirrors
 from harness.measure.mfu import mfu, peak_tflops
-from harness.engine.parallel import choose_mode, compute_dtype, full_model, prepare
+from harness.engine.parallel import backend_label, choose_mode, full_model, prepare
 from harness.engine.resume import Preempted, StepCheckpoints
-from harness.store.database import RunRecord, Store
+from harness.store.database import Store
+from harness.config.cells import Summary, cell_label, data_config, model_spec, run_record, select_cells
+from harness.common.errors import one_line
 from harness.config.suite import Cell, Suite
 from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
 from harness.engine.train import TrainPlan, plan_training, seed_everything, train
-from models import ModelSpec, build
+from models import build
 
 DEFAULT_CACHE_DIR = Path("results") / "cache"
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line a person can act on: its type and first message line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
-
-
-@dataclass
-class Summary:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)  # jobs stopped on a signal after a checkpoint (a rerun resumes)
 
 
 @dataclass(frozen=True)
@@ -65,61 +52,6 @@ class Workload:
     tokenizer: str  # recorded with the checkpoint
     # (model, device) -> (evaluation with loss / perplexity / position_loss, extra metrics)
     score: Callable[[nn.Module, torch.device], tuple[Any, dict[str, float]]]
-
-
-def cell_label(cell: Cell) -> str:
-    """``arch/size/Tseq_len``; a task cell adds its task and non-default parameters, a grid cell its lr and seed."""
-    label = f"{cell.arch}/{cell.size}/T{cell.seq_len}"
-    if cell.task is not None:
-        task = get_task(cell.task["name"])
-        given = [(k, v) for k, v in cell.task["params"].items() if v != task.model_fields[k].default]
-        params = ",".join(f"{k}={v}" for k, v in sorted(given, key=lambda kv: (kv[0] != task.difficulty, kv[0])))
-        label += f"/{cell.task['name']}({params})"
-    if cell.lr_grid is not None:
-        label += f"/lr={cell.train.lr:g}"
-    if cell.seeds is not None:
-        label += f"/seed={cell.train.seed}"
-    return label
-
-
-def backend_label(model: nn.Module, device: torch.device) -> str:
-    """The backends that ran: training, evaluation and lm-eval all compute in
-    ``compute_dtype(device)`` (bf16 autocast on CUDA), so one dtype names them all."""
-    return ",".join(model.backends(device, compute_dtype(device)))
-
-
-def run_record(cell: Cell) -> RunRecord:
-    """The store's row for a cell, as claimed (or queued by a launcher)."""
-    return RunRecord(
-        run_key=cell.run_key, suite=cell.suite, mixer=cell.mixer, backbone=cell.backbone, size=cell.size,
-        seq_len=cell.seq_len, dataset=cell.data.source if cell.task is None else f"task:{cell.task['name']}",
-        config=cell.config,
-    )  # fmt: skip
-
-
-def select_cells(suite: Suite, only: str | None) -> list[Cell]:
-    """Cells whose label (``arch/size/Tseq_len``) matches the glob ``only`` (all if None)."""
-    cells = suite.cells()
-    if only is None:
-        return cells
-    return [c for c in cells if fnmatch.fnmatch(cell_label(c), only) or fnmatch.fnmatch(c.arch, only)]
-
-
-def data_config(cell: Cell) -> DataConfig:
-    d = cell.data
-    return DataConfig(
-        source=cell.resolve_path(d.source),
-        tokenizer=cell.resolve_path(d.tokenizer),
-        seq_len=d.seq_len,
-        text_field=d.text_field,
-        split=d.split,
-        val_fraction=d.val_fraction,
-        max_tokens=d.max_tokens,
-        val_source=None if d.val_source is None else cell.resolve_path(d.val_source),
-        val_split=d.val_split,
-        workers=d.workers,
-        vocab_size=d.vocab_size,
-    )
 
 
 class EpochBudgetError(ValueError):
@@ -142,10 +74,6 @@ def training_epochs(cell: Cell, train_sequences: int, plan: TrainPlan) -> float:
             f"{source}, more than train.max_epochs {limit:g}: raise it, lower the budget or add text"
         )
     return epochs
-
-
-def model_spec(cell: Cell, vocab_size: int) -> ModelSpec:
-    return ModelSpec.parse(cell.arch, cell.size, vocab_size, mixer_overrides=dict(cell.mixer_settings))
 
 
 class SuiteRunner:

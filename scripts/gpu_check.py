@@ -180,11 +180,10 @@ def judge_smoke(db: str, models: list[str], code: int) -> list[Result]:
 
 def judge_latency(db: str, suite: str, dtype: str, graphs: bool, code: int) -> Result:
     """Every row ok; attention rows name the backend that ran; with graphs every decode row replayed one."""
-    from harness.report.dashboard import stored_latency
     from harness.store.database import Store
 
     label = f"latency tiny, {dtype}, {'CUDA graphs' if graphs else 'eager'}"
-    rows = stored_latency(Store(db), suite) if Path(db).exists() else []
+    rows = Store(db).latency_rows(suite) if Path(db).exists() else []
     problems = [f"{r.mixer}@{r.backbone} {r.mode} T{r.context}: {r.status} "
                 f"({(r.environment or {}).get('latency', {}).get('error')})" for r in rows if r.status != "ok"]  # fmt: skip
     for r in rows:

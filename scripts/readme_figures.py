@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.report.dashboard import ReportError, arch_label, sizes_by_params, write_reports  # noqa: E402 - after the path: run as a script from anywhere
+from harness.report.dashboard import ReportError, sizes_by_params, write_reports  # noqa: E402 - after the path: run as a script from anywhere
 from harness.report.seeds import Point, choose, ties  # noqa: E402
 from harness.store.database import Run, Store, StoreError  # noqa: E402
 from harness.config.suite import Suite, SuiteError, load_suite  # noqa: E402
@@ -83,7 +83,7 @@ def measured_on(runs: list[Run]) -> str:
 
 
 def _tie_note(point: Point, tied: dict[str, list[Point]]) -> str:
-    others = [arch_label(p.run) for p in tied.get(point.run.run_key, [])]
+    others = [p.run.arch_label for p in tied.get(point.run.run_key, [])]
     return f"; tie: {', '.join(others)}" if others else ""
 
 
@@ -95,7 +95,7 @@ def task_table(runs: list[Run], values: Values) -> list[str]:
     sizes = sizes_by_params(runs)
     cells: dict[str, dict[str, Point]] = defaultdict(dict)
     for point in best:
-        cells[arch_label(point.run)][point.run.size] = point
+        cells[point.run.arch_label][point.run.size] = point
 
     def mean_median(arch: str) -> float:
         return sum(p.spread(values, ACCURACY).median for p in cells[arch].values()) / len(cells[arch])
@@ -125,7 +125,7 @@ def text_table(runs: list[Run], values: Values, positions: list[tuple[str, int, 
     sizes = sizes_by_params(runs)
     by_arch: dict[str, dict[str, Point]] = defaultdict(dict)
     for point in best:
-        by_arch[arch_label(point.run)][point.run.size] = point
+        by_arch[point.run.arch_label][point.run.size] = point
     largest = sizes[-1]
     buckets: dict[str, dict[tuple[int, int], float]] = defaultdict(dict)
     for key, _bucket, lo, hi, loss in positions:

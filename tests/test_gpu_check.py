@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.measure.latency import replace_rows
 from harness.store.database import Store
 from harness.config.suite import load_suite
 
@@ -110,13 +109,13 @@ def latency_row(mixer: str, mode: str, backend: str, graph: str | None = None, s
 
 def test_latency_rows_are_judged_on_status_attention_backend_and_graph_replay(gpu_check, tmp_path):
     db = str(tmp_path / "l.db")
-    replace_rows(Store(db), [latency_row("attention", "prefill", "sdpa"), latency_row("attention", "decode", "sdpa+cuda-graph", "used"),
+    Store(db).replace_latency([latency_row("attention", "prefill", "sdpa"), latency_row("attention", "decode", "sdpa+cuda-graph", "used"),
                              latency_row("mamba", "decode", "torch", "unsupported, ran eagerly: RuntimeError: sync")])  # fmt: skip
     eager = gpu_check.judge_latency(db, "s", "float32", False, 0)
     assert eager.passed and "attention: decode sdpa+cuda-graph, prefill sdpa" in eager.detail
     graphs = gpu_check.judge_latency(db, "s", "float32", True, 0)
     assert not graphs.passed and "mamba@transformer decode T128: graph unsupported" in graphs.detail
-    replace_rows(Store(db), [latency_row("attention", "prefill", "flash-attn")])  # flash-attn cannot take float32
+    Store(db).replace_latency([latency_row("attention", "prefill", "flash-attn")])  # flash-attn cannot take float32
     assert "attention prefill: backend 'flash-attn'" in gpu_check.judge_latency(db, "s", "float32", False, 0).detail
     assert not gpu_check.judge_latency(db, "s", "float32", False, 1).passed  # the harness's own exit status counts
     assert not gpu_check.judge_latency(str(tmp_path / "empty.db"), "s", "float32", False, 0).passed

@@ -20,6 +20,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.config.launcher import LauncherSection
+from harness.data import DataConfig, DataError
 from harness.tasks import TaskError, TaskParamError, get_task
 from models.backbones import BACKBONES, SIZES
 from models.lm import split_arch
@@ -35,23 +36,6 @@ class SuiteError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class DataSection(_Section):
-    source: str = "builtin:kjv"
-    tokenizer: str = "builtin:kjv"
-    seq_len: int = Field(256, gt=1)
-    text_field: str = "text"
-    split: str = "train"
-    val_fraction: float = Field(0.05, gt=0, lt=1)
-    max_tokens: int | None = Field(None, gt=0)  # overrides the suite's budget: read only these tokens
-    # Validation from the source's own split (e.g. a Hub dataset's `validation`) instead of hashed blocks
-    val_source: str | None = None  # default: source
-    val_split: str | None = None  # default: train (a local val_source's one split)
-    workers: int | None = Field(None, gt=0)  # tokenizing processes (default: all cores); never changes a byte
-    # The tokenizer's vocabulary size, for a dry run that must not download the tokenizer;
-    # a real run checks it against the tokenizer it loads.
-    vocab_size: int | None = Field(None, gt=0)
 
 
 class TrainSection(_Section):
@@ -247,7 +231,7 @@ def _check_arch(arch: str) -> str:
 
 class SuiteSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    data: DataSection = DataSection()
+    data: DataConfig = DataConfig()
     models: list[Annotated[str, AfterValidator(_check_arch)]] = Field(min_length=1)
     sizes: list[str] = Field(min_length=1)
     seq_lens: list[int] | None = None  # grid axis; default: data.seq_len
@@ -320,7 +304,7 @@ class Cell:
     arch: str
     size: str
     seq_len: int
-    data: DataSection
+    data: DataConfig
     train: TrainSection  # lr resolved to this cell's size
     eval: EvalSection
     mixer_settings: dict[str, Any]
@@ -456,4 +440,6 @@ def load_suite(path: str | Path) -> Suite:
         spec = SuiteSpec.model_validate(raw)
     except ValidationError as exc:
         raise SuiteError(_format_validation(path, exc)) from None
+    except DataError as exc:  # the data section checks itself (harness/data/source.py: DataConfig)
+        raise SuiteError(f"{path}: {exc}") from None
     return Suite(spec=spec, path=path.resolve())

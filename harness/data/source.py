@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from harness.data.common import CORPUS_DIR, DataError, cause, looks_like_hub_id, sha256_file
 
 BUILTIN_SOURCE = "builtin:kjv"
@@ -27,31 +29,41 @@ LOCAL_SPLIT = "train"  # the one split ``datasets`` gives a local file or folder
 DOC_BATCH = 1000  # documents read at a time
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(BaseModel):
+    """How a suite's text is read: the suite's ``data:`` section and the pipeline's input, one class.
+
+    Frozen (so it keys the runner's data cache) and closed (an unknown field is refused, so a
+    typo in a suite cannot enter the run key unseen). A bad value raises ``DataError`` naming
+    ``data.<field>``, the suite's own name for it, whether built directly or from a suite file
+    (pydantic calls a custom ``__init__`` for a nested model, so the suite sees the same line).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     source: str = BUILTIN_SOURCE  # builtin, hub id, or a local file / folder
     tokenizer: str = "builtin:kjv"
-    seq_len: int = 256
+    seq_len: int = Field(256, gt=1)
     text_field: str = "text"  # column for jsonl/json/parquet/hub (a .txt line is the document)
     split: str = "train"  # the source's split to train on
-    val_fraction: float = 0.05  # share of hashed blocks held out when there is no val_source/val_split
-    max_tokens: int | None = None  # read the first max_tokens tokens of the stream (overrides the budget)
+    val_fraction: float = Field(0.05, gt=0, lt=1)  # share of hashed blocks held out without val_source/val_split
+    max_tokens: int | None = Field(None, gt=0)  # read only the first max_tokens tokens (overrides the budget)
     # Validation from the source's own split instead of hashed blocks: ``val_split`` of
     # ``val_source`` (default: ``source``); ``val_split`` defaults to ``train`` for a val_source.
     val_source: str | None = None
     val_split: str | None = None
-    workers: int | None = None  # tokenizing processes; None: the machine's cores (never changes a byte)
-    vocab_size: int | None = None  # what the suite expects of the tokenizer; checked before any reading
+    workers: int | None = Field(None, gt=0)  # tokenizing processes; None: the machine's cores (never changes a byte)
+    # The tokenizer's vocabulary size, so a dry run need not download the tokenizer; a real run
+    # checks it against the tokenizer it loads, before any reading.
+    vocab_size: int | None = Field(None, gt=0)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.seq_len, int) or self.seq_len < 1:
-            raise DataError(f"seq_len must be a positive integer, got {self.seq_len!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise DataError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise DataError(f"max_tokens must be positive or None, got {self.max_tokens!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
-            raise DataError(f"workers must be a positive integer or None, got {self.workers!r}")
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in ("data", *err["loc"]))
+            msg = "unknown field" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
+            raise DataError(f"{where}: {msg}") from None
 
     @property
     def separate_val(self) -> tuple[str, str] | None:

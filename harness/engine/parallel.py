@@ -47,6 +47,12 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def backend_label(model: nn.Module, device: torch.device) -> str:
+    """The backends that ran: training, evaluation and lm-eval all compute in
+    ``compute_dtype(device)`` (bf16 autocast on CUDA), so one dtype names them all."""
+    return ",".join(model.backends(device, compute_dtype(device)))
+
+
 def autocast(device: torch.device):  # noqa: ANN201 - a context manager
     """Autocast to ``compute_dtype`` on CUDA for training, evaluation and lm-eval alike; none elsewhere."""
     if device.type == "cuda":

@@ -4,6 +4,4 @@ run scored on another suite's data, and lm-eval tasks.
 Owns: ``perplexity``, ``stored`` (``mixbench eval``), ``lm_eval_adapter`` (lm-eval's model
 class and ``python -m harness.evaluate.lm_eval_adapter``).
 May import: ``common``, ``data``, ``tasks``, ``engine``, ``config``, ``measure``, ``store``, ``models``.
-
-Not yet held: ``stored`` still takes ``runner``'s cell helpers (issue 35 moves them to ``config``).
 """

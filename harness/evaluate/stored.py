@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +20,8 @@ from harness.store.checkpoints import load_checkpoint
 from harness.data import DataError, DataNeed, load_packed
 from harness.measure.environment import environment, pick_device
 from harness.evaluate.perplexity import evaluate
-from harness.runner import backend_label, data_config
+from harness.config.cells import data_config
+from harness.engine.parallel import backend_label
 from harness.store.database import FINISHED, RunRecord, Store, StoreError
 from harness.config.suite import PROTOCOL_VERSION, Suite
 
@@ -41,7 +41,7 @@ def evaluate_stored(
     status = "imported" if source.status == "imported" else "evaluated"
     scored: dict[str, tuple[RunRecord, float]] = {}
     for cell in cells:
-        cfg = replace(data_config(cell), tokenizer=meta["tokenizer"], vocab_size=None)
+        cfg = data_config(cell).model_copy(update={"tokenizer": meta["tokenizer"], "vocab_size": None})
         config = {
             "protocol": PROTOCOL_VERSION,
             "suite": suite.name,

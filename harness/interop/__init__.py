@@ -2,7 +2,5 @@
 exported as a folder ``transformers`` loads.
 
 Owns: ``hf_io``.
-May import: ``common``, ``data``, ``config``, ``measure``, ``store``, ``models``.
-
-Not yet held: ``hf_io`` still takes ``runner``'s cell helpers (issue 35 moves them to ``config``).
+May import: ``common``, ``data``, ``config``, ``engine`` (the backend label), ``measure``, ``store``, ``models``.
 """

@@ -32,7 +32,7 @@ from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.data import DataError, load_tokenizer
 from harness.data.common import cause, looks_like_hub_id
 from harness.measure.environment import environment
-from harness.runner import backend_label
+from harness.engine.parallel import backend_label
 from harness.store.database import FINISHED, RunRecord, Store
 from models import build
 from models.hf_format import FormatError, hf_config, hf_tensors, load_into, spec_from_config

@@ -34,7 +34,7 @@ from harness.config.launcher import LauncherSection
 from harness.launch.submit import DEFAULT_JOB_DIR, LaunchError
 from harness.common.lifeline import child_environment
 from harness.engine.resume import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE
-from harness.runner import Summary, cell_label, run_record, select_cells
+from harness.config.cells import Summary, cell_label, run_record, select_cells
 from harness.store.database import Store
 from harness.config.suite import Suite
 

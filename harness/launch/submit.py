@@ -20,7 +20,8 @@ from rich.table import Table
 
 from harness.launch.job import CellJob
 from harness.config.launcher import LauncherSection
-from harness.runner import cell_label, one_line, run_record, select_cells
+from harness.common.errors import one_line
+from harness.config.cells import cell_label, run_record, select_cells
 from harness.store.database import Store
 from harness.config.suite import Suite
 

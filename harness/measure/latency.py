@@ -56,13 +56,12 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import delete
 
 from harness.store.checkpoints import load_meta
 from harness.engine.device_memory import free_memory
 from harness.measure.environment import device_name, environment
+from harness.common.errors import one_line
 from harness.common.progress import progress_bar
-from harness.report.dashboard import stored_latency
 from harness.store.database import FINISHED, Latency, Store, StoreError
 from harness.config.suite import LatencySection, Suite, SuiteError
 from harness.engine.train import seed_everything
@@ -213,11 +212,6 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and bool(_OOM_MESSAGE.search(str(exc)))
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -340,19 +334,6 @@ def to_row(m: Measurement, *, suite: str, target: Target, section: LatencySectio
     }  # fmt: skip
 
 
-def replace_rows(store: Store, rows: list[dict[str, Any]]) -> None:
-    """Delete stored rows with the same key as any of ``rows`` and insert ``rows``, in one transaction."""
-    with store.session() as s:
-        for r in rows:
-            s.execute(
-                delete(Latency).where(
-                    *(getattr(Latency, k) == r[k] for k in
-                      ("suite", "mixer", "backbone", "size", "mode", "context", "batch", "dtype", "device"))
-                )
-            )  # fmt: skip
-        s.add_all(Latency(**r) for r in rows)
-
-
 class LatencyRunner:
     def __init__(self, suite: Suite, store: Store, console: Console | None = None) -> None:
         self.suite, self.store = suite, store
@@ -365,7 +346,7 @@ class LatencyRunner:
         s, name = self.section, device_name(device)
         have = {
             (r.mode, r.context)
-            for r in stored_latency(self.store, self.suite.name)
+            for r in self.store.latency_rows(self.suite.name)
             if (r.mixer, r.backbone, r.size, r.batch, r.dtype, r.device) == (target.mixer, target.backbone, target.size,
                                                                             s.batch, s.dtype, name)
             and r.status in ("ok", "oom")
@@ -396,7 +377,7 @@ class LatencyRunner:
         with progress_bar("latency", total=len(todo) * len(s.contexts) * len(MODES), unit="points") as bar:
             for target in todo:
                 rows = self.measure(target, device, bar)
-                replace_rows(self.store, rows)
+                self.store.replace_latency(rows)
                 summary.measured.append(target.label)
                 for r in rows:
                     details = r["environment"]["latency"]

@@ -4,6 +4,4 @@ tracker mirrors (TensorBoard, W&B).
 Owns: ``live``, ``health``, ``watch``, ``loggers``.
 May import: ``common``, ``engine`` (the logging hook's type), ``measure`` (cost estimates), ``store``.
 Never ``report``.
-
-Not yet held: ``watch`` still imports ``report.dashboard`` for ``arch_label`` (issue 35).
 """

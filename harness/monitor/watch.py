@@ -18,7 +18,6 @@ from rich.table import Table
 
 from harness.measure.cost import duration
 from harness.monitor.health import Thresholds, flags_by_run
-from harness.report.dashboard import arch_label
 from harness.store.database import Run, Store
 
 FINISHED = ("done", "failed")
@@ -58,7 +57,7 @@ def _cells(run: Run, value: Callable[[str], float | None]) -> list[str]:
     if run.status == "running" and None not in (step, steps, tokens, rate):
         eta = eta_seconds(step, steps, tokens, rate)
     return [
-        f"{arch_label(run)}/{run.size}/T{run.seq_len}",
+        f"{run.arch_label}/{run.size}/T{run.seq_len}",
         run.status,
         "-" if step is None else f"{step:.0f}/{steps:.0f}" if steps else f"{step:.0f}",
         "-" if loss is None else f"{loss:.4f}",

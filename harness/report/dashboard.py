@@ -22,7 +22,6 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
-from sqlalchemy import select
 
 from harness.common.atomic_file import write_text_atomic
 from harness.measure.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
@@ -40,16 +39,6 @@ class ReportError(RuntimeError):
     """A dashboard or figure that cannot be written, said in one line."""
 
 
-def arch_label(run: Run) -> str:
-    """``mixer@backbone``: what a line of a panel or a row of a table stands for.
-
-    A model not trained on the suite (a published checkpoint, a run from another suite) is
-    marked ``[imported]`` or ``[evaluated]``, so it is never read as one of the suite's cells.
-    """
-    mark = f" [{run.status}]" if run.status in ("imported", "evaluated") else ""
-    return f"{run.mixer}@{run.backbone}{mark}"
-
-
 def sizes_by_params(runs: list[Run]) -> list[str]:
     """The sizes among ``runs``, smallest model first (size names do not sort by size)."""
     return sorted({r.size for r in runs}, key=lambda s: min(r.n_params or 0 for r in runs if r.size == s))
@@ -59,12 +48,12 @@ def flops_figure(points: list[Point], values: dict[tuple[str, str], float]) -> g
     """Median validation perplexity over seeds (bars: min-max) vs training FLOPs, one line per architecture."""
     seq_lens = sorted({p.run.seq_len for p in points})
     fig = make_subplots(rows=1, cols=len(seq_lens), subplot_titles=[f"context {t}" for t in seq_lens])
-    archs = sorted({arch_label(p.run) for p in points})
+    archs = sorted({p.run.arch_label for p in points})
     for col, seq_len in enumerate(seq_lens, 1):
         for i, arch in enumerate(archs):
             rows = sorted(
                 ((values[(p.run.run_key, "flops/train")], p.spread(values, "val/ppl"), p) for p in points
-                 if arch_label(p.run) == arch and p.run.seq_len == seq_len),
+                 if p.run.arch_label == arch and p.run.seq_len == seq_len),
                 key=lambda q: q[0],
             )  # fmt: skip
             if not rows:
@@ -115,7 +104,7 @@ def position_figure(points: list[Point], position_rows: list[tuple[str, int, int
     for key, _bucket, lo, hi, loss in position_rows:
         by_run[key][(lo, hi)] = loss
     fig = go.Figure()
-    archs = sorted({arch_label(p.run) for p in points})
+    archs = sorted({p.run.arch_label for p in points})
     sizes = sizes_by_params([p.run for p in points])
     for point in points:
         curves = [by_run[r.run_key] for r in point.runs if by_run.get(r.run_key)]
@@ -124,8 +113,8 @@ def position_figure(points: list[Point], position_rows: list[tuple[str, int, int
         stretches = sorted(set.intersection(*(set(c) for c in curves)))
         x = [(lo + hi - 1) / 2 for lo, hi in stretches]
         ppl = [[math.exp(min(c[s], 700.0)) for c in curves] for s in stretches]
-        name = f"{arch_label(point.run)} {point.run.size} T{point.run.seq_len}"
-        color = _color(archs.index(arch_label(point.run)))
+        name = f"{point.run.arch_label} {point.run.size} T{point.run.seq_len}"
+        color = _color(archs.index(point.run.arch_label))
         if len(curves) > 1:  # the band: up along the best seed, back along the worst
             fig.add_trace(go.Scatter(x=x + x[::-1], y=[min(v) for v in ppl] + [max(v) for v in ppl][::-1],
                                      fill="toself", fillcolor=color, opacity=0.15, line={"width": 0}, hoverinfo="skip",
@@ -178,7 +167,7 @@ def results_table_html(
         predicted = predicted_gpu_hours(r, own, known or [])
         actual = actual_gpu_hours(own) if predicted is not None else None  # a CPU run's hours are not GPU-hours
         cells = [
-            (r.run_key, ""), (arch_label(r), ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
+            (r.run_key, ""), (r.arch_label, ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
             (f"{train.get('lr', '-'):g}" if "lr" in train else "-", str(train.get("lr", ""))),
             (str(train.get("seed", "-")), ""),
             (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")), (r.status, ""),
@@ -214,9 +203,9 @@ def spread_rows(runs: list[Run], values: dict[tuple[str, str], float]) -> list[d
             if spread is None:
                 continue
             chosen = point is choice.best
-            others = [arch_label(p.run) for p in tied.get(run.run_key, [])]
+            others = [p.run.arch_label for p in tied.get(run.run_key, [])]
             rows.append({
-                "model": arch_label(run), "size": run.size, "seq": str(run.seq_len),
+                "model": run.arch_label, "size": run.size, "seq": str(run.seq_len),
                 "task": _task_text(run) if task else "-", "lr": f"{point.lr:g}",
                 "seeds": ", ".join(str(s) for s in point.seeds), "metric": "accuracy" if task else "val ppl",
                 "median": f"{spread.median:.4g}", "min": f"{spread.lo:.4g}", "max": f"{spread.hi:.4g}",
@@ -302,15 +291,6 @@ def dashboard_html(suite: str, figures: list[go.Figure], table: str, head: str =
         "th{cursor:pointer;background:#eef}</style></head>"
         f"<body><h1>{title}</h1>\n{body}\n{table}\n{_SORT_SCRIPT}\n</body></html>\n"
     )
-
-
-def stored_latency(store: Store, suite: str | None = None) -> list[Latency]:
-    """Every latency row (of one suite if given), oldest first."""
-    with store.session() as s:
-        q = select(Latency).order_by(Latency.id)
-        if suite is not None:
-            q = q.where(Latency.suite == suite)
-        return list(s.scalars(q))
 
 
 def _latency_series(row: Latency) -> tuple[str, str, str, str, int]:
@@ -451,7 +431,7 @@ def write_reports(
     With ``image_format`` (png or svg) each panel is also written to ``<out_dir>/<suite>/<panel>.<format>``.
     """
     runs = store.runs(suite)
-    latency = stored_latency(store, suite)
+    latency = store.latency_rows(suite)
     suites = sorted({r.suite for r in runs} | {r.suite for r in latency})
     metric_rows = store.metric_values(suite)
     values = {(key, name): v for key, _step, name, v in metric_rows}

@@ -106,6 +106,16 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # a running cell's last live write
 
+    @property
+    def arch_label(self) -> str:
+        """``mixer@backbone``: what a line of a panel or a row of a table stands for.
+
+        A model not trained on the suite (a published checkpoint, a run from another suite) is
+        marked ``[imported]`` or ``[evaluated]``, so it is never read as one of the suite's cells.
+        """
+        mark = f" [{self.status}]" if self.status in ("imported", "evaluated") else ""
+        return f"{self.mixer}@{self.backbone}{mark}"
+
 
 class Metric(Base):
     __tablename__ = "metrics"
@@ -149,6 +159,10 @@ class Latency(Base):
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInt)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+# What one latency row measures; a new measurement of the same point replaces the old.
+LATENCY_POINT = ("suite", "mixer", "backbone", "size", "mode", "context", "batch", "dtype", "device")
 
 
 class Throughput(Base):
@@ -568,6 +582,21 @@ class Store:
     def add_latency(self, rows: Iterable[dict[str, Any]]) -> None:
         with self.session() as s:
             s.add_all(Latency(**row) for row in rows)
+
+    def replace_latency(self, rows: list[dict[str, Any]]) -> None:
+        """Delete stored rows with the same point as any of ``rows`` and insert ``rows``, in one transaction."""
+        with self.session() as s:
+            for r in rows:
+                s.execute(delete(Latency).where(*(getattr(Latency, k) == r[k] for k in LATENCY_POINT)))
+            s.add_all(Latency(**r) for r in rows)
+
+    def latency_rows(self, suite: str | None = None) -> list[Latency]:
+        """Every latency row (of one suite if given), oldest first."""
+        with self.session() as s:
+            q = select(Latency).order_by(Latency.id)
+            if suite is not None:
+                q = q.where(Latency.suite == suite)
+            return list(s.scalars(q))
 
     # --- reading ------------------------------------------------------------------------
     def run(self, run_key: str) -> Run:

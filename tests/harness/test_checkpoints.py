@@ -9,7 +9,7 @@ from harness.store.checkpoints import CheckpointError, load_checkpoint
 from harness.cli import main
 from harness.data import load_packed
 from harness.evaluate.perplexity import evaluate
-from harness.runner import data_config
+from harness.config.cells import data_config
 from harness.config.suite import load_suite
 from harness.store.database import Store
 

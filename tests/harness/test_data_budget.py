@@ -10,7 +10,8 @@ import torch
 from harness import data
 from harness.cli import main
 from harness.data import cache as cache_module
-from harness.runner import SuiteRunner, data_config
+from harness.config.cells import data_config
+from harness.runner import SuiteRunner
 from harness.store.database import Store
 from harness.config.suite import load_suite
 from harness.engine.train import plan_training

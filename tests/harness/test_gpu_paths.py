@@ -19,7 +19,6 @@ import yaml
 from harness.measure import latency as latency_module
 from harness import runner as runner_module
 from harness.cli import main
-from harness.report.dashboard import stored_latency
 from harness.store.database import Store
 from models import ModelSpec, build
 
@@ -160,7 +159,7 @@ def test_latency_rows_and_dashboard_carry_each_modes_backend(tmp_path, monkeypat
     path = tmp_path / "modes.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert main(["latency", str(path)]) == 0
-    assert {(r.mode, r.backend) for r in stored_latency(Store(), "modes")} == {("prefill", "scan"), ("decode", "fused-step")}
+    assert {(r.mode, r.backend) for r in Store().latency_rows("modes")} == {("prefill", "scan"), ("decode", "fused-step")}
     assert main(["report", "-o", str(tmp_path / "dash")]) == 0
     page = (tmp_path / "dash" / "modes.html").read_text()
     assert "<td>decode</td>" in page and "<td>fused-step</td>" in page and "<td>scan</td>" in page
@@ -190,7 +189,7 @@ def test_latency_on_cuda_records_events_peak_memory_and_the_backend_of_each_mode
     path = Path(tmp_path) / "gpu.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert main(["latency", str(path)]) == 0, capsys.readouterr().out
-    rows = stored_latency(Store(), "gpu")
+    rows = Store().latency_rows("gpu")
     assert len(rows) == 4 and all(r.status == "ok" for r in rows)
     for r in rows:
         details = r.environment["latency"]

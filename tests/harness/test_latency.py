@@ -8,7 +8,6 @@ import yaml
 
 from harness.measure import latency as latency_module
 from harness.cli import main
-from harness.report.dashboard import stored_latency
 from harness.store.database import Store
 from harness.config.suite import SuiteError, load_suite
 
@@ -45,7 +44,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_sweep_stores_one_row_per_mode_and_context(latency_suite, capsys):
     code, out, _ = run_cli(capsys, "latency", latency_suite())
     assert code == 0, out
-    rows = stored_latency(Store(), "lat")
+    rows = Store().latency_rows("lat")
     assert sorted((r.mode, r.context) for r in rows) == [("decode", 16), ("decode", 32), ("prefill", 16), ("prefill", 32)]
     for r in rows:
         assert (r.mixer, r.backbone, r.size, r.batch, r.dtype, r.status) == ("attention", "transformer", "micro", 1, "float32", "ok")
@@ -69,7 +68,7 @@ def test_out_of_memory_at_one_context_is_recorded_and_the_sweep_goes_on(latency_
     monkeypatch.setattr(latency_module.Sweep, "prefill", prefill)
     code, out, _ = run_cli(capsys, "latency", latency_suite(contexts=[16, 32, 48]))
     assert code == 0, out  # running out of memory is a result, not a failure
-    status = {(r.mode, r.context): r for r in stored_latency(Store(), "lat")}
+    status = {(r.mode, r.context): r for r in Store().latency_rows("lat")}
     oom = status[("prefill", 32)]
     assert oom.status == "oom" and oom.median_ms is None and oom.tokens_per_s is None
     assert "out of memory" in oom.environment["latency"]["error"]
@@ -84,7 +83,7 @@ def test_other_errors_are_failed_rows_and_the_exit_status_says_so(latency_suite,
     monkeypatch.setattr(latency_module.Sweep, "decode", decode)
     code, out, _ = run_cli(capsys, "latency", latency_suite())
     assert code == 1
-    rows = stored_latency(Store(), "lat")
+    rows = Store().latency_rows("lat")
     assert {r.status for r in rows if r.mode == "prefill"} == {"ok"}
     failed = [r for r in rows if r.mode == "decode"]
     assert [r.status for r in failed] == ["failed", "failed"]
@@ -101,38 +100,38 @@ def test_oom_is_recognised_on_every_device():
 def test_latency_rerun_replaces_rows_and_run_skips_measured_models(latency_suite, capsys):
     path = latency_suite()
     assert run_cli(capsys, "latency", path)[0] == 0
-    first = stored_latency(Store(), "lat")
+    first = Store().latency_rows("lat")
     assert run_cli(capsys, "latency", path)[0] == 0  # measures again, replaces
-    second = stored_latency(Store(), "lat")
+    second = Store().latency_rows("lat")
     assert len(second) == 4 and min(r.created_at for r in second) > max(r.created_at for r in first)
 
     code, out, _ = run_cli(capsys, "run", path)  # same settings: nothing to time, nothing to train
     assert code == 0 and "already measured" in out
-    assert {r.id for r in stored_latency(Store(), "lat")} == {r.id for r in second}
+    assert {r.id for r in Store().latency_rows("lat")} == {r.id for r in second}
     assert Store().runs() == []  # a latency-only suite trains nothing
 
     code, out, _ = run_cli(capsys, "run", latency_suite(repeats=3))  # new settings: measured again
-    rows = stored_latency(Store(), "lat")
+    rows = Store().latency_rows("lat")
     assert code == 0 and len(rows) == 4 and all(len(r.environment["latency"]["samples_ms"]) == 3 for r in rows)
 
 
 def test_only_selects_models(latency_suite, capsys):
     path = latency_suite(models=["attention@transformer", "attention@mamba"])
     assert run_cli(capsys, "latency", path, "--only", "attention@mamba")[0] == 0
-    assert {r.backbone for r in stored_latency(Store(), "lat")} == {"mamba"}
+    assert {r.backbone for r in Store().latency_rows("lat")} == {"mamba"}
 
 
 def test_dry_run_prints_the_latency_plan(latency_suite, capsys):
     code, out, _ = run_cli(capsys, "run", latency_suite(), "--dry-run")
     assert code == 0 and "latency plan" in out and "16, 32" in out and "dry run" not in out
-    assert stored_latency(Store()) == []
+    assert Store().latency_rows() == []
 
 
 def test_training_suite_with_a_latency_section_trains_and_measures(write_suite, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "run", str(write_suite(latency=TINY)))
     assert code == 0, out
     assert [r.status for r in Store().runs("unit")] == ["done"]
-    assert len(stored_latency(Store(), "unit")) == 4
+    assert len(Store().latency_rows("unit")) == 4
     page = (tmp_path / "results" / "dashboards" / "unit.html").read_text()
     for title in ("Validation perplexity vs training FLOPs", "Perplexity by token index", "Latency: prefill and decode",
                   "Latency measurements", "Results"):  # fmt: skip

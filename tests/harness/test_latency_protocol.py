@@ -16,7 +16,6 @@ import yaml
 
 from harness.measure import latency as latency_module
 from harness.cli import main
-from harness.report.dashboard import stored_latency
 from harness.store.database import Store
 
 WARMUP, REPEATS, DECODE_TOKENS, BATCH, CONTEXTS = 2, 3, 5, 2, (8, 16)
@@ -109,7 +108,7 @@ def test_latency_protocol_times_exactly_the_promised_work(tmp_path, monkeypatch,
     for c, state in enumerate(calls.prefill_states):
         assert all(s is state for s in calls.first_step_states[c * n : (c + 1) * n])
 
-    rows = {(r.mode, r.context): r for r in stored_latency(Store(), "lat")}
+    rows = {(r.mode, r.context): r for r in Store().latency_rows("lat")}
     assert sorted(rows) == sorted((mode, t) for mode in ("prefill", "decode") for t in CONTEXTS)
     for t in CONTEXTS:
         # prefill: the call and the LM head over batch x T rows; no warm-up in any sample

@@ -26,7 +26,7 @@ import yaml
 from harness.store.checkpoints import load_checkpoint
 from harness.cli import main
 from harness.data import load_packed
-from harness.runner import data_config
+from harness.config.cells import data_config
 from harness.store.database import Store
 from harness.config.suite import load_suite
 
