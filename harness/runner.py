@@ -15,31 +15,47 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
-from harness.store.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
+from harness.common.errors import one_line
 from harness.config.budget import cell_need, largest_needs
-from harness.data import DataConfig, DataError, DataNeed, PackedData, disk_bytes, load_packed, load_tokenizer
+from harness.config.cells import (
+    Summary,
+    cell_label,
+    data_config,
+    model_spec,
+    run_record,
+    select_cells,
+)
+from harness.config.suite import Cell, Suite
+from harness.data import (
+    DataConfig,
+    DataError,
+    DataNeed,
+    PackedData,
+    disk_bytes,
+    load_packed,
+    load_tokenizer,
+)
 from harness.engine.device_memory import free_memory
 from harness.engine.distributed import Group
-from harness.measure.environment import environment, pick_device
-from harness.evaluate.perplexity import evaluate
-from harness.measure.cost import duration, estimate, measurements
-from harness.measure.flops import training_flops
-from harness.monitor.live import LiveCurve
-from harness.monitor.loggers import DEFAULT_LOG_DIR, open_mirrors
-from harness.measure.mfu import mfu, peak_tflops
 from harness.engine.parallel import backend_label, choose_mode, full_model, prepare
 from harness.engine.resume import Preempted, StepCheckpoints
-from harness.store.database import Store
-from harness.config.cells import Summary, cell_label, data_config, model_spec, run_record, select_cells
-from harness.common.errors import one_line
-from harness.config.suite import Cell, Suite
-from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
 from harness.engine.train import TrainPlan, plan_training, seed_everything, train
+from harness.evaluate.perplexity import evaluate
+from harness.measure.cost import duration, estimate, measurements
+from harness.measure.environment import environment, pick_device
+from harness.measure.flops import training_flops
+from harness.measure.mfu import mfu, peak_tflops
+from harness.monitor.live import LiveCurve
+from harness.monitor.loggers import DEFAULT_LOG_DIR, open_mirrors
+from harness.store.checkpoints import DEFAULT_CHECKPOINT_DIR, save_checkpoint
+from harness.store.database import Store
+from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
 from models import build
+from models.errors import MixbenchError
 
 DEFAULT_CACHE_DIR = Path("results") / "cache"
 
@@ -54,7 +70,7 @@ class Workload:
     score: Callable[[nn.Module, torch.device], tuple[Any, dict[str, float]]]
 
 
-class EpochBudgetError(ValueError):
+class EpochBudgetError(MixbenchError, ValueError):
     """A budget that would pass over the training split more often than the suite allows."""
 
 

@@ -31,10 +31,11 @@ from typing import Any, Callable
 import torch
 
 from models.backbones import Size
+from models.errors import MixbenchError
 from models.lm import CausalLM, ModelSpec
 
 
-class FormatError(ValueError):
+class FormatError(MixbenchError, ValueError):
     """A checkpoint or a model this mapping cannot carry over; the message says what and where."""
 
 

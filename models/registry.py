@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.errors import MixbenchError
 from models.mixer import Backend, backends_of
 
 ENTRY_POINT_GROUP = "mixbench.mixers"
@@ -31,7 +32,7 @@ ENTRY_POINT_GROUP = "mixbench.mixers"
 MODEL_LEVEL_KWARGS = ("d_model", "layer_idx", "n_heads", "n_kv_heads", "n_layers", "backbone")
 
 
-class UnknownMixerError(LookupError):
+class UnknownMixerError(MixbenchError, LookupError):
     """Raised for a name that no registration door knows; the message lists the known ones."""
 
 

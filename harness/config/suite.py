@@ -17,12 +17,21 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.config.launcher import LauncherSection
 from harness.data import DataConfig, DataError
 from harness.tasks import TaskError, TaskParamError, get_task
 from models.backbones import BACKBONES, SIZES
+from models.errors import MixbenchError
 from models.lm import split_arch
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
 
@@ -30,7 +39,7 @@ from models.registry import UnknownMixerError, get_mixer, mixer_defaults
 PROTOCOL_VERSION = 2  # 2: the per-rank sampler's data order (harness/engine/sampler.py), bf16 evaluation on CUDA
 
 
-class SuiteError(Exception):
+class SuiteError(MixbenchError):
     """A suite that cannot run; the message names the file and the field."""
 
 

@@ -7,13 +7,15 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from models.errors import MixbenchError
+
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"
 
 # "name" or "owner/name", as the Hub spells ids; anything else is taken for a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-class DataError(Exception):
+class DataError(MixbenchError):
     """One clear line for a person: what is wrong and where (path/id)."""
 
 

@@ -59,12 +59,13 @@ from typing import Any
 import torch
 
 import harness
-from harness.store.checkpoints import load_checkpoint
-from harness.data import TextTokenizer, load_tokenizer
-from harness.measure.environment import pick_device
-from harness.engine.parallel import autocast
 from harness.common.progress import progress_bar
+from harness.data import TextTokenizer, load_tokenizer
+from harness.engine.parallel import autocast
+from harness.measure.environment import pick_device
+from harness.store.checkpoints import load_checkpoint
 from harness.store.database import FINISHED, Store, StoreError
+from models.errors import MixbenchError
 
 try:
     from lm_eval.api.model import LM as _LMBase
@@ -84,7 +85,7 @@ DEFAULT_MAX_GEN_TOKS = 256
 BOOTSTRAP_ITERS = 1000  # stderr of bootstrapped metrics; means have a closed form
 
 
-class LMEvalError(Exception):
+class LMEvalError(MixbenchError):
     """lm-eval cannot run as asked; one line saying what to change."""
 
 
@@ -429,22 +430,16 @@ def lm_eval_metrics(
 # --------------------------------------------------------------------------- command lines
 
 
-def cmd_lm_eval(args: Any, console: Any, errors: Any) -> int:
+def lm_eval_command(args: Any, console: Any) -> int:
     """``mixbench lm-eval RUN_KEY --tasks a,b``: score a done run's checkpoint, store and print the scores."""
-    from rich.markup import escape
     from rich.table import Table
 
-    try:
-        lm = MixbenchLM(
-            run_key=args.run_key, db=args.db, device=args.device, batch_size=args.batch_size,
-            max_length=args.max_length,
-        )  # fmt: skip
-        metrics = results_to_metrics(evaluate(lm, [t for t in args.tasks.split(",") if t], limit=args.limit))
-    except LMEvalError as exc:
-        errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 2
     from harness.store.database import Store
 
+    lm = MixbenchLM(
+        run_key=args.run_key, db=args.db, device=args.device, batch_size=args.batch_size, max_length=args.max_length
+    )
+    metrics = results_to_metrics(evaluate(lm, [t for t in args.tasks.split(",") if t], limit=args.limit))
     step = Store(args.db).add_metrics(args.run_key, metrics.items())
     table = Table(title=f"lm-eval on run {args.run_key} (max_length {lm.max_length}; stored at step {step})")
     table.add_column("metric")

@@ -28,14 +28,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import models
-from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.data import DataError, load_tokenizer
 from harness.data.common import cause, looks_like_hub_id
-from harness.measure.environment import environment
 from harness.engine.parallel import backend_label
+from harness.measure.environment import environment
+from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.store.database import FINISHED, RunRecord, Store
 from models import build
-from models.hf_format import FormatError, hf_config, hf_tensors, load_into, spec_from_config
+from models.errors import MixbenchError
+from models.hf_format import (
+    FormatError,
+    hf_config,
+    hf_tensors,
+    load_into,
+    spec_from_config,
+)
 
 IMPORTED_SUITE = "imported"  # the suite column of an imported run (its evaluations go to their suites)
 DEFAULT_CONTEXT = 2048  # the context recorded for a model whose config has no max_position_embeddings
@@ -45,7 +52,7 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 REMOTE_CODE = Path(models.__file__).resolve().parent / "hf_remote_code.py"
 
 
-class HFError(Exception):
+class HFError(MixbenchError):
     """A source or a run that cannot be imported or exported; one line saying what and where."""
 
 

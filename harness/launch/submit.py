@@ -18,17 +18,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness.launch.job import CellJob
-from harness.config.launcher import LauncherSection
 from harness.common.errors import one_line
 from harness.config.cells import cell_label, run_record, select_cells
-from harness.store.database import Store
+from harness.config.launcher import LauncherSection
 from harness.config.suite import Suite
+from harness.launch.job import CellJob
+from harness.store.database import Store
+from models.errors import MixbenchError
 
 DEFAULT_JOB_DIR = Path("results") / "jobs"  # submitit's scripts, pickles and logs, one folder per suite
 
 
-class LaunchError(Exception):
+class LaunchError(MixbenchError):
     """Jobs that cannot be submitted; the message says why and what to install or set."""
 
 

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 from harness.measure.mfu import PEAK_BF16_TFLOPS
 from harness.store.database import Run, Store
+from models.errors import MixbenchError
 
 ASSUMED_MFU = 0.20  # between the measured attention (21%) and TTT-Linear (8%) at 125m on an H200
 
@@ -33,7 +34,7 @@ def duration(seconds: float) -> str:
     return f"{days}d {hours:02d}:{minutes:02d}" if days else f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-class CostError(ValueError):
+class CostError(MixbenchError, ValueError):
     """A GPU kind or count the estimate cannot use, said in one line."""
 
 

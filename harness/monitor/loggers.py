@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from models.errors import MixbenchError
+
 DEFAULT_LOG_DIR = Path("results") / "logs"
 LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # logger -> the package it needs
 
 
-class LoggerError(Exception):
+class LoggerError(MixbenchError):
     """A logger that cannot run here, said in one line."""
 
 

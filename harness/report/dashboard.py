@@ -24,18 +24,24 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from harness.common.atomic_file import write_text_atomic
-from harness.measure.cost import Measurement, actual_gpu_hours, measurements, predicted_gpu_hours
+from harness.measure.cost import (
+    Measurement,
+    actual_gpu_hours,
+    measurements,
+    predicted_gpu_hours,
+)
 from harness.monitor.health import flags_by_run
 from harness.report.live_panels import refresh_tag, running_curves_figure
 from harness.report.seeds import Point, choose, is_task_run, ties
-from harness.store.database import FINISHED, Latency, Run, Store
 from harness.report.tasks import ACCURACY, split_label, task_figures, task_table_html
+from harness.store.database import FINISHED, Latency, Run, Store
+from models.errors import MixbenchError
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
 IMAGE_FORMATS = ("png", "svg")
 
 
-class ReportError(RuntimeError):
+class ReportError(MixbenchError, RuntimeError):
     """A dashboard or figure that cannot be written, said in one line."""
 
 

@@ -16,12 +16,13 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from models import CausalLM, ModelSpec, build
+from models.errors import MixbenchError
 
 DEFAULT_CHECKPOINT_DIR = Path("results") / "checkpoints"
 WEIGHTS, META = "model.safetensors", "model.json"
 
 
-class CheckpointError(Exception):
+class CheckpointError(MixbenchError):
     """A checkpoint that is missing or does not match its spec; the message names the folder."""
 
 

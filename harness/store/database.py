@@ -48,6 +48,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from harness.store import migrations
+from models.errors import MixbenchError
 
 SCHEMA_VERSION = 4  # schema_info.version written by the Alembic head (harness/store/migrations/versions)
 DEFAULT_DB = Path("results") / "mixbench.db"
@@ -62,7 +63,7 @@ BigInt = Integer().with_variant(BigInteger(), "postgresql")
 FINISHED = ("done", "imported", "evaluated")
 
 
-class StoreError(Exception):
+class StoreError(MixbenchError):
     """A database that cannot be used as it is: the message says what and where."""
 
 

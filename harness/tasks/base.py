@@ -25,16 +25,18 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from models.errors import MixbenchError
+
 IGNORE_INDEX = -100  # targets at unscored positions: F.cross_entropy skips them by default
 CHUNK = 256  # sequences drawn per generator; fixed, so the data does not depend on n
 SPLITS = {"train": 0, "val": 1}
 
 
-class TaskError(LookupError):
+class TaskError(MixbenchError, LookupError):
     """An unknown task name; the message lists the known ones."""
 
 
-class TaskParamError(ValueError):
+class TaskParamError(MixbenchError, ValueError):
     """Parameters that cannot make a sequence; ``field`` names the parameter at fault."""
 
     def __init__(self, field: str, message: str) -> None:

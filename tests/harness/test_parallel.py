@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.cli import main, results_table
+from harness.cli import main
+from harness.cli.results import results_table
 from harness.engine.distributed import Group
 from harness.measure.mfu import mfu, peak_tflops
 from harness.engine.parallel import FSDP_FROM_PARAMS, choose_mode, prepare
