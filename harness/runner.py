@@ -56,6 +56,7 @@ from harness.store.database import Store
 from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
 from models import build
 from models.errors import MixbenchError
+from harness.common.names import MetricName
 
 DEFAULT_CACHE_DIR = Path("results") / "cache"
 
@@ -258,11 +259,11 @@ class SuiteRunner:
         final = plan.steps
         metrics = list(result.metrics)
         metrics += [
-            (final, "val/loss", evaluation.loss),
-            (final, "val/ppl", evaluation.perplexity),
+            (final, MetricName.VAL_LOSS, evaluation.loss),
+            (final, MetricName.VAL_PPL, evaluation.perplexity),
             (final, "train/tokens", float(result.tokens)),
             (final, "train/seconds", result.seconds),
-            (final, "train/tokens_per_s", result.tokens_per_second),
+            (final, MetricName.TOKENS_PER_S, result.tokens_per_second),
             (final, "train/world_size", float(group.world_size)),
             (final, "data/epochs", epochs),
         ]
@@ -290,7 +291,7 @@ class SuiteRunner:
             checkpoint_path=str(checkpoint.resolve()),
         )
         steps.remove()  # the final weights are stored; the mid-cell checkpoints have served
-        accuracy = f"accuracy {scores['task/accuracy']:.4f}  " if "task/accuracy" in scores else ""
+        accuracy = f"accuracy {scores[MetricName.TASK_ACCURACY]:.4f}  " if MetricName.TASK_ACCURACY in scores else ""
         self.console.print(
             f"  {accuracy}val loss {evaluation.loss:.4f}  ppl {evaluation.perplexity:.2f}  "
             f"{result.tokens:,} tokens in {result.seconds:.1f}s"

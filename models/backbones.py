@@ -1,7 +1,7 @@
 """Backbone recipes and the size table: how mixers become a stack of residual blocks.
 
 A backbone is a list of pre-norm residual sub-blocks repeated ``n_layers`` times. Three
-recipes cover the TTT paper (``DESIGN.md`` §3):
+recipes cover the TTT paper:
 
 * ``transformer`` (T): ``[mixer, mlp]`` with RMSNorm and SwiGLU (Llama's Transformer++);
 * ``mamba`` (M): ``[conv, mixer, mlp]``: a residual depthwise causal conv (kernel 4) first,

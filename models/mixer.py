@@ -1,7 +1,7 @@
 """The sequence-mixer contract and the backend mechanism every built-in mixer shares.
 
 A mixer maps ``x: (batch, seq, d_model) -> (batch, seq, d_model)`` causally. The contract
-(``../DESIGN.md`` §2, restated here because this is where a plugin author looks):
+(stated here because this is where a plugin author looks; ``docs/design.md`` records why):
 
 * ``forward(x, state=None) -> (y, state)``: the whole sequence at once (training, prefill).
   With ``state=None`` no decode state is built and ``None`` comes back. With a fresh state

@@ -41,7 +41,8 @@ from harness.report.dashboard import ReportError, sizes_by_params, write_reports
 from harness.report.seeds import Point, choose, ties  # noqa: E402
 from harness.store.database import Run, Store, StoreError  # noqa: E402
 from harness.config.suite import Suite, SuiteError, load_suite  # noqa: E402
-from harness.report.tasks import ACCURACY, split_label  # noqa: E402
+from harness.report.tasks import split_label  # noqa: E402
+from harness.common.names import MetricName  # noqa: E402
 
 DEFAULT_SUITES = ("mqar", "miniature")
 Values = dict[tuple[str, str], float]
@@ -91,14 +92,14 @@ def task_table(runs: list[Run], values: Values) -> list[str]:
     """Markdown: per mixer and width, the median accuracy over seeds [min-max] at the learning rate
     with the best median, that learning rate and the state size; ties and split points marked."""
     best = [c.best for c in choose(runs, values)]
-    tied = ties(best, values, ACCURACY)
+    tied = ties(best, values, MetricName.TASK_ACCURACY)
     sizes = sizes_by_params(runs)
     cells: dict[str, dict[str, Point]] = defaultdict(dict)
     for point in best:
         cells[point.run.arch_label][point.run.size] = point
 
     def mean_median(arch: str) -> float:
-        return sum(p.spread(values, ACCURACY).median for p in cells[arch].values()) / len(cells[arch])
+        return sum(p.spread(values, MetricName.TASK_ACCURACY).median for p in cells[arch].values()) / len(cells[arch])
 
     lines = ["| model | " + " | ".join(f"{s}: accuracy, median [min-max] (lr, state size)" for s in sizes) + " |",
              "|---|" + "---|" * len(sizes)]  # fmt: skip
@@ -111,7 +112,7 @@ def task_table(runs: list[Run], values: Values) -> list[str]:
                 continue
             state = values[(point.run.run_key, "model/state_size")]
             split = f" **split: {split_label(point, values)}**" if split_label(point, values) else ""
-            row.append(f"{point.spread(values, ACCURACY).text('.3f')} ({point.lr:g}, {state:,.0f}{_tie_note(point, tied)})"
+            row.append(f"{point.spread(values, MetricName.TASK_ACCURACY).text('.3f')} ({point.lr:g}, {state:,.0f}{_tie_note(point, tied)})"
                        + split)  # fmt: skip
         lines.append(f"| {arch} | " + " | ".join(row) + " |")
     return lines

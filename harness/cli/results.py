@@ -16,6 +16,7 @@ from harness.monitor.watch import watch
 from harness.report.dashboard import DEFAULT_REPORT_DIR, IMAGE_FORMATS, spread_rows, write_reports
 from harness.store.database import Store
 from models.registry import list_mixers
+from harness.common.names import MetricName, RunStatus
 
 
 def results_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,10 +94,10 @@ def results_table(store: Store, suite: str | None, thresholds: Thresholds = Thre
                 "error", "flags"):  # fmt: skip
         table.add_column(col)
     for r in runs:
-        ppl = values.get((r.run_key, "val/ppl"))
-        flops = values.get((r.run_key, "flops/train"))
+        ppl = values.get((r.run_key, MetricName.VAL_PPL))
+        flops = values.get((r.run_key, MetricName.TRAIN_FLOPS))
         status = r.status
-        if r.status == "running" and (step := values.get((r.run_key, "progress/step"))) is not None:
+        if r.status == RunStatus.RUNNING and (step := values.get((r.run_key, "progress/step"))) is not None:
             status += f" (step {step:.0f}, {values.get((r.run_key, 'progress/tokens'), 0):,.0f} tokens)"
         table.add_row(
             r.run_key, r.suite, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len),

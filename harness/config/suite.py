@@ -34,6 +34,7 @@ from models.backbones import BACKBONES, SIZES
 from models.errors import MixbenchError
 from models.lm import split_arch
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
+from harness.common.names import MetricName
 
 # Bumped whenever the training or evaluation protocol changes what a cell would measure.
 PROTOCOL_VERSION = 2  # 2: the per-rank sampler's data order (harness/engine/sampler.py), bf16 evaluation on CUDA
@@ -354,7 +355,7 @@ class Cell:
             del config["data"]
             config["task"] = self.task
         if self.lr_grid is not None or self.seeds is not None:
-            metric, goal = ("task/accuracy", "max") if self.task is not None else ("val/loss", "min")
+            metric, goal = (MetricName.TASK_ACCURACY, "max") if self.task is not None else (MetricName.VAL_LOSS, "min")
             config["selection"] = {
                 "lr_grid": list(self.lr_grid or [self.train.lr]),
                 "seeds": list(self.seeds or [self.train.seed]),

@@ -64,7 +64,8 @@ from harness.data import TextTokenizer, load_tokenizer
 from harness.engine.parallel import autocast
 from harness.measure.environment import pick_device
 from harness.store.checkpoints import load_checkpoint
-from harness.store.database import FINISHED, Store, StoreError
+from harness.common.names import FINISHED
+from harness.store.database import Store, StoreError
 from models.errors import MixbenchError
 
 try:

@@ -22,8 +22,9 @@ from harness.measure.environment import environment, pick_device
 from harness.evaluate.perplexity import evaluate
 from harness.config.cells import data_config
 from harness.engine.parallel import backend_label
-from harness.store.database import FINISHED, RunRecord, Store, StoreError
+from harness.store.database import RunRecord, Store, StoreError
 from harness.config.suite import PROTOCOL_VERSION, Suite
+from harness.common.names import FINISHED, MetricName, RunStatus
 
 
 def evaluate_stored(
@@ -38,7 +39,7 @@ def evaluate_stored(
         raise StoreError(f"suite {suite.name} is a task suite: there is no text to score a language model on")
     where = pick_device(device)
     model, meta = load_checkpoint(Path(source.checkpoint_path), where)
-    status = "imported" if source.status == "imported" else "evaluated"
+    status = RunStatus.IMPORTED if source.status == RunStatus.IMPORTED else RunStatus.EVALUATED
     scored: dict[str, tuple[RunRecord, float]] = {}
     for cell in cells:
         cfg = data_config(cell).model_copy(update={"tokenizer": meta["tokenizer"], "vocab_size": None})
@@ -58,7 +59,7 @@ def evaluate_stored(
                 f"tokenizer {meta['tokenizer']} has {data.vocab_size} ids but run {run_key}'s model {model.spec.vocab_size}"
             )
         result = evaluate(model, data, cell.eval, where)
-        metrics = [(0, "val/loss", result.loss), (0, "val/ppl", result.perplexity)]
+        metrics = [(0, MetricName.VAL_LOSS, result.loss), (0, MetricName.VAL_PPL, result.perplexity)]
         if cell.eval.lm_eval:
             from harness.evaluate import lm_eval_adapter
 

@@ -33,7 +33,7 @@ from harness.data.common import cause, looks_like_hub_id
 from harness.engine.parallel import backend_label
 from harness.measure.environment import environment
 from harness.store.checkpoints import load_checkpoint, save_checkpoint
-from harness.store.database import FINISHED, RunRecord, Store
+from harness.store.database import RunRecord, Store
 from models import build
 from models.errors import MixbenchError
 from models.hf_format import (
@@ -43,6 +43,7 @@ from models.hf_format import (
     load_into,
     spec_from_config,
 )
+from harness.common.names import FINISHED, RunStatus
 
 IMPORTED_SUITE = "imported"  # the suite column of an imported run (its evaluations go to their suites)
 DEFAULT_CONTEXT = 2048  # the context recorded for a model whose config has no max_position_embeddings
@@ -150,7 +151,7 @@ def import_checkpoint(
                        seq_len=context, dataset=source, config=run_config)  # fmt: skip
     device = torch.device("cpu")
     store.put_finished(
-        record, "imported", n_params=model.num_params(), n_params_non_embedding=model.num_params(non_embedding=True),
+        record, RunStatus.IMPORTED, n_params=model.num_params(), n_params_non_embedding=model.num_params(non_embedding=True),
         backend=backend_label(model, device), checkpoint_path=str(target.resolve()),
         environment=environment(device) | {"imported": origin, "tokenizer": tokenizer.name},
     )  # fmt: skip

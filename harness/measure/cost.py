@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from harness.measure.mfu import PEAK_BF16_TFLOPS
 from harness.store.database import Run, Store
 from models.errors import MixbenchError
+from harness.common.names import MetricName, RunStatus
 
 ASSUMED_MFU = 0.20  # between the measured attention (21%) and TTT-Linear (8%) at 125m on an H200
 
@@ -79,12 +80,12 @@ def measurements(store: Store) -> list[Measurement]:
         for t in store.throughputs()
         if t.gpu in PEAK_BF16_TFLOPS and t.gpus > 0 and t.tokens_per_s > 0
     ]
-    wanted = ("train/tokens_per_s", "train/world_size")
+    wanted = (MetricName.TOKENS_PER_S, "train/world_size")
     values = {(key, name): v for key, _s, name, v in store.metric_values() if name in wanted}
     for run in store.runs():
         kind = kind_of_device(str((run.environment or {}).get("device", "")))
-        rate = values.get((run.run_key, "train/tokens_per_s"))
-        if run.status == "done" and kind is not None and rate:
+        rate = values.get((run.run_key, MetricName.TOKENS_PER_S))
+        if run.status == RunStatus.DONE and kind is not None and rate:
             per_gpu = rate / values.get((run.run_key, "train/world_size"), 1.0)
             found.append(Measurement(run.mixer, run.backbone, run.size, run.seq_len, run.backend or "-", kind, per_gpu,
                                      f"run {run.run_key}", _utc(run.finished_at)))  # fmt: skip
@@ -127,7 +128,7 @@ def actual_gpu_hours(values: dict[str, float]) -> float | None:
 def predicted_gpu_hours(run: Run, values: dict[str, float], known: list[Measurement]) -> Estimate | None:
     """What a dry run before this GPU run started would have said: measurements made before it, not its own."""
     kind = kind_of_device(str((run.environment or {}).get("device", "")))
-    tokens, flops = values.get("train/tokens"), values.get("flops/train")
+    tokens, flops = values.get("train/tokens"), values.get(MetricName.TRAIN_FLOPS)
     if kind is None or tokens is None or flops is None:
         return None
     started = _utc(run.started_at)

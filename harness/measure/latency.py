@@ -62,10 +62,11 @@ from harness.engine.device_memory import free_memory
 from harness.measure.environment import device_name, environment
 from harness.common.errors import one_line
 from harness.common.progress import progress_bar
-from harness.store.database import FINISHED, Latency, Store, StoreError
+from harness.store.database import Latency, Store, StoreError
 from harness.config.suite import LatencySection, Suite, SuiteError
 from harness.engine.train import seed_everything
 from models import ModelSpec, build, split_arch
+from harness.common.names import FINISHED, PointStatus
 
 MODES = ("prefill", "decode")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -267,7 +268,7 @@ class Sweep:
         s = self.section
         ids = self._ids(s.batch, context)
         samples = repeat_ms(lambda: self.model.prefill(ids), self.device, s.warmup, s.repeats)
-        return Measurement("prefill", context, "ok", samples, _peak(self.device))
+        return Measurement("prefill", context, PointStatus.OK, samples, _peak(self.device))
 
     def decode(self, context: int) -> Measurement:
         s, model = self.section, self.model
@@ -291,7 +292,7 @@ class Sweep:
                 graph_note = f"unsupported, ran eagerly: {one_line(exc)}"
                 torch.cuda.synchronize(self.device)
         samples = repeat_ms(run, self.device, s.warmup, s.repeats, per=s.decode_tokens)
-        return Measurement("decode", context, "ok", samples, _peak(self.device), cuda_graph=graph_note)
+        return Measurement("decode", context, PointStatus.OK, samples, _peak(self.device), cuda_graph=graph_note)
 
 
 def sweep_points(section: LatencySection) -> Iterator[tuple[str, int]]:
@@ -308,7 +309,7 @@ def guarded(measure: Callable[[int], Measurement], mode: str, context: int, devi
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
-        status = "oom" if is_oom(exc) else "failed"
+        status = PointStatus.OOM if is_oom(exc) else PointStatus.FAILED
         result = Measurement(mode, context, status, error=one_line(exc))
     # The exception (and the tensors its traceback holds) is gone here, so memory can be returned.
     free_memory(device, collect=True)
@@ -349,7 +350,7 @@ class LatencyRunner:
             for r in self.store.latency_rows(self.suite.name)
             if (r.mixer, r.backbone, r.size, r.batch, r.dtype, r.device) == (target.mixer, target.backbone, target.size,
                                                                             s.batch, s.dtype, name)
-            and r.status in ("ok", "oom")
+            and r.status in (PointStatus.OK, PointStatus.OOM)
             and ((r.environment or {}).get("latency") or {}).get("protocol") == want
         }  # fmt: skip
         return all(point in have for point in sweep_points(s))
@@ -418,7 +419,7 @@ class LatencyRunner:
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a model that cannot be built fails every point
-            status, error = ("oom" if is_oom(exc) else "failed"), one_line(exc)
+            status, error = (PointStatus.OOM if is_oom(exc) else PointStatus.FAILED), one_line(exc)
             measurements = [Measurement(mode, c, status, error=error) for mode, c in sweep_points(s)]
             model, built = None, False
             bar.update(advance=len(measurements))
@@ -452,7 +453,7 @@ def latency_table(rows: list[Latency], title: str) -> Table:
         table.add_column(col, justify="right" if numeric else "left")
     order = lambda r: (r.mixer, r.backbone, r.size, r.device, r.dtype, r.batch, r.mode != "prefill", r.context)  # noqa: E731
     for r in sorted(rows, key=order):
-        ok = r.status == "ok"
+        ok = r.status == PointStatus.OK
         table.add_row(
             f"{r.mixer}@{r.backbone}", r.size, r.mode, str(r.context), str(r.batch), r.dtype,
             r.status if ok else f"[red]{r.status}[/]",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from harness.store.database import Run
+from harness.common.names import RunStatus
 
 SPIKE = "health/loss_spike"
 SLOW = "health/slow"
@@ -87,9 +88,9 @@ def run_flags(
             step, ratio = points[-1]
             times = f"{len(points)} × " if len(points) > 1 else ""
             flags.append(f"{times}{what}, last ×{ratio:.2g} at step {step}")
-    if run.status == "failed" and (run.error or "").startswith(DIVERGED_ERROR):
+    if run.status == RunStatus.FAILED and (run.error or "").startswith(DIVERGED_ERROR):
         flags.append("diverged: " + run.error.removeprefix(DIVERGED_ERROR + ": "))
-    if run.status == "running" and run.heartbeat_at is not None:
+    if run.status == RunStatus.RUNNING and run.heartbeat_at is not None:
         age = _age_minutes(run.heartbeat_at, now)
         if age > thresholds.stale_minutes:
             flags.append(f"no heartbeat for {age:.0f} min")

@@ -19,9 +19,7 @@ from rich.table import Table
 from harness.measure.cost import duration
 from harness.monitor.health import Thresholds, flags_by_run
 from harness.store.database import Run, Store
-
-FINISHED = ("done", "failed")
-
+from harness.common.names import ENDED, MetricName, RunStatus
 
 def eta_seconds(step: float, steps: float, tokens: float, tokens_per_s: float) -> float | None:
     """Steps left × tokens a step / the recent rate; None before the first log."""
@@ -39,7 +37,7 @@ def watch_table(store: Store, suite: str, now: datetime, thresholds: Thresholds 
         if (key, name) not in latest or step >= latest[key, name][0]:
             latest[key, name] = (step, value)
     flags = flags_by_run(runs, rows, now, thresholds)
-    table = Table(title=f"suite {suite} at {now:%Y-%m-%d %H:%M:%S} UTC ({sum(r.status == 'done' for r in runs)}/{len(runs)} done)")
+    table = Table(title=f"suite {suite} at {now:%Y-%m-%d %H:%M:%S} UTC ({sum(r.status == RunStatus.DONE for r in runs)}/{len(runs)} done)")
     for col in ("cell", "status", "step", "loss", "tokens/s", "MFU", "ETA", "job", "host", "flags"):
         table.add_column(col, justify="right" if col in {"step", "loss", "tokens/s", "MFU", "ETA"} else "left")
     for run in runs:
@@ -52,9 +50,9 @@ def _cells(run: Run, value: Callable[[str], float | None]) -> list[str]:
     step, steps, tokens = value("progress/step"), value("progress/steps"), value("progress/tokens")
     loss, rate, utilisation = value("train/loss"), value("progress/tokens_per_s"), value("progress/mfu")
     if run.status == "done":  # the final figures, over the whole run
-        rate, utilisation = value("train/tokens_per_s") or rate, value("train/mfu") or utilisation
+        rate, utilisation = value(MetricName.TOKENS_PER_S) or rate, value("train/mfu") or utilisation
     eta = None
-    if run.status == "running" and None not in (step, steps, tokens, rate):
+    if run.status == RunStatus.RUNNING and None not in (step, steps, tokens, rate):
         eta = eta_seconds(step, steps, tokens, rate)
     return [
         f"{run.arch_label}/{run.size}/T{run.seq_len}",
@@ -77,7 +75,7 @@ def frames(
     while True:
         yield watch_table(store, suite, now(), thresholds)
         statuses = {r.status for r in store.runs(suite)}
-        if statuses and statuses <= set(FINISHED):
+        if statuses and statuses <= set(ENDED):
             return
         sleep(every)
 

@@ -31,11 +31,13 @@ from harness.measure.cost import (
     predicted_gpu_hours,
 )
 from harness.monitor.health import flags_by_run
+from harness.report.palette import color
 from harness.report.live_panels import refresh_tag, running_curves_figure
 from harness.report.seeds import Point, choose, is_task_run, ties
-from harness.report.tasks import ACCURACY, split_label, task_figures, task_table_html
-from harness.store.database import FINISHED, Latency, Run, Store
+from harness.report.tasks import split_label, task_figures, task_table_html
+from harness.store.database import Latency, Run, Store
 from models.errors import MixbenchError
+from harness.common.names import FINISHED, MetricName, PointStatus
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
 IMAGE_FORMATS = ("png", "svg")
@@ -58,7 +60,7 @@ def flops_figure(points: list[Point], values: dict[tuple[str, str], float]) -> g
     for col, seq_len in enumerate(seq_lens, 1):
         for i, arch in enumerate(archs):
             rows = sorted(
-                ((values[(p.run.run_key, "flops/train")], p.spread(values, "val/ppl"), p) for p in points
+                ((values[(p.run.run_key, MetricName.TRAIN_FLOPS)], p.spread(values, MetricName.VAL_PPL), p) for p in points
                  if p.run.arch_label == arch and p.run.seq_len == seq_len),
                 key=lambda q: q[0],
             )  # fmt: skip
@@ -76,8 +78,8 @@ def flops_figure(points: list[Point], values: dict[tuple[str, str], float]) -> g
                     name=arch,
                     legendgroup=arch,
                     showlegend=col == 1,
-                    marker={"color": _color(i)},
-                    line={"color": _color(i)},
+                    marker={"color": color(i)},
+                    line={"color": color(i)},
                     customdata=[
                         [q[2].run.run_key, q[2].run.n_params, values.get((q[2].run.run_key, "train/tokens"), float("nan")),
                          q[2].lr, ", ".join(f"seed {s}: {v:.3f}" for s, v in zip(q[2].seeds, q[1].values))]
@@ -120,10 +122,10 @@ def position_figure(points: list[Point], position_rows: list[tuple[str, int, int
         x = [(lo + hi - 1) / 2 for lo, hi in stretches]
         ppl = [[math.exp(min(c[s], 700.0)) for c in curves] for s in stretches]
         name = f"{point.run.arch_label} {point.run.size} T{point.run.seq_len}"
-        color = _color(archs.index(point.run.arch_label))
+        line_color = color(archs.index(point.run.arch_label))
         if len(curves) > 1:  # the band: up along the best seed, back along the worst
             fig.add_trace(go.Scatter(x=x + x[::-1], y=[min(v) for v in ppl] + [max(v) for v in ppl][::-1],
-                                     fill="toself", fillcolor=color, opacity=0.15, line={"width": 0}, hoverinfo="skip",
+                                     fill="toself", fillcolor=line_color, opacity=0.15, line={"width": 0}, hoverinfo="skip",
                                      legendgroup=name, showlegend=False))  # fmt: skip
         fig.add_trace(
             go.Scatter(
@@ -132,7 +134,7 @@ def position_figure(points: list[Point], position_rows: list[tuple[str, int, int
                 mode="lines+markers",
                 name=name,
                 legendgroup=name,
-                line={"color": color, "dash": _DASHES[sizes.index(point.run.size) % len(_DASHES)]},
+                line={"color": line_color, "dash": _DASHES[sizes.index(point.run.size) % len(_DASHES)]},
                 hovertemplate="positions %{customdata[0]}-%{customdata[1]}<br>median ppl %{y:.3f} (%{customdata[2]})"
                 "<extra>%{fullData.name}</extra>",
                 customdata=[[lo, hi - 1, f"{min(v):.3f}-{max(v):.3f} over {len(v)} seed(s)"]
@@ -177,7 +179,7 @@ def results_table_html(
             (f"{train.get('lr', '-'):g}" if "lr" in train else "-", str(train.get("lr", ""))),
             (str(train.get("seed", "-")), ""),
             (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")), (r.status, ""),
-            metric(r, "val/ppl", ".3f"), metric(r, "flops/train", ".3g"), metric(r, "train/tokens_per_s", ",.0f"),
+            metric(r, MetricName.VAL_PPL, ".3f"), metric(r, MetricName.TRAIN_FLOPS, ".3g"), metric(r, MetricName.TOKENS_PER_S, ",.0f"),
             ("-", "") if predicted is None else (f"{predicted.gpu_hours:.3g} ({'measured' if predicted.measured else 'assumed MFU'})",
                                                  repr(predicted.gpu_hours)),
             ("-", "") if actual is None else (f"{actual:.3g}", repr(actual)),
@@ -197,14 +199,14 @@ def spread_rows(runs: list[Run], values: dict[tuple[str, str], float]) -> list[d
     if all(len(c.candidates) == 1 and len(c.best.runs) == 1 for c in choices):
         return []
     best = [c.best for c in choices]
-    tied = ties([p for p in best if is_task_run(p.run)], values, ACCURACY)
-    tied |= ties([p for p in best if not is_task_run(p.run)], values, "val/ppl")
+    tied = ties([p for p in best if is_task_run(p.run)], values, MetricName.TASK_ACCURACY)
+    tied |= ties([p for p in best if not is_task_run(p.run)], values, MetricName.VAL_PPL)
     rows = []
     for choice in choices:
         for point in choice.candidates:
             run = point.run
             task = is_task_run(run)
-            metric = ACCURACY if task else "val/ppl"
+            metric = MetricName.TASK_ACCURACY if task else MetricName.VAL_PPL
             spread = point.spread(values, metric)
             if spread is None:
                 continue
@@ -275,13 +277,6 @@ function sortTable(th) {
 
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
-_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-
-
-def _color(i: int) -> str:
-    return _PALETTE[i % len(_PALETTE)]
-
-
 def dashboard_html(suite: str, figures: list[go.Figure], table: str, head: str = "") -> str:
     """One HTML page; plotly.js is inlined once so the file opens offline. ``head``: extra tags (a reload)."""
     parts = [
@@ -317,13 +312,13 @@ def latency_figure(rows: list[Latency]) -> go.Figure:
     several_settings = len({key[2:] for key in series}) > 1
     for col, (mode, title) in enumerate(modes, 1):
         in_mode = [r for r in rows if r.mode == mode]
-        top = max((r.median_ms for r in in_mode if r.status == "ok"), default=1.0)
+        top = max((r.median_ms for r in in_mode if r.status == PointStatus.OK), default=1.0)
         for key in series:
             arch, size, device, dtype, batch = key
             name = f"{arch} {size}" + (f" · {dtype} b{batch} {device}" if several_settings else "")
-            style = {"color": _color(archs.index(arch))}
+            style = {"color": color(archs.index(arch))}
             points = sorted((r for r in in_mode if _latency_series(r) == key), key=lambda r: r.context)
-            ok = [r for r in points if r.status == "ok"]
+            ok = [r for r in points if r.status == PointStatus.OK]
             if ok:
                 fig.add_trace(
                     go.Scatter(
@@ -343,7 +338,7 @@ def latency_figure(rows: list[Latency]) -> go.Figure:
                     row=1,
                     col=col,
                 )
-            missing = [r for r in points if r.status != "ok"]
+            missing = [r for r in points if r.status != PointStatus.OK]
             if missing:
                 fig.add_trace(
                     go.Scatter(
@@ -454,7 +449,7 @@ def write_reports(
             continue
         # task runs get their own panels (accuracy); text points are each grid's chosen learning rate
         text_points = [c.best for c in choose([r for r in done if not is_task_run(r)], values)]
-        trained = [p for p in text_points if (p.run.run_key, "flops/train") in values]  # a model scored here has no FLOPs here
+        trained = [p for p in text_points if (p.run.run_key, MetricName.TRAIN_FLOPS) in values]  # a model scored here has no FLOPs here
         figures = [flops_figure(trained, values)] if trained else []
         curves = {key for key, *_ in positions}  # an imported model's own row has no curve until it is scored
         figures += [position_figure(text_points, positions)] if any(p.run.run_key in curves for p in text_points) else []

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from harness.monitor.health import SPIKE
 from harness.store.database import Run
+from harness.common.names import RunStatus
 
 REFRESH_SECONDS = 60
 
@@ -24,7 +25,7 @@ def refresh_tag(seconds: int = REFRESH_SECONDS) -> str:
 
 def running_curves_figure(runs: list[Run], metric_rows: list[tuple[str, int, str, float]]) -> go.Figure | None:
     """Training loss vs step of every running cell, its loss spikes marked; None when none runs."""
-    running = {r.run_key: r for r in runs if r.status == "running"}
+    running = {r.run_key: r for r in runs if r.status == RunStatus.RUNNING}
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     spikes: dict[str, list[int]] = defaultdict(list)
     for key, step, name, value in metric_rows:

@@ -22,7 +22,8 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-from harness.store.database import FINISHED, Run
+from harness.store.database import Run
+from harness.common.names import FINISHED, MetricName
 
 Values = dict[tuple[str, str], float]
 SOLVED = 0.9  # task accuracy at which a seed counts as having solved the task
@@ -34,7 +35,7 @@ def is_task_run(run: Run) -> bool:
 
 def measure(run: Run) -> tuple[str, str]:
     """The metric a run's learning rate is chosen by, and whether higher or lower is better."""
-    return ("task/accuracy", "max") if is_task_run(run) else ("val/loss", "min")
+    return (MetricName.TASK_ACCURACY, "max") if is_task_run(run) else (MetricName.VAL_LOSS, "min")
 
 
 def _setting(run: Run, *, drop: tuple[str, ...] = ()) -> str:
@@ -141,7 +142,7 @@ def choose(runs: list[Run], values: Values) -> list[Choice]:
     def rank(point: Point) -> tuple[float, float, float]:
         metric, goal = measure(point.run)
         median = point.spread(values, metric).median
-        loss = point.spread(values, "val/loss")
+        loss = point.spread(values, MetricName.VAL_LOSS)
         return (-median if goal == "max" else median, loss.median if loss else float("inf"), point.lr)
 
     return [Choice(tuple(sorted(grid, key=rank))) for grid in grids.values()]

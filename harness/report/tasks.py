@@ -28,13 +28,11 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from harness.report.palette import color
 from harness.report.seeds import SOLVED, Choice, Point, Values, choose, is_task_run
 from harness.store.database import Run
 from harness.tasks.base import get_task
-
-_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-ACCURACY = "task/accuracy"
-
+from harness.common.names import MetricName
 
 def _series(run: Run) -> str:
     return f"{run.mixer}@{run.backbone} {run.size}"
@@ -59,7 +57,7 @@ def best_of_grid(runs: list[Run], values: Values) -> list[Choice]:
 
 def split_label(point: Point, values: Values) -> str:
     """``2/3 seeds solve`` for a point some seeds solve and some do not, else empty."""
-    spread = point.spread(values, ACCURACY)
+    spread = point.spread(values, MetricName.TASK_ACCURACY)
     return f"{spread.solved()}/{len(spread.values)} seeds solve" if spread.split() else ""
 
 
@@ -159,7 +157,7 @@ def _line_figure(
         lines = {}
         for name in series:
             points = sorted(
-                ((x_of(p.run), p.spread(values, ACCURACY), p) for p in winners
+                ((x_of(p.run), p.spread(values, MetricName.TASK_ACCURACY), p) for p in winners
                  if facet_of(p.run) == facet and series_of(p.run) == name),
                 key=lambda q: (q[0], q[2].run.seq_len),  # a recurrent state is the same size at every seq_len
             )  # fmt: skip
@@ -185,9 +183,9 @@ def _line_figure(
                     name=name,
                     legendgroup=name,
                     showlegend=col == 1,
-                    marker={"color": _PALETTE[i % len(_PALETTE)], "size": 9,
+                    marker={"color": color(i), "size": 9,
                             "symbol": ["diamond-open" if q[1].split() else "circle" for q in points]},
-                    line={"color": _PALETTE[i % len(_PALETTE)]},
+                    line={"color": color(i)},
                     customdata=[
                         [q[2].run.run_key, q[2].run.seq_len, q[2].lr, values.get((q[2].run.run_key, "model/state_size")),
                          ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(q[2].seeds, q[1].values))]
@@ -289,8 +287,8 @@ def task_table_html(runs: list[Run], values: Values) -> str:
 
         params = ", ".join(f"{k}={val}" for k, val in t["params"].items())
         cells = (r.run_key, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len), f"{t['name']}({params})", f"{_lr(r):g}",
-                 str(r.config["train"].get("seed", 0)), v(ACCURACY, ".4f"), v("task/sequence_accuracy", ".4f"),
-                 v("model/state_size", ",.0f"), v("val/loss", ".4f"), r.status, "yes" if r.run_key in chosen else "")  # fmt: skip
+                 str(r.config["train"].get("seed", 0)), v(MetricName.TASK_ACCURACY, ".4f"), v("task/sequence_accuracy", ".4f"),
+                 v("model/state_size", ",.0f"), v(MetricName.VAL_LOSS, ".4f"), r.status, "yes" if r.run_key in chosen else "")  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     ths = "".join(f"<th onclick='sortTable(this)'>{html.escape(h)}</th>" for h in header)
     return (

@@ -49,6 +49,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from harness.store import migrations
 from models.errors import MixbenchError
+from harness.common.names import FINISHED, NOT_TRAINED_HERE, RunStatus
 
 SCHEMA_VERSION = 4  # schema_info.version written by the Alembic head (harness/store/migrations/versions)
 DEFAULT_DB = Path("results") / "mixbench.db"
@@ -60,7 +61,6 @@ BigInt = Integer().with_variant(BigInteger(), "postgresql")
 
 # Statuses of a run with a final model and results: trained here (done), brought in by
 # ``mixbench import`` (imported), or a stored model scored on another suite's data (evaluated).
-FINISHED = ("done", "imported", "evaluated")
 
 
 class StoreError(MixbenchError):
@@ -114,7 +114,7 @@ class Run(Base):
         A model not trained on the suite (a published checkpoint, a run from another suite) is
         marked ``[imported]`` or ``[evaluated]``, so it is never read as one of the suite's cells.
         """
-        mark = f" [{self.status}]" if self.status in ("imported", "evaluated") else ""
+        mark = f" [{self.status}]" if self.status in NOT_TRAINED_HERE else ""
         return f"{self.mixer}@{self.backbone}{mark}"
 
 
@@ -428,17 +428,17 @@ class Store:
             if row is None:
                 try:
                     with s.begin_nested():
-                        s.add(Run(**record.__dict__, status="running", claimed_by=me, job_id=job, started_at=_now(),
+                        s.add(Run(**record.__dict__, status=RunStatus.RUNNING, claimed_by=me, job_id=job, started_at=_now(),
                                   heartbeat_at=_now()))
                 except IntegrityError:
                     return False  # another runner inserted it first, or holds its row locked
                 return True
-            if row.status == "done" or (row.status == "running" and not _claim_is_stale(row.claimed_by, row.job_id)):
+            if row.status == RunStatus.DONE or (row.status == RunStatus.RUNNING and not _claim_is_stale(row.claimed_by, row.job_id)):
                 return False
             taken = s.execute(
                 update(Run)
                 .where(Run.id == row.id, Run.status == row.status, Run.claimed_by.is_not_distinct_from(row.claimed_by))
-                .values(status="running", claimed_by=me, job_id=job or row.job_id, error=None, started_at=_now(),
+                .values(status=RunStatus.RUNNING, claimed_by=me, job_id=job or row.job_id, error=None, started_at=_now(),
                         heartbeat_at=_now(), finished_at=None, config=record.config)
             ).rowcount  # fmt: skip
             if taken != 1:
@@ -452,11 +452,11 @@ class Store:
         with self.session() as s:
             row = s.scalar(select(Run).where(Run.run_key == record.run_key).with_for_update())
             if row is None:
-                s.add(Run(**record.__dict__, status="queued"))
+                s.add(Run(**record.__dict__, status=RunStatus.QUEUED))
                 return True
-            if row.status in ("done", "running"):
+            if row.status in (RunStatus.DONE, RunStatus.RUNNING):
                 return False
-            row.status, row.job_id, row.error, row.claimed_by = "queued", None, None, None
+            row.status, row.job_id, row.error, row.claimed_by = RunStatus.QUEUED, None, None, None
             return True
 
     def note_job(self, run_key: str, job_id: str) -> None:
@@ -481,7 +481,7 @@ class Store:
             run = s.scalar(select(Run).where(Run.run_key == run_key))
             if run is None:
                 raise StoreError(f"run {run_key} was never claimed")
-            _write_results(s, run, "done", metrics, position_loss, n_params, n_params_non_embedding, backend,
+            _write_results(s, run, RunStatus.DONE, metrics, position_loss, n_params, n_params_non_embedding, backend,
                            environment, checkpoint_path)  # fmt: skip
 
     def put_finished(
@@ -524,7 +524,7 @@ class Store:
             s.execute(
                 update(Run)
                 .where(Run.run_key == run_key)
-                .values(status="failed", error=error, finished_at=_now(), environment=environment)
+                .values(status=RunStatus.FAILED, error=error, finished_at=_now(), environment=environment)
             )
 
     def add_metrics(self, run_key: str, metrics: Iterable[tuple[str, float]]) -> int:

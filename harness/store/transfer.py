@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from harness.store.database import FINISHED, Latency, Metric, PositionLoss, Run, Store
+from harness.store.database import Latency, Metric, PositionLoss, Run, Store
+from harness.common.names import ENDED, FINISHED, RunStatus
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def _latency_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 def copy_store(src: Store, dst: Store) -> CopySummary:
     with src.engine.connect() as conn:
-        runs = [_utc(dict(r)) for r in conn.execute(select(*_columns(Run)).where(Run.status.in_((*FINISHED, "failed")))).mappings()]
+        runs = [_utc(dict(r)) for r in conn.execute(select(*_columns(Run)).where(Run.status.in_(ENDED))).mappings()]
         children = {
             table: [dict(r) for r in conn.execute(select(Run.run_key, *_columns(table)).join(table, table.run_id == Run.id)).mappings()]
             for table in (Metric, PositionLoss)
@@ -53,7 +54,7 @@ def copy_store(src: Store, dst: Store) -> CopySummary:
         ids: dict[str, int] = {}
         for run in runs:
             run_id, status = held.get(run["run_key"], (None, None))
-            if status is not None and not (status in ("failed", "queued") and run["status"] in FINISHED):
+            if status is not None and not (status in (RunStatus.FAILED, RunStatus.QUEUED) and run["status"] in FINISHED):
                 skipped += 1
                 continue
             if run_id is not None:
