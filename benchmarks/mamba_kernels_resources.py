@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.triton_aot import compile_for  # noqa: E402
 
-from kernels.causal_conv.triton_update import _conv_update  # noqa: E402
-from kernels.ssd.triton_chunked import _TORCH_TO_DOT, _ssd_backward, _ssd_forward, ssd_blocks  # noqa: E402
-from kernels.ssm_step.triton_step import _state_update  # noqa: E402
+from mixbench_kernels.causal_conv.triton_update import _conv_update  # noqa: E402
+from mixbench_kernels.ssd.triton_chunked import _TORCH_TO_DOT, _ssd_backward, _ssd_forward, ssd_blocks  # noqa: E402
+from mixbench_kernels.ssm_step.triton_step import _state_update  # noqa: E402
 
 TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 

@@ -18,7 +18,7 @@ x, dt, B, C; write y; read dy and the inputs again; write their gradients) over 
 
 Each length first runs every implementation once on the same inputs and prints the largest
 absolute difference to the baseline (the sequential loop,
-``kernels.selective_scan.selective_scan_reference``, or with ``--no-loop`` the chunked scan), output
+``mixbench_kernels.selective_scan.selective_scan_reference``, or with ``--no-loop`` the chunked scan), output
 and every input gradient; those runs are the warm-up. It then times the forward alone and
 forward + backward ``--repeats`` times each and prints a table to paste: command, machine, median
 [min-max], the baseline / implementation ratio, and the fraction of the byte floor reached.
@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.selective_scan import (  # noqa: E402
+from mixbench_kernels.selective_scan import (  # noqa: E402
     auto_chunk_size,
     selective_scan_chunked,
     selective_scan_cuda,
@@ -55,7 +55,7 @@ from kernels.selective_scan import (  # noqa: E402
 from harness.measure.environment import machine_summary  # noqa: E402
 from models.backbones import SIZES  # noqa: E402
 from models.mixer import needs_cuda_module  # noqa: E402
-from kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_triton  # noqa: E402
+from mixbench_kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_triton  # noqa: E402
 from models.backbones import get_size  # noqa: E402
 
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -133,7 +133,7 @@ def widths(args) -> list[tuple[str, int]]:
 def aot_report(args) -> None:
     """The Triton kernels compiled for ``sm_<arch>`` at each width and input dtype; nothing runs."""
     from benchmarks.triton_aot import TORCH_TO_TRITON, compile_for
-    from kernels.selective_scan.triton_scan import (
+    from mixbench_kernels.selective_scan.triton_scan import (
         _selective_scan_bwd,
         _selective_scan_fwd,
         block_sizes,

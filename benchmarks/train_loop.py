@@ -18,7 +18,7 @@ on the best runs (the least disturbed on a shared machine), on the process CPU t
 whole call (which does not count waiting for a core), and on CUDA the
 MFU (analytic training FLOPs / time / the device's peak, ``harness.measure.mfu``). With ``--compile
 on|both`` (``train.compile``: each block compiled) it prints the graph breaks Dynamo met (each
-block should be one graph; the TTT op is one custom op, ``kernels.ttt.op``), and with ``both``
+block should be one graph; the TTT op is one custom op, ``mixbench_kernels.ttt.op``), and with ``both``
 the harness loop's tokens/s with compile over without. It never asserts a time.
 With ``--store DB`` on a GPU of ``harness.measure.mfu``'s table, the harness loop's median
 tokens/s of each model is recorded in the store's ``throughput`` table, keyed by (architecture,

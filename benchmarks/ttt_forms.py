@@ -5,7 +5,7 @@
     python benchmarks/ttt_forms.py --device cuda --dtype bf16
 
 For each inner model it times the whole mixer layer (projections, RoPE, inner loop, norms,
-output projection) and the inner loop alone (``kernels.ttt``), forward + backward, on the same
+output projection) and the inner loop alone (``mixbench_kernels.ttt``), forward + backward, on the same
 input, and prints a table to paste: the command, the machine, the median of ``--repeats`` runs
 with their range, and the primal / dual ratio. It never asserts a time. TTT-MLP runs at a
 shorter length by default because the primal form keeps every token's weights for the
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.ttt import FORMS, fresh_state  # noqa: E402
+from mixbench_kernels.ttt import FORMS, fresh_state  # noqa: E402
 from harness.measure.environment import machine_summary  # noqa: E402
 from models.ttt import TTTLinear, TTTMLP  # noqa: E402
 

@@ -8,7 +8,7 @@ Layer shapes are the paper's (``models.backbones.SIZES``): per layer ``batch x h
 with head_dim 64 (125m: 12 heads, 1.3b: 32), ``batch = max(1, --tokens // T)``, mini-batch 16.
 Rows, forward and forward+backward of one layer's sequence op:
 
-* ``ttt_linear triton`` / ``ttt_mlp triton``: ours (``kernels.ttt.ttt_triton``), q, k, v in ``--dtype``;
+* ``ttt_linear triton`` / ``ttt_mlp triton``: ours (``mixbench_kernels.ttt.ttt_triton``), q, k, v in ``--dtype``;
 * ``ttt_linear dual`` / ``ttt_mlp dual``: our PyTorch dual form (float32, as the layer runs it);
 * ``fla chunk_ttt_linear (dtype)``: flash-linear-attention's TTT-Linear kernel (same shapes; its function
   differs in details: no per-position token scale, scaled q, no output LayerNorm/residual), in
@@ -18,7 +18,7 @@ Rows, forward and forward+backward of one layer's sequence op:
 
 Each implementation is first checked against its reference on the same inputs (ours against
 ``ttt_dual``, fla against its own ``chunk_ttt_linear_ref``, attention against a matmul softmax,
-the scan against ``kernels.selective_scan.selective_scan_reference``) at ``--check-len`` tokens;
+the scan against ``mixbench_kernels.selective_scan.selective_scan_reference``) at ``--check-len`` tokens;
 one that fails its check, or fails to import, compile or run, is one row that says why (the
 exception's first line) and is not timed; the others go on. Then: median of ``--repeats`` after
 a warm-up, tokens/s (forward+backward), this implementation's time over ours (TTT-MLP rows: over our TTT-MLP kernel,
@@ -47,8 +47,8 @@ if not torch.cuda.is_available():  # must precede the first triton import (the k
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.measure.environment import machine_summary  # noqa: E402
-from kernels.selective_scan import selective_scan_cuda, selective_scan_reference  # noqa: E402
-from kernels.ttt import fresh_state, ttt_dual, ttt_triton  # noqa: E402
+from mixbench_kernels.selective_scan import selective_scan_cuda, selective_scan_reference  # noqa: E402
+from mixbench_kernels.ttt import fresh_state, ttt_dual, ttt_triton  # noqa: E402
 from models.backbones import SIZES  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "float32": torch.float32}

@@ -27,8 +27,8 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.triton_aot import compile_for  # noqa: E402
-from kernels.ttt.triton_linear import LINEAR  # noqa: E402
-from kernels.ttt.triton_mlp import MLP  # noqa: E402
+from mixbench_kernels.ttt.triton_linear import LINEAR  # noqa: E402
+from mixbench_kernels.ttt.triton_mlp import MLP  # noqa: E402
 
 LAUNCHERS = {"linear": LINEAR, "mlp": MLP}
 SCALARS = ("seq", "heads", "start_pos", "n_chunks")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.delta_rule import delta_rule_chunked, delta_rule_fla, delta_rule_flops, delta_rule_reference
+from mixbench_kernels.delta_rule import delta_rule_chunked, delta_rule_fla, delta_rule_flops, delta_rule_reference
 from models.linear_attention import LinearFamilyMixer
 from models.registry import register_mixer
 

@@ -321,14 +321,12 @@ def hf_tensors(model: CausalLM) -> dict[str, torch.Tensor]:
 
 
 def import_transformers():  # noqa: ANN201 - the transformers module
-    """``transformers``, importable beside mixbench.
+    """``transformers`` on its own PyTorch paths, never Hugging Face's hub kernels.
 
-    ``transformers`` 5 depends on Hugging Face's ``kernels`` distribution, whose import name is
-    that of mixbench's own ``kernels/`` package; where ours comes first on ``sys.path`` (a
-    checkout), transformers would import it as the hub-kernels library and fail. Telling it
-    that hub kernels are unavailable keeps it on its own PyTorch paths, which is what a
-    comparison on CPU wants anyway (``USE_HUB_KERNELS=0`` too, or ``from_pretrained`` asks for
-    them). Call this before the first ``transformers`` model import.
+    A comparison with our blocks wants ``transformers``' reference code, and hub kernels would
+    be downloaded at first use (``from_pretrained`` asks for them unless ``USE_HUB_KERNELS=0``).
+    Their package, ``kernels``, no longer shares its name with ours (``mixbench_kernels``,
+    ``kernels/README.md``). Call this before the first ``transformers`` model import.
     """
     import os
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from kernels.linear_attention import (
+from mixbench_kernels.linear_attention import (
     linear_attention_chunked,
     linear_attention_fla,
     linear_attention_flops,

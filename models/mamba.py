@@ -16,9 +16,9 @@ The block is built for the ``mamba_native`` backbone (``[mixer]`` sub-blocks, tw
 and ignores ``backbone`` otherwise: dropped into another recipe it is the same block.
 
 Backends: ``mamba-ssm`` (its CUDA ``selective_scan_fn`` and ``causal_conv1d_fn``; CUDA only),
-``triton`` (``kernels.selective_scan.selective_scan_triton``, our fused scan, with the PyTorch
+``triton`` (``mixbench_kernels.selective_scan.selective_scan_triton``, our fused scan, with the PyTorch
 conv; CUDA, where mamba-ssm does not load) and ``torch``
-(``kernels.selective_scan.selective_scan_chunked``, everywhere; CPU keeps it). Decode carries
+(``mixbench_kernels.selective_scan.selective_scan_chunked``, everywhere; CPU keeps it). Decode carries
 the conv window and the SSM state; ``step`` is the recurrence itself, run by mamba-ssm's Triton
 ``selective_state_update`` and causal-conv1d's ``causal_conv1d_update`` (both updating the
 state in place) where they load, else by our two Triton kernels of the same contract
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.selective_scan import (
+from mixbench_kernels.selective_scan import (
     auto_chunk_size,
     causal_conv1d_cuda,
     causal_conv1d_update_cuda,
@@ -47,9 +47,9 @@ from kernels.selective_scan import (
     selective_state_update_cuda,
     triton_unavailable_reason,
 )
-from kernels.selective_scan.reference import scan_dtype
-from kernels.causal_conv import causal_conv1d_shift, causal_conv1d_update_triton
-from kernels.ssm_step import ssm_state_update_triton
+from mixbench_kernels.selective_scan.reference import scan_dtype
+from mixbench_kernels.causal_conv import causal_conv1d_shift, causal_conv1d_update_triton
+from mixbench_kernels.ssm_step import ssm_state_update_triton
 from models.layers import CausalDepthwiseConv
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
@@ -69,7 +69,7 @@ def conv_silu(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``silu(causal conv(x))`` and the window after it (None without one), where causal-conv1d does not run.
 
-    On CUDA: the time-major shift-adds of ``kernels.causal_conv`` (no transposes of the
+    On CUDA: the time-major shift-adds of ``mixbench_kernels.causal_conv`` (no transposes of the
     ``(batch, T, channels)`` activations). Elsewhere: the module's ``nn.Conv1d``, the faster one
     on CPU and the one ``FlopCounterMode`` counts (the analytic FLOPs are checked against it).
     """

@@ -15,12 +15,12 @@ with a clear error naming the divisors to choose from. ``d_state`` defaults to m
 uniform in ``[1, 16]`` per head; ``D`` at ones; ``out_proj`` scaled by ``1/sqrt(n_layers)``.
 
 Backends, fastest first: ``mamba-ssm`` (its Triton ``mamba_chunk_scan_combined``, plus
-``causal_conv1d_fn`` for stateless passes; CUDA only), ``triton`` (ours: ``kernels.ssd``'s
+``causal_conv1d_fn`` for stateless passes; CUDA only), ``triton`` (ours: ``mixbench_kernels.ssd``'s
 ``ssd_chunked_triton``; CUDA, or CPU under ``TRITON_INTERPRET=1``; the conv then runs as
-``models.mamba.conv_silu``) and ``torch`` (``kernels.ssd.ssd_chunked``, everywhere).
+``models.mamba.conv_silu``) and ``torch`` (``mixbench_kernels.ssd.ssd_chunked``, everywhere).
 ``step`` runs mamba-ssm's Triton ``selective_state_update`` (heads layout) and causal-conv1d's
 ``causal_conv1d_update`` where they load, else our two Triton kernels of the same contract
-(``kernels.causal_conv.causal_conv1d_update_triton``, ``kernels.ssm_step.ssm_state_update_triton``),
+(``mixbench_kernels.causal_conv.causal_conv1d_update_triton``, ``mixbench_kernels.ssm_step.ssm_state_update_triton``),
 in place, else PyTorch; chosen and recorded apart.
 """
 
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.selective_scan import causal_conv1d_cuda
-from kernels.selective_scan.reference import scan_dtype
-from kernels.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_chunked_triton, ssd_flops, ssd_triton
-from kernels.ttt import triton_unavailable_reason
+from mixbench_kernels.selective_scan import causal_conv1d_cuda
+from mixbench_kernels.selective_scan.reference import scan_dtype
+from mixbench_kernels.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_chunked_triton, ssd_flops, ssd_triton
+from mixbench_kernels.ttt import triton_unavailable_reason
 from models.layers import CausalDepthwiseConv
 from models.mamba import DECODE_KERNELS, MAMBA_SSM_DECODE, conv_silu, dt_bias_init
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
@@ -200,7 +200,7 @@ class Mamba2(SequenceMixer):
         """Forward FLOPs of one sequence as ``FlopCounterMode`` counts the torch backend (2 per MAC).
 
         Counted: ``in_proj``, the depthwise conv, ``out_proj`` and the matmuls of the chunked SSD
-        algorithm (``kernels.ssd.ssd_flops``: ``C B^T`` per chunk, the masked diagonal blocks,
+        algorithm (``mixbench_kernels.ssd.ssd_flops``: ``C B^T`` per chunk, the masked diagonal blocks,
         chunk states and entry-state read-out, over the chunk-padded length). Not counted, by
         the project convention: element-wise work (decays, the loop across chunks, the gated norm).
         """

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ttt import fresh_state, triton_unavailable_reason, ttt
+from mixbench_kernels.ttt import fresh_state, triton_unavailable_reason, ttt
 from models.layers import CausalDepthwiseConv, rotary_cos_sin
 from models.mixer import Backend, SequenceMixer, always
 from models.registry import register_mixer
@@ -199,7 +199,7 @@ class TTTLayer(SequenceMixer):
     def _inner_loop(self, backend: str, q, k, v, lr, inner) -> tuple[torch.Tensor, tuple]:
         """``backend``'s inner loop over the tokens; inputs already in the dtype it computes in.
 
-        Under ``torch.compile`` this is one custom op (``kernels.ttt.op``): no graph break.
+        Under ``torch.compile`` this is one custom op (``mixbench_kernels.ttt.op``): no graph break.
         """
         shape = (self.n_heads, 1, self.head_dim)
         return ttt(

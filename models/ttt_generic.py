@@ -7,14 +7,14 @@ and plain gradient descent; here both are suite settings:
 * ``inner``: ``linear`` or ``mlp`` (the built-ins, with their weights named as in ``ttt_linear`` /
   ``ttt_mlp``), or any ``nn.Module`` by dotted path ``package.module:Class``, built per head as
   ``Class(head_dim, **inner_kwargs)`` and mapping ``(..., head_dim) -> (..., head_dim)``;
-* ``inner_optimizer``: ``gd``, ``momentum`` or ``adam`` (``kernels.ttt.optim``), whose moments
+* ``inner_optimizer``: ``gd``, ``momentum`` or ``adam`` (``mixbench_kernels.ttt.optim``), whose moments
   travel in the decode state.
 
 Everything else is the built-in layer's (``models.ttt.TTTLayer``, reused): projections, RoPE within
 the mini-batch, the learnable inner learning rate and per-position scale, the post-norm, gate and
 output projection, and the paper's mini-batch scheme for every combination. Two backends:
 ``dual`` (the built-ins' fast dual form: ``linear|mlp`` with ``gd`` only) and ``generic``
-(``kernels.ttt.generic``: gradients by ``torch.func``, any inner model and optimizer). With
+(``mixbench_kernels.ttt.generic``: gradients by ``torch.func``, any inner model and optimizer). With
 ``inner: linear|mlp`` and ``gd`` both compute the built-in TTT-Linear / TTT-MLP.
 
 The knobs ``inner_layer_norm``, ``inner_residual`` and ``inner_bias`` (built-ins only) exist for
@@ -33,9 +33,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.ttt import fresh_state, ttt_dual
-from kernels.ttt.generic import InnerFn, dense_stack, ttt_generic
-from kernels.ttt.optim import InnerOptimizer, fresh_generic_state
+from mixbench_kernels.ttt import fresh_state, ttt_dual
+from mixbench_kernels.ttt.generic import InnerFn, dense_stack, ttt_generic
+from mixbench_kernels.ttt.optim import InnerOptimizer, fresh_generic_state
 from models.mixer import Backend, always
 from models.registry import register_mixer
 from models.ttt import TTTLayer

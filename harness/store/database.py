@@ -593,11 +593,7 @@ class Store:
 
     def latency_rows(self, suite: str | None = None) -> list[Latency]:
         """Every latency row (of one suite if given), oldest first."""
-        with self.session() as s:
-            q = select(Latency).order_by(Latency.id)
-            if suite is not None:
-                q = q.where(Latency.suite == suite)
-            return list(s.scalars(q))
+        return self._rows(Latency, suite)
 
     # --- reading ------------------------------------------------------------------------
     def run(self, run_key: str) -> Run:
@@ -608,10 +604,14 @@ class Store:
         return run
 
     def runs(self, suite: str | None = None) -> list[Run]:
+        """Every run (of one suite if given), oldest first."""
+        return self._rows(Run, suite)
+
+    def _rows(self, table: type[Run] | type[Latency], suite: str | None) -> list[Any]:
         with self.session() as s:
-            q = select(Run).order_by(Run.id)
+            q = select(table).order_by(table.id)
             if suite is not None:
-                q = q.where(Run.suite == suite)
+                q = q.where(table.suite == suite)
             return list(s.scalars(q))
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

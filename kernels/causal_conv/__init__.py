@@ -6,13 +6,13 @@ multiply-adds (no transposes, autograd backward); ``causal_conv1d_update_triton`
 decode token in one launch, rolling the window in place (as causal-conv1d's ``causal_conv1d_update``).
 """
 
-from kernels.causal_conv.reference import causal_conv1d_reference, causal_conv1d_update_reference
-from kernels.causal_conv.shift import causal_conv1d_shift
+from mixbench_kernels.causal_conv.reference import causal_conv1d_reference, causal_conv1d_update_reference
+from mixbench_kernels.causal_conv.shift import causal_conv1d_shift
 
 
 def causal_conv1d_update_triton(*args, **kwargs):
-    """The Triton one-token update (``kernels.causal_conv.triton_update``); triton is imported on first call."""
-    from kernels.causal_conv.triton_update import causal_conv1d_update_triton as update
+    """The Triton one-token update (``mixbench_kernels.causal_conv.triton_update``); triton is imported on first call."""
+    from mixbench_kernels.causal_conv.triton_update import causal_conv1d_update_triton as update
 
     return update(*args, **kwargs)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.causal_conv.reference import check_conv_args
+from mixbench_kernels.causal_conv.reference import check_conv_args
 
 
 def causal_conv1d_shift(

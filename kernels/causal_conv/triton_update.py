@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.causal_conv.reference import check_conv_args
+from mixbench_kernels.causal_conv.reference import check_conv_args
 
 
 @triton.jit

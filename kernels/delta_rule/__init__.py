@@ -12,8 +12,8 @@ Linear Transformers with the Delta Rule over Sequence Length"). ``tests/kernels/
 holds the forms to each other.
 """
 
-from kernels.delta_rule.chunked import delta_rule_chunked, delta_rule_flops
-from kernels.delta_rule.fla import delta_rule_fla
-from kernels.delta_rule.reference import delta_rule_reference
+from mixbench_kernels.delta_rule.chunked import delta_rule_chunked, delta_rule_flops
+from mixbench_kernels.delta_rule.fla import delta_rule_fla
+from mixbench_kernels.delta_rule.reference import delta_rule_reference
 
 __all__ = ["delta_rule_chunked", "delta_rule_fla", "delta_rule_flops", "delta_rule_reference"]

@@ -7,8 +7,8 @@ return ``(o, final_state)`` with ``o_t = scale * q_t S_t``, ``S_t = S_{t-1} + k_
 ``tests/kernels/test_linear_recurrences.py`` holds them to each other.
 """
 
-from kernels.linear_attention.chunked import linear_attention_chunked, linear_attention_flops
-from kernels.linear_attention.fla import linear_attention_fla
-from kernels.linear_attention.reference import linear_attention_reference
+from mixbench_kernels.linear_attention.chunked import linear_attention_chunked, linear_attention_flops
+from mixbench_kernels.linear_attention.fla import linear_attention_fla
+from mixbench_kernels.linear_attention.reference import linear_attention_reference
 
 __all__ = ["linear_attention_chunked", "linear_attention_fla", "linear_attention_flops", "linear_attention_reference"]

@@ -6,15 +6,15 @@ All four take mamba-ssm's ``selective_scan_fn`` arguments (``u, delta, z: (batch
 ``tests/kernels/test_selective_scan.py`` holds them to each other.
 """
 
-from kernels.selective_scan.chunked import auto_chunk_size, selective_scan_chunked
-from kernels.selective_scan.cuda import (
+from mixbench_kernels.selective_scan.chunked import auto_chunk_size, selective_scan_chunked
+from mixbench_kernels.selective_scan.cuda import (
     causal_conv1d_cuda,
     causal_conv1d_update_cuda,
     selective_scan_cuda,
     selective_state_update_cuda,
 )
-from kernels.selective_scan.reference import selective_scan_reference
-from kernels.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
+from mixbench_kernels.selective_scan.reference import selective_scan_reference
+from mixbench_kernels.selective_scan.triton_backend import selective_scan_triton, triton_unavailable_reason
 
 __all__ = [
     "auto_chunk_size",

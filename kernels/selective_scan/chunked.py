@@ -32,7 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.selective_scan.reference import finish_output, prepare_delta, scan_dtype
+from mixbench_kernels.selective_scan.reference import finish_output, prepare_delta, scan_dtype
 
 LOG2_E = 1.0 / math.log(2.0)
 LN_2 = math.log(2.0)

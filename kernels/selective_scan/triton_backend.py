@@ -1,6 +1,6 @@
 """The ``triton`` selective scan's entry point: where it runs, what it accepts, then the kernels.
 
-Kept apart from ``triton_scan`` so that ``import kernels.selective_scan`` never imports triton:
+Kept apart from ``triton_scan`` so that ``import mixbench_kernels.selective_scan`` never imports triton:
 the kernel module is imported on the first call. Whether the kernels can run here is the same
 question as for the TTT kernels (a CUDA device, or CPU under ``TRITON_INTERPRET=1``), answered
 by the same probe.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ttt.triton_backend import triton_unavailable_reason
+from mixbench_kernels.ttt.triton_backend import triton_unavailable_reason
 
 INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -94,6 +94,6 @@ def selective_scan_triton(
 def _launch(*args):
     """The kernels, opaque to ``torch.compile``: a graph break rather than Dynamo tracing the launch
     (which depends on Triton and torch versions agreeing; it fails outright under the interpreter)."""
-    from kernels.selective_scan.triton_scan import SelectiveScanTriton
+    from mixbench_kernels.selective_scan.triton_scan import SelectiveScanTriton
 
     return SelectiveScanTriton.apply(*args)

@@ -22,7 +22,7 @@ are written per batch row and summed on the host.
 
 The ``D`` skip, the ``silu(z)`` gate, the delta bias and the softplus are fused into both
 kernels; inputs may be bf16, fp16 or float32 with any strides, and everything is computed in
-float32. ``kernels.selective_scan.triton_backend.selective_scan_triton`` is the entry point (it
+float32. ``mixbench_kernels.selective_scan.triton_backend.selective_scan_triton`` is the entry point (it
 checks the inputs first); this module imports triton.
 """
 

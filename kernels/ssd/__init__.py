@@ -6,14 +6,14 @@ All four take ``mamba_chunk_scan_combined``'s arguments (``x: (batch, T, heads, 
 the same function; ``tests/kernels/test_ssd.py`` holds them to each other.
 """
 
-from kernels.ssd.chunked import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_flops
-from kernels.ssd.cuda import ssd_triton
-from kernels.ssd.reference import ssd_reference
+from mixbench_kernels.ssd.chunked import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_flops
+from mixbench_kernels.ssd.cuda import ssd_triton
+from mixbench_kernels.ssd.reference import ssd_reference
 
 
 def ssd_chunked_triton(*args, **kwargs):
-    """``kernels.ssd.triton_chunked.ssd_chunked_triton``; triton is imported on first call."""
-    from kernels.ssd.triton_chunked import ssd_chunked_triton as scan
+    """``mixbench_kernels.ssd.triton_chunked.ssd_chunked_triton``; triton is imported on first call."""
+    from mixbench_kernels.ssd.triton_chunked import ssd_chunked_triton as scan
 
     return scan(*args, **kwargs)
 

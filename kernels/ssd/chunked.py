@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.selective_scan.reference import scan_dtype
-from kernels.ssd.reference import finish_output, prepare_dt
+from mixbench_kernels.selective_scan.reference import scan_dtype
+from mixbench_kernels.ssd.reference import finish_output, prepare_dt
 
 DEFAULT_CHUNK_SIZE = 64
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.selective_scan.reference import scan_dtype
+from mixbench_kernels.selective_scan.reference import scan_dtype
 
 
 def prepare_dt(dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_softplus: bool) -> torch.Tensor:

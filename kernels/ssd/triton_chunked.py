@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ssd.chunked import DEFAULT_CHUNK_SIZE
+from mixbench_kernels.ssd.chunked import DEFAULT_CHUNK_SIZE
 
 _TORCH_TO_DOT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 # The kernel's longest chunk per input dtype. On sm_90 (``benchmarks/mamba_kernels_resources.py``,

@@ -12,12 +12,12 @@ mamba-ssm's ``selective_state_update`` arguments, in its two layouts:
 when asked. The state stays in its own dtype (float32 in the mixers).
 """
 
-from kernels.ssm_step.reference import ssm_state_update_reference
+from mixbench_kernels.ssm_step.reference import ssm_state_update_reference
 
 
 def ssm_state_update_triton(*args, **kwargs):
-    """The Triton kernel (``kernels.ssm_step.triton_step``); triton is imported on first call."""
-    from kernels.ssm_step.triton_step import ssm_state_update_triton as update
+    """The Triton kernel (``mixbench_kernels.ssm_step.triton_step``); triton is imported on first call."""
+    from mixbench_kernels.ssm_step.triton_step import ssm_state_update_triton as update
 
     return update(*args, **kwargs)
 

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ssd.triton_chunked import softplus
-from kernels.ssm_step.reference import as_heads
+from mixbench_kernels.ssd.triton_chunked import softplus
+from mixbench_kernels.ssm_step.reference import as_heads
 
 
 @triton.jit

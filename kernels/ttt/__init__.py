@@ -3,19 +3,19 @@
 ``ttt_dual`` (fast, mini-batch at a time), ``ttt_primal`` (token at a time, materialising the
 weights after every token) and ``ttt_triton`` (the dual form fused into Triton kernels, forward
 and backward; triton is imported on first use) take the same arguments and compute the same
-function. ``kernels.ttt.inner`` holds the inner model ``f`` and its analytic gradient, shared by
+function. ``mixbench_kernels.ttt.inner`` holds the inner model ``f`` and its analytic gradient, shared by
 the PyTorch forms. ``ttt(backend, ...)`` runs one of them, through the ``mixbench::ttt`` custom op
-while ``torch.compile`` traces (``kernels.ttt.op``).
+while ``torch.compile`` traces (``mixbench_kernels.ttt.op``).
 """
 
-from kernels.ttt.dual import ttt_dual
-from kernels.ttt.inner import TTTState, fresh_state
-from kernels.ttt.reference import GradientDescentLearner, scan_tokens, ttt_primal
-from kernels.ttt.triton_backend import triton_unavailable_reason, ttt_triton
+from mixbench_kernels.ttt.dual import ttt_dual
+from mixbench_kernels.ttt.inner import TTTState, fresh_state
+from mixbench_kernels.ttt.reference import GradientDescentLearner, scan_tokens, ttt_primal
+from mixbench_kernels.ttt.triton_backend import triton_unavailable_reason, ttt_triton
 
 FORMS = {"triton": ttt_triton, "dual": ttt_dual, "primal": ttt_primal}
 
-from kernels.ttt.op import ttt  # noqa: E402 - the one entry point of the layer: a custom op under torch.compile
+from mixbench_kernels.ttt.op import ttt  # noqa: E402 - the one entry point of the layer: a custom op under torch.compile
 
 __all__ = [
     "FORMS",

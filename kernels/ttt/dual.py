@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.ttt.inner import (
+from mixbench_kernels.ttt.inner import (
     TTTState,
     dense,
     finish_output,
@@ -104,7 +104,7 @@ def ttt_dual(
     ln_bias: torch.Tensor | None = None,
     residual: bool = True,
 ) -> tuple[torch.Tensor, TTTState]:
-    """TTT over a sequence, dual form; arguments as ``kernels.ttt.reference.ttt_primal``."""
+    """TTT over a sequence, dual form; arguments as ``mixbench_kernels.ttt.reference.ttt_primal``."""
     b = len(token_scale)
     batch, heads, seq, dim = q.shape
     bh = batch * heads

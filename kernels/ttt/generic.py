@@ -3,14 +3,14 @@
 The inner model is a pure function ``inner_fn(params, x) -> z`` of one head's parameters (a tuple
 of tensors without batch dims) and tokens ``x: (n, head_dim)``; the layer wraps it as
 ``f(x) = x + LN(inner_fn(x))`` (both knobs optional) and trains it on the reconstruction loss
-``1/2 ||LN(inner_fn(k)) - (v - k)||^2``, as ``kernels.ttt.inner`` does for the built-in dense
-stacks. The optimizer rule is ``kernels.ttt.optim``.
+``1/2 ||LN(inner_fn(k)) - (v - k)||^2``, as ``mixbench_kernels.ttt.inner`` does for the built-in dense
+stacks. The optimizer rule is ``mixbench_kernels.ttt.optim``.
 
 Per mini-batch, every token's gradient at ``W_0`` is one ``vmap(grad(loss))`` over its tokens; a
 weighted cumulative sum gives the gradient-descent step ``u_i`` of every position, the optimizer
 turns it into the step ``d_i``, and the queries run through their own weights ``W_0 - d_i`` (a
 ``vmap`` over tokens of the inner model). All of it is ``vmap``-ed over ``batch x heads``, and
-mini-batches are scanned in order. ``kernels.ttt.generic_reference`` is the token-at-a-time
+mini-batches are scanned in order. ``mixbench_kernels.ttt.generic_reference`` is the token-at-a-time
 reference with the same signature.
 """
 
@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch.func import grad, vmap
 
-from kernels.ttt.inner import finish_output, forward_inputs, layer_norm, reconstruction_target
-from kernels.ttt.optim import GenericState, InnerOptimizer
+from mixbench_kernels.ttt.inner import finish_output, forward_inputs, layer_norm, reconstruction_target
+from mixbench_kernels.ttt.optim import GenericState, InnerOptimizer
 
 InnerFn = Callable[[tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
-from kernels.ttt.generic import InnerFn, inner_loss
-from kernels.ttt.inner import finish_output, reconstruction_target
-from kernels.ttt.optim import GenericState, InnerOptimizer
-from kernels.ttt.reference import scan_tokens
+from mixbench_kernels.ttt.generic import InnerFn, inner_loss
+from mixbench_kernels.ttt.inner import finish_output, reconstruction_target
+from mixbench_kernels.ttt.optim import GenericState, InnerOptimizer
+from mixbench_kernels.ttt.reference import scan_tokens
 
 
 def _head(tensors: tuple[torch.Tensor, ...], i: int, h: int) -> tuple[torch.Tensor, ...]:
@@ -73,6 +73,6 @@ def ttt_generic_primal(
     ln_bias: torch.Tensor | None = None,
     residual: bool = True,
 ) -> tuple[torch.Tensor, GenericState]:
-    """Same signature and function as ``kernels.ttt.generic.ttt_generic``, token by token."""
+    """Same signature and function as ``mixbench_kernels.ttt.generic.ttt_generic``, token by token."""
     learner = OptimizerLearner(inner_fn, optimizer, token_scale, ln_weight, ln_bias, residual)
     return scan_tokens(learner, state, q, k, v, lr)

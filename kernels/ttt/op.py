@@ -3,7 +3,7 @@
 ``torch.compile`` cannot trace into a Triton launch wrapped in an ``autograd.Function`` or through
 ``ttt_dual``'s Python loop over hundreds of mini-batches without breaking the graph or unrolling
 it. ``mixbench::ttt`` is opaque to the compiler: it names the backend (a key of
-``kernels.ttt.FORMS``) and dispatches to it, has a fake implementation (output shapes and dtypes
+``mixbench_kernels.ttt.FORMS``) and dispatches to it, has a fake implementation (output shapes and dtypes
 from the inputs') and an autograd formula. The backward is a second custom op,
 ``mixbench::ttt_backward``, that recomputes the chosen backend's forward under autograd and
 differentiates it: the op keeps only its inputs between forward and backward (as
@@ -26,13 +26,13 @@ from contextlib import contextmanager
 
 import torch
 
-from kernels.ttt.inner import TTTState
+from mixbench_kernels.ttt.inner import TTTState
 
 N_FIXED = 7  # q, k, v, lr, token_scale, ln_weight, ln_bias; the state's tensors follow
 
 
 def _forms() -> dict:
-    from kernels.ttt import FORMS  # the package imports this module: look the table up at call time
+    from mixbench_kernels.ttt import FORMS  # the package imports this module: look the table up at call time
 
     return FORMS
 

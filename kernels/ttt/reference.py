@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ttt.inner import (
+from mixbench_kernels.ttt.inner import (
     TTTState,
     finish_output,
     forward_inputs,

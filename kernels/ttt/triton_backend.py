@@ -1,6 +1,6 @@
 """The ``triton`` form of the TTT op: which kernel serves an inner model.
 
-Kept apart from the kernels so that ``import kernels.ttt`` never imports triton: the kernel
+Kept apart from the kernels so that ``import mixbench_kernels.ttt`` never imports triton: the kernel
 modules are imported on first use. Where the kernels can run is ``triton_support`` (imported by
 the kernels too, so no module imports back into this one).
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ttt.inner import TTTState
-from kernels.ttt.triton_support import check_supported, triton_unavailable_reason
+from mixbench_kernels.ttt.inner import TTTState
+from mixbench_kernels.ttt.triton_support import check_supported, triton_unavailable_reason
 
 __all__ = ["check_supported", "triton_unavailable_reason", "ttt_triton"]
 
@@ -32,7 +32,7 @@ def ttt_triton(
         raise ValueError(f"ttt_triton: no kernel for an inner model of {len(state.params)} layers (1: Linear, 2: MLP)")
     check_supported(q, state, ln_weight, residual, n_layers=len(state.params))
     if len(state.params) == 1:
-        from kernels.ttt.triton_linear import ttt_linear_triton as kernel
+        from mixbench_kernels.ttt.triton_linear import ttt_linear_triton as kernel
     else:
-        from kernels.ttt.triton_mlp import ttt_mlp_triton as kernel
+        from mixbench_kernels.ttt.triton_mlp import ttt_mlp_triton as kernel
     return kernel(q, k, v, lr, state, token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias, residual=residual)

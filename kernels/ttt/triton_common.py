@@ -33,8 +33,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.ttt.inner import LN_EPS, TTTState
-from kernels.ttt.triton_support import check_supported
+from mixbench_kernels.ttt.inner import LN_EPS, TTTState
+from mixbench_kernels.ttt.triton_support import check_supported
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 

@@ -1,4 +1,4 @@
-"""TTT-Linear in Triton: the dual form of ``kernels.ttt.dual.ttt_dual``, a sequential walk that carries
+"""TTT-Linear in Triton: the dual form of ``mixbench_kernels.ttt.dual.ttt_dual``, a sequential walk that carries
 only the state, beside kernels parallel over chunks for everything else.
 
 The function, per chunk of tokens (a mini-batch, or the part of one that a state starting or
@@ -59,8 +59,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ttt.inner import TTTState
-from kernels.ttt.triton_common import (
+from mixbench_kernels.ttt.inner import TTTState
+from mixbench_kernels.ttt.triton_common import (
     N_INPUTS,
     KernelSpec,
     base_options,

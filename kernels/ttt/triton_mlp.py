@@ -1,4 +1,4 @@
-"""TTT-MLP in Triton: ``kernels.ttt.dual.ttt_dual`` with a two-layer inner model, forward and backward.
+"""TTT-MLP in Triton: ``mixbench_kernels.ttt.dual.ttt_dual`` with a two-layer inner model, forward and backward.
 
 The inner model is ``f(x) = x + LN(gelu(x W1 + b1) W2 + b2)`` (hidden width ``F = 4 d``). One
 program per (batch, head) holds ``W1, b1, W2, b2`` (and the running gradient sums) in float32
@@ -45,8 +45,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ttt.inner import TTTState
-from kernels.ttt.triton_common import (
+from mixbench_kernels.ttt.inner import TTTState
+from mixbench_kernels.ttt.triton_common import (
     SQRT_2_OVER_PI,
     KernelPair,
     centre,

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from kernels.ttt.inner import TTTState
+from mixbench_kernels.ttt.inner import TTTState
 
 
 def triton_unavailable_reason(device: torch.device | None) -> str | None:

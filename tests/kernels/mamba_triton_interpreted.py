@@ -40,9 +40,9 @@ if _spec is not None and "mamba_ssm" not in sys.modules:
     _shell.__path__, _shell.__spec__ = list(_spec.submodule_search_locations), _spec
     sys.modules["mamba_ssm"] = _shell
 
-from kernels.causal_conv import causal_conv1d_update_reference, causal_conv1d_update_triton  # noqa: E402
-from kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_reference  # noqa: E402
-from kernels.ssm_step import ssm_state_update_reference, ssm_state_update_triton  # noqa: E402
+from mixbench_kernels.causal_conv import causal_conv1d_update_reference, causal_conv1d_update_triton  # noqa: E402
+from mixbench_kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_reference  # noqa: E402
+from mixbench_kernels.ssm_step import ssm_state_update_reference, ssm_state_update_triton  # noqa: E402
 from models.mamba import Mamba  # noqa: E402
 from models.mamba2 import Mamba2  # noqa: E402
 

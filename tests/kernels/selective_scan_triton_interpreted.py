@@ -21,7 +21,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 from test_selective_scan import as_float64, assert_match, make_inputs, run  # noqa: E402
 
-from kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
+from mixbench_kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
 from models import ModelSpec, build  # noqa: E402
 from models.mamba import Mamba  # noqa: E402
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.causal_conv import causal_conv1d_reference, causal_conv1d_shift, causal_conv1d_update_reference
+from mixbench_kernels.causal_conv import causal_conv1d_reference, causal_conv1d_shift, causal_conv1d_update_reference
 
 
 def make(batch=2, T=9, channels=6, width=4, dtype=torch.float64, seed=0):

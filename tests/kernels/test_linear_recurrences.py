@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.delta_rule import delta_rule_chunked, delta_rule_fla, delta_rule_reference
-from kernels.linear_attention import linear_attention_chunked, linear_attention_fla, linear_attention_reference
+from mixbench_kernels.delta_rule import delta_rule_chunked, delta_rule_fla, delta_rule_reference
+from mixbench_kernels.linear_attention import linear_attention_chunked, linear_attention_fla, linear_attention_reference
 
 F64 = torch.float64
 OPS = {

@@ -18,8 +18,8 @@ import torch
 from interpreted import HAS_TRITON, run_interpreted
 from test_ssd import make_inputs
 
-from kernels.ssd import ssd_chunked, ssd_chunked_triton
-from kernels.ssm_step import ssm_state_update_reference
+from mixbench_kernels.ssd import ssd_chunked, ssd_chunked_triton
+from mixbench_kernels.ssm_step import ssm_state_update_reference
 
 
 

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.selective_scan import (
+from mixbench_kernels.selective_scan import (
     auto_chunk_size,
     selective_scan_chunked,
     selective_scan_cuda,

@@ -17,7 +17,7 @@ import torch
 from interpreted import HAS_TRITON, run_interpreted
 from test_selective_scan import make_inputs, run
 
-from kernels.selective_scan import selective_scan_chunked, selective_scan_triton, triton_unavailable_reason
+from mixbench_kernels.selective_scan import selective_scan_chunked, selective_scan_triton, triton_unavailable_reason
 from models.mamba import Mamba
 
 CPU = torch.device("cpu")

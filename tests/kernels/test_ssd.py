@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.ssd import ssd_chunked, ssd_flops, ssd_reference, ssd_triton
+from mixbench_kernels.ssd import ssd_chunked, ssd_flops, ssd_reference, ssd_triton
 
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.ttt import TTTState, fresh_state, ttt_dual
-from kernels.ttt.op import ttt
+from mixbench_kernels.ttt import TTTState, fresh_state, ttt_dual
+from mixbench_kernels.ttt.op import ttt
 from models.ttt import TTTLinear, TTTMLP
 
 

@@ -20,7 +20,7 @@ import torch
 from interpreted import HAS_TRITON, run_interpreted
 from ttt_triton_cases import Case, make_leaves, relative_errors, run_form
 
-from kernels.ttt import TTTState, fresh_state, triton_unavailable_reason, ttt_dual, ttt_triton
+from mixbench_kernels.ttt import TTTState, fresh_state, triton_unavailable_reason, ttt_dual, ttt_triton
 from models.ttt import TTTLinear, TTTMLP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,9 +85,9 @@ def test_kernel_modules_do_not_import_the_backend_entry_point():
         }
 
     for name in ("triton_common", "triton_linear", "triton_mlp"):
-        assert "kernels.ttt.triton_backend" not in imported(name), name
+        assert "mixbench_kernels.ttt.triton_backend" not in imported(name), name
     support = imported("triton_support")
-    assert not {m for m in support if m.startswith(("triton", "kernels.ttt.triton_"))}, support
+    assert not {m for m in support if m.startswith(("triton", "mixbench_kernels.ttt.triton_"))}, support
 
 
 def test_compile_figures_come_from_the_ptxas_log_or_one_clear_line(monkeypatch):

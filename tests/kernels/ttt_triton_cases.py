@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.ttt import TTTState, fresh_state
+from mixbench_kernels.ttt import TTTState, fresh_state
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 from ttt_triton_cases import Case, make_leaves, relative_errors, run_form  # noqa: E402
 
-from kernels.ttt import ttt_dual, ttt_triton  # noqa: E402
-from kernels.ttt.triton_linear import LINEAR, ttt_linear_triton  # noqa: E402
-from kernels.ttt.triton_mlp import ttt_mlp_triton  # noqa: E402
+from mixbench_kernels.ttt import ttt_dual, ttt_triton  # noqa: E402
+from mixbench_kernels.ttt.triton_linear import LINEAR, ttt_linear_triton  # noqa: E402
+from mixbench_kernels.ttt.triton_mlp import ttt_mlp_triton  # noqa: E402
 from models.ttt import TTTLinear, TTTMLP  # noqa: E402
 
 # float32 against float32, both accumulating in float32: observed errors are ~1e-6.

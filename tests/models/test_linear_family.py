@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.delta_rule import delta_rule_chunked
-from kernels.ttt import fresh_state, ttt_dual
-from kernels.ttt.generic import dense_stack, ttt_generic
-from kernels.ttt.optim import InnerOptimizer, fresh_generic_state
+from mixbench_kernels.delta_rule import delta_rule_chunked
+from mixbench_kernels.ttt import fresh_state, ttt_dual
+from mixbench_kernels.ttt.generic import dense_stack, ttt_generic
+from mixbench_kernels.ttt.optim import InnerOptimizer, fresh_generic_state
 from models.deltanet import DeltaNet
 from models.linear_attention import LinearAttention
 from models.ttt_generic import TTT

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.ssd import ssd_reference
+from mixbench_kernels.ssd import ssd_reference
 from models import ModelSpec, build
 from models.mamba import Mamba
 from models.mamba2 import Mamba2

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.ttt import fresh_state, scan_tokens, ttt_dual, ttt_primal
-from kernels.ttt.inner import forward_inputs, layer_norm, output_grads
+from mixbench_kernels.ttt import fresh_state, scan_tokens, ttt_dual, ttt_primal
+from mixbench_kernels.ttt.inner import forward_inputs, layer_norm, output_grads
 from models import ModelSpec, build
 from models.attention import Attention
 from models.layers import apply_rotary, rotary_cos_sin

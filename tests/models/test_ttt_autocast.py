@@ -46,7 +46,7 @@ def test_a_bf16_model_keeps_a_float32_inner_state():
 
 
 def test_ttt_inner_loop_stays_float32_under_bf16_autocast(monkeypatch):
-    import kernels.ttt as ttt  # the table the layer dispatches through (kernels.ttt.ttt)
+    import mixbench_kernels.ttt as ttt  # the table the layer dispatches through (mixbench_kernels.ttt.ttt)
 
     model = build(ModelSpec.parse("ttt_linear@transformer", "micro", 64))
     seen = []

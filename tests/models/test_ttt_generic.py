@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.ttt.generic import dense_stack, ttt_generic
-from kernels.ttt.generic_reference import ttt_generic_primal
-from kernels.ttt.optim import InnerOptimizer, fresh_generic_state
+from mixbench_kernels.ttt.generic import dense_stack, ttt_generic
+from mixbench_kernels.ttt.generic_reference import ttt_generic_primal
+from mixbench_kernels.ttt.optim import InnerOptimizer, fresh_generic_state
 from models.inner_models import GatedMLP
 from models.ttt import TTTLinear, TTTMLP
 from models.ttt_generic import TTT, module_inner_fn
