@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.measure.environment import machine_summary  # noqa: E402
-from harness.engine.loss import CHUNK_ELEMENTS, cross_entropy  # noqa: E402
+from harness.engine.loss import CHUNK_ELEMENTS, cross_entropy
+from harness.measure.environment import machine_summary
 
 LOSSES = {"plain": lambda x, t: F.cross_entropy(x.float(), t), "chunked": cross_entropy}
 
@@ -75,12 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     logits = (torch.randn(args.tokens, args.vocab, generator=g) * 2).to(device, dtype)
     targets = torch.randint(0, args.vocab, (args.tokens,), generator=g).to(device)
     chunks = -(-args.tokens // max(1, CHUNK_ELEMENTS // args.vocab))
-    print(f"logits: {args.tokens} x {args.vocab} {str(dtype).removeprefix('torch.')} ({chunks} chunk(s) of "
-          f"{CHUNK_ELEMENTS:,} elements)")  # fmt: skip
+    print(
+        f"logits: {args.tokens} x {args.vocab} {str(dtype).removeprefix('torch.')} ({chunks} chunk(s) of "
+        f"{CHUNK_ELEMENTS:,} elements)"
+    )
     (loss_p, grad_p), (loss_c, grad_c) = (run(f, logits, targets) for f in LOSSES.values())
     grads_equal = torch.equal(grad_p, grad_c)
-    print(f"check: loss plain {loss_p.item():.7f}, chunked {loss_c.item():.7f} (relative difference "
-          f"{abs(loss_c.item() / loss_p.item() - 1):.1e}); gradients {'equal' if grads_equal else 'DIFFER'}")  # fmt: skip
+    print(
+        f"check: loss plain {loss_p.item():.7f}, chunked {loss_c.item():.7f} (relative difference "
+        f"{abs(loss_c.item() / loss_p.item() - 1):.1e}); gradients {'equal' if grads_equal else 'DIFFER'}"
+    )
     del grad_p, grad_c
     print("\n| loss | ms (fwd+bwd) | peak MB above the logits |\n|---|---:|---:|")
     results = {name: measure(f, logits, targets, args.repeats, device) for name, f in LOSSES.items()}

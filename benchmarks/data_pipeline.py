@@ -34,9 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.data import BUILTIN_FILES, DataConfig, load_packed, load_tokenizer, val_block_mask  # noqa: E402
-from harness.data.prepare import encode  # noqa: E402
-from harness.data.source import iter_documents, open_datasets, resolve_source  # noqa: E402
+from harness.data import BUILTIN_FILES, DataConfig, load_packed, load_tokenizer, val_block_mask
+from harness.data.prepare import encode
+from harness.data.source import iter_documents, open_datasets, resolve_source
 
 SEQ_LEN = 2048
 FILES = 8
@@ -99,6 +99,7 @@ def main() -> None:
     import torch
 
     from harness.measure.environment import machine_summary
+
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print("machine:", machine_summary(torch.device("cpu")))
 
@@ -128,33 +129,47 @@ def main() -> None:
                 assert np.array_equal(np.asarray(got), want), "first block differs from direct tokenization"
             shutil.rmtree(work / f"cache-{w}")
         assert len(set(digests.values())) == 1, f"caches differ by worker count: {digests}"
-        print(f"correctness: caches byte-identical for workers {counts} (sha256 {digests[counts[0]]}), "
-              "first block equals direct tokenization")  # fmt: skip
+        print(
+            f"correctness: caches byte-identical for workers {counts} (sha256 {digests[counts[0]]}), "
+            "first block equals direct tokenization"
+        )
 
         read_chars_per_s, _ = reading_rate(corpus)
         print()
-        print("| workers | tokens | wall s | tokens/s | speed-up | CPU s (all processes) | tokens per CPU-s | load avg before/after |")
+        print(
+            "| workers | tokens | wall s | tokens/s | speed-up | CPU s (all processes) | tokens per CPU-s | load avg before/after |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|---|")
         rows.sort()  # timed in the order given (--workers 2,1 shows how the load drifts), shown by workers
         base, base_cpu = rows[0][1] / rows[0][2], rows[0][1] / rows[0][3]
         for w, tokens, seconds, cpu, lb, la in rows:
             rate = tokens / seconds
-            print(f"| {w} | {tokens / 1e6:.1f}M | {seconds:.1f} | {rate / 1e6:.3f}M | {rate / base:.2f}x "
-                  f"| {cpu:.1f} | {tokens / cpu / 1e6:.3f}M | {lb:.1f} / {la:.1f} |")  # fmt: skip
+            print(
+                f"| {w} | {tokens / 1e6:.1f}M | {seconds:.1f} | {rate / 1e6:.3f}M | {rate / base:.2f}x "
+                f"| {cpu:.1f} | {tokens / cpu / 1e6:.3f}M | {lb:.1f} / {la:.1f} |"
+            )
         tokens_per_char = rows[0][1] / chars
         reader = read_chars_per_s * tokens_per_char
         print()
         print("On a loaded machine wall-clock speed-ups mean little; CPU-seconds depend less on the load:")
         for w, tokens, seconds, cpu, _, _ in rows[1:]:
-            print(f"  {w} workers spend {cpu / rows[0][3]:.2f}x the CPU of 1 worker: on {w} idle cores, "
-                  f"about {w * rows[0][3] / cpu:.2f}x the speed of 1 worker")  # fmt: skip
-        print(f"per-core rate (1 worker, tokens per CPU-second): {base_cpu / 1e6:.3f}M tokens/s "
-              f"(wall-clock on this loaded machine: {base / 1e6:.3f}M)")  # fmt: skip
+            print(
+                f"  {w} workers spend {cpu / rows[0][3]:.2f}x the CPU of 1 worker: on {w} idle cores, "
+                f"about {w * rows[0][3] / cpu:.2f}x the speed of 1 worker"
+            )
+        print(
+            f"per-core rate (1 worker, tokens per CPU-second): {base_cpu / 1e6:.3f}M tokens/s "
+            f"(wall-clock on this loaded machine: {base / 1e6:.3f}M)"
+        )
         base = base_cpu
-        print(f"main-process reading rate: {read_chars_per_s / 1e6:.1f}M chars/s = about {reader / 1e6:.1f}M tokens/s, "
-              "the ceiling for any worker count")  # fmt: skip
-        print(f"a 64-core node, predicted: min(64 x {base / 1e6:.3f}M, {reader / 1e6:.1f}M) = "
-              f"{min(64 * base, reader) / 1e6:.1f}M tokens/s")  # fmt: skip
+        print(
+            f"main-process reading rate: {read_chars_per_s / 1e6:.1f}M chars/s = about {reader / 1e6:.1f}M tokens/s, "
+            "the ceiling for any worker count"
+        )
+        print(
+            f"a 64-core node, predicted: min(64 x {base / 1e6:.3f}M, {reader / 1e6:.1f}M) = "
+            f"{min(64 * base, reader) / 1e6:.1f}M tokens/s"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -44,7 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixbench_kernels.selective_scan import (  # noqa: E402
+from harness.measure.environment import machine_summary
+from mixbench_kernels.selective_scan import (
     auto_chunk_size,
     selective_scan_chunked,
     selective_scan_cuda,
@@ -52,11 +53,12 @@ from mixbench_kernels.selective_scan import (  # noqa: E402
     selective_scan_triton,
     triton_unavailable_reason,
 )
-from harness.measure.environment import machine_summary  # noqa: E402
-from models.backbones import SIZES  # noqa: E402
-from models.mixer import needs_cuda_module  # noqa: E402
-from mixbench_kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_triton  # noqa: E402
-from models.backbones import get_size  # noqa: E402
+from mixbench_kernels.ssd import ssd_chunked, ssd_chunked_triton, ssd_triton
+from models.backbones import (
+    SIZES,
+    get_size,
+)
+from models.mixer import needs_cuda_module
 
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 IN_DTYPE = ("u", "delta", "B", "C", "z")  # what the mixer passes in its compute dtype; A, D, bias are float32
@@ -143,8 +145,10 @@ def aot_report(args) -> None:
     print(f"command: python {shlex.join(['benchmarks/mamba_scan.py', *sys.argv[1:]])}")
     print(f"target:  sm_{args.aot}, d_state {args.d_state}; every flag on (D, z, bias, softplus, initial state)")
     print()
-    print("| kernel | d_inner | input | BLOCK_D x BLOCK_N x BLOCK_T | num_warps | registers | spill stores/loads (B) "
-          "| shared memory (KB) |")  # fmt: skip
+    print(
+        "| kernel | d_inner | input | BLOCK_D x BLOCK_N x BLOCK_T | num_warps | registers | spill stores/loads (B) "
+        "| shared memory (KB) |"
+    )
     print("|---|---:|---|---|---:|---:|---:|---:|")
     for label, d in widths(args):
         for dtype in args.dtype.split(","):
@@ -174,8 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="T = 256 and 1024, 2 repeats")
-    p.add_argument("--aot", type=int, default=0, metavar="ARCH",
-                   help="compile the Triton kernels for sm_ARCH (e.g. 90), no GPU needed; print their resources")
+    p.add_argument(
+        "--aot",
+        type=int,
+        default=0,
+        metavar="ARCH",
+        help="compile the Triton kernels for sm_ARCH (e.g. 90), no GPU needed; print their resources",
+    )
     p.add_argument("--ssd", default="", help="also time Mamba-2's SSD at these sizes' widths, e.g. 125m,1.3b")
     p.add_argument("--peak-gbs", type=float, default=4800.0, help="memory bandwidth of the byte floor (GB/s)")
     args = p.parse_args(argv)
@@ -216,10 +225,14 @@ def main(argv: list[str] | None = None) -> None:
                 if name != baseline_name:
                     errors = [(a.float() - b.float()).abs().max().item() for a, b in zip(run(), baseline)]
                     detail = ", ".join(f"{k} {e:.1e}" for k, e in zip(INPUTS, errors[1:]))
-                    checks.append(f"d_inner {d_inner} T={seq_len} {name}: max |diff| to the {baseline_name}: "
-                                  f"output {errors[0]:.1e}; grads {detail}")  # fmt: skip
-            floors = [floor_bytes(args.batch, d_inner, args.d_state, seq_len, dtype.itemsize, b) / bandwidth
-                      for b in (False, True)]  # fmt: skip
+                    checks.append(
+                        f"d_inner {d_inner} T={seq_len} {name}: max |diff| to the {baseline_name}: "
+                        f"output {errors[0]:.1e}; grads {detail}"
+                    )
+            floors = [
+                floor_bytes(args.batch, d_inner, args.d_state, seq_len, dtype.itemsize, b) / bandwidth
+                for b in (False, True)
+            ]
             for name, (scan, kw) in scans.items():
                 forward = job(scan, inputs, weight, backward=False, **kw)
                 with torch.no_grad():
@@ -234,16 +247,20 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"command: python {shlex.join(['benchmarks/mamba_scan.py', *(sys.argv[1:] if argv is None else argv)])}")
     print(f"machine: {machine_summary(device)}")
-    print(f"config:  batch {args.batch}, d_state {args.d_state}, {args.dtype} inputs on {device}; median [min-max] of"
-          f" {args.repeats} runs after 1 warm-up; copy bandwidth {bandwidth / 1e9:.0f} GB/s")  # fmt: skip
+    print(
+        f"config:  batch {args.batch}, d_state {args.d_state}, {args.dtype} inputs on {device}; median [min-max] of"
+        f" {args.repeats} runs after 1 warm-up; copy bandwidth {bandwidth / 1e9:.0f} GB/s"
+    )
     for what, reason in (("mamba-ssm kernel", kernel_reason), ("triton kernels", triton_reason)):
         if reason is not None:
             print(f"note:    {what} not timed: {reason}")
     for line in checks:
         print(f"check:   {line}")
     print()
-    print("| d_inner | T | implementation | fwd ms | fwd+bwd ms | baseline / this (fwd+bwd) "
-          "| byte floor / time (fwd, fwd+bwd) |")  # fmt: skip
+    print(
+        "| d_inner | T | implementation | fwd ms | fwd+bwd ms | baseline / this (fwd+bwd) "
+        "| byte floor / time (fwd, fwd+bwd) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|")
     for label, seq_len, name, t_fwd, t_both, floors in rows:
         base = next(r[4] for r in rows if r[:2] == (label, seq_len))
@@ -255,8 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     for (label, seq_len, name), t in medians.items():
         cuda = medians.get((label, seq_len, "mamba-ssm CUDA kernel"))
         if name == "triton (ours)" and cuda is not None:
-            print(f"ratio:   d_inner {label}, T={seq_len}: triton / mamba-ssm fwd+bwd time = {t / cuda:.2f}"
-                  " (target <= 1.5)")  # fmt: skip
+            print(
+                f"ratio:   d_inner {label}, T={seq_len}: triton / mamba-ssm fwd+bwd time = {t / cuda:.2f}"
+                " (target <= 1.5)"
+            )
     if args.ssd:
         ssd_rows(args, device, seq_lens)
 
@@ -264,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
 SSD_INPUTS = ("x", "dt", "A", "B", "C", "D", "dt_bias")
 
 
-def ssd_inputs(batch: int, heads: int, seq_len: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+def ssd_inputs(
+    batch: int, heads: int, seq_len: int, dtype: torch.dtype, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Mamba-2's SSD inputs at a fresh layer's scales: headdim 64, d_state 128, one group, A in [-16, -1]."""
     g = torch.Generator().manual_seed(0)
 
@@ -285,8 +306,14 @@ def ssd_inputs(batch: int, heads: int, seq_len: int, dtype: torch.dtype, device:
 def ssd_rows(args: argparse.Namespace, device: torch.device, seq_lens: list[int]) -> None:
     """Mamba-2's SSD, forward + backward: every implementation that runs here, checked, timed, against the byte floor."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    implementations = {"chunked PyTorch": (ssd_chunked, None), "ours (Triton)": (ssd_chunked_triton, triton_unavailable_reason(device))}
-    implementations["mamba-ssm Triton SSD"] = (ssd_triton, needs_cuda_module("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined")(device))
+    implementations = {
+        "chunked PyTorch": (ssd_chunked, None),
+        "ours (Triton)": (ssd_chunked_triton, triton_unavailable_reason(device)),
+    }
+    implementations["mamba-ssm Triton SSD"] = (
+        ssd_triton,
+        needs_cuda_module("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined")(device),
+    )
     rows, notes = [], [f"{name} not timed: {why}" for name, (_, why) in implementations.items() if why]
     for size in args.ssd.split(","):
         heads = 2 * get_size(size).d_model // 64
@@ -300,27 +327,41 @@ def ssd_rows(args: argparse.Namespace, device: torch.device, seq_lens: list[int]
                 return [y.detach(), *torch.autograd.grad((y * weight).float().sum(), list(leaves.values()))]
 
             exact = run(ssd_chunked, {k: v.double() for k, v in inputs.items()}, weight.double())
-            floor = sum(inputs[k].numel() * inputs[k].element_size() for k in ("x", "dt", "B", "C")) * 3 + 2 * inputs["x"].numel() * inputs["x"].element_size()
+            floor = (
+                sum(inputs[k].numel() * inputs[k].element_size() for k in ("x", "dt", "B", "C")) * 3
+                + 2 * inputs["x"].numel() * inputs["x"].element_size()
+            )
             for name, (scan, why) in implementations.items():
                 if why:
                     continue
-                errors = [((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(run(scan), exact)]
-                notes.append(f"{size} T={seq_len} {name}: max |diff| / max |float64| output {errors[0]:.1e}, grads "
-                             + ", ".join(f"{k} {e:.1e}" for k, e in zip(SSD_INPUTS, errors[1:])))  # fmt: skip
+                errors = [
+                    ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                    for a, b in zip(run(scan), exact)
+                ]
+                notes.append(
+                    f"{size} T={seq_len} {name}: max |diff| / max |float64| output {errors[0]:.1e}, grads "
+                    + ", ".join(f"{k} {e:.1e}" for k, e in zip(SSD_INPUTS, errors[1:]))
+                )
                 t = statistics.median(timed(lambda s=scan: run(s), device, args.repeats))
                 rows.append((size, heads, seq_len, name, t, floor / t / 1e9))
     print()
-    print(f"Mamba-2 SSD: batch {args.batch}, headdim 64, d_state 128, 1 group, {str(dtype).removeprefix('torch.')} on {device},"
-          f" forward + backward, median of {args.repeats} runs after 1 warm-up; byte floor at {args.peak_gbs:.0f} GB/s")  # fmt: skip
+    print(
+        f"Mamba-2 SSD: batch {args.batch}, headdim 64, d_state 128, 1 group, {str(dtype).removeprefix('torch.')} on {device},"
+        f" forward + backward, median of {args.repeats} runs after 1 warm-up; byte floor at {args.peak_gbs:.0f} GB/s"
+    )
     for line in notes:
         print(f"check:   {line}")
     print()
-    print("| size | heads | T | implementation | fwd+bwd ms | chunked / this | GB/s over the floor | fraction of the floor |")
+    print(
+        "| size | heads | T | implementation | fwd+bwd ms | chunked / this | GB/s over the floor | fraction of the floor |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     base = {(size, seq_len): t for size, _, seq_len, name, t, _ in rows if name == "chunked PyTorch"}
     for size, heads, seq_len, name, t, gbs in rows:
         ratio = base[(size, seq_len)] / t
-        print(f"| {size} | {heads} | {seq_len} | {name} | {t * 1e3:.1f} | {ratio:.2f}x | {gbs:.0f} | {gbs / args.peak_gbs:.3f} |")
+        print(
+            f"| {size} | {heads} | {seq_len} | {name} | {t * 1e3:.1f} | {ratio:.2f}x | {gbs:.0f} | {gbs / args.peak_gbs:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -39,19 +39,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.measure.cost import kind_of_device  # noqa: E402
-from harness.data import PackedData  # noqa: E402
-from harness.measure.environment import device_name, environment  # noqa: E402
-from harness.measure.environment import machine_summary  # noqa: E402
-from harness.measure.flops import training_flops  # noqa: E402
-from harness.engine.loss import cross_entropy  # noqa: E402
-from harness.measure.mfu import mfu, peak_tflops  # noqa: E402
-from harness.engine.parallel import autocast, compute_dtype, prepare  # noqa: E402
-from harness.engine.sampler import BlockSampler  # noqa: E402
-from harness.store.database import Store  # noqa: E402
-from harness.config.suite import TrainSection  # noqa: E402
-from harness.engine.train import learning_rate, make_optimizer, micro_batching, plan_training, train  # noqa: E402
-from models import ModelSpec, build  # noqa: E402
+from harness.config.suite import TrainSection
+from harness.data import PackedData
+from harness.engine.loss import cross_entropy
+from harness.engine.parallel import autocast, compute_dtype, prepare
+from harness.engine.sampler import BlockSampler
+from harness.engine.train import learning_rate, make_optimizer, micro_batching, plan_training, train
+from harness.measure.cost import kind_of_device
+from harness.measure.environment import (
+    device_name,
+    environment,
+    machine_summary,
+)
+from harness.measure.flops import training_flops
+from harness.measure.mfu import mfu, peak_tflops
+from harness.store.database import Store
+from models import ModelSpec, build
 
 VOCAB = 4096
 
@@ -68,14 +71,14 @@ def make_model(arch: str, size: str, device: torch.device, compile_: bool) -> to
     return prepare(model, "none", device, compile=compile_)
 
 
-def harness_loop(arch, size, data, cfg, plan, device, compile_) -> tuple[float, float]:  # noqa: ANN001
+def harness_loop(arch, size, data, cfg, plan, device, compile_) -> tuple[float, float]:
     """(seconds, last loss) of ``harness.engine.train.train``."""
     model = make_model(arch, size, device, compile_)
     result = train(model, data, cfg, plan, device)
     return result.seconds, [v for _, n, v in result.metrics if n == "train/loss"][-1]
 
 
-def bare_loop(arch, size, data, cfg, plan, device, compile_) -> tuple[float, float]:  # noqa: ANN001
+def bare_loop(arch, size, data, cfg, plan, device, compile_) -> tuple[float, float]:
     """The same steps written as a plain PyTorch loop: no sampler, no progress bar, no logging."""
     model = make_model(arch, size, device, compile_)
     sampler = BlockSampler(len(data.train), plan.batch_size, seed=cfg.seed)
@@ -132,10 +135,16 @@ def main() -> None:
     for arch in args.arch.split(","):
         harness_median: dict[bool, float] = {}  # tokens/s of the harness loop without and with compile
         for compile_ in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
-            def plan_for(steps: int):  # noqa: ANN202
-                cfg = TrainSection(tokens=steps * args.batch * args.seq_len, batch_tokens=args.batch * args.seq_len,
-                                   micro_batch_size=args.micro_batch, lr=1e-3, warmup_fraction=0.1,
-                                   log_every=10)  # fmt: skip
+
+            def plan_for(steps: int):
+                cfg = TrainSection(
+                    tokens=steps * args.batch * args.seq_len,
+                    batch_tokens=args.batch * args.seq_len,
+                    micro_batch_size=args.micro_batch,
+                    lr=1e-3,
+                    warmup_fraction=0.1,
+                    log_every=10,
+                )
                 return cfg, plan_training(cfg, 1, args.seq_len)
 
             cfg, plan = plan_for(args.check_steps)
@@ -144,7 +153,9 @@ def main() -> None:
             _, loss_b = bare_loop(arch, args.size, data, cfg, plan, device, compile_)
             if abs(loss_h - loss_b) > 1e-4 * abs(loss_b) + (2e-2 if device.type == "cuda" else 0):
                 raise SystemExit(f"{arch}: the loops disagree after {args.check_steps} steps: {loss_h} vs {loss_b}")
-            print(f"{arch} compile={compile_}: loss after {args.check_steps} steps, harness {loss_h:.6f} = bare {loss_b:.6f}")
+            print(
+                f"{arch} compile={compile_}: loss after {args.check_steps} steps, harness {loss_h:.6f} = bare {loss_b:.6f}"
+            )
             if compile_:  # each block should be one graph: a break splits it and leaves a piece eager
                 breaks = torch._dynamo.utils.counters["graph_break"]
                 first = f" (first: {next(iter(breaks))[:120]})" if breaks else ""
@@ -165,20 +176,38 @@ def main() -> None:
             if store is not None:
                 backend = ",".join(model.backends(device, compute_dtype(device))) + (",compile" if compile_ else "")
                 mixer, backbone = arch.split("@")
-                store.add_throughput({
-                    "mixer": mixer, "backbone": backbone, "size": args.size, "seq_len": args.seq_len, "backend": backend,
-                    "gpu": gpu, "gpus": 1, "tokens_per_s": plan.tokens / statistics.median(times["harness"]),
-                    "source": "benchmarks/train_loop.py", "environment": environment(device),
-                })  # fmt: skip
+                store.add_throughput(
+                    {
+                        "mixer": mixer,
+                        "backbone": backbone,
+                        "size": args.size,
+                        "seq_len": args.seq_len,
+                        "backend": backend,
+                        "gpu": gpu,
+                        "gpus": 1,
+                        "tokens_per_s": plan.tokens / statistics.median(times["harness"]),
+                        "source": "benchmarks/train_loop.py",
+                        "environment": environment(device),
+                    }
+                )
                 print(f"{arch} compile={compile_}: stored in {store.where} as {gpu} ({backend})")
             for name in ("bare", "harness"):
                 med = statistics.median(times[name])
                 util = mfu(flops, med, peak)
                 if name == "harness":
                     harness_median[compile_] = plan.tokens / med
-                rows.append((arch, args.size, "yes" if compile_ else "no", name, plan.tokens / med,
-                             plan.tokens / max(times[name]), plan.tokens / min(times[name]),
-                             f"{util:.1%}" if util is not None else "-"))  # fmt: skip
+                rows.append(
+                    (
+                        arch,
+                        args.size,
+                        "yes" if compile_ else "no",
+                        name,
+                        plan.tokens / med,
+                        plan.tokens / max(times[name]),
+                        plan.tokens / min(times[name]),
+                        f"{util:.1%}" if util is not None else "-",
+                    )
+                )
             median = statistics.median(times["harness"]) / statistics.median(times["bare"]) - 1
             best = min(times["harness"]) / min(times["bare"]) - 1  # the least disturbed run of each
             # CPU time of the whole call (model build included, the same for both): on a shared
@@ -192,8 +221,10 @@ def main() -> None:
         if name == "speed-up":
             print(f"{arch:28} {size:6} {comp:7} {name:8} harness tokens/s with compile / without: {value:.2f}x")
         elif name == "overhead":
-            print(f"{arch:28} {size:6} {comp:7} {name:8} wall median {value:+.1%}, wall best {lo:+.1%}, "
-                  f"CPU time median {hi:+.1%} (harness / bare - 1; target <= +3%)")
+            print(
+                f"{arch:28} {size:6} {comp:7} {name:8} wall median {value:+.1%}, wall best {lo:+.1%}, "
+                f"CPU time median {hi:+.1%} (harness / bare - 1; target <= +3%)"
+            )
         else:
             print(f"{arch:28} {size:6} {comp:7} {name:8} {value:>10,.0f} [{lo:,.0f}-{hi:,.0f}]{'':8} {util}")
 

@@ -25,14 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixbench_kernels.ttt import FORMS, fresh_state  # noqa: E402
-from harness.measure.environment import machine_summary  # noqa: E402
-from models.ttt import TTTLinear, TTTMLP  # noqa: E402
+from harness.measure.environment import machine_summary
+from mixbench_kernels.ttt import FORMS, fresh_state
+from models.ttt import TTTMLP, TTTLinear
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bf16": torch.bfloat16}
 KINDS = {"ttt_linear": TTTLinear, "ttt_mlp": TTTMLP}
-
-
 
 
 def sync(device: torch.device) -> None:
@@ -66,11 +64,12 @@ def kernel_job(mixer, x, form):
         mixer.zero_grad(set_to_none=True)
         leaves = [t.detach().requires_grad_() for t in (q, k, v, lr)]
         z, _ = FORMS[form](
-            *leaves, fresh_state(mixer._initial_params(x.shape[0])),
+            *leaves,
+            fresh_state(mixer._initial_params(x.shape[0])),
             token_scale=mixer.token_scale(),
             ln_weight=mixer.ttt_norm_weight.reshape(shape),
             ln_bias=mixer.ttt_norm_bias.reshape(shape),
-        )  # fmt: skip
+        )
         z.float().square().sum().backward()
         return z.detach(), leaves[0].grad
 
@@ -126,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
             # Correctness first (these runs are also the warm-up).
             (y_d, g_d), (y_p, g_p) = jobs["dual"](), jobs["primal"]()
             err_y, err_g = relative_error(y_d, y_p), relative_error(g_d, g_p)
-            checks.append(f"{kind} {scope}, T={seq}: max |dual - primal| / max |primal|: output {err_y:.1e},"
-                          f" input gradient {err_g:.1e}")  # fmt: skip
+            checks.append(
+                f"{kind} {scope}, T={seq}: max |dual - primal| / max |primal|: output {err_y:.1e},"
+                f" input gradient {err_g:.1e}"
+            )
             times = timed(jobs, device, args.repeats)
             med = {form: statistics.median(t) for form, t in times.items()}
             rows.append((kind, scope, seq, times["dual"], times["primal"], med["primal"] / med["dual"]))

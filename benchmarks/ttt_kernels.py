@@ -46,10 +46,10 @@ if not torch.cuda.is_available():  # must precede the first triton import (the k
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.measure.environment import machine_summary  # noqa: E402
-from mixbench_kernels.selective_scan import selective_scan_cuda, selective_scan_reference  # noqa: E402
-from mixbench_kernels.ttt import fresh_state, ttt_dual, ttt_triton  # noqa: E402
-from models.backbones import SIZES  # noqa: E402
+from harness.measure.environment import machine_summary
+from mixbench_kernels.selective_scan import selective_scan_cuda, selective_scan_reference
+from mixbench_kernels.ttt import fresh_state, ttt_dual, ttt_triton
+from models.backbones import SIZES
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "float32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -116,19 +116,31 @@ def ttt_inputs(kind, batch, heads, seq, dim, device, dtype, seed=0):
         (rnd(batch, heads, a, c, scale=a**-0.5), rnd(batch, heads, 1, c, scale=0.1)) for a, c in zip(widths, widths[1:])
     )
     return dict(
-        q=rnd(batch, heads, seq, dim).to(dtype), k=rnd(batch, heads, seq, dim).to(dtype),
-        v=rnd(batch, heads, seq, dim).to(dtype), lr=torch.rand(batch, heads, seq, generator=g).to(device) / dim,
-        params=params, token_scale=1.0 / torch.arange(1, MINI_BATCH + 1, device=device),
-        ln_weight=rnd(heads, 1, dim, scale=0.1, offset=1.0), ln_bias=rnd(heads, 1, dim, scale=0.1),
-    )  # fmt: skip
+        q=rnd(batch, heads, seq, dim).to(dtype),
+        k=rnd(batch, heads, seq, dim).to(dtype),
+        v=rnd(batch, heads, seq, dim).to(dtype),
+        lr=torch.rand(batch, heads, seq, generator=g).to(device) / dim,
+        params=params,
+        token_scale=1.0 / torch.arange(1, MINI_BATCH + 1, device=device),
+        ln_weight=rnd(heads, 1, dim, scale=0.1, offset=1.0),
+        ln_bias=rnd(heads, 1, dim, scale=0.1),
+    )
 
 
 def ttt_call(form, inp, backward: bool, dtype=None):
     """One forward (and backward) of ``form``; returns y and the input gradients."""
     leaves = {k: inp[k].detach().to(dtype or inp[k].dtype).requires_grad_(backward) for k in ("q", "k", "v", "lr")}
     with torch.set_grad_enabled(backward):
-        y, _ = form(leaves["q"], leaves["k"], leaves["v"], leaves["lr"], fresh_state(inp["params"]),
-                    token_scale=inp["token_scale"], ln_weight=inp["ln_weight"], ln_bias=inp["ln_bias"])  # fmt: skip
+        y, _ = form(
+            leaves["q"],
+            leaves["k"],
+            leaves["v"],
+            leaves["lr"],
+            fresh_state(inp["params"]),
+            token_scale=inp["token_scale"],
+            ln_weight=inp["ln_weight"],
+            ln_bias=inp["ln_bias"],
+        )
         if not backward:
             return [y]
         return [y, *torch.autograd.grad(y.float().square().sum(), list(leaves.values()))]
@@ -138,11 +150,15 @@ def fla_inputs(inp):
     """fla's layout ``(B, T, H, d)`` from ours; eta = lr (no token scale), LayerNorm weight/bias ``(H, d)``."""
     w0, b0 = inp["params"][0]
     return dict(
-        q=inp["q"].transpose(1, 2).contiguous(), k=inp["k"].transpose(1, 2).contiguous(),
-        v=inp["v"].transpose(1, 2).contiguous(), w=inp["ln_weight"].squeeze(1), b=inp["ln_bias"].squeeze(1),
+        q=inp["q"].transpose(1, 2).contiguous(),
+        k=inp["k"].transpose(1, 2).contiguous(),
+        v=inp["v"].transpose(1, 2).contiguous(),
+        w=inp["ln_weight"].squeeze(1),
+        b=inp["ln_bias"].squeeze(1),
         eta=inp["lr"].transpose(1, 2).unsqueeze(-1).to(inp["q"].dtype),
-        initial_state=w0.contiguous(), initial_state_bias=b0.contiguous(),
-    )  # fmt: skip
+        initial_state=w0.contiguous(),
+        initial_state_bias=b0.contiguous(),
+    )
 
 
 def fla_call(fn, inp, backward: bool, **kw):
@@ -179,8 +195,16 @@ def scan_inputs(batch, width, seq, device, dtype):
     u, delta, z = (torch.randn(batch, width, seq, generator=g).to(device, dtype) for _ in range(3))
     bc = [torch.randn(batch, D_STATE, seq, generator=g).to(device, dtype) for _ in range(2)]
     a = -torch.arange(1, D_STATE + 1, dtype=torch.float32).repeat(width, 1).to(device)
-    return dict(u=u, delta=delta * 0.5, A=a, B=bc[0], C=bc[1], D=torch.ones(width, device=device), z=z,
-                delta_bias=torch.full((width,), -3.0, device=device))  # fmt: skip
+    return dict(
+        u=u,
+        delta=delta * 0.5,
+        A=a,
+        B=bc[0],
+        C=bc[1],
+        D=torch.ones(width, device=device),
+        z=z,
+        delta_bias=torch.full((width,), -3.0, device=device),
+    )
 
 
 def scan_call(fn, inp, backward: bool):
@@ -197,7 +221,7 @@ def attempt(fn):
     ("out of resource: shared memory") is reported in its row, and the other rows still run."""
     try:
         return fn(), None
-    except Exception as e:  # noqa: BLE001 - any failure of one implementation is that row's result
+    except Exception as e:
         return None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}"
 
 
@@ -208,7 +232,7 @@ def rel_error(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def peer(name: str, kind: str, tol: float, prepare) -> tuple:  # noqa: ANN001 - prepare() -> (check error, call)
+def peer(name: str, kind: str, tol: float, prepare) -> tuple:
     """One row to time: ``(name, floor kind, check error, tolerance, call(backward))``.
 
     A peer that fails to import, compile or run its check becomes a row whose check is the
@@ -231,28 +255,60 @@ def implementations(kind_sizes, seq, device, dtype, check_len):
         if err is None:  # the backward may not fit this GPU: check (and time) the forward alone
             err = attempt(lambda: rel_error(ttt_call(ttt_triton, small, False), ref[:1]))[0]
         full = ttt_inputs(kind, batch, heads, seq, dim, device, dtype)
-        out.append((f"ttt_{kind} triton", kind, err if err is not None else why, tol,
-                    lambda bw, f=full: ttt_call(ttt_triton, f, bw)))  # fmt: skip
-        out.append((f"ttt_{kind} dual (fp32)", kind, 0.0, tol,
-                    lambda bw, f=full: ttt_call(ttt_dual, f, bw, dtype=torch.float32)))  # fmt: skip
+        out.append(
+            (
+                f"ttt_{kind} triton",
+                kind,
+                err if err is not None else why,
+                tol,
+                lambda bw, f=full: ttt_call(ttt_triton, f, bw),
+            )
+        )
+        out.append(
+            (
+                f"ttt_{kind} dual (fp32)",
+                kind,
+                0.0,
+                tol,
+                lambda bw, f=full: ttt_call(ttt_dual, f, bw, dtype=torch.float32),
+            )
+        )
     if device.type != "cuda":
         return out
     # fla in the benchmark's dtype, and in float32 where that differs (its bf16 backward does not
     # compile under every Triton: "Loop-carried variable b_w has initial type fp32 but is re-assigned to bf16").
     for fla_dtype in dict.fromkeys((dtype, torch.float32)):
         fla_tol = 1e-4 if fla_dtype == torch.float32 else 3e-2
-        out.append(peer(f"fla chunk_ttt_linear ({DTYPE_NAMES[fla_dtype]})", "linear", fla_tol,
-                        lambda d=fla_dtype: fla_peer(batch, heads, seq, dim, device, d, check_seq)))  # fmt: skip
+        out.append(
+            peer(
+                f"fla chunk_ttt_linear ({DTYPE_NAMES[fla_dtype]})",
+                "linear",
+                fla_tol,
+                lambda d=fla_dtype: fla_peer(batch, heads, seq, dim, device, d, check_seq),
+            )
+        )
     try:
         import flash_attn  # noqa: F401
 
         use_flash = dtype != torch.float32
     except ImportError:
         use_flash = False
-    out.append(peer("attention " + ("flash-attn 2" if use_flash else "sdpa"), "attention", tol,
-                    lambda: attention_peer(batch, heads, seq, dim, device, dtype, check_seq, use_flash)))  # fmt: skip
-    out.append(peer("mamba selective scan", "scan", tol,
-                    lambda: scan_peer(batch, 2 * heads * dim, seq, device, dtype, check_seq)))  # fmt: skip
+    out.append(
+        peer(
+            "attention " + ("flash-attn 2" if use_flash else "sdpa"),
+            "attention",
+            tol,
+            lambda: attention_peer(batch, heads, seq, dim, device, dtype, check_seq, use_flash),
+        )
+    )
+    out.append(
+        peer(
+            "mamba selective scan",
+            "scan",
+            tol,
+            lambda: scan_peer(batch, 2 * heads * dim, seq, device, dtype, check_seq),
+        )
+    )
     return out
 
 
@@ -307,7 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-len", type=int, default=1024, help="tokens of the correctness checks")
     p.add_argument("--peak-tflops", type=float, help="dense bf16 tensor-core peak (default: known GPUs)")
     p.add_argument("--peak-tbps", type=float, help="HBM bandwidth in TB/s (default: known GPUs)")
-    p.add_argument("--quick", action="store_true", help="checks at tiny sizes and the floors only (CPU: the interpreter)")
+    p.add_argument(
+        "--quick", action="store_true", help="checks at tiny sizes and the floors only (CPU: the interpreter)"
+    )
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype] if device.type == "cuda" else torch.float32
@@ -328,8 +386,10 @@ def main(argv: list[str] | None = None) -> None:
             batch = max(1, args.tokens // seq)
             for kind in ("linear", "mlp", "attention", "scan"):
                 f = floors(kind, batch, heads, seq, dim, elt)
-                print(f"| {size} | {seq} | {batch} | {kind} | {f['fwd'][0] / 1e9:.1f} | {f['fwd'][1] / 1e6:.1f} |"
-                      f" {f['fwd+bwd'][0] / 1e9:.1f} | {f['fwd+bwd'][1] / 1e6:.1f} |")  # fmt: skip
+                print(
+                    f"| {size} | {seq} | {batch} | {kind} | {f['fwd'][0] / 1e9:.1f} | {f['fwd'][1] / 1e6:.1f} |"
+                    f" {f['fwd+bwd'][0] / 1e9:.1f} | {f['fwd+bwd'][1] / 1e6:.1f} |"
+                )
 
     if args.quick or device.type != "cuda":
         # Tiny checks: the kernels (interpreted on CPU) against ttt_dual, forward and backward.
@@ -337,26 +397,34 @@ def main(argv: list[str] | None = None) -> None:
             inp = ttt_inputs(kind, 1, heads, seq, dim, device, torch.float32)
             err = rel_error(ttt_call(ttt_triton, inp, True), ttt_call(ttt_dual, inp, True))
             verdict = "ok" if err <= 1e-4 else "FAILED"
-            print(f"check:   ttt_{kind} triton vs dual, H={heads} T={seq} d={dim} b={MINI_BATCH}: "
-                  f"max relative error (y, dq, dk, dv, dlr) {err:.1e} [{verdict}]")  # fmt: skip
+            print(
+                f"check:   ttt_{kind} triton vs dual, H={heads} T={seq} d={dim} b={MINI_BATCH}: "
+                f"max relative error (y, dq, dk, dv, dlr) {err:.1e} [{verdict}]"
+            )
         if device.type != "cuda":
             print("timing:  not run: needs a CUDA GPU (the Triton kernels ran under TRITON_INTERPRET=1 for the checks)")
         return
 
-    print(f"\ntimes: q, k, v in {args.dtype}; median of {args.repeats} after a warm-up; "
-          f"floor fraction vs {peak_flops / 1e12:.0f} TFLOP/s, {peak_bw / 1e12:.2f} TB/s")  # fmt: skip
-    print("| size | T | implementation | check (rel err) | fwd ms | fwd+bwd ms | tokens/s fwd+bwd"
-          " | this / ours (time) | floor fraction |")  # fmt: skip
+    print(
+        f"\ntimes: q, k, v in {args.dtype}; median of {args.repeats} after a warm-up; "
+        f"floor fraction vs {peak_flops / 1e12:.0f} TFLOP/s, {peak_bw / 1e12:.2f} TB/s"
+    )
+    print(
+        "| size | T | implementation | check (rel err) | fwd ms | fwd+bwd ms | tokens/s fwd+bwd"
+        " | this / ours (time) | floor fraction |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for size, (heads, dim) in shapes.items():
         for seq in seq_lens:
             batch = max(1, args.tokens // seq)
             impls = implementations((batch, heads, dim), seq, device, dtype, args.check_len)
-            for line in time_rows(impls, size, seq, (batch, heads, dim), elt, args.repeats, device, (peak_flops, peak_bw)):
+            for line in time_rows(
+                impls, size, seq, (batch, heads, dim), elt, args.repeats, device, (peak_flops, peak_bw)
+            ):
                 print(line)
 
 
-def time_rows(impls, size, seq, shape, elt, repeats, device, peaks) -> Iterator[str]:  # noqa: ANN001
+def time_rows(impls, size, seq, shape, elt, repeats, device, peaks) -> Iterator[str]:
     """The table's rows for one size and length: each implementation checked, then timed.
 
     A row whose check failed or did not run (``call`` is ``None``) says why and is not timed; a
@@ -381,10 +449,13 @@ def time_rows(impls, size, seq, shape, elt, repeats, device, peaks) -> Iterator[
         if name.endswith("triton"):
             ours[kind] = both
         slower = both / ours.get("mlp" if kind == "mlp" else "linear", float("nan"))  # TTT-MLP vs ours
-        yield (f"| {size} | {seq} | {name} | {err:.1e} | {fwd_ms} | {both * 1e3:.2f} |"
-               f" {batch * seq / both:,.0f} | {slower:.2f}x | {floor / both:.2f} |")  # fmt: skip
+        yield (
+            f"| {size} | {seq} | {name} | {err:.1e} | {fwd_ms} | {both * 1e3:.2f} |"
+            f" {batch * seq / both:,.0f} | {slower:.2f}x | {floor / both:.2f} |"
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
 
 if __name__ == "__main__":
     main()

@@ -26,9 +26,9 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.triton_aot import compile_for  # noqa: E402
-from mixbench_kernels.ttt.triton_linear import LINEAR  # noqa: E402
-from mixbench_kernels.ttt.triton_mlp import MLP  # noqa: E402
+from benchmarks.triton_aot import compile_for
+from mixbench_kernels.ttt.triton_linear import LINEAR
+from mixbench_kernels.ttt.triton_mlp import MLP
 
 LAUNCHERS = {"linear": LINEAR, "mlp": MLP}
 SCALARS = ("seq", "heads", "start_pos", "n_chunks")
@@ -42,10 +42,18 @@ TARGETS = {  # (kind, pass) -> (instructions, barriers) per step, summed over th
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", type=int, default=None, help="compute capability, e.g. 80, 90 (default: 90, or "
-                   "this GPU's with --device cuda)")  # fmt: skip
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="nothing runs on it; cuda sets the "
-                   "default --arch (scripts/gpu_check.py passes it)")  # fmt: skip
+    p.add_argument(
+        "--arch",
+        type=int,
+        default=None,
+        help="compute capability, e.g. 80, 90 (default: 90, or this GPU's with --device cuda)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="nothing runs on it; cuda sets the default --arch (scripts/gpu_check.py passes it)",
+    )
     p.add_argument("--quick", action="store_true", help="TTT-Linear at head_dim 64 only")
     p.add_argument("--kinds", default="linear,mlp")
     p.add_argument("--dims", default="64", help="head dims")
@@ -64,10 +72,14 @@ def main(argv: list[str] | None = None) -> None:
         major, minor = torch.cuda.get_device_capability() if on_gpu else (9, 0)
         args.arch = 10 * major + minor
     print(f"$ python {' '.join(sys.argv)}")
-    print(f"compiled for sm_{args.arch} with triton {triton.__version__}; nothing runs. Per step: the body of a "
-          "walk's loop over whole mini-batches, per thread (parallel kernels: -)\n")  # fmt: skip
-    print("| kernel | head_dim | input | mid-mini-batch start | num_warps | dots | shared memory (KB) | registers "
-          "| spill stores / loads (B) | SASS per step | barriers per step | local ld/st per step |")  # fmt: skip
+    print(
+        f"compiled for sm_{args.arch} with triton {triton.__version__}; nothing runs. Per step: the body of a "
+        "walk's loop over whole mini-batches, per thread (parallel kernels: -)\n"
+    )
+    print(
+        "| kernel | head_dim | input | mid-mini-batch start | num_warps | dots | shared memory (KB) | registers "
+        "| spill stores / loads (B) | SASS per step | barriers per step | local ld/st per step |"
+    )
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     sums: dict[tuple, list[int]] = {}
     for kind in args.kinds.split(","):
@@ -80,13 +92,26 @@ def main(argv: list[str] | None = None) -> None:
                     for spec in launcher.specs(widths, args.mini_batch, dtype, acc):
                         for warps in [int(w) for w in args.warps.split(",")] if args.warps else [spec.num_warps]:
                             kernel = spec.kernel
-                            pointers = {a: in_dtype if a in IO else "fp32" for a in kernel.arg_names
-                                        if a not in SCALARS and a not in spec.constants}  # fmt: skip
+                            pointers = {
+                                a: in_dtype if a in IO else "fp32"
+                                for a in kernel.arg_names
+                                if a not in SCALARS and a not in spec.constants
+                            }
                             f = compile_for(kernel, spec.constants, pointers, warps, args.arch, divisible=DIVISIBLE)
                             loop = f.loop if spec.sequential else None
                             step = (loop.instructions, loop.barriers, loop.local) if loop else ("-", "-", "-")
-                            row = (f"{kind} {spec.name}", dim, in_dtype, acc, warps, f.dots, f"{f.shared / 1024:.0f}",
-                                   f.registers, f"{f.spill_stores} / {f.spill_loads}", *step)  # fmt: skip
+                            row = (
+                                f"{kind} {spec.name}",
+                                dim,
+                                in_dtype,
+                                acc,
+                                warps,
+                                f.dots,
+                                f"{f.shared / 1024:.0f}",
+                                f.registers,
+                                f"{f.spill_stores} / {f.spill_loads}",
+                                *step,
+                            )
                             print("| " + " | ".join(map(str, row)) + " |", flush=True)
                             if loop and spec.name != "decode step":
                                 pass_name = "forward" if spec.name.startswith("forward") else "backward"
@@ -95,8 +120,10 @@ def main(argv: list[str] | None = None) -> None:
                                 for i, value in enumerate((loop.instructions, loop.barriers, f.spill_stores)):
                                     total[i] += value
     print("\nPer step, summed over each pass's sequential kernels, against issue 34's targets:\n")
-    print("| kind | pass | head_dim | input | mid-mini-batch start | num_warps | SASS per step | barriers per step "
-          "| spill stores (B) | target |")  # fmt: skip
+    print(
+        "| kind | pass | head_dim | input | mid-mini-batch start | num_warps | SASS per step | barriers per step "
+        "| spill stores (B) | target |"
+    )
     print("|---|---|---:|---|---|---:|---:|---:|---:|---|")
     for (kind, pass_name, dim, in_dtype, acc, warps), (n, bars, spills) in sums.items():
         target = TARGETS.get((kind, pass_name))

@@ -20,6 +20,7 @@ from rich.table import Table
 from torch import nn
 
 from harness.common.errors import one_line
+from harness.common.names import MetricName
 from harness.config.budget import cell_need, largest_needs
 from harness.config.cells import (
     Summary,
@@ -56,7 +57,6 @@ from harness.store.database import Store
 from harness.tasks import TaskData, evaluate_task, get_task, load_task_data
 from models import build
 from models.errors import MixbenchError
-from harness.common.names import MetricName
 
 DEFAULT_CACHE_DIR = Path("results") / "cache"
 
@@ -164,7 +164,9 @@ class SuiteRunner:
             if not self.group.broadcast(self.store.claim(run_record(cell)) if main else None):
                 summary.skipped.append(label)
                 if main:
-                    self.console.print(f"[dim][{i}/{len(cells)}] {label}: already {self.store.status(cell.run_key)}, skipped[/]")
+                    self.console.print(
+                        f"[dim][{i}/{len(cells)}] {label}: already {self.store.status(cell.run_key)}, skipped[/]"
+                    )
                 continue
             if main:
                 self.console.print(f"[bold][{i}/{len(cells)}] {label}[/] run {cell.run_key}")
@@ -175,15 +177,18 @@ class SuiteRunner:
                     self.store.fail(cell.run_key, f"stopped by {stop} (rerun resumes from it)")
                     self.console.print(
                         f"{label}: {stop.signal_name} at step {stop.step} of {stop.steps}, checkpoint saved in "
-                        f"{stop.path}; resume with: {self.resume_command}", soft_wrap=True, markup=False, highlight=False,
-                    )  # fmt: skip
+                        f"{stop.path}; resume with: {self.resume_command}",
+                        soft_wrap=True,
+                        markup=False,
+                        highlight=False,
+                    )
                 raise
             except KeyboardInterrupt:
                 if main:
                     self.store.fail(cell.run_key, "interrupted by the user (Ctrl-C); rerun the suite to redo it")
                     self.console.print(f"[yellow]{label}: interrupted; results stored so far are kept[/]")
                 raise
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded and the suite goes on
+            except Exception as exc:
                 error = one_line(exc)
                 if isinstance(exc, torch.cuda.OutOfMemoryError):
                     error = f"out of memory: {error}"
@@ -241,13 +246,27 @@ class SuiteRunner:
         epochs = training_epochs(cell, len(work.data.train), plan)
         mode = choose_mode(cell.train.parallel, n_params, group)
         live = self.live_curve(cell, model, plan, device) if main else None
-        wrapped = prepare(model, mode, device, compile=cell.train.compile,
-                          activation_checkpointing=cell.train.activation_checkpointing)  # fmt: skip
+        wrapped = prepare(
+            model,
+            mode,
+            device,
+            compile=cell.train.compile,
+            activation_checkpointing=cell.train.activation_checkpointing,
+        )
         steps = StepCheckpoints(self.checkpoint_dir / cell.run_key / "steps", group, cell.train.keep_checkpoints)
 
         with live or nullcontext():
-            result = train(wrapped, work.data, cell.train, plan, device, label=cell_label(cell), group=group,
-                           checkpoints=steps, on_log=live)  # fmt: skip
+            result = train(
+                wrapped,
+                work.data,
+                cell.train,
+                plan,
+                device,
+                label=cell_label(cell),
+                group=group,
+                checkpoints=steps,
+                on_log=live,
+            )
         if result.resumed_from and main:
             self.console.print(f"  resumed from the checkpoint of step {result.resumed_from} of {plan.steps}")
         model = full_model(wrapped, group, device)  # rank 0 evaluates and writes; the others are done
@@ -269,16 +288,22 @@ class SuiteRunner:
         ]
         flops = training_flops(model, cell.seq_len, result.tokens)
         metrics += [(final, name, value) for name, value in flops.items()]
-        utilisation = mfu(flops["flops/train"], result.seconds, peak_tflops(device, cell.train.peak_tflops), group.world_size)
+        utilisation = mfu(
+            flops["flops/train"], result.seconds, peak_tflops(device, cell.train.peak_tflops), group.world_size
+        )
         if utilisation is not None:
             metrics.append((final, "train/mfu", utilisation))
         if cell.eval.lm_eval:
             from harness.evaluate import lm_eval_adapter
 
             scores |= lm_eval_adapter.lm_eval_metrics(
-                model, work.data.tokenizer, cell.eval.lm_eval, max_length=cell.seq_len,
-                limit=cell.eval.lm_eval_limit, batch_size=cell.eval.batch_size,
-            )  # fmt: skip
+                model,
+                work.data.tokenizer,
+                cell.eval.lm_eval,
+                max_length=cell.seq_len,
+                limit=cell.eval.lm_eval_limit,
+                batch_size=cell.eval.batch_size,
+            )
         metrics += [(final, name, value) for name, value in scores.items()]
         self.store.finish(
             cell.run_key,
@@ -301,17 +326,36 @@ class SuiteRunner:
         """Rank 0's writer of the cell's live curve, progress and MFU, mirrored to the suite's trackers."""
         flops_per_token = training_flops(model, cell.seq_len, plan.tokens)["flops/train"] / plan.tokens
         peak, devices = peak_tflops(device, cell.train.peak_tflops), self.group.world_size
-        mirrors = open_mirrors(cell.train.loggers, self.log_dir, cell.suite, cell.run_key, cell_label(cell), cell.config)
-        return LiveCurve(self.store, cell.run_key, plan.steps, lambda rate: mfu(rate * flops_per_token, 1.0, peak, devices),
-                         mirrors)  # fmt: skip
+        mirrors = open_mirrors(
+            cell.train.loggers, self.log_dir, cell.suite, cell.run_key, cell_label(cell), cell.config
+        )
+        return LiveCurve(
+            self.store, cell.run_key, plan.steps, lambda rate: mfu(rate * flops_per_token, 1.0, peak, devices), mirrors
+        )
 
     def dry_run(self, only: str | None = None, gpu: str | None = None, gpus: int = 1) -> Table:
         """The cells with parameter counts, token budgets and FLOPs, computed without any data;
         with ``gpu`` (a kind of ``harness.measure.mfu``'s table) also the GPU-hours each would take (``harness.measure.cost``)."""
         table = Table(title=f"suite {self.suite.name}: dry run")
         costed = ("GPU-hours", f"wall on {gpus}× {gpu}", "speed from") if gpu else ()
-        for col in ("run key", "model", "size", "seq", "params", "non-emb params", "tokens", "train FLOPs", "status", *costed):
-            table.add_column(col, justify="right" if col in {"params", "non-emb params", "tokens", "train FLOPs", *costed[:2]} else "left")
+        for col in (
+            "run key",
+            "model",
+            "size",
+            "seq",
+            "params",
+            "non-emb params",
+            "tokens",
+            "train FLOPs",
+            "status",
+            *costed,
+        ):
+            table.add_column(
+                col,
+                justify="right"
+                if col in {"params", "non-emb params", "tokens", "train FLOPs", *costed[:2]}
+                else "left",
+            )
         known, total = (measurements(self.store) if gpu else []), 0.0
         for cell in select_cells(self.suite, only):
             vocab = self.vocab_size(cell)
@@ -325,18 +369,26 @@ class SuiteRunner:
                 total += e.gpu_hours
                 cost = [f"{e.gpu_hours:.3g}", duration(e.wall_hours * 3600), e.basis]
             table.add_row(
-                cell.run_key, cell.arch if cell.task is None else cell_label(cell), cell.size, str(cell.seq_len),
+                cell.run_key,
+                cell.arch if cell.task is None else cell_label(cell),
+                cell.size,
+                str(cell.seq_len),
                 f"{model.num_params():,}",
-                f"{model.num_params(non_embedding=True):,}", f"{plan.tokens:,}", f"{flops:.3g}",
-                self.store.status(cell.run_key) or "new", *cost,
-            )  # fmt: skip
+                f"{model.num_params(non_embedding=True):,}",
+                f"{plan.tokens:,}",
+                f"{flops:.3g}",
+                self.store.status(cell.run_key) or "new",
+                *cost,
+            )
         if gpu:
             table.caption = f"total {total:.4g} GPU-hours on {gpu}: {duration(total / gpus * 3600)} on {gpus} GPUs"
         return table
 
     def data_table(self) -> Table:
         """Per cache: the largest training budget, the validation sequences, and the disk they take."""
-        table = Table(title=f"suite {self.suite.name}: data to prepare (2 bytes a token up to a 65,536 vocabulary, else 4)")
+        table = Table(
+            title=f"suite {self.suite.name}: data to prepare (2 bytes a token up to a 65,536 vocabulary, else 4)"
+        )
         for col in ("source", "split", "val", "seq", "train tokens", "val seqs", "tokens to prepare", "disk"):
             table.add_column(col, justify="left" if col in {"source", "split", "val"} else "right")
         vocab = {data_config(c): self.vocab_size(c) for c in self.suite.cells() if c.task is None}
@@ -344,9 +396,15 @@ class SuiteRunner:
             tokens, size = disk_bytes(cfg, need, vocab[cfg])
             val = "hashed blocks" if cfg.separate_val is None else "{} ({})".format(*cfg.separate_val)
             table.add_row(
-                cfg.source, cfg.split, val, str(cfg.seq_len), f"{need.train_tokens:,}", f"{need.val_sequences:,}",
-                f"{tokens:,}", f"{size / 1e9:.3g} GB",
-            )  # fmt: skip
+                cfg.source,
+                cfg.split,
+                val,
+                str(cfg.seq_len),
+                f"{need.train_tokens:,}",
+                f"{need.val_sequences:,}",
+                f"{tokens:,}",
+                f"{size / 1e9:.3g} GB",
+            )
         return table
 
     def vocab_size(self, cell: Cell) -> int:

@@ -42,15 +42,41 @@ class FormatError(MixbenchError, ValueError):
 # config.json fields as transformers' config classes default them: ``save_pretrained`` leaves out
 # a field equal to its default, so a missing field means this value (checked in the tests).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"tie_word_embeddings": False, "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_bias": False,
-              "mlp_bias": False, "num_key_value_heads": None, "head_dim": None},
-    "mamba": {"tie_word_embeddings": True, "layer_norm_epsilon": 1e-5, "hidden_act": "silu", "use_bias": False,
-              "use_conv_bias": True, "conv_kernel": 4, "state_size": 16, "expand": 2},
-    "mamba2": {"tie_word_embeddings": False, "layer_norm_epsilon": 1e-5, "hidden_act": "silu", "use_bias": False,
-               "use_conv_bias": True, "conv_kernel": 4, "state_size": 128, "expand": 2, "n_groups": 8,
-               "num_heads": 128, "head_dim": 64,
-               "chunk_size": 256, "time_step_limit": [0.0, float("inf")]},
-}  # fmt: skip
+    "llama": {
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "num_key_value_heads": None,
+        "head_dim": None,
+    },
+    "mamba": {
+        "tie_word_embeddings": True,
+        "layer_norm_epsilon": 1e-5,
+        "hidden_act": "silu",
+        "use_bias": False,
+        "use_conv_bias": True,
+        "conv_kernel": 4,
+        "state_size": 16,
+        "expand": 2,
+    },
+    "mamba2": {
+        "tie_word_embeddings": False,
+        "layer_norm_epsilon": 1e-5,
+        "hidden_act": "silu",
+        "use_bias": False,
+        "use_conv_bias": True,
+        "conv_kernel": 4,
+        "state_size": 128,
+        "expand": 2,
+        "n_groups": 8,
+        "num_heads": 128,
+        "head_dim": 64,
+        "chunk_size": 256,
+        "time_step_limit": [0.0, float("inf")],
+    },
+}
 MAMBA2_NORM_EPS = 1e-5  # the gated norm inside our Mamba2 block (models/mamba2.py)
 
 
@@ -96,13 +122,28 @@ def _llama_names(spec: ModelSpec) -> Names:
 
 
 MAMBA_MIXER = {  # ours (under the block's mixer) -> theirs (under ``mixer.``)
-    "mamba": {"in_proj.weight": "in_proj.weight", "conv.conv.weight": "conv1d.weight", "conv.conv.bias": "conv1d.bias",
-              "x_proj.weight": "x_proj.weight", "dt_proj.weight": "dt_proj.weight", "dt_proj.bias": "dt_proj.bias",
-              "A_log": "A_log", "D": "D", "out_proj.weight": "out_proj.weight"},
-    "mamba2": {"in_proj.weight": "in_proj.weight", "conv.conv.weight": "conv1d.weight", "conv.conv.bias": "conv1d.bias",
-               "dt_bias": "dt_bias", "A_log": "A_log", "D": "D", "norm_weight": "norm.weight",
-               "out_proj.weight": "out_proj.weight"},
-}  # fmt: skip
+    "mamba": {
+        "in_proj.weight": "in_proj.weight",
+        "conv.conv.weight": "conv1d.weight",
+        "conv.conv.bias": "conv1d.bias",
+        "x_proj.weight": "x_proj.weight",
+        "dt_proj.weight": "dt_proj.weight",
+        "dt_proj.bias": "dt_proj.bias",
+        "A_log": "A_log",
+        "D": "D",
+        "out_proj.weight": "out_proj.weight",
+    },
+    "mamba2": {
+        "in_proj.weight": "in_proj.weight",
+        "conv.conv.weight": "conv1d.weight",
+        "conv.conv.bias": "conv1d.bias",
+        "dt_bias": "dt_bias",
+        "A_log": "A_log",
+        "D": "D",
+        "norm_weight": "norm.weight",
+        "out_proj.weight": "out_proj.weight",
+    },
+}
 
 
 def _mamba_names(spec: ModelSpec) -> Names:
@@ -138,10 +179,23 @@ def _llama_spec(config: dict[str, Any], name: str) -> ModelSpec:
     if kind != "default":
         raise FormatError(f"config.json rope type {kind!r} is not supported (only plain RoPE with a base)")
     base = config.get("rope_theta", rope.get("rope_theta", 10000.0))
-    dims = Size(d_model=d, n_layers=config["num_hidden_layers"], n_heads=heads, mlp_hidden=config["intermediate_size"],
-                n_kv_heads=None if kv == heads else kv)  # fmt: skip
-    return ModelSpec("attention", "transformer", name, config["vocab_size"], {"rope_base": float(base)},
-                     bool(get("tie_word_embeddings")), dims, float(get("rms_norm_eps")))  # fmt: skip
+    dims = Size(
+        d_model=d,
+        n_layers=config["num_hidden_layers"],
+        n_heads=heads,
+        mlp_hidden=config["intermediate_size"],
+        n_kv_heads=None if kv == heads else kv,
+    )
+    return ModelSpec(
+        "attention",
+        "transformer",
+        name,
+        config["vocab_size"],
+        {"rope_base": float(base)},
+        bool(get("tie_word_embeddings")),
+        dims,
+        float(get("rms_norm_eps")),
+    )
 
 
 def _mamba_common(config: dict[str, Any]) -> tuple[int, int]:
@@ -160,13 +214,25 @@ def _mamba_common(config: dict[str, Any]) -> tuple[int, int]:
 def _mamba_spec(config: dict[str, Any], name: str) -> ModelSpec:
     get = partial(config_field, config)
     d, expand = _mamba_common(config)
-    settings = {"d_state": get("state_size"), "d_conv": get("conv_kernel"), "expand": expand,
-                "dt_rank": config.get("time_step_rank", math.ceil(d / 16))}  # fmt: skip
+    settings = {
+        "d_state": get("state_size"),
+        "d_conv": get("conv_kernel"),
+        "expand": expand,
+        "dt_rank": config.get("time_step_rank", math.ceil(d / 16)),
+    }
     if settings["dt_rank"] == "auto":
         settings["dt_rank"] = math.ceil(d / 16)
     dims = Size(d_model=d, n_layers=config["num_hidden_layers"], n_heads=1, mlp_hidden=0)
-    return ModelSpec("mamba", "mamba_native", name, config["vocab_size"], settings,
-                     bool(get("tie_word_embeddings")), dims, float(get("layer_norm_epsilon")))  # fmt: skip
+    return ModelSpec(
+        "mamba",
+        "mamba_native",
+        name,
+        config["vocab_size"],
+        settings,
+        bool(get("tie_word_embeddings")),
+        dims,
+        float(get("layer_norm_epsilon")),
+    )
 
 
 def _mamba2_spec(config: dict[str, Any], name: str) -> ModelSpec:
@@ -174,43 +240,81 @@ def _mamba2_spec(config: dict[str, Any], name: str) -> ModelSpec:
     d, expand = _mamba_common(config)
     eps = float(get("layer_norm_epsilon"))
     if eps != MAMBA2_NORM_EPS:
-        raise FormatError(f"config.json layer_norm_epsilon={eps} is not supported (our Mamba2 norm uses {MAMBA2_NORM_EPS})")
+        raise FormatError(
+            f"config.json layer_norm_epsilon={eps} is not supported (our Mamba2 norm uses {MAMBA2_NORM_EPS})"
+        )
     low, high = (as_float(v) for v in get("time_step_limit"))
     if low > 0 or high != float("inf"):
         raise FormatError(f"config.json time_step_limit={[low, high]} is not supported (our Mamba2 does not clamp dt)")
     heads, headdim = get("num_heads"), get("head_dim")
     if heads * headdim != expand * d:
         raise FormatError(f"config.json num_heads {heads} x head_dim {headdim} != expand x hidden_size = {expand * d}")
-    settings = {"d_state": get("state_size"), "d_conv": get("conv_kernel"), "expand": expand,
-                "headdim": headdim, "ngroups": get("n_groups"), "chunk_size": get("chunk_size")}  # fmt: skip
+    settings = {
+        "d_state": get("state_size"),
+        "d_conv": get("conv_kernel"),
+        "expand": expand,
+        "headdim": headdim,
+        "ngroups": get("n_groups"),
+        "chunk_size": get("chunk_size"),
+    }
     dims = Size(d_model=d, n_layers=config["num_hidden_layers"], n_heads=heads, mlp_hidden=0)
-    return ModelSpec("mamba2", "mamba_native", name, config["vocab_size"], settings,
-                     bool(get("tie_word_embeddings")), dims, eps)  # fmt: skip
+    return ModelSpec(
+        "mamba2", "mamba_native", name, config["vocab_size"], settings, bool(get("tie_word_embeddings")), dims, eps
+    )
 
 
 def _llama_config(model: CausalLM) -> dict[str, Any]:
     spec, attn = model.spec, model.blocks[0].mixer
-    return {"hidden_size": attn.d_model, "num_attention_heads": attn.n_heads, "num_key_value_heads": attn.n_kv_heads,
-            "head_dim": attn.head_dim, "intermediate_size": model.blocks[0].subs[1].gate.out_features,
-            "rms_norm_eps": spec.norm_eps, "rope_theta": attn.rope_base,
-            "rope_parameters": {"rope_type": "default", "rope_theta": attn.rope_base},
-            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False}  # fmt: skip
+    return {
+        "hidden_size": attn.d_model,
+        "num_attention_heads": attn.n_heads,
+        "num_key_value_heads": attn.n_kv_heads,
+        "head_dim": attn.head_dim,
+        "intermediate_size": model.blocks[0].subs[1].gate.out_features,
+        "rms_norm_eps": spec.norm_eps,
+        "rope_theta": attn.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": attn.rope_base},
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
 
 
 def _mamba_config(model: CausalLM) -> dict[str, Any]:
     m = model.blocks[0].mixer
-    return {"hidden_size": m.d_model, "intermediate_size": m.d_inner, "expand": m.d_inner // m.d_model,
-            "state_size": m.d_state, "conv_kernel": m.d_conv, "time_step_rank": m.dt_rank,
-            "layer_norm_epsilon": model.spec.norm_eps, "hidden_act": "silu", "use_bias": False, "use_conv_bias": True,
-            "residual_in_fp32": True}  # fmt: skip
+    return {
+        "hidden_size": m.d_model,
+        "intermediate_size": m.d_inner,
+        "expand": m.d_inner // m.d_model,
+        "state_size": m.d_state,
+        "conv_kernel": m.d_conv,
+        "time_step_rank": m.dt_rank,
+        "layer_norm_epsilon": model.spec.norm_eps,
+        "hidden_act": "silu",
+        "use_bias": False,
+        "use_conv_bias": True,
+        "residual_in_fp32": True,
+    }
 
 
 def _mamba2_config(model: CausalLM) -> dict[str, Any]:
     m = model.blocks[0].mixer
-    return {"hidden_size": m.d_model, "expand": m.d_inner // m.d_model, "num_heads": m.heads, "head_dim": m.headdim,
-            "n_groups": m.ngroups, "state_size": m.d_state, "conv_kernel": m.d_conv, "chunk_size": m.chunk_size,
-            "layer_norm_epsilon": MAMBA2_NORM_EPS, "hidden_act": "silu", "use_bias": False, "use_conv_bias": True,
-            "residual_in_fp32": True, "time_step_limit": [0.0, float("inf")]}  # fmt: skip
+    return {
+        "hidden_size": m.d_model,
+        "expand": m.d_inner // m.d_model,
+        "num_heads": m.heads,
+        "head_dim": m.headdim,
+        "n_groups": m.ngroups,
+        "state_size": m.d_state,
+        "conv_kernel": m.d_conv,
+        "chunk_size": m.chunk_size,
+        "layer_norm_epsilon": MAMBA2_NORM_EPS,
+        "hidden_act": "silu",
+        "use_bias": False,
+        "use_conv_bias": True,
+        "residual_in_fp32": True,
+        "time_step_limit": [0.0, float("inf")],
+    }
 
 
 @dataclass(frozen=True)
@@ -282,9 +386,16 @@ def hf_config(model: CausalLM, max_positions: int) -> tuple[HFArchitecture, dict
     arch = BY_ARCH.get(model.spec.arch)
     if arch is None:
         raise FormatError(f"{model.spec.arch} has no transformers class (exported with trust_remote_code instead)")
-    config = {"architectures": [arch.hf_class], "model_type": arch.model_type, "vocab_size": model.spec.vocab_size,
-              "num_hidden_layers": len(model.blocks), "tie_word_embeddings": model.spec.tie_embeddings,
-              "max_position_embeddings": max_positions, "torch_dtype": "float32", **arch.config(model)}  # fmt: skip
+    config = {
+        "architectures": [arch.hf_class],
+        "model_type": arch.model_type,
+        "vocab_size": model.spec.vocab_size,
+        "num_hidden_layers": len(model.blocks),
+        "tie_word_embeddings": model.spec.tie_embeddings,
+        "max_position_embeddings": max_positions,
+        "torch_dtype": "float32",
+        **arch.config(model),
+    }
     if arch.model_type == "mamba2" and model.spec.norm_eps != MAMBA2_NORM_EPS:
         config["tie_word_embeddings"] = False  # see hf_tensors: the residual stream is rescaled
     return arch, config
@@ -320,7 +431,7 @@ def hf_tensors(model: CausalLM) -> dict[str, torch.Tensor]:
     return out
 
 
-def import_transformers():  # noqa: ANN201 - the transformers module
+def import_transformers():
     """``transformers`` on its own PyTorch paths, never Hugging Face's hub kernels.
 
     A comparison with our blocks wants ``transformers``' reference code, and hub kernels would

@@ -88,8 +88,10 @@ class LinearAttention(LinearFamilyMixer):
     """Causal linear attention (module doc)."""
 
     kernels = {
-        "fla": linear_attention_fla, "chunked": linear_attention_chunked, "reference": linear_attention_reference,
-    }  # fmt: skip
+        "fla": linear_attention_fla,
+        "chunked": linear_attention_chunked,
+        "reference": linear_attention_reference,
+    }
 
     def __init__(
         self, d_model: int, layer_idx: int = 0, n_heads: int = 4, chunk_size: int = 64, backend: str = "auto"

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixbench_kernels.causal_conv import causal_conv1d_shift, causal_conv1d_update_triton
 from mixbench_kernels.selective_scan import (
     auto_chunk_size,
     causal_conv1d_cuda,
@@ -48,12 +49,10 @@ from mixbench_kernels.selective_scan import (
     triton_unavailable_reason,
 )
 from mixbench_kernels.selective_scan.reference import scan_dtype
-from mixbench_kernels.causal_conv import causal_conv1d_shift, causal_conv1d_update_triton
 from mixbench_kernels.ssm_step import ssm_state_update_triton
 from models.layers import CausalDepthwiseConv
 from models.mixer import Backend, SequenceMixer, always, needs_cuda_module
 from models.registry import register_mixer
-
 
 # The fused one-token kernels: causal-conv1d's CUDA update and mamba-ssm's Triton state update.
 MAMBA_SSM_DECODE = needs_cuda_module("mamba_ssm", "causal_conv1d_cuda", "mamba_ssm.ops.triton.selective_state_update")
@@ -210,7 +209,7 @@ class Mamba(SequenceMixer):
         y = (y * F.silu(z)).to(x_t.dtype)
         return self.out_proj(y), {"conv": conv_state, "ssm": h, "pos": state["pos"] + 1}
 
-    def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):  # noqa: ANN001
+    def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):
         """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and ``state["ssm"]`` in place."""
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
         conv = self.conv.conv
@@ -218,9 +217,17 @@ class Mamba(SequenceMixer):
         dt, B, C = self._ssm_inputs(xc)
         work = state["ssm"].dtype
         y = state_update(
-            state["ssm"], xc, dt, -torch.exp(self.A_log.to(work)), B, C, self.D.to(work), z=z,
-            dt_bias=self.dt_proj.bias.to(work), dt_softplus=True,
-        )  # fmt: skip
+            state["ssm"],
+            xc,
+            dt,
+            -torch.exp(self.A_log.to(work)),
+            B,
+            C,
+            self.D.to(work),
+            z=z,
+            dt_bias=self.dt_proj.bias.to(work),
+            dt_softplus=True,
+        )
         return self.out_proj(y.to(x_t.dtype)), {**state, "pos": state["pos"] + 1}
 
     def flops(self, seq_len: int) -> int:

@@ -178,7 +178,7 @@ class Mamba2(SequenceMixer):
         y = torch.einsum("bhpn,bhn->bhp", H, C) + self.D.to(work)[:, None] * x
         return self._out(y.to(u_t.dtype), z), {"conv": conv_state, "ssm": H, "pos": state["pos"] + 1}
 
-    def _step_fused(self, u_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):  # noqa: ANN001
+    def _step_fused(self, u_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):
         """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and ``state["ssm"]`` in place.
 
         The kernel takes per-channel ``A``, ``dt``, ``dt_bias`` and ``D``: the per-head values are
@@ -189,11 +189,16 @@ class Mamba2(SequenceMixer):
         x, B, C = self._heads(conv_update(xbc, state["conv"], conv.weight.squeeze(1), conv.bias, "silu"))
         work, per_head = state["ssm"].dtype, (self.heads, self.headdim)
         y = state_update(
-            state["ssm"], x, dt[:, :, None].expand(-1, *per_head),
-            -torch.exp(self.A_log.to(work))[:, None, None].expand(*per_head, self.d_state), B, C,
-            self.D.to(work)[:, None].expand(per_head), dt_bias=self.dt_bias.to(work)[:, None].expand(per_head),
+            state["ssm"],
+            x,
+            dt[:, :, None].expand(-1, *per_head),
+            -torch.exp(self.A_log.to(work))[:, None, None].expand(*per_head, self.d_state),
+            B,
+            C,
+            self.D.to(work)[:, None].expand(per_head),
+            dt_bias=self.dt_bias.to(work)[:, None].expand(per_head),
             dt_softplus=True,
-        )  # fmt: skip
+        )
         return self._out(y.to(u_t.dtype), z), {**state, "pos": state["pos"] + 1}
 
     def flops(self, seq_len: int) -> int:

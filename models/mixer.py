@@ -70,7 +70,7 @@ def import_error(module: str) -> str | None:
     """
     try:
         importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - ImportError, OSError (a missing libcudart), ...
+    except Exception as exc:
         lines = str(exc).strip().splitlines()
         return f"{module} does not import: {type(exc).__name__}: {lines[0] if lines else 'no message'}"
     return None

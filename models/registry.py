@@ -86,7 +86,7 @@ def _load_entry_points() -> None:
         origin = f"entry-point {ep.value}"
         try:
             cls = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
+        except Exception as exc:
             _REGISTRY[ep.name] = MixerEntry(ep.name, origin, import_error=f"import failed: {exc}")
             continue
         register_mixer(ep.name, origin=origin)(cls)

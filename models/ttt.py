@@ -191,10 +191,13 @@ class TTTLayer(SequenceMixer):
             y = F.gelu(self.g_proj(x), approximate="tanh") * y
         return self.o_proj(y), (None if state is None else {"ttt": inner, **convs})
 
-    def _fresh_inner(self, backend: str, batch: int, device: torch.device | None = None,
-                     dtype: torch.dtype | None = None) -> tuple:  # fmt: skip
+    def _fresh_inner(
+        self, backend: str, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> tuple:
         """The inner learner's state before the first token (``backend`` picks its form)."""
-        return fresh_state(tuple((w.to(device=device), b.to(device=device)) for w, b in self._initial_params(batch, dtype)))
+        return fresh_state(
+            tuple((w.to(device=device), b.to(device=device)) for w, b in self._initial_params(batch, dtype))
+        )
 
     def _inner_loop(self, backend: str, q, k, v, lr, inner) -> tuple[torch.Tensor, tuple]:
         """``backend``'s inner loop over the tokens; inputs already in the dtype it computes in.
@@ -203,11 +206,16 @@ class TTTLayer(SequenceMixer):
         """
         shape = (self.n_heads, 1, self.head_dim)
         return ttt(
-            backend, q, k, v, lr, inner,
+            backend,
+            q,
+            k,
+            v,
+            lr,
+            inner,
             token_scale=self.token_scale().to(q.dtype),
             ln_weight=self.ttt_norm_weight.reshape(shape).to(q.dtype),
             ln_bias=self.ttt_norm_bias.reshape(shape).to(q.dtype),
-        )  # fmt: skip
+        )
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         work = torch.promote_types(dtype, torch.float32)  # the inner state is kept in float32 (see forward)

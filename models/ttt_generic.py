@@ -28,7 +28,6 @@ import importlib
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.flop_counter import FlopCounterMode
@@ -171,8 +170,10 @@ class TTT(TTTLayer):
         ln = {}
         if self.inner_layer_norm:
             shape = (self.n_heads, 1, self.head_dim)
-            ln = dict(ln_weight=self.ttt_norm_weight.reshape(shape).to(q.dtype),
-                      ln_bias=self.ttt_norm_bias.reshape(shape).to(q.dtype))  # fmt: skip
+            ln = dict(
+                ln_weight=self.ttt_norm_weight.reshape(shape).to(q.dtype),
+                ln_bias=self.ttt_norm_bias.reshape(shape).to(q.dtype),
+            )
         opts = dict(token_scale=self.token_scale().to(q.dtype), residual=self.inner_residual, **ln)
         if form == "dual":
             return ttt_dual(q, k, v, lr, inner, **opts)

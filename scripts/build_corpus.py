@@ -38,9 +38,7 @@ EXPECTED = {"books": 66, "chapters": 1189, "verses": 31102}
 def read_verses() -> list[str]:
     if shutil.which("bible") is None:
         sys.exit("the `bible` program is missing: apt-get install -y bible-kjv")
-    out = subprocess.run(
-        ["bible", "-f", "Gen1:1-Rev22:21"], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["bible", "-f", "Gen1:1-Rev22:21"], check=True, capture_output=True, text=True).stdout
     return out.splitlines()
 
 
@@ -98,8 +96,10 @@ def main() -> None:
 
     n_tokens = sum(len(e.ids) for e in tok.encode_batch(docs))
     print(f"{corpus}: {len(docs)} lines, {corpus.stat().st_size:,} bytes")
-    print(f"{tok_path}: vocab {tok.get_vocab_size():,}, {n_tokens:,} tokens in the corpus "
-          f"(+{len(docs):,} end-of-text tokens when packed)")
+    print(
+        f"{tok_path}: vocab {tok.get_vocab_size():,}, {n_tokens:,} tokens in the corpus "
+        f"(+{len(docs):,} end-of-text tokens when packed)"
+    )
 
 
 if __name__ == "__main__":

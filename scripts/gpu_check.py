@@ -46,8 +46,15 @@ EXIT_NO_GPU = 3  # distinct from 0 (all passed), 1 (a check failed) and 2 (bad a
 BUDGET_S = 480  # the whole script: 8 minutes
 XDIST_WORKERS = 12  # processes for ``pytest -m gpu`` (at most one per CPU core)
 SMOKE = ROOT / "suites" / "smoke.yaml"
-LATENCY = {"sizes": ["tiny"], "contexts": [128, 512], "batch": 1, "warmup": 1, "repeats": 3, "decode_tokens": 16,
-           "device": "cuda"}  # fmt: skip
+LATENCY = {
+    "sizes": ["tiny"],
+    "contexts": [128, 512],
+    "batch": 1,
+    "warmup": 1,
+    "repeats": 3,
+    "decode_tokens": 16,
+    "device": "cuda",
+}
 LATENCY_VARIANTS = [(dtype, graphs) for dtype in ("float32", "bfloat16") for graphs in (False, True)]
 
 
@@ -99,8 +106,12 @@ def smoke_suite(models: list[str]) -> dict:
 def latency_suite(models: list[str], dtype: str, graphs: bool) -> dict:
     vocab = yaml.safe_load(SMOKE.read_text())["latency"]["vocab_size"]
     name = f"gpu_check_latency_{dtype}_{'graphs' if graphs else 'eager'}"
-    return {"name": name, "models": models, "sizes": ["tiny"],
-            "latency": {**LATENCY, "dtype": dtype, "cuda_graphs": graphs, "vocab_size": vocab}}  # fmt: skip
+    return {
+        "name": name,
+        "models": models,
+        "sizes": ["tiny"],
+        "latency": {**LATENCY, "dtype": dtype, "cuda_graphs": graphs, "vocab_size": vocab},
+    }
 
 
 def pytest_workers() -> int:
@@ -119,25 +130,69 @@ def build_checks(out: Path, python: str = sys.executable, workers: int | None = 
     models = smoke_models()
     workers = pytest_workers() if workers is None else workers
     parallel = ["-n", str(workers)] if workers else []
-    checks = [Check("GPU-only tests (pytest -m gpu)", [python, "-m", "pytest", "-q", "-m", "gpu", *parallel, "-p", "no:cacheprovider",
-                                                       f"--junitxml={out / 'pytest.xml'}", str(ROOT / "tests")],
-                    timeout_s=240, judge=lambda code, log: [judge_pytest(out / "pytest.xml", code, workers)])]  # fmt: skip
+    checks = [
+        Check(
+            "GPU-only tests (pytest -m gpu)",
+            [
+                python,
+                "-m",
+                "pytest",
+                "-q",
+                "-m",
+                "gpu",
+                *parallel,
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={out / 'pytest.xml'}",
+                str(ROOT / "tests"),
+            ],
+            timeout_s=240,
+            judge=lambda code, log: [judge_pytest(out / "pytest.xml", code, workers)],
+        )
+    ]
     smoke = out / "smoke_micro_cuda.yaml"
     smoke.write_text(yaml.safe_dump(smoke_suite(models), sort_keys=False))
-    checks.append(Check("smoke micro, CUDA bf16", [python, "-m", "harness", "run", str(smoke), "--db", db,
-                                                    "--cache-dir", str(out / "cache"), "--report-dir", str(out / "dashboards")],
-                        timeout_s=240, judge=lambda code, log: judge_smoke(db, models, code)))  # fmt: skip
+    checks.append(
+        Check(
+            "smoke micro, CUDA bf16",
+            [
+                python,
+                "-m",
+                "harness",
+                "run",
+                str(smoke),
+                "--db",
+                db,
+                "--cache-dir",
+                str(out / "cache"),
+                "--report-dir",
+                str(out / "dashboards"),
+            ],
+            timeout_s=240,
+            judge=lambda code, log: judge_smoke(db, models, code),
+        )
+    )
     for dtype, graphs in LATENCY_VARIANTS:
         spec = latency_suite(models, dtype, graphs)
         path = out / f"{spec['name']}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         label = f"latency tiny, {dtype}, {'CUDA graphs' if graphs else 'eager'}"
-        checks.append(Check(label, [python, "-m", "harness", "latency", str(path), "--db", db,
-                                    "--report-dir", str(out / "dashboards")], timeout_s=150,
-                            judge=lambda code, log, s=spec["name"], g=graphs, d=dtype: [judge_latency(db, s, d, g, code)]))  # fmt: skip
+        checks.append(
+            Check(
+                label,
+                [python, "-m", "harness", "latency", str(path), "--db", db, "--report-dir", str(out / "dashboards")],
+                timeout_s=150,
+                judge=lambda code, log, s=spec["name"], g=graphs, d=dtype: [judge_latency(db, s, d, g, code)],
+            )
+        )
     for bench in sorted((ROOT / "benchmarks").glob("*.py")):
-        checks.append(Check(f"benchmarks/{bench.name} --device cuda --quick",
-                            [python, str(bench), "--device", "cuda", "--quick"], timeout_s=120))  # fmt: skip
+        checks.append(
+            Check(
+                f"benchmarks/{bench.name} --device cuda --quick",
+                [python, str(bench), "--device", "cuda", "--quick"],
+                timeout_s=120,
+            )
+        )
     return checks
 
 
@@ -153,7 +208,9 @@ def judge_pytest(junit: Path, code: int, workers: int = 0) -> Result:
     except (OSError, ET.ParseError, AttributeError):
         return Result(name, False, 0.0, f"no test report (pytest exit {code})")
     ran = counts["tests"] - counts["skipped"]
-    detail = f"{ran} passed" if code == 0 else f"{counts['failures']} failed, {counts['errors']} errors of {counts['tests']}"
+    detail = (
+        f"{ran} passed" if code == 0 else f"{counts['failures']} failed, {counts['errors']} errors of {counts['tests']}"
+    )
     if counts["skipped"]:
         detail += f", {counts['skipped']} skipped (a GPU machine with the [gpu] extra should skip none)"
     detail += f", {workers} xdist workers" if workers else ", serially (pytest-xdist is not installed)"
@@ -184,8 +241,12 @@ def judge_latency(db: str, suite: str, dtype: str, graphs: bool, code: int) -> R
 
     label = f"latency tiny, {dtype}, {'CUDA graphs' if graphs else 'eager'}"
     rows = Store(db).latency_rows(suite) if Path(db).exists() else []
-    problems = [f"{r.mixer}@{r.backbone} {r.mode} T{r.context}: {r.status} "
-                f"({(r.environment or {}).get('latency', {}).get('error')})" for r in rows if r.status != "ok"]  # fmt: skip
+    problems = [
+        f"{r.mixer}@{r.backbone} {r.mode} T{r.context}: {r.status} "
+        f"({(r.environment or {}).get('latency', {}).get('error')})"
+        for r in rows
+        if r.status != "ok"
+    ]
     for r in rows:
         backend = r.backend.removesuffix("+cuda-graph")
         if r.mixer == "attention" and backend not in (("sdpa",) if dtype == "float32" else ("flash-attn", "sdpa")):
@@ -197,13 +258,17 @@ def judge_latency(db: str, suite: str, dtype: str, graphs: bool, code: int) -> R
         problems.append(f"no rows stored (harness exit {code})")
     attention = sorted({f"{r.mode} {r.backend}" for r in rows if r.mixer == "attention"})
     detail = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-    return Result(label, code == 0 and not problems, 0.0, detail or f"{len(rows)} rows ok; attention: {', '.join(attention)}")
+    return Result(
+        label, code == 0 and not problems, 0.0, detail or f"{len(rows)} rows ok; attention: {', '.join(attention)}"
+    )
 
 
 # --- running ----------------------------------------------------------------------------------
 
 
-def run_checks(checks: list[Check], out: Path, budget_s: float = BUDGET_S, echo: Callable[[str], None] = print) -> list[Result]:
+def run_checks(
+    checks: list[Check], out: Path, budget_s: float = BUDGET_S, echo: Callable[[str], None] = print
+) -> list[Result]:
     """Run each check in turn with its own timeout, within ``budget_s`` overall; log each to ``out``."""
     deadline = time.monotonic() + budget_s
     results: list[Result] = []
@@ -218,8 +283,14 @@ def run_checks(checks: list[Check], out: Path, budget_s: float = BUDGET_S, echo:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **check.env}
         try:
             with log.open("w") as fh:
-                code = subprocess.run(check.command, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                      timeout=min(check.timeout_s, left)).returncode  # fmt: skip
+                code = subprocess.run(
+                    check.command,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    timeout=min(check.timeout_s, left),
+                ).returncode
         except subprocess.TimeoutExpired:
             results.append(Result(check.name, False, time.monotonic() - began, f"timed out (log {log.name})"))
             continue
@@ -245,7 +316,9 @@ def table_markdown(results: list[Result], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None, help="folder for the table and logs (default results/gpu_check/<UTC time>)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for the table and logs (default results/gpu_check/<UTC time>)"
+    )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False); nothing was checked")
@@ -256,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     results = run_checks(build_checks(out), out)
-    header = (f"# gpu_check: {machine_summary(torch.device('cuda'))}\n\ncommit {git_commit()}, "
-              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {time.monotonic() - began:.0f} s in all")  # fmt: skip
+    header = (
+        f"# gpu_check: {machine_summary(torch.device('cuda'))}\n\ncommit {git_commit()}, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {time.monotonic() - began:.0f} s in all"
+    )
     table = table_markdown(results, header)
     (out / "table.md").write_text(table)
     print(table)

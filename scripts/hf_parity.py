@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.data import load_tokenizer  # noqa: E402
-from harness.data.common import CORPUS_DIR  # noqa: E402
-from harness.interop.hf_io import read_folder, resolve_source  # noqa: E402
-from models import build  # noqa: E402
-from models.hf_format import import_transformers, load_into, spec_from_config  # noqa: E402
+from harness.data import load_tokenizer
+from harness.data.common import CORPUS_DIR
+from harness.interop.hf_io import read_folder, resolve_source
+from models import build
+from models.hf_format import import_transformers, load_into, spec_from_config
 
 
 def measure(source: str, tokens: int, revision: str | None = None) -> dict[str, float]:
@@ -50,11 +50,15 @@ def measure(source: str, tokens: int, revision: str | None = None) -> dict[str, 
         return math.exp(F.cross_entropy(logits[0, :-1], ids[0, 1:]).item())
 
     return {
-        "revision": resolved, "tokens": ids.shape[1], "max_abs_diff": diff.max().item(),
-        "mean_abs_diff": diff.mean().item(), "max_abs_logit": b.abs().max().item(),
+        "revision": resolved,
+        "tokens": ids.shape[1],
+        "max_abs_diff": diff.max().item(),
+        "mean_abs_diff": diff.mean().item(),
+        "max_abs_logit": b.abs().max().item(),
         "argmax_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item(),
-        "ppl_ours": ppl(a), "ppl_transformers": ppl(b),
-    }  # fmt: skip
+        "ppl_ours": ppl(a),
+        "ppl_transformers": ppl(b),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     figures = measure(args.source, args.tokens, args.revision)
     print("command:", "python scripts/hf_parity.py", *(argv if argv is not None else sys.argv[1:]))
-    print(f"machine: {platform.platform()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; float32 on CPU")  # fmt: skip
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; float32 on CPU"
+    )
     print(f"source: {args.source} @ {figures['revision']}, {figures['tokens']} tokens of the shipped KJV text")
-    print(f"max |ours - transformers| = {figures['max_abs_diff']:.3g} (max |logit| {figures['max_abs_logit']:.3g}, "
-          f"ratio {figures['max_abs_diff'] / figures['max_abs_logit']:.3g}); mean {figures['mean_abs_diff']:.3g}")  # fmt: skip
+    print(
+        f"max |ours - transformers| = {figures['max_abs_diff']:.3g} (max |logit| {figures['max_abs_logit']:.3g}, "
+        f"ratio {figures['max_abs_diff'] / figures['max_abs_logit']:.3g}); mean {figures['mean_abs_diff']:.3g}"
+    )
     print(f"next-token argmax agreement: {100 * figures['argmax_agreement']:.2f}%")
     print(f"perplexity on the text: ours {figures['ppl_ours']:.4f}, transformers {figures['ppl_transformers']:.4f}")
     return 0

@@ -51,8 +51,10 @@ def failing_repetitions(switch: Callable[[Path], None], repetitions: int, folder
     for i in range(repetitions):
         results: mp.Queue = mp.Queue()
         start = time.time() + 0.3
-        procs = [mp.Process(target=worker, args=(switch, folder / f"{switch.__name__}{i}.db", start, results))
-                 for _ in range(8)]  # fmt: skip
+        procs = [
+            mp.Process(target=worker, args=(switch, folder / f"{switch.__name__}{i}.db", start, results))
+            for _ in range(8)
+        ]
         for p in procs:
             p.start()
         for p in procs:

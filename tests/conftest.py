@@ -35,7 +35,7 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 _NAMES_A_GPU = re.compile(r"\b(CUDA|GPU)\b")
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest's hook signature
+def pytest_collection_modifyitems(config, items):
     """Mark GPU-only tests ``gpu``; without CUDA, skip them with the reason."""
     cuda = torch.cuda.is_available()
     for item in items:
@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest's hoo
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (a gpu test: scripts/gpu_check.py runs it)"))
 
 
-def matmul_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):  # noqa: ANN001
+def matmul_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
     scores = q @ k.transpose(-1, -2) * (scale or 1 / math.sqrt(q.shape[-1]))
     if is_causal:
         t, s = scores.shape[-2:]

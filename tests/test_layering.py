@@ -24,8 +24,18 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "harness.monitor": ("harness.report",),
     "harness.launch": ("harness.runner",),
     "harness.store": (
-        "harness.cli", "harness.config", "harness.data", "harness.engine", "harness.evaluate", "harness.interop",
-        "harness.launch", "harness.measure", "harness.monitor", "harness.report", "harness.runner", "harness.tasks",
+        "harness.cli",
+        "harness.config",
+        "harness.data",
+        "harness.engine",
+        "harness.evaluate",
+        "harness.interop",
+        "harness.launch",
+        "harness.measure",
+        "harness.monitor",
+        "harness.report",
+        "harness.runner",
+        "harness.tasks",
     ),
     "harness.common": ("harness.", "models", "mixbench_kernels"),
     "models": ("harness",),
@@ -102,7 +112,11 @@ def test_no_part_imports_what_it_may_not():
     [
         ("harness.engine.train", "from harness.store.database import Store", 1),
         ("harness.engine.train", "def f():\n    import harness.report.dashboard", 1),  # inside a function counts
-        ("harness.engine.train", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from harness.store import x", 0),
+        (
+            "harness.engine.train",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from harness.store import x",
+            0,
+        ),
         ("harness.engine.train", "from harness.engine.parallel import prepare", 0),
         ("harness.common.names", "from harness.common.errors import one_line", 0),  # within its own part
         ("harness.common.names", "import harness", 0),  # the package root holds no part
@@ -113,16 +127,19 @@ def test_no_part_imports_what_it_may_not():
 def test_the_checker_sees_forbidden_arrows(module, source, expected):
     rules = [(part, banned) for part, banned in FORBIDDEN.items() if matches(module, part)]
     hits = [
-        name for _, name in imports(ast.parse(source), module)
-        for part, banned in rules for prefix in banned if matches(name, prefix) and not matches(name, part)
-    ]  # fmt: skip
+        name
+        for _, name in imports(ast.parse(source), module)
+        for part, banned in rules
+        for prefix in banned
+        if matches(name, prefix) and not matches(name, part)
+    ]
     assert len(hits) == expected, hits
 
 
 def design_table() -> dict[str, tuple[str, ...]]:
     """The rules as ``docs/design.md`` writes them: one row per rule, its parts in backticks."""
     design = (ROOT / "docs" / "design.md").read_text()
-    section = design[design.index("| from | may not import | why |"):].split("\n\n")[0]
+    section = design[design.index("| from | may not import | why |") :].split("\n\n")[0]
     rules: dict[str, tuple[str, ...]] = {}
     for row in section.splitlines()[2:]:
         parts, banned = (re.findall(r"`([^`]+)`", cell) for cell in row.split("|")[1:3])

@@ -20,8 +20,9 @@ def test_every_package_folder_is_listed_under_its_import_name():
     assert folders == {"mixbench_kernels": ROOT / "kernels"}
     found = {
         ".".join(init.parent.relative_to(ROOT).parts)
-        for top in ("harness", "models") for init in (ROOT / top).rglob("__init__.py")
-    }  # fmt: skip
+        for top in ("harness", "models")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
     found |= {"mixbench_kernels"} | {
         ".".join(("mixbench_kernels", *init.parent.relative_to(ROOT / "kernels").parts))
         for init in (ROOT / "kernels").rglob("__init__.py")

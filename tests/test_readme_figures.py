@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from harness.cli import main
+from harness.config.suite import load_suite
 from harness.measure.environment import cpu_model
 from harness.store.database import Store
-from harness.config.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,8 +54,18 @@ def test_the_block_between_the_markers_is_replaced_and_nothing_else(figures):
 def test_a_suite_with_cells_not_done_is_refused_in_one_line(figures, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(README.format(name="mqar"))
-    code = figures.main(["--db", str(tmp_path / "empty.db"), "--suite", "mqar", "--readme", str(readme),
-                         "--figures-dir", str(tmp_path / "figs")])  # fmt: skip
+    code = figures.main(
+        [
+            "--db",
+            str(tmp_path / "empty.db"),
+            "--suite",
+            "mqar",
+            "--readme",
+            str(readme),
+            "--figures-dir",
+            str(tmp_path / "figs"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "suite mqar: 24 of 24 cells are not done" in err and "python -m harness run suites/mqar.yaml" in err
@@ -68,7 +78,9 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_refresh_writes_png_panels_and_the_tables_of_a_task_and_a_text_suite(figures, tmp_path, monkeypatch, small_corpus):
+def test_refresh_writes_png_panels_and_the_tables_of_a_task_and_a_text_suite(
+    figures, tmp_path, monkeypatch, small_corpus
+):
     if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
         if os.environ.get("MIXBENCH_REQUIRE_BROWSER"):
             pytest.fail("MIXBENCH_REQUIRE_BROWSER is set but no chromium is on PATH")
@@ -76,12 +88,22 @@ def test_refresh_writes_png_panels_and_the_tables_of_a_task_and_a_text_suite(fig
     pytest.importorskip("kaleido", reason="static figures need the [figures] extra (kaleido)")
     monkeypatch.chdir(tmp_path)
     train = {"tokens": 2048, "batch_tokens": 256, "lr": [3e-3, 1e-2], "log_every": 4, "device": "cpu"}
-    task = {"name": "recall", "task": {"name": "mqar", "params": {"num_kv_pairs": 2, "vocab_size": 16}, "n_train": 64,
-            "n_val": 16}, "models": ["attention@transformer"], "sizes": ["micro", "tiny"], "seq_lens": [16],
-            "train": train}  # fmt: skip
-    text = {"name": "text", "data": {"source": str(small_corpus), "tokenizer": "bytes", "seq_len": 32},
-            "models": ["attention@transformer", "ttt_linear@transformer"], "sizes": ["micro"],
-            "train": {**train, "lr": 3e-3}, "eval": {"position_buckets": 4, "max_val_sequences": 8}}  # fmt: skip
+    task = {
+        "name": "recall",
+        "task": {"name": "mqar", "params": {"num_kv_pairs": 2, "vocab_size": 16}, "n_train": 64, "n_val": 16},
+        "models": ["attention@transformer"],
+        "sizes": ["micro", "tiny"],
+        "seq_lens": [16],
+        "train": train,
+    }
+    text = {
+        "name": "text",
+        "data": {"source": str(small_corpus), "tokenizer": "bytes", "seq_len": 32},
+        "models": ["attention@transformer", "ttt_linear@transformer"],
+        "sizes": ["micro"],
+        "train": {**train, "lr": 3e-3},
+        "eval": {"position_buckets": 4, "max_val_sequences": 8},
+    }
     paths = []
     for suite in (task, text):
         paths.append(tmp_path / f"{suite['name']}.yaml")
@@ -92,8 +114,11 @@ def test_refresh_writes_png_panels_and_the_tables_of_a_task_and_a_text_suite(fig
 
     written = figures.refresh(Store(), paths, tmp_path / "docs" / "figures", readme)
     names = sorted(p.relative_to(tmp_path / "docs" / "figures").as_posix() for p in written)
-    assert names == ["recall/mqar-accuracy-vs-state-size.png", "text/perplexity-by-token-index-validation.png",
-                     "text/validation-perplexity-vs-training-flops.png"]  # fmt: skip
+    assert names == [
+        "recall/mqar-accuracy-vs-state-size.png",
+        "text/perplexity-by-token-index-validation.png",
+        "text/validation-perplexity-vs-training-flops.png",
+    ]
     assert all(_png_size(p)[0] == 1200 for p in written)
     page = readme.read_text()
     assert "stale text" not in page and page.count("do not edit by hand") == 2

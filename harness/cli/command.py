@@ -24,8 +24,12 @@ class Command:
 
 
 def add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None, help="SQLite path or SQLAlchemy URL, e.g. postgresql://user@host/db "
-                   "(default $MIXBENCH_DB, else results/mixbench.db)")  # fmt: skip
+    p.add_argument(
+        "--db",
+        default=None,
+        help="SQLite path or SQLAlchemy URL, e.g. postgresql://user@host/db "
+        "(default $MIXBENCH_DB, else results/mixbench.db)",
+    )
 
 
 def error_console() -> Console:

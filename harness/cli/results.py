@@ -10,20 +10,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.cli.command import Command, add_db, error_console
+from harness.common.names import MetricName, RunStatus
 from harness.config.suite import load_suite
 from harness.monitor.health import Thresholds, flags_by_run
 from harness.monitor.watch import watch
 from harness.report.dashboard import DEFAULT_REPORT_DIR, IMAGE_FORMATS, spread_rows, write_reports
 from harness.store.database import Store
 from models.registry import list_mixers
-from harness.common.names import MetricName, RunStatus
 
 
 def results_arguments(p: argparse.ArgumentParser) -> None:
     add_db(p)
     p.add_argument("--suite")
-    p.add_argument("--stale-minutes", type=float, default=Thresholds.stale_minutes,
-                   help="flag a running cell with no heartbeat for this long")  # fmt: skip
+    p.add_argument(
+        "--stale-minutes",
+        type=float,
+        default=Thresholds.stale_minutes,
+        help="flag a running cell with no heartbeat for this long",
+    )
 
 
 def watch_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,8 +35,12 @@ def watch_arguments(p: argparse.ArgumentParser) -> None:
     add_db(p)
     p.add_argument("--every", type=float, default=5.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print one table and exit")
-    p.add_argument("--stale-minutes", type=float, default=Thresholds.stale_minutes,
-                   help="flag a running cell with no heartbeat for this long")  # fmt: skip
+    p.add_argument(
+        "--stale-minutes",
+        type=float,
+        default=Thresholds.stale_minutes,
+        help="flag a running cell with no heartbeat for this long",
+    )
 
 
 def query_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,8 +62,14 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_watch(args: argparse.Namespace, console: Console) -> int:
     name = load_suite(Path(args.suite)).name if Path(args.suite).is_file() else args.suite
-    watch(Store(args.db), name, args.every, console, once=args.once,
-          thresholds=Thresholds(stale_minutes=args.stale_minutes))  # fmt: skip
+    watch(
+        Store(args.db),
+        name,
+        args.every,
+        console,
+        once=args.once,
+        thresholds=Thresholds(stale_minutes=args.stale_minutes),
+    )
     return 0
 
 
@@ -90,8 +104,21 @@ def results_table(store: Store, suite: str | None, thresholds: Thresholds = Thre
     runs = store.runs(suite)
     flags = flags_by_run(runs, rows, thresholds=thresholds)
     table = Table(title=f"results{f' of suite {suite}' if suite else ''}")
-    for col in ("run key", "suite", "model", "size", "seq", "params", "status", "job", "val ppl", "train FLOPs", "backend",
-                "error", "flags"):  # fmt: skip
+    for col in (
+        "run key",
+        "suite",
+        "model",
+        "size",
+        "seq",
+        "params",
+        "status",
+        "job",
+        "val ppl",
+        "train FLOPs",
+        "backend",
+        "error",
+        "flags",
+    ):
         table.add_column(col)
     for r in runs:
         ppl = values.get((r.run_key, MetricName.VAL_PPL))
@@ -100,10 +127,20 @@ def results_table(store: Store, suite: str | None, thresholds: Thresholds = Thre
         if r.status == RunStatus.RUNNING and (step := values.get((r.run_key, "progress/step"))) is not None:
             status += f" (step {step:.0f}, {values.get((r.run_key, 'progress/tokens'), 0):,.0f} tokens)"
         table.add_row(
-            r.run_key, r.suite, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len),
-            f"{r.n_params:,}" if r.n_params else "-", status, r.job_id or "-", f"{ppl:.2f}" if ppl else "-",
-            f"{flops:.3g}" if flops else "-", r.backend or "-", r.error or "", "; ".join(flags[r.run_key]),
-        )  # fmt: skip
+            r.run_key,
+            r.suite,
+            f"{r.mixer}@{r.backbone}",
+            r.size,
+            str(r.seq_len),
+            f"{r.n_params:,}" if r.n_params else "-",
+            status,
+            r.job_id or "-",
+            f"{ppl:.2f}" if ppl else "-",
+            f"{flops:.3g}" if flops else "-",
+            r.backend or "-",
+            r.error or "",
+            "; ".join(flags[r.run_key]),
+        )
     return table
 
 
@@ -113,7 +150,9 @@ def seeds_table(store: Store, suite: str | None) -> Table | None:
     rows = spread_rows(store.runs(suite), values)
     if not rows:
         return None
-    table = Table(title=escape("over seeds: median [min-max]; chosen: the lr with the best median; ties: ranges overlap"))
+    table = Table(
+        title=escape("over seeds: median [min-max]; chosen: the lr with the best median; ties: ranges overlap")
+    )
     for col in rows[0]:
         table.add_column(col)
     for row in rows:
@@ -141,8 +180,12 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
 COMMANDS = (
     Command("mixers", "list registered mixers, their backends and availability", lambda p: None, cmd_mixers),
     Command("results", "a table of runs and their headline numbers", results_arguments, cmd_results),
-    Command("watch", "a live table of a suite's cells: progress, loss, speed, ETA, job, host, flags", watch_arguments,
-            cmd_watch),
+    Command(
+        "watch",
+        "a live table of a suite's cells: progress, loss, speed, ETA, job, host, flags",
+        watch_arguments,
+        cmd_watch,
+    ),
     Command("query", "run one read-only SQL statement against the store", query_arguments, cmd_query),
     Command("report", "write one self-contained HTML dashboard per suite", report_arguments, cmd_report),
 )

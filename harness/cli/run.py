@@ -36,19 +36,28 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
     p.add_argument("--gpu", help="with --dry-run: the GPU kind to cost the suite on (H200, H100, H100 PCIe, A100)")
     p.add_argument("--gpus", type=int, default=1, help="with --gpu: GPUs per cell (default 1)")
-    p.add_argument("--launcher", choices=["local", "slurm", "inline"], default="local",
-                   help="local: run here (default; cells in parallel jobs when the suite's launcher: section sets "
-                   "parallel or gpus_per_cell); slurm: one job per pending cell; inline: this process runs the cells, "
-                   "whatever launcher: says (what a launcher's job runs)")  # fmt: skip
-    p.add_argument("--train-only", action="store_true",
-                   help="train the cells; no latency, results table or dashboard (a launcher's job)")  # fmt: skip
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "inline"],
+        default="local",
+        help="local: run here (default; cells in parallel jobs when the suite's launcher: section sets "
+        "parallel or gpus_per_cell); slurm: one job per pending cell; inline: this process runs the cells, "
+        "whatever launcher: says (what a launcher's job runs)",
+    )
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the cells; no latency, results table or dashboard (a launcher's job)",
+    )
 
 
 def latency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", type=Path)
     add_db(p)
     p.add_argument("--only", help="glob over 'mixer@backbone/size' or 'mixer@backbone'")
-    p.add_argument("--run", help="measure this stored run's architecture (e.g. an imported one) instead of the suite's models")
+    p.add_argument(
+        "--run", help="measure this stored run's architecture (e.g. an imported one) instead of the suite's models"
+    )
     p.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
 
 
@@ -58,8 +67,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     group = init_from_env()  # world size 1 unless started by torchrun
     try:
         if not group.is_main:  # a follower rank trains; rank 0 alone opens the store, reports and measures
-            runner = SuiteRunner(suite, None, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir,
-                                 console=console, group=group, open_store=lambda: Store(args.db))  # fmt: skip
+            runner = SuiteRunner(
+                suite,
+                None,
+                cache_dir=args.cache_dir,
+                checkpoint_dir=args.checkpoint_dir,
+                console=console,
+                group=group,
+                open_store=lambda: Store(args.db),
+            )
             if suite.spec.trains and not args.dry_run and runner.run(args.only).failed:
                 return 1  # at once: the failure is recorded, and torchrun stops the other ranks
             return 0
@@ -82,8 +98,15 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
         submit_suite(suite, args.suite, store, args.only, console, extra_args=job_args)
         return 0
     resume_command = "python -m harness " + shlex.join(sys.argv[1:])
-    runner = SuiteRunner(suite, store, cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, console=console,
-                         group=group, resume_command=resume_command)  # fmt: skip
+    runner = SuiteRunner(
+        suite,
+        store,
+        cache_dir=args.cache_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        console=console,
+        group=group,
+        resume_command=resume_command,
+    )
     if args.dry_run:
         if suite.spec.trains:
             console.print(runner.dry_run(args.only, gpu, args.gpus))
@@ -100,8 +123,13 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
             launcher = LocalLauncher(suite, args.suite, store, console, extra_args=job_args)
             summary = launcher.run(args.only)
             if launcher.stopped_by is not None:
-                console.print(f"stopped by {launcher.stopped_by}: {len(summary.stopped)} cells saved a checkpoint; "
-                              f"resume with: {resume_command}", soft_wrap=True, markup=False, highlight=False)  # fmt: skip
+                console.print(
+                    f"stopped by {launcher.stopped_by}: {len(summary.stopped)} cells saved a checkpoint; "
+                    f"resume with: {resume_command}",
+                    soft_wrap=True,
+                    markup=False,
+                    highlight=False,
+                )
                 return PREEMPTED_EXIT_CODE
         else:
             summary = runner.run(args.only)
@@ -110,7 +138,9 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
         if args.train_only:
             return 1 if summary.failed else 0
         if not summary.done and not summary.failed:
-            console.print(f"[green]all {len(summary.skipped)} cells of suite {suite.name} are already done; nothing to train[/]")
+            console.print(
+                f"[green]all {len(summary.skipped)} cells of suite {suite.name} are already done; nothing to train[/]"
+            )
         else:
             console.print(
                 f"suite {suite.name}: {len(summary.done)} trained, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
@@ -135,7 +165,9 @@ def run_latency(
     chosen = None if run_key is None else [stored_target(store, run_key)]
     summary = LatencyRunner(suite, store, console=console).run(only, resume=resume, chosen=chosen)
     if resume and not summary.measured:
-        console.print(f"[green]latency: all {len(summary.skipped)} models of suite {suite.name} are already measured[/]")
+        console.print(
+            f"[green]latency: all {len(summary.skipped)} models of suite {suite.name} are already measured[/]"
+        )
     console.print(latency_table(store.latency_rows(suite.name), f"latency of suite {suite.name}"))
     return bool(summary.failed)
 
@@ -152,6 +184,7 @@ def cmd_latency(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS = (
     Command("run", "run every cell of a suite that is not done yet", run_arguments, cmd_run),
-    Command("latency", "the latency protocol alone: measure (again) and replace stored rows", latency_arguments,
-            cmd_latency),
+    Command(
+        "latency", "the latency protocol alone: measure (again) and replace stored rows", latency_arguments, cmd_latency
+    ),
 )

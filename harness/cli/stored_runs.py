@@ -58,8 +58,10 @@ def cmd_import(args: argparse.Namespace, console: Console) -> int:
 
     record = import_checkpoint(args.source, args.name, Store(args.db), args.checkpoint_dir, revision=args.revision)
     source = record.config["imported"]
-    console.print(f"imported {args.source} ({source['revision']}) as {record.mixer}@{record.backbone} "
-                  f"{record.size}: run {record.run_key}")  # fmt: skip
+    console.print(
+        f"imported {args.source} ({source['revision']}) as {record.mixer}@{record.backbone} "
+        f"{record.size}: run {record.run_key}"
+    )
     return 0
 
 
@@ -90,10 +92,14 @@ def cmd_lm_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 COMMANDS = (
-    Command("import", "a Hugging Face checkpoint (Llama, Mamba, Mamba-2) as an imported run", import_arguments,
-            cmd_import),
+    Command(
+        "import", "a Hugging Face checkpoint (Llama, Mamba, Mamba-2) as an imported run", import_arguments, cmd_import
+    ),
     Command("export", "a finished run as a Hugging Face folder (AutoModelForCausalLM)", export_arguments, cmd_export),
-    Command("eval", "score a stored run on a suite's data (perplexity, by position, lm-eval)", eval_arguments, cmd_eval),
-    Command("lm-eval", "lm-eval tasks on a done run's checkpoint (needs the [eval] extra)", lm_eval_arguments,
-            cmd_lm_eval),
+    Command(
+        "eval", "score a stored run on a suite's data (perplexity, by position, lm-eval)", eval_arguments, cmd_eval
+    ),
+    Command(
+        "lm-eval", "lm-eval tasks on a done run's checkpoint (needs the [eval] extra)", lm_eval_arguments, cmd_lm_eval
+    ),
 )

@@ -12,8 +12,8 @@ from collections.abc import Hashable, Iterable
 
 import torch
 
-from harness.data import DataNeed
 from harness.config.suite import Cell
+from harness.data import DataNeed
 from harness.engine.train import plan_training
 from models import ModelSpec, build
 

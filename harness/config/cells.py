@@ -45,10 +45,15 @@ def cell_label(cell: Cell) -> str:
 def run_record(cell: Cell) -> RunRecord:
     """The store's row for a cell, as claimed (or queued by a launcher)."""
     return RunRecord(
-        run_key=cell.run_key, suite=cell.suite, mixer=cell.mixer, backbone=cell.backbone, size=cell.size,
-        seq_len=cell.seq_len, dataset=cell.data.source if cell.task is None else f"task:{cell.task['name']}",
+        run_key=cell.run_key,
+        suite=cell.suite,
+        mixer=cell.mixer,
+        backbone=cell.backbone,
+        size=cell.size,
+        seq_len=cell.seq_len,
+        dataset=cell.data.source if cell.task is None else f"task:{cell.task['name']}",
         config=cell.config,
-    )  # fmt: skip
+    )
 
 
 def select_cells(suite: Suite, only: str | None) -> list[Cell]:

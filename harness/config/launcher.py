@@ -62,9 +62,12 @@ class LauncherSection(BaseModel):
     def slurm_parameters(self) -> dict[str, Any]:
         """submitit's SlurmExecutor parameters: one task per node, which runs torchrun for all its GPUs."""
         params: dict[str, Any] = {
-            "nodes": self.nodes, "ntasks_per_node": 1, "cpus_per_task": self.cpus, "time": self.minutes,
+            "nodes": self.nodes,
+            "ntasks_per_node": 1,
+            "cpus_per_task": self.cpus,
+            "time": self.minutes,
             "additional_parameters": dict(self.sbatch),
-        }  # fmt: skip
+        }
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
         if self.partition:

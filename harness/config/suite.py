@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.common.names import MetricName
 from harness.config.launcher import LauncherSection
 from harness.data import DataConfig, DataError
 from harness.tasks import TaskError, TaskParamError, get_task
@@ -34,7 +35,6 @@ from models.backbones import BACKBONES, SIZES
 from models.errors import MixbenchError
 from models.lm import split_arch
 from models.registry import UnknownMixerError, get_mixer, mixer_defaults
-from harness.common.names import MetricName
 
 # Bumped whenever the training or evaluation protocol changes what a cell would measure.
 PROTOCOL_VERSION = 2  # 2: the per-rank sampler's data order (harness/engine/sampler.py), bf16 evaluation on CUDA
@@ -80,9 +80,15 @@ class TrainSection(_Section):
     loggers: list[Literal["tensorboard", "wandb"]] = []
 
     ENGINE_FIELDS: ClassVar[tuple[str, ...]] = (
-        "parallel", "checkpoint_every", "keep_checkpoints", "compile", "activation_checkpointing", "peak_tflops",
-        "max_epochs", "loggers",
-    )  # fmt: skip
+        "parallel",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "compile",
+        "activation_checkpointing",
+        "peak_tflops",
+        "max_epochs",
+        "loggers",
+    )
 
     @field_validator("tokens")
     @classmethod
@@ -183,8 +189,14 @@ class TaskSection(_Section):
     def config(self, params: dict[str, Any], seq_len: int) -> dict[str, Any]:
         """The canonical task config of one cell: every parameter with its default filled in."""
         task = get_task(self.name)(**params)
-        return {"name": self.name, "params": task.params(), "seq_len": seq_len, "n_train": self.n_train,
-                "n_val": self.n_val, "seed": self.seed}  # fmt: skip
+        return {
+            "name": self.name,
+            "params": task.params(),
+            "seq_len": seq_len,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "seed": self.seed,
+        }
 
     def feasible(self, params: dict[str, Any], seq_len: int) -> bool:
         try:

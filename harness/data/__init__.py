@@ -29,8 +29,25 @@ from harness.data.tokenizer import (
 )
 
 __all__ = [
-    "BUILTIN_FILES", "BUILTIN_SOURCE", "BUILTIN_TOKENIZER", "BUILTIN_TOKENIZER_FILES", "BYTE_TOKENIZER", "FORMAT_VERSION", "ByteTokenizer",
-    "DataConfig", "DataError", "DataNeed", "HFTokenizer", "PackedData", "TextTokenizer", "TransformersTokenizer",
-    "blocks_needed", "count_val", "disk_bytes", "load_packed", "load_tokenizer", "token_dtype",
+    "BUILTIN_FILES",
+    "BUILTIN_SOURCE",
+    "BUILTIN_TOKENIZER",
+    "BUILTIN_TOKENIZER_FILES",
+    "BYTE_TOKENIZER",
+    "FORMAT_VERSION",
+    "ByteTokenizer",
+    "DataConfig",
+    "DataError",
+    "DataNeed",
+    "HFTokenizer",
+    "PackedData",
+    "TextTokenizer",
+    "TransformersTokenizer",
+    "blocks_needed",
+    "count_val",
+    "disk_bytes",
+    "load_packed",
+    "load_tokenizer",
+    "token_dtype",
     "val_block_mask",
-]  # fmt: skip
+]

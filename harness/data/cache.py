@@ -108,12 +108,21 @@ class TokenCache:
         for side in SIDES:
             (folder / f"{side}.bin").touch()
         state = {
-            "format": FORMAT_VERSION, "cache_key": key, "key_fields": fields, **about,
-            "dtype": token_dtype(about["vocab_size"]).name, "seq_len": fields["seq_len"],
+            "format": FORMAT_VERSION,
+            "cache_key": key,
+            "key_fields": fields,
+            **about,
+            "dtype": token_dtype(about["vocab_size"]).name,
+            "seq_len": fields["seq_len"],
             "val_fraction": fields["val_fraction"],
-            "docs": 0, "tokens": 0, "train_blocks": 0, "val_blocks": 0, "tail": "", "exhausted": False,
+            "docs": 0,
+            "tokens": 0,
+            "train_blocks": 0,
+            "val_blocks": 0,
+            "tail": "",
+            "exhausted": False,
             "blocks": "non-overlapping blocks of seq_len+1 tokens; the tail after the last whole block is carried",
-        }  # fmt: skip
+        }
         cache = cls(folder, state)
         cache._commit()
         return cache
@@ -174,10 +183,12 @@ class TokenCache:
                     f.flush()
                     os.fsync(f.fileno())
         self.state.update(
-            docs=self.docs + n_docs, tokens=self.tokens + len(tokens),
-            train_blocks=self.blocks("train") + int((~mask).sum()), val_blocks=self.blocks("val") + int(mask.sum()),
+            docs=self.docs + n_docs,
+            tokens=self.tokens + len(tokens),
+            train_blocks=self.blocks("train") + int((~mask).sum()),
+            val_blocks=self.blocks("val") + int(mask.sum()),
             tail=base64.b64encode(stream[n_new * self.width :].tobytes()).decode("ascii"),
-        )  # fmt: skip
+        )
         self._commit()
 
     def finish(self) -> None:

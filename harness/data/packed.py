@@ -52,7 +52,7 @@ class PackedData:
     tokenizer: TextTokenizer
     cache_key: str
 
-    def batch(self, split: str, indices):  # noqa: ANN001, ANN201 - (torch.Tensor, torch.Tensor)
+    def batch(self, split: str, indices):
         """Blocks ``indices`` of ``split`` as (inputs, targets), int64, each (len, seq_len)."""
         import torch  # here, not at the top: the preparation workers import this package
 
@@ -87,13 +87,25 @@ def disk_bytes(cfg: DataConfig, need: DataNeed, vocab_size: int) -> tuple[int, i
     return tokens, tokens * token_dtype(vocab_size).itemsize
 
 
-def _prepared(cfg: DataConfig, src: Source, split: str, val_fraction: float, tokenizer: TextTokenizer,
-              target: int | None, cache_dir: Path) -> tuple[str, TokenCache]:
+def _prepared(
+    cfg: DataConfig,
+    src: Source,
+    split: str,
+    val_fraction: float,
+    tokenizer: TextTokenizer,
+    target: int | None,
+    cache_dir: Path,
+) -> tuple[str, TokenCache]:
     """The cache of (source, split, tokenizer, seq_len, split rule), holding at least ``target`` blocks."""
     fields = {
-        "format": FORMAT_VERSION, "source": src.identity, "split": split, "text_field": cfg.text_field,
-        "tokenizer": tokenizer.fingerprint(), "seq_len": cfg.seq_len, "val_fraction": val_fraction,
-    }  # fmt: skip
+        "format": FORMAT_VERSION,
+        "source": src.identity,
+        "split": split,
+        "text_field": cfg.text_field,
+        "tokenizer": tokenizer.fingerprint(),
+        "seq_len": cfg.seq_len,
+        "val_fraction": val_fraction,
+    }
     key = cache_key(fields)
     folder = cache_dir / key
 
@@ -104,8 +116,13 @@ def _prepared(cfg: DataConfig, src: Source, split: str, val_fraction: float, tok
     if enough(cache):
         return key, cache
     with preparing(cache_dir / ".locks", key):
-        about = {"source": src.label, "split": split, "tokenizer": tokenizer.name,
-                 "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}  # fmt: skip
+        about = {
+            "source": src.label,
+            "split": split,
+            "tokenizer": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
+        }
         cache = TokenCache.open(folder, key, fields, about)
         try:
             extend(cache, src, split, cfg.text_field, tokenizer, target, cfg.n_workers, cache_dir / ".hf-datasets")
@@ -116,8 +133,9 @@ def _prepared(cfg: DataConfig, src: Source, split: str, val_fraction: float, tok
     return key, cache
 
 
-def load_packed(cfg: DataConfig, cache_dir: Path, need: DataNeed | None = None,
-                prepare: DataNeed | None = None) -> PackedData:
+def load_packed(
+    cfg: DataConfig, cache_dir: Path, need: DataNeed | None = None, prepare: DataNeed | None = None
+) -> PackedData:
     """The blocks a run with ``need`` reads (None: the whole source), preparing ``prepare`` (default: ``need``)."""
     tokenizer = load_tokenizer(cfg.tokenizer)
     if cfg.vocab_size is not None and cfg.vocab_size != tokenizer.vocab_size:

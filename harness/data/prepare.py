@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.common.lifeline import follow
+from harness.common.progress import progress_bar
 from harness.data.cache import TokenCache
 from harness.data.common import DataError
 from harness.data.source import Source, iter_documents, open_datasets
 from harness.data.tokenizer import TextTokenizer
-from harness.common.lifeline import follow
-from harness.common.progress import progress_bar
 
 SHARD_CHARS = 1 << 23  # largest shard: ~2M tokens of English, a few seconds of one core
 MIN_SHARD_CHARS = 1 << 16
@@ -54,10 +54,13 @@ def encode(tokenizer: TextTokenizer, texts: list[str], dtype: np.dtype) -> np.nd
     eos, parts = tokenizer.eos_id, []
     for i in range(0, len(texts), ENCODE_BATCH):
         encoded = tokenizer.encode_batch(texts[i : i + ENCODE_BATCH])
-        parts.append(np.fromiter(
-            chain.from_iterable(chain(ids, (eos,)) for ids in encoded),
-            dtype=dtype, count=sum(len(ids) for ids in encoded) + len(encoded),
-        ))  # fmt: skip
+        parts.append(
+            np.fromiter(
+                chain.from_iterable(chain(ids, (eos,)) for ids in encoded),
+                dtype=dtype,
+                count=sum(len(ids) for ids in encoded) + len(encoded),
+            )
+        )
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
@@ -89,7 +92,7 @@ class _Inline:
         future: Future = Future()
         try:
             future.set_result(tokenize_shard(texts, path, dtype, self.tokenizer))
-        except Exception as e:  # noqa: BLE001 - re-raised by result(), like a pool's
+        except Exception as e:
             future.set_exception(e)
         return future
 
@@ -97,7 +100,9 @@ class _Inline:
 class _Pool:
     def __init__(self, tokenizer: TextTokenizer, workers: int) -> None:
         self.executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
             initargs=(tokenizer, os.getpid()),
         )
 
@@ -167,8 +172,9 @@ def _estimate_left(src: Source, cache: TokenCache, target_tokens: int | None) ->
     return max(0, size // CHARS_PER_TOKEN - cache.tokens)
 
 
-def _ordered(pool: _Inline | _Pool, work: Iterator[tuple[int, list[str]]], folder: Path, dtype: str,
-             depth: int) -> Iterator[tuple[int, Path]]:
+def _ordered(
+    pool: _Inline | _Pool, work: Iterator[tuple[int, list[str]]], folder: Path, dtype: str, depth: int
+) -> Iterator[tuple[int, Path]]:
     """(documents, shard file) in stream order, keeping up to ``depth`` shards in flight."""
     pending: deque[tuple[int, Path, Future | None]] = deque()
     for start, texts in work:
@@ -188,8 +194,16 @@ def _finished(item: tuple[int, Path, Future | None]) -> tuple[int, Path]:
     return n_docs, path
 
 
-def extend(cache: TokenCache, src: Source, split: str, text_field: str, tokenizer: TextTokenizer,
-           target_blocks: int | None, workers: int, hf_cache: Path) -> None:
+def extend(
+    cache: TokenCache,
+    src: Source,
+    split: str,
+    text_field: str,
+    tokenizer: TextTokenizer,
+    target_blocks: int | None,
+    workers: int,
+    hf_cache: Path,
+) -> None:
     """Append shards to ``cache`` until it holds ``target_blocks`` blocks (None: the whole source).
 
     Call with the cache's preparation lock held.
@@ -209,8 +223,10 @@ def extend(cache: TokenCache, src: Source, split: str, text_field: str, tokenize
     started, added = time.perf_counter(), 0
     label = f"tokenizing {src.label} ({worker_note(asked, workers)})"
     try:
-        with progress_bar(label, total=target_tokens, unit="tokens", completed=cache.tokens) as bar, \
-                _tokenizers(tokenizer, workers) as pool:  # fmt: skip
+        with (
+            progress_bar(label, total=target_tokens, unit="tokens", completed=cache.tokens) as bar,
+            _tokenizers(tokenizer, workers) as pool,
+        ):
             for n_docs, path in _ordered(pool, work, folder, cache.dtype.name, 1 if workers == 1 else 2 * workers):
                 tokens = np.fromfile(path, dtype=cache.dtype)
                 cache.append(tokens, n_docs)
@@ -225,7 +241,11 @@ def extend(cache: TokenCache, src: Source, split: str, text_field: str, tokenize
         if e.errno not in _DISK_FULL:
             raise
         free = shutil.disk_usage(cache.folder).free
-        left = "" if tokens_left is None else f" (about {max(0, tokens_left - added) * cache.dtype.itemsize:,} more bytes needed)"
+        left = (
+            ""
+            if tokens_left is None
+            else f" (about {max(0, tokens_left - added) * cache.dtype.itemsize:,} more bytes needed)"
+        )
         raise DataError(
             f"disk full while preparing the data cache {cache.folder}: {free:,} bytes free{left}; "
             f"the cache keeps its {cache.tokens:,} committed tokens and resumes when rerun with space"

@@ -112,24 +112,20 @@ def resolve_source(source: str) -> Source:
         if path is None:
             raise DataError(f"unknown builtin source {source!r} (known: {', '.join(BUILTIN_FILES)})")
         if not path.is_file():
-            raise DataError(
-                f"the shipped corpus {source!r} is missing: {path} (run scripts/build_corpus.py)"
-            )
+            raise DataError(f"the shipped corpus {source!r} is missing: {path} (run scripts/build_corpus.py)")
         return Source(source, {"builtin": source, "sha256": sha256_file(path)}, [("text", [str(path)])])
 
     path = Path(source).expanduser().resolve()
     if path.is_file():
         builder = _builder_for(path)
         if builder is None:
-            raise DataError(
-                f"unsupported file type: {path} (expected {', '.join(BUILDERS)}, optionally compressed)"
-            )
+            raise DataError(f"unsupported file type: {path} (expected {', '.join(BUILDERS)}, optionally compressed)")
         return Source(str(path), {"file": _file_identity(path)}, [(builder, [str(path)])])
     if path.is_dir():
         files = sorted(  # hidden files and folders are skipped
-            p for p in path.rglob("*")
-            if p.is_file() and _builder_for(p)
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            p
+            for p in path.rglob("*")
+            if p.is_file() and _builder_for(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not files:
             raise DataError(f"folder {path} holds no {', '.join(BUILDERS)} files")
@@ -182,15 +178,11 @@ def iter_documents(parts: list[tuple[str | None, Any]], src: Source, text_field:
         try:
             for rows in ds.iter(batch_size=DOC_BATCH):
                 if column not in rows:
-                    raise DataError(
-                        f"source {src.label} has no field {column!r} (fields: {', '.join(rows) or 'none'})"
-                    )
+                    raise DataError(f"source {src.label} has no field {column!r} (fields: {', '.join(rows) or 'none'})")
                 texts = rows[column]
                 bad = next((t for t in texts if t is not None and not isinstance(t, str)), None)
                 if bad is not None:
-                    raise DataError(
-                        f"field {column!r} of source {src.label} holds {type(bad).__name__}, not text"
-                    )
+                    raise DataError(f"field {column!r} of source {src.label} holds {type(bad).__name__}, not text")
                 texts = [t for t in texts if t and not t.isspace()]
                 if texts:
                     yield texts

@@ -85,9 +85,7 @@ class HFTokenizer(TextTokenizer):
         self.vocab_size = max(vocab.values()) + 1
         eos = next((vocab[t] for t in EOS_CANDIDATES if t in vocab), None)
         if eos is None:
-            raise DataError(
-                f"tokenizer {name!r} has no end-of-text token (looked for {', '.join(EOS_CANDIDATES)})"
-            )
+            raise DataError(f"tokenizer {name!r} has no end-of-text token (looked for {', '.join(EOS_CANDIDATES)})")
         self.eos_id = eos
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
 
@@ -124,8 +122,7 @@ class TransformersTokenizer(TextTokenizer):
             content = backend.to_str()
         else:  # a slow (python) tokenizer: its class, vocabulary and special tokens
             content = json.dumps(
-                [type(self._tok).__name__, sorted(self._tok.get_vocab().items()),
-                 self._tok.all_special_tokens],
+                [type(self._tok).__name__, sorted(self._tok.get_vocab().items()), self._tok.all_special_tokens],
             )
         return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
@@ -142,7 +139,7 @@ def _tokenizer_from_file(path: Path, name: str) -> HFTokenizer:
 
 def _tokenizer_from_hub(spec: str) -> TextTokenizer:
     try:
-        import transformers  # noqa: F401
+        import transformers
     except ImportError:
         transformers = None
     try:
@@ -172,9 +169,7 @@ def load_tokenizer(spec: str) -> TextTokenizer:
             raise DataError(f"unknown builtin tokenizer {spec!r} (known: {known})")
         path = BUILTIN_TOKENIZER_FILES[spec]
         if not path.is_file():
-            raise DataError(
-                f"the shipped tokenizer {spec!r} is missing: {path} (run scripts/build_corpus.py)"
-            )
+            raise DataError(f"the shipped tokenizer {spec!r} is missing: {path} (run scripts/build_corpus.py)")
         return _tokenizer_from_file(path, spec)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -186,5 +181,3 @@ def load_tokenizer(spec: str) -> TextTokenizer:
     if not looks_like_hub_id(spec, (".json",)):
         raise DataError(f"tokenizer file not found: {path.resolve()}")
     return _tokenizer_from_hub(spec)
-
-

@@ -114,14 +114,13 @@ class Group:
         mine = f"rank {self.rank}: {message}"
         try:
             first = self._kv.compare_set(ERROR_KEY, "", mine).decode()
-        except Exception:  # noqa: BLE001 - the store is gone (torchrun too): record what we know
+        except Exception:
             return mine, True
         return first, first == mine
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
 
 
 def init_from_env() -> Group:
@@ -136,7 +135,9 @@ def init_from_env() -> Group:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, timeout=timeout)
     # rank 0's decisions can wait on its evaluation and writes, hence a longer timeout
-    control = dist.new_group(backend="gloo", timeout=_seconds_from_env(DECISION_TIMEOUT_ENV, DEFAULT_DECISION_TIMEOUT_S))
+    control = dist.new_group(
+        backend="gloo", timeout=_seconds_from_env(DECISION_TIMEOUT_ENV, DEFAULT_DECISION_TIMEOUT_S)
+    )
     kv = dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
     )

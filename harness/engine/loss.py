@@ -47,24 +47,29 @@ def cross_entropy(
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
     """Cross-entropy through a float32 log-softmax read straight from ``logits`` (no float32 copy)."""
-    return F.nll_loss(F.log_softmax(logits, -1, dtype=torch.float32), targets, ignore_index=ignore_index, reduction=reduction)
+    return F.nll_loss(
+        F.log_softmax(logits, -1, dtype=torch.float32), targets, ignore_index=ignore_index, reduction=reduction
+    )
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Keeps the logits (in their dtype) and the targets; recomputes each chunk in the backward."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, rows: int) -> torch.Tensor:  # noqa: ANN001
-        per_token = torch.cat([
-            _nll(logits[s : s + rows], targets[s : s + rows], ignore_index, "none") for s in range(0, logits.shape[0], rows)
-        ])  # fmt: skip
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, rows: int) -> torch.Tensor:
+        per_token = torch.cat(
+            [
+                _nll(logits[s : s + rows], targets[s : s + rows], ignore_index, "none")
+                for s in range(0, logits.shape[0], rows)
+            ]
+        )
         count = (targets != ignore_index).sum()  # 0 scored tokens: nan, as F.cross_entropy gives
         ctx.save_for_backward(logits, targets, count)
         ctx.ignore_index, ctx.rows = ignore_index, rows
         return per_token.sum() / count
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx, grad: torch.Tensor):
         logits, targets, count = ctx.saved_tensors
         scale = grad / count  # what the mean's backward hands each scored token
         out = torch.empty_like(logits)

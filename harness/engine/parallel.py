@@ -53,15 +53,16 @@ def backend_label(model: nn.Module, device: torch.device) -> str:
     return ",".join(model.backends(device, compute_dtype(device)))
 
 
-def autocast(device: torch.device):  # noqa: ANN201 - a context manager
+def autocast(device: torch.device):
     """Autocast to ``compute_dtype`` on CUDA for training, evaluation and lm-eval alike; none elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=compute_dtype(device))
     return nullcontext()
 
 
-def prepare(model: nn.Module, mode: str, device: torch.device, *, compile: bool = False,
-            activation_checkpointing: bool = False) -> nn.Module:
+def prepare(
+    model: nn.Module, mode: str, device: torch.device, *, compile: bool = False, activation_checkpointing: bool = False
+) -> nn.Module:
     """Apply activation checkpointing, compile and the parallel wrapper, in that order, per block."""
     blocks = model.blocks
     if activation_checkpointing:
@@ -77,8 +78,9 @@ def prepare(model: nn.Module, mode: str, device: torch.device, *, compile: bool 
 
         policy = (
             MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if device.type == "cuda" else MixedPrecisionPolicy()
-        )  # fmt: skip
+            if device.type == "cuda"
+            else MixedPrecisionPolicy()
+        )
         for block in blocks:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)

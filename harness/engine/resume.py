@@ -56,7 +56,7 @@ class PreemptionFlag:
     def requested(self) -> bool:
         return self.signal_name is not None
 
-    def _handle(self, signum: int, _frame: Any) -> None:  # noqa: ANN401 - a frame object
+    def _handle(self, signum: int, _frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
 
     @contextmanager
@@ -129,7 +129,9 @@ class StepCheckpoints:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict[str, Any]) -> dict[str, Any]:
+    def load(
+        self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict[str, Any]
+    ) -> dict[str, Any]:
         """Restore model, optimizer and RNG in place; returns the loop's saved state.
 
         ``train_state`` is a template with the keys the loop saved (values are replaced).

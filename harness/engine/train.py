@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.common.progress import progress_bar
 from harness.engine.distributed import Group
 from harness.engine.loss import cross_entropy
 from harness.engine.parallel import autocast, gradient_sync
-from harness.common.progress import progress_bar
 from harness.engine.resume import Preempted, PreemptionFlag, StepCheckpoints
 from harness.engine.sampler import BlockSampler
-
 
 # The rows every log writes (``TrainResult.metrics``): the live curve of a running cell.
 # ``tokens/s`` is the average since the start; ``tokens/s/recent`` covers the steps since the last log.
@@ -52,11 +51,9 @@ class TrainPlan:
     warmup_steps: int
 
 
-def plan_training(train_cfg, n_params: int, seq_len: int) -> TrainPlan:  # noqa: ANN001 - a TrainSection
+def plan_training(train_cfg, n_params: int, seq_len: int) -> TrainPlan:
     """Turn a recipe (``tokens: chinchilla`` or a count, ``batch_tokens``) into steps and batches."""
-    budget = (
-        int(train_cfg.tokens_per_param * n_params) if train_cfg.tokens == "chinchilla" else int(train_cfg.tokens)
-    )
+    budget = int(train_cfg.tokens_per_param * n_params) if train_cfg.tokens == "chinchilla" else int(train_cfg.tokens)
     batch_size = max(1, train_cfg.batch_tokens // seq_len)
     micro = min(train_cfg.micro_batch_size or batch_size, batch_size)
     if batch_size % micro:
@@ -135,8 +132,8 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def train(
     model: nn.Module,
-    data,  # noqa: ANN001 - PackedData or TaskData: ``train`` blocks and ``batch()``
-    train_cfg,  # noqa: ANN001 - a TrainSection
+    data,
+    train_cfg,
     plan: TrainPlan,
     device: torch.device,
     label: str = "",
@@ -156,9 +153,12 @@ def train(
     """
     group = group or Group()
     micro, accumulation = micro_batching(plan, group.world_size)
-    sampler = BlockSampler(len(data.train), plan.batch_size, rank=group.rank, world_size=group.world_size,
-                           seed=train_cfg.seed)  # fmt: skip
-    optimizer = make_optimizer(model, plan.lr, train_cfg.weight_decay, tuple(train_cfg.betas), fused=device.type == "cuda")
+    sampler = BlockSampler(
+        len(data.train), plan.batch_size, rank=group.rank, world_size=group.world_size, seed=train_cfg.seed
+    )
+    optimizer = make_optimizer(
+        model, plan.lr, train_cfg.weight_decay, tuple(train_cfg.betas), fused=device.type == "cuda"
+    )
     result, step, prior_seconds = TrainResult(), 0, 0.0
     if checkpoints is not None and (path := checkpoints.latest()) is not None:
         template = {"step": 0, "sampler": sampler.state_dict(), "metrics": [], "tokens": 0, "seconds": 0.0}
@@ -177,8 +177,10 @@ def train(
         on_log(0, list(result.metrics), step, result.tokens)
     last_log = (start, result.tokens)  # (time, tokens) at the previous log: the recent rate's interval
     title = f"train {label}" + (f" (resumed at step {step})" if step else "")
-    with (flag.installed() if checkpoints is not None else nullcontext()), \
-            progress_bar(title, total=plan.steps, unit="step", enabled=group.is_main) as bar:  # fmt: skip
+    with (
+        flag.installed() if checkpoints is not None else nullcontext(),
+        progress_bar(title, total=plan.steps, unit="step", enabled=group.is_main) as bar,
+    ):
         bar.update(advance=step)
         for step in range(step, plan.steps):
             lr = learning_rate(step, plan, train_cfg.min_lr_ratio)
@@ -204,7 +206,9 @@ def train(
                 losses = group.mean(torch.stack(pending_loss)).tolist()  # the one host sync per log_every steps
                 for offset, value in enumerate(losses):
                     if not math.isfinite(value):
-                        raise TrainingDiverged(f"loss became {value} at step {pending_from + offset + 1} of {plan.steps}")
+                        raise TrainingDiverged(
+                            f"loss became {value} at step {pending_from + offset + 1} of {plan.steps}"
+                        )
                 norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
                 now = time.perf_counter()
                 tokens_per_s = result.tokens / (prior_seconds + now - start)
@@ -225,10 +229,18 @@ def train(
             stop = checkpoints is not None and group.any(flag.requested)
             if checkpoints is not None and (stop or (every and ((step + 1) % every == 0 or step == plan.steps - 1))):
                 seconds = prior_seconds + time.perf_counter() - start
-                saved_at = checkpoints.save(step + 1, model, optimizer, {
-                    "step": step + 1, "sampler": sampler.state_dict(), "metrics": result.metrics,
-                    "tokens": result.tokens, "seconds": seconds,
-                })  # fmt: skip
+                saved_at = checkpoints.save(
+                    step + 1,
+                    model,
+                    optimizer,
+                    {
+                        "step": step + 1,
+                        "sampler": sampler.state_dict(),
+                        "metrics": result.metrics,
+                        "tokens": result.tokens,
+                        "seconds": seconds,
+                    },
+                )
                 if stop:
                     raise Preempted(step + 1, plan.steps, saved_at, flag.signal_name or "a signal on another rank")
     result.seconds = prior_seconds + time.perf_counter() - start

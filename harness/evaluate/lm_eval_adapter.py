@@ -59,12 +59,12 @@ from typing import Any
 import torch
 
 import harness
+from harness.common.names import FINISHED
 from harness.common.progress import progress_bar
 from harness.data import TextTokenizer, load_tokenizer
 from harness.engine.parallel import autocast
 from harness.measure.environment import pick_device
 from harness.store.checkpoints import load_checkpoint
-from harness.common.names import FINISHED
 from harness.store.database import Store, StoreError
 from models.errors import MixbenchError
 
@@ -116,7 +116,9 @@ def checkpoint_of(run_key: str, db: str | None) -> Path:
     except StoreError as exc:
         raise LMEvalError(str(exc)) from None
     if run.status not in FINISHED or not run.checkpoint_path:
-        raise LMEvalError(f"run {run_key} has no checkpoint (status {run.status}); only a finished run can be evaluated")
+        raise LMEvalError(
+            f"run {run_key} has no checkpoint (status {run.status}); only a finished run can be evaluated"
+        )
     return Path(run.checkpoint_path)
 
 
@@ -147,7 +149,7 @@ class MixbenchLM(_LMBase):
         device: str | None = None,
         batch_size: int | str | None = DEFAULT_BATCH_SIZE,
         max_length: int | str | None = None,
-        max_batch_size: int | str | None = None,  # noqa: ARG002 - lm-eval passes it to every model
+        max_batch_size: int | str | None = None,
         *,
         model: torch.nn.Module | None = None,
         tokenizer: TextTokenizer | None = None,
@@ -162,7 +164,9 @@ class MixbenchLM(_LMBase):
             requested = "cpu"
         self._device = pick_device(requested)
         if isinstance(run_key, (int, float)):  # lm-eval's --model_args turns "0123" into 123
-            raise LMEvalError(f"run key {run_key!r} was read as a number; use `mixbench lm-eval RUN_KEY` or checkpoint=PATH")
+            raise LMEvalError(
+                f"run key {run_key!r} was read as a number; use `mixbench lm-eval RUN_KEY` or checkpoint=PATH"
+            )
         if model is None:
             folder = Path(checkpoint) if checkpoint is not None else checkpoint_of(str(run_key), db)
             model, meta = load_checkpoint(folder, self._device)
@@ -178,9 +182,13 @@ class MixbenchLM(_LMBase):
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, tokenizer: TextTokenizer, max_length: int, device: str | torch.device | None = None,
+        cls,
+        model: torch.nn.Module,
+        tokenizer: TextTokenizer,
+        max_length: int,
+        device: str | torch.device | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> "MixbenchLM":  # fmt: skip
+    ) -> "MixbenchLM":
         """Wrap a model in memory (the runner's just-trained model, a test's model)."""
         if device is None:
             device = next(model.parameters()).device
@@ -249,7 +257,7 @@ class MixbenchLM(_LMBase):
                 bar.update(len(batch))
         return results
 
-    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:  # noqa: ARG002
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         results = self.score([self.encode_pair(*req.args) for req in requests], "lm-eval loglikelihood")
         for req, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", req.args, result)
@@ -260,10 +268,12 @@ class MixbenchLM(_LMBase):
         tokens = self.tokenizer.encode(text)
         return [
             make_disjoint_window(w)
-            for w in get_rolling_token_windows(tokens, prefix_token=self.eos_id, max_seq_len=self.max_length, context_len=1)
+            for w in get_rolling_token_windows(
+                tokens, prefix_token=self.eos_id, max_seq_len=self.max_length, context_len=1
+            )
         ]
 
-    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:  # noqa: ARG002
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         pairs: list[tuple[list[int], list[int]]] = []
         owner: list[int] = []
         for i, req in enumerate(requests):
@@ -278,7 +288,7 @@ class MixbenchLM(_LMBase):
         return totals
 
     # --- generation --------------------------------------------------------------------
-    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:  # noqa: ARG002
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         out: list[str] = []
         with progress_bar("lm-eval generate", total=len(requests), unit="requests") as bar:
             for req in requests:
@@ -411,18 +421,27 @@ def evaluate(lm: "MixbenchLM", tasks: Sequence[str], limit: int | None = None) -
     from lm_eval import simple_evaluate
 
     results = simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=task_manager(tasks), limit=limit,
-        bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False,
-    )  # fmt: skip
+        model=lm,
+        tasks=list(tasks),
+        task_manager=task_manager(tasks),
+        limit=limit,
+        bootstrap_iters=BOOTSTRAP_ITERS,
+        log_samples=False,
+    )
     if results is None:
         raise LMEvalError("lm-eval returned no results")
     return results
 
 
 def lm_eval_metrics(
-    model: torch.nn.Module, tokenizer: TextTokenizer, tasks: Sequence[str], *, max_length: int,
-    limit: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-) -> dict[str, float]:  # fmt: skip
+    model: torch.nn.Module,
+    tokenizer: TextTokenizer,
+    tasks: Sequence[str],
+    *,
+    max_length: int,
+    limit: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, float]:
     """The runner's hook: the tasks' scores for a model in memory, as store metric names."""
     lm = MixbenchLM.from_model(model, tokenizer, max_length=max_length, batch_size=batch_size)
     return results_to_metrics(evaluate(lm, tasks, limit=limit))

@@ -33,7 +33,7 @@ def bucket_bounds(seq_len: int, buckets: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, eval_cfg, device: torch.device) -> EvalResult:  # noqa: ANN001
+def evaluate(model: nn.Module, data, eval_cfg, device: torch.device) -> EvalResult:
     """Mean token loss over the first ``max_val_sequences`` validation blocks, overall and by position."""
     model.eval()
     n = min(len(data.val), eval_cfg.max_val_sequences)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from harness.store.checkpoints import load_checkpoint
-from harness.data import DataError, DataNeed, load_packed
-from harness.measure.environment import environment, pick_device
-from harness.evaluate.perplexity import evaluate
-from harness.config.cells import data_config
-from harness.engine.parallel import backend_label
-from harness.store.database import RunRecord, Store, StoreError
-from harness.config.suite import PROTOCOL_VERSION, Suite
 from harness.common.names import FINISHED, MetricName, RunStatus
+from harness.config.cells import data_config
+from harness.config.suite import PROTOCOL_VERSION, Suite
+from harness.data import DataError, DataNeed, load_packed
+from harness.engine.parallel import backend_label
+from harness.evaluate.perplexity import evaluate
+from harness.measure.environment import environment, pick_device
+from harness.store.checkpoints import load_checkpoint
+from harness.store.database import RunRecord, Store, StoreError
 
 
 def evaluate_stored(
@@ -33,7 +33,9 @@ def evaluate_stored(
     """Score the run on every context length of the suite's text cells; returns (row, val ppl) per length."""
     source = store.run(run_key)
     if source.status not in FINISHED or not source.checkpoint_path:
-        raise StoreError(f"run {run_key} has no final checkpoint (status {source.status}); only a finished run is scored")
+        raise StoreError(
+            f"run {run_key} has no final checkpoint (status {source.status}); only a finished run is scored"
+        )
     cells = [c for c in suite.cells() if c.task is None]
     if not cells:
         raise StoreError(f"suite {suite.name} is a task suite: there is no text to score a language model on")
@@ -53,7 +55,9 @@ def evaluate_stored(
         key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         if key in scored:  # cells differing only in model or training read the same data
             continue
-        data = load_packed(cfg, cache_dir, need=DataNeed(train_tokens=cell.seq_len, val_sequences=cell.eval.max_val_sequences))
+        data = load_packed(
+            cfg, cache_dir, need=DataNeed(train_tokens=cell.seq_len, val_sequences=cell.eval.max_val_sequences)
+        )
         if data.vocab_size > model.spec.vocab_size:
             raise DataError(
                 f"tokenizer {meta['tokenizer']} has {data.vocab_size} ids but run {run_key}'s model {model.spec.vocab_size}"
@@ -64,17 +68,35 @@ def evaluate_stored(
             from harness.evaluate import lm_eval_adapter
 
             scores = lm_eval_adapter.lm_eval_metrics(
-                model, data.tokenizer, cell.eval.lm_eval, max_length=cell.seq_len,
-                limit=cell.eval.lm_eval_limit, batch_size=cell.eval.batch_size,
-            )  # fmt: skip
+                model,
+                data.tokenizer,
+                cell.eval.lm_eval,
+                max_length=cell.seq_len,
+                limit=cell.eval.lm_eval_limit,
+                batch_size=cell.eval.batch_size,
+            )
             metrics += [(0, name, value) for name, value in scores.items()]
-        record = RunRecord(run_key=key, suite=suite.name, mixer=source.mixer, backbone=source.backbone, size=source.size,
-                           seq_len=cell.seq_len, dataset=cell.data.source, config=config)  # fmt: skip
+        record = RunRecord(
+            run_key=key,
+            suite=suite.name,
+            mixer=source.mixer,
+            backbone=source.backbone,
+            size=source.size,
+            seq_len=cell.seq_len,
+            dataset=cell.data.source,
+            config=config,
+        )
         store.put_finished(
-            record, status, metrics=metrics, position_loss=result.position_loss, n_params=model.num_params(),
-            n_params_non_embedding=model.num_params(non_embedding=True), backend=backend_label(model, where),
-            environment=environment(where) | {"evaluated_from": run_key}, checkpoint_path=source.checkpoint_path,
-        )  # fmt: skip
+            record,
+            status,
+            metrics=metrics,
+            position_loss=result.position_loss,
+            n_params=model.num_params(),
+            n_params_non_embedding=model.num_params(non_embedding=True),
+            backend=backend_label(model, where),
+            environment=environment(where) | {"evaluated_from": run_key},
+            checkpoint_path=source.checkpoint_path,
+        )
         scored[key] = (record, result.perplexity)
         if where.type == "cuda":
             torch.cuda.empty_cache()

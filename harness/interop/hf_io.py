@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import models
+from harness.common.names import FINISHED, RunStatus
 from harness.data import DataError, load_tokenizer
 from harness.data.common import cause, looks_like_hub_id
 from harness.engine.parallel import backend_label
@@ -43,7 +44,6 @@ from models.hf_format import (
     load_into,
     spec_from_config,
 )
-from harness.common.names import FINISHED, RunStatus
 
 IMPORTED_SUITE = "imported"  # the suite column of an imported run (its evaluations go to their suites)
 DEFAULT_CONTEXT = 2048  # the context recorded for a model whose config has no max_position_embeddings
@@ -69,12 +69,14 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
             raise HFError(f"--revision applies to a Hub id; {source} is a local folder")
         return path.resolve(), "sha256:" + folder_digest(path)
     if path.exists() or not looks_like_hub_id(source, (".json", ".safetensors")):
-        raise HFError(f"{source}: not a folder in the Hugging Face format, nor a Hub id like 'state-spaces/mamba-130m-hf'")
+        raise HFError(
+            f"{source}: not a folder in the Hugging Face format, nor a Hub id like 'state-spaces/mamba-130m-hf'"
+        )
     from huggingface_hub import snapshot_download
 
     try:
         folder = Path(snapshot_download(source, revision=revision, allow_patterns=HUB_FILES))
-    except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated repo, ...: all one line
+    except Exception as exc:
         raise HFError(f"cannot fetch {source!r} from the Hugging Face Hub: {cause(exc)}") from None
     return folder, folder.name  # snapshots/<commit>
 
@@ -102,7 +104,9 @@ def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise HFError(f"{config_path}: not valid JSON ({exc})") from None
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise HFError(f"{folder}: no *.safetensors weights (a pytorch_model.bin is not read: it would run pickled code)")
+        raise HFError(
+            f"{folder}: no *.safetensors weights (a pytorch_model.bin is not read: it would run pickled code)"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -147,14 +151,26 @@ def import_checkpoint(
         "data": {"seq_len": context, "tokenizer": str(tokenizer_dir)},  # the context lm-eval uses by default
     }
     save_checkpoint(model, target, str(tokenizer_dir), run_config)
-    record = RunRecord(run_key=key, suite=IMPORTED_SUITE, mixer=spec.mixer, backbone=spec.backbone, size=name,
-                       seq_len=context, dataset=source, config=run_config)  # fmt: skip
+    record = RunRecord(
+        run_key=key,
+        suite=IMPORTED_SUITE,
+        mixer=spec.mixer,
+        backbone=spec.backbone,
+        size=name,
+        seq_len=context,
+        dataset=source,
+        config=run_config,
+    )
     device = torch.device("cpu")
     store.put_finished(
-        record, RunStatus.IMPORTED, n_params=model.num_params(), n_params_non_embedding=model.num_params(non_embedding=True),
-        backend=backend_label(model, device), checkpoint_path=str(target.resolve()),
+        record,
+        RunStatus.IMPORTED,
+        n_params=model.num_params(),
+        n_params_non_embedding=model.num_params(non_embedding=True),
+        backend=backend_label(model, device),
+        checkpoint_path=str(target.resolve()),
         environment=environment(device) | {"imported": origin, "tokenizer": tokenizer.name},
-    )  # fmt: skip
+    )
     return record
 
 
@@ -171,11 +187,18 @@ def export_run(store: Store, run_key: str, out: Path) -> str:
         arch, config = hf_config(model, run.seq_len)
         tensors, how = hf_tensors(model), arch.hf_class
     except FormatError:  # no transformers class: our own weights and modeling file
-        config = {"architectures": ["MixbenchForCausalLM"], "model_type": "mixbench",
-                  "auto_map": {"AutoConfig": "modeling_mixbench.MixbenchConfig",
-                               "AutoModelForCausalLM": "modeling_mixbench.MixbenchForCausalLM"},
-                  "mixbench_spec": asdict(model.spec), "vocab_size": model.spec.vocab_size,
-                  "tie_word_embeddings": False, "torch_dtype": "float32"}  # fmt: skip
+        config = {
+            "architectures": ["MixbenchForCausalLM"],
+            "model_type": "mixbench",
+            "auto_map": {
+                "AutoConfig": "modeling_mixbench.MixbenchConfig",
+                "AutoModelForCausalLM": "modeling_mixbench.MixbenchForCausalLM",
+            },
+            "mixbench_spec": asdict(model.spec),
+            "vocab_size": model.spec.vocab_size,
+            "tie_word_embeddings": False,
+            "torch_dtype": "float32",
+        }
         tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         shutil.copyfile(REMOTE_CODE, out / "modeling_mixbench.py")
         how = "trust_remote_code"

@@ -33,7 +33,9 @@ def _running(pid: int) -> bool:
         return False
 
 
-def cell_command(suite: Path, label: str, extra_args: tuple[str, ...] = (), torchrun: list[str] | None = None) -> list[str]:
+def cell_command(
+    suite: Path, label: str, extra_args: tuple[str, ...] = (), torchrun: list[str] | None = None
+) -> list[str]:
     """The command a job runs for one cell: the harness in this job's process(es), never a launcher again.
 
     With ``torchrun`` arguments, under ``python -m harness.launch.torchrun`` (torchrun with exit
@@ -58,8 +60,16 @@ class CellJob:
             rendezvous = ["--standalone"]
         else:
             job = os.environ.get("SLURM_JOB_ID", "mixbench")
-            rendezvous = ["--nnodes", str(self.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master}:29500",
-                          "--rdzv-id", job]  # fmt: skip
+            rendezvous = [
+                "--nnodes",
+                str(self.nodes),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"{master}:29500",
+                "--rdzv-id",
+                job,
+            ]
         torchrun = [*rendezvous, "--nproc-per-node", str(self.ranks_per_node)]
         return cell_command(self.suite, self.label, self.extra_args, torchrun)
 

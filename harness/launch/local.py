@@ -29,14 +29,14 @@ from typing import Any
 
 from rich.console import Console
 
-from harness.launch.job import cell_command
-from harness.config.launcher import LauncherSection
-from harness.launch.submit import DEFAULT_JOB_DIR, LaunchError
 from harness.common.lifeline import child_environment
-from harness.engine.resume import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE
 from harness.config.cells import Summary, cell_label, run_record, select_cells
-from harness.store.database import Store
+from harness.config.launcher import LauncherSection
 from harness.config.suite import Suite
+from harness.engine.resume import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE
+from harness.launch.job import cell_command
+from harness.launch.submit import DEFAULT_JOB_DIR, LaunchError
+from harness.store.database import Store
 
 POLL_S = 0.2
 STOP_GRACE_S = 120  # how long a stopped job may take to save its checkpoint before it is killed
@@ -83,8 +83,9 @@ def _log_name(label: str) -> str:
 class LocalLauncher:
     """Runs a suite's pending cells as parallel jobs on this machine; :meth:`run` returns what became of them."""
 
-    def __init__(self, suite: Suite, suite_path: Path, store: Store, console: Console,
-                 extra_args: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self, suite: Suite, suite_path: Path, store: Store, console: Console, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.suite, self.suite_path, self.store, self.console = suite, Path(suite_path).resolve(), store, console
         self.extra_args = extra_args
         self.log_dir = (DEFAULT_JOB_DIR / suite.name / "local").resolve()
@@ -102,9 +103,11 @@ class LocalLauncher:
                 self.console.print(f"[dim]{cell_label(cell)}: already {self.store.status(cell.run_key)}, skipped[/]")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         threads = max(1, (os.cpu_count() or 1) // len(free)) if not launcher.gpus_per_cell else None
-        self.console.print(f"{len(pending)} cells, {len(free)} at once"
-                           + (f", {launcher.gpus_per_cell} GPU(s) each" if launcher.gpus_per_cell else " on CPU")
-                           + f"; logs in {self.log_dir}")  # fmt: skip
+        self.console.print(
+            f"{len(pending)} cells, {len(free)} at once"
+            + (f", {launcher.gpus_per_cell} GPU(s) each" if launcher.gpus_per_cell else " on CPU")
+            + f"; logs in {self.log_dir}"
+        )
         running: list[_Job] = []
         previous = {s: signal.signal(s, self._stop) for s in PREEMPT_SIGNALS}
         try:
@@ -130,10 +133,10 @@ class LocalLauncher:
                 signal.signal(s, handler)
         return summary
 
-    def _stop(self, signum: int, _frame: Any) -> None:  # noqa: ANN401 - a frame object
+    def _stop(self, signum: int, _frame: Any) -> None:
         self.stopped_by = signal.Signals(signum).name
 
-    def _start(self, number: int, total: int, cell: Any, gpus: tuple[str, ...], threads: int | None) -> _Job:  # noqa: ANN401
+    def _start(self, number: int, total: int, cell: Any, gpus: tuple[str, ...], threads: int | None) -> _Job:
         label = cell_label(cell)
         ranks = len(gpus)
         torchrun = ["--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else None
@@ -158,7 +161,9 @@ class LocalLauncher:
             self.console.print(f"[green]{job.label}: done in {seconds:.1f}s[/]")
         elif code == PREEMPTED_EXIT_CODE:
             summary.stopped.append(job.label)
-            self.console.print(f"[yellow]{job.label}: stopped after {seconds:.1f}s, checkpoint saved; a rerun resumes[/]")
+            self.console.print(
+                f"[yellow]{job.label}: stopped after {seconds:.1f}s, checkpoint saved; a rerun resumes[/]"
+            )
         else:
             error = self.store.run(job.run_key).error or f"exit status {code} before it recorded anything"
             summary.failed.append((job.label, error))

@@ -56,30 +56,52 @@ def sbatch_script(launcher: LauncherSection, folder: Path, name: str) -> str:
     return _make_sbatch_string(command=command, folder=folder, job_name=name, **launcher.slurm_parameters())
 
 
-def print_slurm_plan(suite: Suite, suite_path: Path, only: str | None, console: Console,
-                     extra_args: tuple[str, ...] = ()) -> None:  # fmt: skip
+def print_slurm_plan(
+    suite: Suite, suite_path: Path, only: str | None, console: Console, extra_args: tuple[str, ...] = ()
+) -> None:
     """``--launcher slurm --dry-run``: the resources, the sbatch script and each cell's command; nothing submitted."""
     launcher = suite.spec.launcher
     name = f"mixbench-{suite.name}"
     table = Table(title=f"suite {suite.name}: one Slurm job per pending cell ({name})")
     for col in ("nodes", "GPUs per node", "CPUs per node", "partition", "time (min)", "account", "requeues", "sbatch"):
         table.add_column(col)
-    table.add_row(str(launcher.nodes), str(launcher.gpus_per_node), str(launcher.cpus), launcher.partition or "-",
-                  str(launcher.minutes), launcher.account or "-", str(launcher.requeues),
-                  " ".join(f"--{k}={v}" for k, v in launcher.sbatch.items()) or "-")  # fmt: skip
+    table.add_row(
+        str(launcher.nodes),
+        str(launcher.gpus_per_node),
+        str(launcher.cpus),
+        launcher.partition or "-",
+        str(launcher.minutes),
+        launcher.account or "-",
+        str(launcher.requeues),
+        " ".join(f"--{k}={v}" for k, v in launcher.sbatch.items()) or "-",
+    )
     console.print(table)
     console.print("sbatch script (each job unpickles its cell and runs the command below):", highlight=False)
-    console.print(sbatch_script(launcher, (DEFAULT_JOB_DIR / suite.name).resolve(), name), markup=False, highlight=False)
+    console.print(
+        sbatch_script(launcher, (DEFAULT_JOB_DIR / suite.name).resolve(), name), markup=False, highlight=False
+    )
     for cell in select_cells(suite, only):
-        job = CellJob(suite=Path(suite_path).resolve(), label=cell_label(cell), db="", nodes=launcher.nodes,
-                      ranks_per_node=launcher.ranks_per_node, workdir=Path.cwd(), extra_args=extra_args)  # fmt: skip
+        job = CellJob(
+            suite=Path(suite_path).resolve(),
+            label=cell_label(cell),
+            db="",
+            nodes=launcher.nodes,
+            ranks_per_node=launcher.ranks_per_node,
+            workdir=Path.cwd(),
+            extra_args=extra_args,
+        )
         console.print(shlex.join(job.command("$MASTER_HOST")), markup=False, highlight=False, soft_wrap=True)
 
 
 def submit_suite(
-    suite: Suite, suite_path: Path, store: Store, only: str | None, console: Console,
-    executor: Any = None, extra_args: tuple[str, ...] = (),
-) -> list[Any]:  # fmt: skip
+    suite: Suite,
+    suite_path: Path,
+    store: Store,
+    only: str | None,
+    console: Console,
+    executor: Any = None,
+    extra_args: tuple[str, ...] = (),
+) -> list[Any]:
     """Submit every pending cell as its own job; returns submitit's jobs (``executor`` default: Slurm, from the suite)."""
     if not suite.spec.trains:
         raise LaunchError(f"suite {suite.name} only measures latency; --launcher slurm runs training cells (use local)")
@@ -96,11 +118,18 @@ def submit_suite(
             table.add_row(cell_label(cell), cell.run_key, f"already {store.status(cell.run_key)}")
             continue
         try:
-            job = executor.submit(CellJob(
-                suite=Path(suite_path).resolve(), label=cell_label(cell), db=store.url, nodes=launcher.nodes,
-                ranks_per_node=launcher.ranks_per_node, workdir=Path.cwd(), extra_args=extra_args,
-            ))  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - sbatch missing or refusing: the cell must not stay queued
+            job = executor.submit(
+                CellJob(
+                    suite=Path(suite_path).resolve(),
+                    label=cell_label(cell),
+                    db=store.url,
+                    nodes=launcher.nodes,
+                    ranks_per_node=launcher.ranks_per_node,
+                    workdir=Path.cwd(),
+                    extra_args=extra_args,
+                )
+            )
+        except Exception as exc:
             store.fail(cell.run_key, f"job submission failed: {one_line(exc)}")
             raise LaunchError(f"submitting {cell_label(cell)} failed: {one_line(exc)}") from None
         store.note_job(cell.run_key, str(job.job_id))

@@ -23,7 +23,7 @@ import signal
 import sys
 
 from harness.common.lifeline import PARENT_ENV, follow_from_environment
-from harness.engine.resume import PREEMPTED_EXIT_CODE, PREEMPT_SIGNALS
+from harness.engine.resume import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE
 
 SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from harness.common.names import MetricName, RunStatus
 from harness.measure.mfu import PEAK_BF16_TFLOPS
 from harness.store.database import Run, Store
 from models.errors import MixbenchError
-from harness.common.names import MetricName, RunStatus
 
 ASSUMED_MFU = 0.20  # between the measured attention (21%) and TTT-Linear (8%) at 125m on an H200
 
@@ -75,8 +75,17 @@ def _utc(when: datetime | None) -> datetime:
 def measurements(store: Store) -> list[Measurement]:
     """Every stored training speed on a known GPU kind: benchmark rows and finished runs."""
     found = [
-        Measurement(t.mixer, t.backbone, t.size, t.seq_len, t.backend, t.gpu, t.tokens_per_s / t.gpus, t.source,
-                    _utc(t.created_at))  # fmt: skip
+        Measurement(
+            t.mixer,
+            t.backbone,
+            t.size,
+            t.seq_len,
+            t.backend,
+            t.gpu,
+            t.tokens_per_s / t.gpus,
+            t.source,
+            _utc(t.created_at),
+        )
         for t in store.throughputs()
         if t.gpu in PEAK_BF16_TFLOPS and t.gpus > 0 and t.tokens_per_s > 0
     ]
@@ -87,8 +96,19 @@ def measurements(store: Store) -> list[Measurement]:
         rate = values.get((run.run_key, MetricName.TOKENS_PER_S))
         if run.status == RunStatus.DONE and kind is not None and rate:
             per_gpu = rate / values.get((run.run_key, "train/world_size"), 1.0)
-            found.append(Measurement(run.mixer, run.backbone, run.size, run.seq_len, run.backend or "-", kind, per_gpu,
-                                     f"run {run.run_key}", _utc(run.finished_at)))  # fmt: skip
+            found.append(
+                Measurement(
+                    run.mixer,
+                    run.backbone,
+                    run.size,
+                    run.seq_len,
+                    run.backend or "-",
+                    kind,
+                    per_gpu,
+                    f"run {run.run_key}",
+                    _utc(run.finished_at),
+                )
+            )
     return found
 
 
@@ -101,13 +121,22 @@ class Estimate:
 
 
 def estimate(
-    mixer: str, backbone: str, size: str, seq_len: int, tokens: int, train_flops: float, gpu: str, gpus: int,
+    mixer: str,
+    backbone: str,
+    size: str,
+    seq_len: int,
+    tokens: int,
+    train_flops: float,
+    gpu: str,
+    gpus: int,
     known: list[Measurement],
-) -> Estimate:  # fmt: skip
+) -> Estimate:
     """GPU-hours of one cell that trains ``tokens`` tokens (``train_flops`` FLOPs) on ``gpus`` GPUs of kind ``gpu``."""
     if gpus < 1:
         raise CostError(f"--gpus {gpus}: give at least one GPU")
-    same = [m for m in known if (m.mixer, m.backbone, m.size, m.seq_len, m.gpu) == (mixer, backbone, size, seq_len, gpu)]
+    same = [
+        m for m in known if (m.mixer, m.backbone, m.size, m.seq_len, m.gpu) == (mixer, backbone, size, seq_len, gpu)
+    ]
     if same:
         m = max(same, key=lambda m: m.when)
         seconds_on_one = tokens / m.tokens_per_s_per_gpu
@@ -133,5 +162,14 @@ def predicted_gpu_hours(run: Run, values: dict[str, float], known: list[Measurem
         return None
     started = _utc(run.started_at)
     earlier = [m for m in known if m.when < started and m.source != f"run {run.run_key}"]
-    return estimate(run.mixer, run.backbone, run.size, run.seq_len, int(tokens), flops, kind,
-                    int(values.get("train/world_size", 1.0)), earlier)  # fmt: skip
+    return estimate(
+        run.mixer,
+        run.backbone,
+        run.size,
+        run.seq_len,
+        int(tokens),
+        flops,
+        kind,
+        int(values.get("train/world_size", 1.0)),
+        earlier,
+    )

@@ -34,7 +34,11 @@ def git_commit() -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=5
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -60,7 +64,10 @@ def device_name(device: torch.device) -> str:
 
 def machine_summary(device: torch.device) -> str:
     """One line for a benchmark's header: processor, threads, torch, GPU, and the load average."""
-    parts = [f"{cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s)", f"torch {torch.__version__}"]
+    parts = [
+        f"{cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s)",
+        f"torch {torch.__version__}",
+    ]
     if device.type == "cuda":
         parts.insert(0, f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}")
     if hasattr(os, "getloadavg"):

@@ -57,16 +57,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from harness.store.checkpoints import load_meta
-from harness.engine.device_memory import free_memory
-from harness.measure.environment import device_name, environment
 from harness.common.errors import one_line
-from harness.common.progress import progress_bar
-from harness.store.database import Latency, Store, StoreError
-from harness.config.suite import LatencySection, Suite, SuiteError
-from harness.engine.train import seed_everything
-from models import ModelSpec, build, split_arch
 from harness.common.names import FINISHED, PointStatus
+from harness.common.progress import progress_bar
+from harness.config.suite import LatencySection, Suite, SuiteError
+from harness.engine.device_memory import free_memory
+from harness.engine.train import seed_everything
+from harness.measure.environment import device_name, environment
+from harness.store.checkpoints import load_meta
+from harness.store.database import Latency, Store, StoreError
+from models import ModelSpec, build, split_arch
 
 MODES = ("prefill", "decode")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -245,7 +245,7 @@ def capture_graph(fn: Callable[[], Any], device: torch.device) -> Callable[[], A
         except BaseException:
             try:
                 graph.capture_end()  # leave capture mode; a broken capture raises again here
-            except Exception:  # noqa: BLE001, S110 - the first error is the one to record
+            except Exception:
                 pass
             raise
         graph.capture_end()
@@ -286,7 +286,7 @@ class Sweep:
             try:
                 run = capture_graph(run, self.device)
                 graph_note = "used"
-            except Exception as exc:  # noqa: BLE001 - a step that cannot be captured runs eagerly
+            except Exception as exc:
                 if is_oom(exc):
                     raise
                 graph_note = f"unsupported, ran eagerly: {one_line(exc)}"
@@ -308,7 +308,7 @@ def guarded(measure: Callable[[int], Measurement], mode: str, context: int, devi
         return measure(context)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
+    except Exception as exc:
         status = PointStatus.OOM if is_oom(exc) else PointStatus.FAILED
         result = Measurement(mode, context, status, error=one_line(exc))
     # The exception (and the tensors its traceback holds) is gone here, so memory can be returned.
@@ -316,8 +316,16 @@ def guarded(measure: Callable[[int], Measurement], mode: str, context: int, devi
     return result
 
 
-def to_row(m: Measurement, *, suite: str, target: Target, section: LatencySection, device: torch.device,
-           backend: str, env: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def to_row(
+    m: Measurement,
+    *,
+    suite: str,
+    target: Target,
+    section: LatencySection,
+    device: torch.device,
+    backend: str,
+    env: dict[str, Any],
+) -> dict[str, Any]:
     median = p20 = p80 = tokens_per_s = None
     if m.status == "ok":
         p20, median, p80 = (float(v) for v in np.percentile(m.samples_ms, [20, 50, 80]))
@@ -327,12 +335,24 @@ def to_row(m: Measurement, *, suite: str, target: Target, section: LatencySectio
         backend += "+cuda-graph"
     details = {**env["latency"], "samples_ms": m.samples_ms, "error": m.error, "cuda_graph": m.cuda_graph}
     return {
-        "suite": suite, "mixer": target.mixer, "backbone": target.backbone, "size": target.size, "mode": m.mode,
-        "context": m.context, "batch": section.batch, "dtype": section.dtype, "device": env["device"],
-        "backend": backend, "status": m.status, "median_ms": median, "p20_ms": p20, "p80_ms": p80,
-        "tokens_per_s": tokens_per_s, "peak_memory_bytes": m.peak_memory_bytes,
+        "suite": suite,
+        "mixer": target.mixer,
+        "backbone": target.backbone,
+        "size": target.size,
+        "mode": m.mode,
+        "context": m.context,
+        "batch": section.batch,
+        "dtype": section.dtype,
+        "device": env["device"],
+        "backend": backend,
+        "status": m.status,
+        "median_ms": median,
+        "p20_ms": p20,
+        "p80_ms": p80,
+        "tokens_per_s": tokens_per_s,
+        "peak_memory_bytes": m.peak_memory_bytes,
         "environment": {**env, "latency": details},
-    }  # fmt: skip
+    }
 
 
 class LatencyRunner:
@@ -348,11 +368,11 @@ class LatencyRunner:
         have = {
             (r.mode, r.context)
             for r in self.store.latency_rows(self.suite.name)
-            if (r.mixer, r.backbone, r.size, r.batch, r.dtype, r.device) == (target.mixer, target.backbone, target.size,
-                                                                            s.batch, s.dtype, name)
+            if (r.mixer, r.backbone, r.size, r.batch, r.dtype, r.device)
+            == (target.mixer, target.backbone, target.size, s.batch, s.dtype, name)
             and r.status in (PointStatus.OK, PointStatus.OOM)
             and ((r.environment or {}).get("latency") or {}).get("protocol") == want
-        }  # fmt: skip
+        }
         return all(point in have for point in sweep_points(s))
 
     def run(self, only: str | None = None, resume: bool = False, chosen: list[Target] | None = None) -> LatencySummary:
@@ -406,8 +426,9 @@ class LatencyRunner:
         model, backends, measurements, built = None, dict.fromkeys(MODES, "-"), [], True
         try:
             seed_everything(s.seed)
-            spec = target.spec or ModelSpec.parse(target.arch, target.size, s.vocab_size,
-                                                  mixer_overrides=dict(target.mixer_settings))  # fmt: skip
+            spec = target.spec or ModelSpec.parse(
+                target.arch, target.size, s.vocab_size, mixer_overrides=dict(target.mixer_settings)
+            )
             with torch.device(device):
                 model = build(spec)
             model = model.to(device=device, dtype=DTYPES[s.dtype]).eval()
@@ -418,7 +439,7 @@ class LatencyRunner:
             env["latency"]["n_params_non_embedding"] = model.num_params(non_embedding=True)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # noqa: BLE001 - a model that cannot be built fails every point
+        except Exception as exc:
             status, error = (PointStatus.OOM if is_oom(exc) else PointStatus.FAILED), one_line(exc)
             measurements = [Measurement(mode, c, status, error=error) for mode, c in sweep_points(s)]
             model, built = None, False
@@ -433,8 +454,10 @@ class LatencyRunner:
             del sweep
         del model
         free_memory(device, collect=not built)
-        return [to_row(m, suite=self.suite.name, target=target, section=s, device=device, backend=backends[m.mode],
-                       env=env) for m in measurements]  # fmt: skip
+        return [
+            to_row(m, suite=self.suite.name, target=target, section=s, device=device, backend=backends[m.mode], env=env)
+            for m in measurements
+        ]
 
 
 # --- presentation -------------------------------------------------------------------------
@@ -447,19 +470,41 @@ def _mib(n: int | None) -> str:
 def latency_table(rows: list[Latency], title: str) -> Table:
     """The stored measurements as a table a person can paste."""
     table = Table(title=title)
-    for col in ("model", "size", "mode", "context", "batch", "dtype", "status", "median ms", "p20–p80 ms",
-                "tokens/s", "peak MiB", "backend", "device"):  # fmt: skip
+    for col in (
+        "model",
+        "size",
+        "mode",
+        "context",
+        "batch",
+        "dtype",
+        "status",
+        "median ms",
+        "p20–p80 ms",
+        "tokens/s",
+        "peak MiB",
+        "backend",
+        "device",
+    ):
         numeric = col in {"context", "batch", "median ms", "tokens/s", "peak MiB"}
         table.add_column(col, justify="right" if numeric else "left")
     order = lambda r: (r.mixer, r.backbone, r.size, r.device, r.dtype, r.batch, r.mode != "prefill", r.context)  # noqa: E731
     for r in sorted(rows, key=order):
         ok = r.status == PointStatus.OK
         table.add_row(
-            f"{r.mixer}@{r.backbone}", r.size, r.mode, str(r.context), str(r.batch), r.dtype,
+            f"{r.mixer}@{r.backbone}",
+            r.size,
+            r.mode,
+            str(r.context),
+            str(r.batch),
+            r.dtype,
             r.status if ok else f"[red]{r.status}[/]",
-            f"{r.median_ms:.3f}" if ok else "-", f"{r.p20_ms:.3f}–{r.p80_ms:.3f}" if ok else "-",
-            f"{r.tokens_per_s:,.0f}" if ok and r.tokens_per_s else "-", _mib(r.peak_memory_bytes), r.backend, r.device,
-        )  # fmt: skip
+            f"{r.median_ms:.3f}" if ok else "-",
+            f"{r.p20_ms:.3f}–{r.p80_ms:.3f}" if ok else "-",
+            f"{r.tokens_per_s:,.0f}" if ok and r.tokens_per_s else "-",
+            _mib(r.peak_memory_bytes),
+            r.backend,
+            r.device,
+        )
     return table
 
 

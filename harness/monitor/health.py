@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from harness.store.database import Run
 from harness.common.names import RunStatus
+from harness.store.database import Run
 
 SPIKE = "health/loss_spike"
 SLOW = "health/slow"
@@ -98,9 +98,11 @@ def run_flags(
 
 
 def flags_by_run(
-    runs: Iterable[Run], metric_rows: Iterable[tuple[str, int, str, float]], now: datetime | None = None,
+    runs: Iterable[Run],
+    metric_rows: Iterable[tuple[str, int, str, float]],
+    now: datetime | None = None,
     thresholds: Thresholds = Thresholds(),
-) -> dict[str, list[str]]:  # fmt: skip
+) -> dict[str, list[str]]:
     """``run_key -> flags`` from the store's runs and ``(run_key, step, name, value)`` metric rows."""
     now = now or datetime.now(timezone.utc)
     health: dict[str, list[tuple[int, str, float]]] = defaultdict(list)

@@ -11,19 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import TracebackType
 
+from harness.engine.train import CURVE_NAMES
 from harness.monitor.health import HEALTH_NAMES, HealthMonitor, Thresholds
 from harness.monitor.loggers import Mirror
 from harness.store.database import Store
-from harness.engine.train import CURVE_NAMES
 
 
 class LiveCurve:
     """The hook: stores each log's rows and flags, and mirrors them to the trackers (closed on exit)."""
 
     def __init__(
-        self, store: Store, run_key: str, steps: int, mfu_of: Callable[[float], float | None] = lambda _rate: None,
-        mirrors: list[Mirror] | None = None, thresholds: Thresholds = Thresholds(),
-    ) -> None:  # fmt: skip
+        self,
+        store: Store,
+        run_key: str,
+        steps: int,
+        mfu_of: Callable[[float], float | None] = lambda _rate: None,
+        mirrors: list[Mirror] | None = None,
+        thresholds: Thresholds = Thresholds(),
+    ) -> None:
         """``mfu_of(tokens_per_s)``: the utilisation that rate means (None where the device's peak is unknown)."""
         self.store, self.run_key, self.steps, self.mfu_of = store, run_key, steps, mfu_of
         self.mirrors, self.thresholds = mirrors or [], thresholds

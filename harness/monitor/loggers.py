@@ -64,9 +64,14 @@ class WandbMirror:
 
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=suite, name=label, id=run_key, config=config, dir=str(folder),
-            mode=os.environ.get("WANDB_MODE", "offline"), resume="allow",
-        )  # fmt: skip
+            project=suite,
+            name=label,
+            id=run_key,
+            config=config,
+            dir=str(folder),
+            mode=os.environ.get("WANDB_MODE", "offline"),
+            resume="allow",
+        )
 
     def log(self, rows: list[tuple[int, str, float]]) -> None:
         by_step: dict[int, dict[str, float]] = defaultdict(dict)

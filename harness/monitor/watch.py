@@ -16,10 +16,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from harness.common.names import ENDED, MetricName, RunStatus
 from harness.measure.cost import duration
 from harness.monitor.health import Thresholds, flags_by_run
 from harness.store.database import Run, Store
-from harness.common.names import ENDED, MetricName, RunStatus
+
 
 def eta_seconds(step: float, steps: float, tokens: float, tokens_per_s: float) -> float | None:
     """Steps left × tokens a step / the recent rate; None before the first log."""
@@ -37,12 +38,16 @@ def watch_table(store: Store, suite: str, now: datetime, thresholds: Thresholds 
         if (key, name) not in latest or step >= latest[key, name][0]:
             latest[key, name] = (step, value)
     flags = flags_by_run(runs, rows, now, thresholds)
-    table = Table(title=f"suite {suite} at {now:%Y-%m-%d %H:%M:%S} UTC ({sum(r.status == RunStatus.DONE for r in runs)}/{len(runs)} done)")
+    table = Table(
+        title=f"suite {suite} at {now:%Y-%m-%d %H:%M:%S} UTC ({sum(r.status == RunStatus.DONE for r in runs)}/{len(runs)} done)"
+    )
     for col in ("cell", "status", "step", "loss", "tokens/s", "MFU", "ETA", "job", "host", "flags"):
         table.add_column(col, justify="right" if col in {"step", "loss", "tokens/s", "MFU", "ETA"} else "left")
     for run in runs:
-        table.add_row(*_cells(run, lambda name, k=run.run_key: latest.get((k, name), (0, None))[1]),
-                      "; ".join(flags[run.run_key]) or "-")  # fmt: skip
+        table.add_row(
+            *_cells(run, lambda name, k=run.run_key: latest.get((k, name), (0, None))[1]),
+            "; ".join(flags[run.run_key]) or "-",
+        )
     return table
 
 
@@ -68,9 +73,14 @@ def _cells(run: Run, value: Callable[[str], float | None]) -> list[str]:
 
 
 def frames(
-    store: Store, suite: str, every: float = 5.0, *, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-    sleep: Callable[[float], None] = time.sleep, thresholds: Thresholds = Thresholds(),
-) -> Iterator[Table]:  # fmt: skip
+    store: Store,
+    suite: str,
+    every: float = 5.0,
+    *,
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    sleep: Callable[[float], None] = time.sleep,
+    thresholds: Thresholds = Thresholds(),
+) -> Iterator[Table]:
     """A frame every ``every`` seconds, until the suite has cells and all of them are done or failed."""
     while True:
         yield watch_table(store, suite, now(), thresholds)

@@ -24,6 +24,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from harness.common.atomic_file import write_text_atomic
+from harness.common.names import FINISHED, MetricName, PointStatus
 from harness.measure.cost import (
     Measurement,
     actual_gpu_hours,
@@ -31,13 +32,12 @@ from harness.measure.cost import (
     predicted_gpu_hours,
 )
 from harness.monitor.health import flags_by_run
-from harness.report.palette import color
 from harness.report.live_panels import refresh_tag, running_curves_figure
+from harness.report.palette import color
 from harness.report.seeds import Point, choose, is_task_run, ties
 from harness.report.tasks import split_label, task_figures, task_table_html
 from harness.store.database import Latency, Run, Store
 from models.errors import MixbenchError
-from harness.common.names import FINISHED, MetricName, PointStatus
 
 DEFAULT_REPORT_DIR = Path("results") / "dashboards"
 IMAGE_FORMATS = ("png", "svg")
@@ -60,18 +60,26 @@ def flops_figure(points: list[Point], values: dict[tuple[str, str], float]) -> g
     for col, seq_len in enumerate(seq_lens, 1):
         for i, arch in enumerate(archs):
             rows = sorted(
-                ((values[(p.run.run_key, MetricName.TRAIN_FLOPS)], p.spread(values, MetricName.VAL_PPL), p) for p in points
-                 if p.run.arch_label == arch and p.run.seq_len == seq_len),
+                (
+                    (values[(p.run.run_key, MetricName.TRAIN_FLOPS)], p.spread(values, MetricName.VAL_PPL), p)
+                    for p in points
+                    if p.run.arch_label == arch and p.run.seq_len == seq_len
+                ),
                 key=lambda q: q[0],
-            )  # fmt: skip
+            )
             if not rows:
                 continue
             fig.add_trace(
                 go.Scatter(
                     x=[q[0] for q in rows],
                     y=[q[1].median for q in rows],
-                    error_y={"type": "data", "symmetric": False, "array": [q[1].hi - q[1].median for q in rows],
-                             "arrayminus": [q[1].median - q[1].lo for q in rows], "thickness": 1.5},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [q[1].hi - q[1].median for q in rows],
+                        "arrayminus": [q[1].median - q[1].lo for q in rows],
+                        "thickness": 1.5,
+                    },
                     mode="lines+markers+text",
                     text=[q[2].run.size for q in rows],
                     textposition="top center",
@@ -81,8 +89,13 @@ def flops_figure(points: list[Point], values: dict[tuple[str, str], float]) -> g
                     marker={"color": color(i)},
                     line={"color": color(i)},
                     customdata=[
-                        [q[2].run.run_key, q[2].run.n_params, values.get((q[2].run.run_key, "train/tokens"), float("nan")),
-                         q[2].lr, ", ".join(f"seed {s}: {v:.3f}" for s, v in zip(q[2].seeds, q[1].values))]
+                        [
+                            q[2].run.run_key,
+                            q[2].run.n_params,
+                            values.get((q[2].run.run_key, "train/tokens"), float("nan")),
+                            q[2].lr,
+                            ", ".join(f"seed {s}: {v:.3f}" for s, v in zip(q[2].seeds, q[1].values)),
+                        ]
                         for q in rows
                     ],
                     hovertemplate=(
@@ -96,8 +109,11 @@ def flops_figure(points: list[Point], values: dict[tuple[str, str], float]) -> g
             )
         fig.update_xaxes(type="log", title_text="training FLOPs", row=1, col=col)
         fig.update_yaxes(type="log", title_text="validation perplexity" if col == 1 else None, row=1, col=col)
-    fig.update_layout(title=f"Validation perplexity vs training FLOPs<br><sub>{html.escape(_seeds_note(points))}</sub>",
-                      height=480, margin={"t": 100})  # fmt: skip
+    fig.update_layout(
+        title=f"Validation perplexity vs training FLOPs<br><sub>{html.escape(_seeds_note(points))}</sub>",
+        height=480,
+        margin={"t": 100},
+    )
     return fig
 
 
@@ -124,9 +140,19 @@ def position_figure(points: list[Point], position_rows: list[tuple[str, int, int
         name = f"{point.run.arch_label} {point.run.size} T{point.run.seq_len}"
         line_color = color(archs.index(point.run.arch_label))
         if len(curves) > 1:  # the band: up along the best seed, back along the worst
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=[min(v) for v in ppl] + [max(v) for v in ppl][::-1],
-                                     fill="toself", fillcolor=line_color, opacity=0.15, line={"width": 0}, hoverinfo="skip",
-                                     legendgroup=name, showlegend=False))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=x + x[::-1],
+                    y=[min(v) for v in ppl] + [max(v) for v in ppl][::-1],
+                    fill="toself",
+                    fillcolor=line_color,
+                    opacity=0.15,
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    legendgroup=name,
+                    showlegend=False,
+                )
+            )
         fig.add_trace(
             go.Scatter(
                 x=x,
@@ -137,23 +163,30 @@ def position_figure(points: list[Point], position_rows: list[tuple[str, int, int
                 line={"color": line_color, "dash": _DASHES[sizes.index(point.run.size) % len(_DASHES)]},
                 hovertemplate="positions %{customdata[0]}-%{customdata[1]}<br>median ppl %{y:.3f} (%{customdata[2]})"
                 "<extra>%{fullData.name}</extra>",
-                customdata=[[lo, hi - 1, f"{min(v):.3f}-{max(v):.3f} over {len(v)} seed(s)"]
-                            for (lo, hi), v in zip(stretches, ppl)],  # fmt: skip
+                customdata=[
+                    [lo, hi - 1, f"{min(v):.3f}-{max(v):.3f} over {len(v)} seed(s)"]
+                    for (lo, hi), v in zip(stretches, ppl)
+                ],
             )
         )
     fig.update_xaxes(title_text="token index (bucket centre)")
     fig.update_yaxes(type="log", title_text="perplexity")
     # one legend row per line: tall enough that a static image (which cannot scroll) shows them all
     lines = sum(1 for trace in fig.data if trace.showlegend is not False)
-    fig.update_layout(title=f"Perplexity by token index (validation)<br><sub>{html.escape(_seeds_note(points))}</sub>",
-                      height=max(480, 160 + 22 * lines), margin={"t": 100})  # fmt: skip
+    fig.update_layout(
+        title=f"Perplexity by token index (validation)<br><sub>{html.escape(_seeds_note(points))}</sub>",
+        height=max(480, 160 + 22 * lines),
+        margin={"t": 100},
+    )
     return fig
 
 
 def results_table_html(
-    runs: list[Run], values: dict[tuple[str, str], float], flags: dict[str, list[str]] | None = None,
+    runs: list[Run],
+    values: dict[tuple[str, str], float],
+    flags: dict[str, list[str]] | None = None,
     known: list[Measurement] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """The results as a plain HTML table, sortable by clicking a column header; with each run's health
     flags, and the GPU-hours a dry run would have predicted (from ``known`` speeds measured before it) beside
     those it took."""
@@ -162,8 +195,26 @@ def results_table_html(
         v = values.get((run.run_key, name))
         return ("-", "") if v is None else (format(v, spec), repr(v))
 
-    header = ("run key", "model", "size", "seq", "lr", "seed", "params", "status", "val ppl", "train FLOPs", "tokens/s",
-              "GPU-h predicted", "GPU-h actual", "backend", "device", "commit", "error", "flags")  # fmt: skip
+    header = (
+        "run key",
+        "model",
+        "size",
+        "seq",
+        "lr",
+        "seed",
+        "params",
+        "status",
+        "val ppl",
+        "train FLOPs",
+        "tokens/s",
+        "GPU-h predicted",
+        "GPU-h actual",
+        "backend",
+        "device",
+        "commit",
+        "error",
+        "flags",
+    )
     by_run: dict[str, dict[str, float]] = defaultdict(dict)
     for (key, name), v in values.items():
         by_run[key][name] = v
@@ -175,17 +226,30 @@ def results_table_html(
         predicted = predicted_gpu_hours(r, own, known or [])
         actual = actual_gpu_hours(own) if predicted is not None else None  # a CPU run's hours are not GPU-hours
         cells = [
-            (r.run_key, ""), (r.arch_label, ""), (r.size, ""), (str(r.seq_len), str(r.seq_len)),
+            (r.run_key, ""),
+            (r.arch_label, ""),
+            (r.size, ""),
+            (str(r.seq_len), str(r.seq_len)),
             (f"{train.get('lr', '-'):g}" if "lr" in train else "-", str(train.get("lr", ""))),
             (str(train.get("seed", "-")), ""),
-            (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")), (r.status, ""),
-            metric(r, MetricName.VAL_PPL, ".3f"), metric(r, MetricName.TRAIN_FLOPS, ".3g"), metric(r, MetricName.TOKENS_PER_S, ",.0f"),
-            ("-", "") if predicted is None else (f"{predicted.gpu_hours:.3g} ({'measured' if predicted.measured else 'assumed MFU'})",
-                                                 repr(predicted.gpu_hours)),
+            (f"{r.n_params:,}" if r.n_params else "-", str(r.n_params or "")),
+            (r.status, ""),
+            metric(r, MetricName.VAL_PPL, ".3f"),
+            metric(r, MetricName.TRAIN_FLOPS, ".3g"),
+            metric(r, MetricName.TOKENS_PER_S, ",.0f"),
+            ("-", "")
+            if predicted is None
+            else (
+                f"{predicted.gpu_hours:.3g} ({'measured' if predicted.measured else 'assumed MFU'})",
+                repr(predicted.gpu_hours),
+            ),
             ("-", "") if actual is None else (f"{actual:.3g}", repr(actual)),
-            (r.backend or "-", ""), (str(env.get("device", "-")), ""), (str(env.get("git_commit") or "-")[:12], ""),
-            (r.error or "", ""), ("; ".join((flags or {}).get(r.run_key, [])), ""),
-        ]  # fmt: skip
+            (r.backend or "-", ""),
+            (str(env.get("device", "-")), ""),
+            (str(env.get("git_commit") or "-")[:12], ""),
+            (r.error or "", ""),
+            ("; ".join((flags or {}).get(r.run_key, [])), ""),
+        ]
         rows.append(cells)
     return _sortable_table("Results", "results", header, rows)
 
@@ -212,14 +276,23 @@ def spread_rows(runs: list[Run], values: dict[tuple[str, str], float]) -> list[d
                 continue
             chosen = point is choice.best
             others = [p.run.arch_label for p in tied.get(run.run_key, [])]
-            rows.append({
-                "model": run.arch_label, "size": run.size, "seq": str(run.seq_len),
-                "task": _task_text(run) if task else "-", "lr": f"{point.lr:g}",
-                "seeds": ", ".join(str(s) for s in point.seeds), "metric": "accuracy" if task else "val ppl",
-                "median": f"{spread.median:.4g}", "min": f"{spread.lo:.4g}", "max": f"{spread.hi:.4g}",
-                "chosen": "yes" if chosen else "", "split": split_label(point, values) if task else "",
-                "ties with": ", ".join(others) if chosen else "",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": run.arch_label,
+                    "size": run.size,
+                    "seq": str(run.seq_len),
+                    "task": _task_text(run) if task else "-",
+                    "lr": f"{point.lr:g}",
+                    "seeds": ", ".join(str(s) for s in point.seeds),
+                    "metric": "accuracy" if task else "val ppl",
+                    "median": f"{spread.median:.4g}",
+                    "min": f"{spread.lo:.4g}",
+                    "max": f"{spread.hi:.4g}",
+                    "chosen": "yes" if chosen else "",
+                    "split": split_label(point, values) if task else "",
+                    "ties with": ", ".join(others) if chosen else "",
+                }
+            )
     return rows
 
 
@@ -248,7 +321,9 @@ def _sortable_table(title: str, table_id: str, header: tuple[str, ...], rows: li
     trs = []
     for cells in rows:
         tds = "".join(
-            f'<td data-sort="{html.escape(sort_key)}">{html.escape(text)}</td>' if sort_key else f"<td>{html.escape(text)}</td>"
+            f'<td data-sort="{html.escape(sort_key)}">{html.escape(text)}</td>'
+            if sort_key
+            else f"<td>{html.escape(text)}</td>"
             for text, sort_key in cells
         )
         trs.append(f"<tr>{tds}</tr>")
@@ -277,6 +352,8 @@ function sortTable(th) {
 
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
 def dashboard_html(suite: str, figures: list[go.Figure], table: str, head: str = "") -> str:
     """One HTML page; plotly.js is inlined once so the file opens offline. ``head``: extra tags (a reload)."""
     parts = [
@@ -324,17 +401,26 @@ def latency_figure(rows: list[Latency]) -> go.Figure:
                     go.Scatter(
                         x=[r.context for r in ok],
                         y=[r.median_ms for r in ok],
-                        error_y={"type": "data", "symmetric": False, "array": [r.p80_ms - r.median_ms for r in ok],
-                                 "arrayminus": [r.median_ms - r.p20_ms for r in ok], "thickness": 1},
-                        mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
-                        line={**style, "dash": _DASHES[sizes.index(size) % len(_DASHES)]}, marker=style,
+                        error_y={
+                            "type": "data",
+                            "symmetric": False,
+                            "array": [r.p80_ms - r.median_ms for r in ok],
+                            "arrayminus": [r.median_ms - r.p20_ms for r in ok],
+                            "thickness": 1,
+                        },
+                        mode="lines+markers",
+                        name=name,
+                        legendgroup=name,
+                        showlegend=col == 1,
+                        line={**style, "dash": _DASHES[sizes.index(size) % len(_DASHES)]},
+                        marker=style,
                         customdata=[_latency_hover(r) for r in ok],
                         hovertemplate=(
                             "%{fullData.name}<br>context %{x:,}<br>median %{y:.4g} ms (p20-p80 %{customdata[0]})"
                             "<br>tokens/s %{customdata[1]}<br>peak memory %{customdata[2]}<br>params %{customdata[3]}"
                             "<br>backend %{customdata[4]}<br>%{customdata[5]}<extra></extra>"
                         ),
-                    ),  # fmt: skip
+                    ),
                     row=1,
                     col=col,
                 )
@@ -342,13 +428,20 @@ def latency_figure(rows: list[Latency]) -> go.Figure:
             if missing:
                 fig.add_trace(
                     go.Scatter(
-                        x=[r.context for r in missing], y=[top] * len(missing), mode="markers+text",
-                        text=[r.status.upper() for r in missing], textposition="bottom center",
-                        name=f"{name} (no time)", legendgroup=name, showlegend=False,
+                        x=[r.context for r in missing],
+                        y=[top] * len(missing),
+                        mode="markers+text",
+                        text=[r.status.upper() for r in missing],
+                        textposition="bottom center",
+                        name=f"{name} (no time)",
+                        legendgroup=name,
+                        showlegend=False,
                         marker={**style, "symbol": "x", "size": 11},
-                        customdata=[[r.status, (r.environment or {}).get("latency", {}).get("error") or ""] for r in missing],
+                        customdata=[
+                            [r.status, (r.environment or {}).get("latency", {}).get("error") or ""] for r in missing
+                        ],
                         hovertemplate="%{fullData.name}<br>context %{x:,}: %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
-                    ),  # fmt: skip
+                    ),
                     row=1,
                     col=col,
                 )
@@ -373,8 +466,26 @@ def _latency_hover(r: Latency) -> list[str]:
 
 
 def latency_table_html(rows: list[Latency]) -> str:
-    header = ("model", "size", "mode", "context", "batch", "dtype", "status", "median ms", "p20 ms", "p80 ms",
-              "tokens/s", "peak MiB", "params", "backend", "device", "commit", "measured", "error")  # fmt: skip
+    header = (
+        "model",
+        "size",
+        "mode",
+        "context",
+        "batch",
+        "dtype",
+        "status",
+        "median ms",
+        "p20 ms",
+        "p80 ms",
+        "tokens/s",
+        "peak MiB",
+        "params",
+        "backend",
+        "device",
+        "commit",
+        "measured",
+        "error",
+    )
 
     def number(v: float | None, spec: str) -> tuple[str, str]:
         return ("-", "") if v is None else (format(v, spec), repr(v))
@@ -383,15 +494,28 @@ def latency_table_html(rows: list[Latency]) -> str:
     for r in rows:
         env = r.environment or {}
         details = env.get("latency", {})
-        cells.append([
-            (f"{r.mixer}@{r.backbone}", ""), (r.size, ""), (r.mode, ""), (str(r.context), str(r.context)),
-            (str(r.batch), str(r.batch)), (r.dtype, ""), (r.status, ""), number(r.median_ms, ".4g"),
-            number(r.p20_ms, ".4g"), number(r.p80_ms, ".4g"), number(r.tokens_per_s, ",.0f"),
-            number(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, ",.0f"),
-            number(details.get("n_params"), ","), (r.backend, ""), (r.device, ""),
-            (str(env.get("git_commit") or "-")[:12], ""), (f"{r.created_at:%Y-%m-%d %H:%M}", ""),
-            (details.get("error") or "", ""),
-        ])  # fmt: skip
+        cells.append(
+            [
+                (f"{r.mixer}@{r.backbone}", ""),
+                (r.size, ""),
+                (r.mode, ""),
+                (str(r.context), str(r.context)),
+                (str(r.batch), str(r.batch)),
+                (r.dtype, ""),
+                (r.status, ""),
+                number(r.median_ms, ".4g"),
+                number(r.p20_ms, ".4g"),
+                number(r.p80_ms, ".4g"),
+                number(r.tokens_per_s, ",.0f"),
+                number(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, ",.0f"),
+                number(details.get("n_params"), ","),
+                (r.backend, ""),
+                (r.device, ""),
+                (str(env.get("git_commit") or "-")[:12], ""),
+                (f"{r.created_at:%Y-%m-%d %H:%M}", ""),
+                (details.get("error") or "", ""),
+            ]
+        )
     return _sortable_table("Latency measurements", "latency", header, cells)
 
 
@@ -410,8 +534,10 @@ def write_panel_images(figures: list[go.Figure], out_dir: Path, image_format: st
     if image_format not in IMAGE_FORMATS:
         raise ReportError(f"unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
     names = [panel_name(fig) for fig in figures]
-    paths = [out_dir / f"{name}-{i + 1}.{image_format}" if names.count(name) > 1 else out_dir / f"{name}.{image_format}"
-             for i, name in enumerate(names)]  # fmt: skip
+    paths = [
+        out_dir / f"{name}-{i + 1}.{image_format}" if names.count(name) > 1 else out_dir / f"{name}.{image_format}"
+        for i, name in enumerate(names)
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         heights = [fig.layout.height or 480 for fig in figures]  # each panel at the height the dashboard gives it
@@ -424,9 +550,7 @@ def write_panel_images(figures: list[go.Figure], out_dir: Path, image_format: st
     return paths
 
 
-def write_reports(
-    store: Store, out_dir: Path, suite: str | None = None, image_format: str | None = None
-) -> list[Path]:
+def write_reports(store: Store, out_dir: Path, suite: str | None = None, image_format: str | None = None) -> list[Path]:
     """Write ``<out_dir>/<suite>.html`` for each suite with finished runs or latency rows; returns the paths.
 
     With ``image_format`` (png or svg) each panel is also written to ``<out_dir>/<suite>/<panel>.<format>``.
@@ -449,10 +573,14 @@ def write_reports(
             continue
         # task runs get their own panels (accuracy); text points are each grid's chosen learning rate
         text_points = [c.best for c in choose([r for r in done if not is_task_run(r)], values)]
-        trained = [p for p in text_points if (p.run.run_key, MetricName.TRAIN_FLOPS) in values]  # a model scored here has no FLOPs here
+        trained = [
+            p for p in text_points if (p.run.run_key, MetricName.TRAIN_FLOPS) in values
+        ]  # a model scored here has no FLOPs here
         figures = [flops_figure(trained, values)] if trained else []
         curves = {key for key, *_ in positions}  # an imported model's own row has no curve until it is scored
-        figures += [position_figure(text_points, positions)] if any(p.run.run_key in curves for p in text_points) else []
+        figures += (
+            [position_figure(text_points, positions)] if any(p.run.run_key in curves for p in text_points) else []
+        )
         figures += task_figures(done, values)
         figures += [live] if live is not None else []
         tables = ""

@@ -12,9 +12,9 @@ from collections import defaultdict
 
 import plotly.graph_objects as go
 
+from harness.common.names import RunStatus
 from harness.monitor.health import SPIKE
 from harness.store.database import Run
-from harness.common.names import RunStatus
 
 REFRESH_SECONDS = 60
 
@@ -39,11 +39,25 @@ def running_curves_figure(runs: list[Run], metric_rows: list[tuple[str, int, str
     for key, points in sorted(curves.items()):
         run, points = running[key], sorted(points)
         label = f"{run.mixer}@{run.backbone} {run.size} T{run.seq_len}"
-        fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines", name=label,
-                                 hovertemplate=f"run {key}<br>step %{{x}}<br>loss %{{y:.4f}}<extra>{label}</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[s for s, _ in points],
+                y=[v for _, v in points],
+                mode="lines",
+                name=label,
+                hovertemplate=f"run {key}<br>step %{{x}}<br>loss %{{y:.4f}}<extra>{label}</extra>",
+            )
+        )
         if marked := [(s, v) for s, v in points if s in set(spikes[key])]:
-            fig.add_trace(go.Scatter(x=[s for s, _ in marked], y=[v for _, v in marked], mode="markers",
-                                     marker={"symbol": "x", "size": 10, "color": "red"}, name=f"{label}: loss spike"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[s for s, _ in marked],
+                    y=[v for _, v in marked],
+                    mode="markers",
+                    marker={"symbol": "x", "size": 10, "color": "red"},
+                    name=f"{label}: loss spike",
+                )
+            )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="training loss")
     fig.update_layout(title="Training loss of running cells (live)", height=420)

@@ -22,8 +22,8 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-from harness.store.database import Run
 from harness.common.names import FINISHED, MetricName
+from harness.store.database import Run
 
 Values = dict[tuple[str, str], float]
 SOLVED = 0.9  # task accuracy at which a seed counts as having solved the task
@@ -119,7 +119,9 @@ def points(runs: list[Run], values: Values) -> list[Point]:
     for run in runs:
         if run.status in FINISHED and (run.run_key, measure(run)[0]) in values:
             groups[_setting(run)].append(run)
-    return [Point(tuple(sorted(g, key=lambda r: int(r.config.get("train", {}).get("seed", 0))))) for g in groups.values()]
+    return [
+        Point(tuple(sorted(g, key=lambda r: int(r.config.get("train", {}).get("seed", 0))))) for g in groups.values()
+    ]
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,12 @@ def ties(chosen: list[Point], values: Values, metric: str) -> dict[str, list[Poi
     out: dict[str, list[Point]] = {}
     for i, point in enumerate(chosen):
         out[point.run.run_key] = [
-            other for j, other in enumerate(chosen)
-            if j != i and comparison_key(other.run) == comparison_key(point.run)
-            and spreads[i] is not None and spreads[j] is not None and spreads[i].overlaps(spreads[j])
-        ]  # fmt: skip
+            other
+            for j, other in enumerate(chosen)
+            if j != i
+            and comparison_key(other.run) == comparison_key(point.run)
+            and spreads[i] is not None
+            and spreads[j] is not None
+            and spreads[i].overlaps(spreads[j])
+        ]
     return out

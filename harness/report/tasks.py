@@ -28,11 +28,12 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from harness.common.names import MetricName
 from harness.report.palette import color
 from harness.report.seeds import SOLVED, Choice, Point, Values, choose, is_task_run
 from harness.store.database import Run
 from harness.tasks.base import get_task
-from harness.common.names import MetricName
+
 
 def _series(run: Run) -> str:
     return f"{run.mixer}@{run.backbone} {run.size}"
@@ -85,8 +86,16 @@ def _varying(runs: list[Run]) -> set[str]:
 # legend beside it: about 900 / columns pixels wide, 310 high), so that two labels never print
 # on top of each other (at one width two mixers' points can sit a few pixels apart).
 _CHAR_PX, _LINE_PX, _GAP_PX, _PLOT_W_PX, _PLOT_H_PX = 6.5, 14.0, 6.0, 900.0, 310.0
-_POSITIONS = ("bottom center", "top center", "bottom right", "top right", "bottom left", "top left",
-              "middle right", "middle left")  # fmt: skip
+_POSITIONS = (
+    "bottom center",
+    "top center",
+    "bottom right",
+    "top right",
+    "bottom left",
+    "top left",
+    "middle right",
+    "middle left",
+)
 
 
 def _label_box(x: float, y: float, text: str, position: str, n_cols: int) -> tuple[float, float, float, float]:
@@ -141,8 +150,16 @@ def label_positions(points: list[tuple[float, float, str]], log_x: bool, n_cols:
 
 
 def _line_figure(
-    winners: list[Point], values: Values, x_of, facet_of, x_title: str, title: str, subtitle: str,
-    log_x: bool = False, series_of=_series, label_of=None,  # noqa: ANN001 - Run -> str callables
+    winners: list[Point],
+    values: Values,
+    x_of,
+    facet_of,
+    x_title: str,
+    title: str,
+    subtitle: str,
+    log_x: bool = False,
+    series_of=_series,
+    label_of=None,
 ) -> go.Figure:
     """One subplot per facet, one line per series (default: mixer@backbone and size), points labelled by ``label_of``.
 
@@ -157,16 +174,27 @@ def _line_figure(
         lines = {}
         for name in series:
             points = sorted(
-                ((x_of(p.run), p.spread(values, MetricName.TASK_ACCURACY), p) for p in winners
-                 if facet_of(p.run) == facet and series_of(p.run) == name),
+                (
+                    (x_of(p.run), p.spread(values, MetricName.TASK_ACCURACY), p)
+                    for p in winners
+                    if facet_of(p.run) == facet and series_of(p.run) == name
+                ),
                 key=lambda q: (q[0], q[2].run.seq_len),  # a recurrent state is the same size at every seq_len
-            )  # fmt: skip
-            labels = [" ".join(filter(None, (label_of(p.run) if label_of else "", split_label(p, values))))
-                      for _, _, p in points]  # fmt: skip
+            )
+            labels = [
+                " ".join(filter(None, (label_of(p.run) if label_of else "", split_label(p, values))))
+                for _, _, p in points
+            ]
             lines[name] = (points, labels)
         labelled = [(name, k) for name, (points, labels) in lines.items() for k, text in enumerate(labels) if text]
-        where = dict(zip(labelled, label_positions(
-            [(lines[n][0][k][0], lines[n][0][k][1].median, lines[n][1][k]) for n, k in labelled], log_x, n_cols)))
+        where = dict(
+            zip(
+                labelled,
+                label_positions(
+                    [(lines[n][0][k][0], lines[n][0][k][1].median, lines[n][1][k]) for n, k in labelled], log_x, n_cols
+                ),
+            )
+        )
         for i, name in enumerate(series):
             points, labels = lines[name]
             if not points:
@@ -175,20 +203,33 @@ def _line_figure(
                 go.Scatter(
                     x=[q[0] for q in points],
                     y=[q[1].median for q in points],
-                    error_y={"type": "data", "symmetric": False, "array": [q[1].hi - q[1].median for q in points],
-                             "arrayminus": [q[1].median - q[1].lo for q in points], "thickness": 1.5},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [q[1].hi - q[1].median for q in points],
+                        "arrayminus": [q[1].median - q[1].lo for q in points],
+                        "thickness": 1.5,
+                    },
                     mode="lines+markers+text" if any(labels) else "lines+markers",
                     text=labels if any(labels) else None,
                     textposition=[where.get((name, k), "top center") for k in range(len(points))],
                     name=name,
                     legendgroup=name,
                     showlegend=col == 1,
-                    marker={"color": color(i), "size": 9,
-                            "symbol": ["diamond-open" if q[1].split() else "circle" for q in points]},
+                    marker={
+                        "color": color(i),
+                        "size": 9,
+                        "symbol": ["diamond-open" if q[1].split() else "circle" for q in points],
+                    },
                     line={"color": color(i)},
                     customdata=[
-                        [q[2].run.run_key, q[2].run.seq_len, q[2].lr, values.get((q[2].run.run_key, "model/state_size")),
-                         ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(q[2].seeds, q[1].values))]
+                        [
+                            q[2].run.run_key,
+                            q[2].run.seq_len,
+                            q[2].lr,
+                            values.get((q[2].run.run_key, "model/state_size")),
+                            ", ".join(f"seed {s}: {v:.4f}" for s, v in zip(q[2].seeds, q[1].values)),
+                        ]
                         for q in points
                     ],
                     hovertemplate=(
@@ -203,8 +244,11 @@ def _line_figure(
         fig.update_yaxes(title_text="accuracy" if col == 1 else None, range=[0, 1.02], row=1, col=col)
     # A subtitle wider than the figure runs off its right edge: wrap it.
     sub_lines = textwrap.wrap(subtitle, 150)
-    fig.update_layout(title={"text": "<br>".join([title, *(f"<sub>{html.escape(t)}</sub>" for t in sub_lines)])},
-                      height=500, margin={"t": 95 + 15 * len(sub_lines)})  # fmt: skip
+    fig.update_layout(
+        title={"text": "<br>".join([title, *(f"<sub>{html.escape(t)}</sub>" for t in sub_lines)])},
+        height=500,
+        margin={"t": 95 + 15 * len(sub_lines)},
+    )
     return fig
 
 
@@ -252,14 +296,35 @@ def task_figures(runs: list[Run], values: Values) -> list[go.Figure]:
     title = " / ".join(names)
     figures = []
     if many_lengths:  # a single sequence length would make a panel of one column of dots
-        figures.append(_line_figure(winners, values, lambda r: r.seq_len, by_level, "sequence length",
-                                    f"{title}: accuracy vs sequence length", subtitle))  # fmt: skip
+        figures.append(
+            _line_figure(
+                winners,
+                values,
+                lambda r: r.seq_len,
+                by_level,
+                "sequence length",
+                f"{title}: accuracy vs sequence length",
+                subtitle,
+            )
+        )
     if len({json.dumps(level(p.run)) for p in winners}) > 1:
-        figures.append(_line_figure(winners, values, level, by_seq_len, difficulty,
-                                    f"{title}: accuracy vs {difficulty}", subtitle))  # fmt: skip
-    figures.append(_line_figure(winners, values, state_size, by_level, "state size (numbers kept between tokens)",
-                                f"{title}: accuracy vs state size", subtitle, log_x=True, series_of=mixer_line,
-                                label_of=lambda r: r.size))  # fmt: skip
+        figures.append(
+            _line_figure(winners, values, level, by_seq_len, difficulty, f"{title}: accuracy vs {difficulty}", subtitle)
+        )
+    figures.append(
+        _line_figure(
+            winners,
+            values,
+            state_size,
+            by_level,
+            "state size (numbers kept between tokens)",
+            f"{title}: accuracy vs state size",
+            subtitle,
+            log_x=True,
+            series_of=mixer_line,
+            label_of=lambda r: r.size,
+        )
+    )
     return figures
 
 
@@ -272,11 +337,32 @@ def task_table_html(runs: list[Run], values: Values) -> str:
 
     def order(r: Run) -> tuple[Any, ...]:
         task = r.config["task"]
-        return (r.mixer, r.backbone, r.size, r.seq_len, task["name"], json.dumps(task["params"], sort_keys=True),
-                _lr(r), r.config["train"].get("seed", 0))  # fmt: skip
+        return (
+            r.mixer,
+            r.backbone,
+            r.size,
+            r.seq_len,
+            task["name"],
+            json.dumps(task["params"], sort_keys=True),
+            _lr(r),
+            r.config["train"].get("seed", 0),
+        )
 
-    header = ("run key", "model", "size", "seq", "task", "lr", "seed", "accuracy", "sequence acc.", "state size",
-              "val loss", "status", "chosen")  # fmt: skip
+    header = (
+        "run key",
+        "model",
+        "size",
+        "seq",
+        "task",
+        "lr",
+        "seed",
+        "accuracy",
+        "sequence acc.",
+        "state size",
+        "val loss",
+        "status",
+        "chosen",
+    )
     rows = []
     for r in sorted(task_runs, key=order):
         t = r.config["task"]
@@ -286,9 +372,21 @@ def task_table_html(runs: list[Run], values: Values) -> str:
             return "-" if x is None else format(x, spec)
 
         params = ", ".join(f"{k}={val}" for k, val in t["params"].items())
-        cells = (r.run_key, f"{r.mixer}@{r.backbone}", r.size, str(r.seq_len), f"{t['name']}({params})", f"{_lr(r):g}",
-                 str(r.config["train"].get("seed", 0)), v(MetricName.TASK_ACCURACY, ".4f"), v("task/sequence_accuracy", ".4f"),
-                 v("model/state_size", ",.0f"), v(MetricName.VAL_LOSS, ".4f"), r.status, "yes" if r.run_key in chosen else "")  # fmt: skip
+        cells = (
+            r.run_key,
+            f"{r.mixer}@{r.backbone}",
+            r.size,
+            str(r.seq_len),
+            f"{t['name']}({params})",
+            f"{_lr(r):g}",
+            str(r.config["train"].get("seed", 0)),
+            v(MetricName.TASK_ACCURACY, ".4f"),
+            v("task/sequence_accuracy", ".4f"),
+            v("model/state_size", ",.0f"),
+            v(MetricName.VAL_LOSS, ".4f"),
+            r.status,
+            "yes" if r.run_key in chosen else "",
+        )
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     ths = "".join(f"<th onclick='sortTable(this)'>{html.escape(h)}</th>" for h in header)
     return (

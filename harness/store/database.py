@@ -47,14 +47,17 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from harness.common.names import FINISHED, NOT_TRAINED_HERE, RunStatus
 from harness.store import migrations
 from models.errors import MixbenchError
-from harness.common.names import FINISHED, NOT_TRAINED_HERE, RunStatus
 
 SCHEMA_VERSION = 4  # schema_info.version written by the Alembic head (harness/store/migrations/versions)
 DEFAULT_DB = Path("results") / "mixbench.db"
 DB_ENV = "MIXBENCH_DB"  # the store when no --db is given
-JOB_ENV = ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID")  # where a launched job finds its id (Slurm, submitit's local executor)
+JOB_ENV = (
+    "SLURM_JOB_ID",
+    "SUBMITIT_LOCAL_JOB_ID",
+)  # where a launched job finds its id (Slurm, submitit's local executor)
 # Counts that outgrow 32 bits (GPU memory in bytes) are BIGINT on PostgreSQL; SQLite's INTEGER is 64-bit.
 BigInt = Integer().with_variant(BigInteger(), "postgresql")
 
@@ -199,10 +202,17 @@ class RunRecord:
 
 
 def _write_results(
-    s: Session, run: Run, status: str, metrics: Iterable[tuple[int, str, float]],
-    position_loss: Iterable[tuple[int, int, int, float]], n_params: int, n_params_non_embedding: int, backend: str,
-    environment: dict[str, Any], checkpoint_path: str | None,
-) -> None:  # fmt: skip
+    s: Session,
+    run: Run,
+    status: str,
+    metrics: Iterable[tuple[int, str, float]],
+    position_loss: Iterable[tuple[int, int, int, float]],
+    n_params: int,
+    n_params_non_embedding: int,
+    backend: str,
+    environment: dict[str, Any],
+    checkpoint_path: str | None,
+) -> None:
     """A run's results and final columns, inside the caller's transaction.
 
     Rows of the names written replace any stored under them (the live curve written so far).
@@ -248,7 +258,7 @@ def _sqlite_setup(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "connect")
-    def on_connect(dbapi_conn, _record):  # noqa: ANN001 - DB-API objects
+    def on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=60000")
@@ -256,7 +266,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def on_begin(conn):  # noqa: ANN001
+    def on_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -366,7 +376,9 @@ class Store:
             if "not a database" in message:
                 return f"{self.where} is not a SQLite database ({message}); point --db at a mixbench database or a new file"
             return f"cannot open database {self.where}: {message}"
-        return f"cannot open database {self.where}: {message} (check host, port, user and password in --db or ${DB_ENV})"
+        return (
+            f"cannot open database {self.where}: {message} (check host, port, user and password in --db or ${DB_ENV})"
+        )
 
     def _prepare_schema(self, conn: Connection, upgrade: bool) -> None:
         """Create a new database, or check (and if asked, upgrade) an existing one, with Alembic."""
@@ -428,19 +440,37 @@ class Store:
             if row is None:
                 try:
                     with s.begin_nested():
-                        s.add(Run(**record.__dict__, status=RunStatus.RUNNING, claimed_by=me, job_id=job, started_at=_now(),
-                                  heartbeat_at=_now()))
+                        s.add(
+                            Run(
+                                **record.__dict__,
+                                status=RunStatus.RUNNING,
+                                claimed_by=me,
+                                job_id=job,
+                                started_at=_now(),
+                                heartbeat_at=_now(),
+                            )
+                        )
                 except IntegrityError:
                     return False  # another runner inserted it first, or holds its row locked
                 return True
-            if row.status == RunStatus.DONE or (row.status == RunStatus.RUNNING and not _claim_is_stale(row.claimed_by, row.job_id)):
+            if row.status == RunStatus.DONE or (
+                row.status == RunStatus.RUNNING and not _claim_is_stale(row.claimed_by, row.job_id)
+            ):
                 return False
             taken = s.execute(
                 update(Run)
                 .where(Run.id == row.id, Run.status == row.status, Run.claimed_by.is_not_distinct_from(row.claimed_by))
-                .values(status=RunStatus.RUNNING, claimed_by=me, job_id=job or row.job_id, error=None, started_at=_now(),
-                        heartbeat_at=_now(), finished_at=None, config=record.config)
-            ).rowcount  # fmt: skip
+                .values(
+                    status=RunStatus.RUNNING,
+                    claimed_by=me,
+                    job_id=job or row.job_id,
+                    error=None,
+                    started_at=_now(),
+                    heartbeat_at=_now(),
+                    finished_at=None,
+                    config=record.config,
+                )
+            ).rowcount
             if taken != 1:
                 return False
             s.execute(delete(Metric).where(Metric.run_id == row.id))
@@ -481,8 +511,18 @@ class Store:
             run = s.scalar(select(Run).where(Run.run_key == run_key))
             if run is None:
                 raise StoreError(f"run {run_key} was never claimed")
-            _write_results(s, run, RunStatus.DONE, metrics, position_loss, n_params, n_params_non_embedding, backend,
-                           environment, checkpoint_path)  # fmt: skip
+            _write_results(
+                s,
+                run,
+                RunStatus.DONE,
+                metrics,
+                position_loss,
+                n_params,
+                n_params_non_embedding,
+                backend,
+                environment,
+                checkpoint_path,
+            )
 
     def put_finished(
         self,
@@ -516,8 +556,18 @@ class Store:
                 s.execute(delete(Metric).where(Metric.run_id == run.id))
                 s.execute(delete(PositionLoss).where(PositionLoss.run_id == run.id))
                 run.config = record.config
-            _write_results(s, run, status, metrics, position_loss, n_params, n_params_non_embedding, backend,
-                           environment, checkpoint_path)  # fmt: skip
+            _write_results(
+                s,
+                run,
+                status,
+                metrics,
+                position_loss,
+                n_params,
+                n_params_non_embedding,
+                backend,
+                environment,
+                checkpoint_path,
+            )
 
     def fail(self, run_key: str, error: str, environment: dict[str, Any] | None = None) -> None:
         with self.session() as s:
@@ -557,7 +607,9 @@ class Store:
             s.add_all(Metric(run_id=run_id, step=step, name=name, value=float(v)) for name, v in values.items())
             s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=_now()))
 
-    def record_curve(self, run_key: str, after: int, rows: Iterable[tuple[int, str, float]], names: Iterable[str]) -> None:
+    def record_curve(
+        self, run_key: str, after: int, rows: Iterable[tuple[int, str, float]], names: Iterable[str]
+    ) -> None:
         """A running cell's curve: its stored rows of ``names`` beyond step ``after`` become exactly ``rows``.
 
         One transaction, so a reader sees each log whole. Writing the rows since the last log
@@ -660,4 +712,3 @@ class Store:
             if suite is not None:
                 q = q.where(Run.suite == suite)
             return [tuple(r) for r in s.execute(q)]
-

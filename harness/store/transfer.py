@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from harness.store.database import Latency, Metric, PositionLoss, Run, Store
 from harness.common.names import ENDED, FINISHED, RunStatus
+from harness.store.database import Latency, Metric, PositionLoss, Run, Store
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,9 @@ def _columns(table: Any) -> list[Any]:
 
 def _utc(row: dict[str, Any]) -> dict[str, Any]:
     """SQLite returns naive datetimes; the store writes UTC, so say so before a server stores them."""
-    return {k: v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) and v.tzinfo is None else v for k, v in row.items()}
+    return {
+        k: v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) and v.tzinfo is None else v for k, v in row.items()
+    }
 
 
 def _latency_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -44,7 +46,12 @@ def copy_store(src: Store, dst: Store) -> CopySummary:
     with src.engine.connect() as conn:
         runs = [_utc(dict(r)) for r in conn.execute(select(*_columns(Run)).where(Run.status.in_(ENDED))).mappings()]
         children = {
-            table: [dict(r) for r in conn.execute(select(Run.run_key, *_columns(table)).join(table, table.run_id == Run.id)).mappings()]
+            table: [
+                dict(r)
+                for r in conn.execute(
+                    select(Run.run_key, *_columns(table)).join(table, table.run_id == Run.id)
+                ).mappings()
+            ]
             for table in (Metric, PositionLoss)
         }
         latency = [_utc(dict(r)) for r in conn.execute(select(*_columns(Latency))).mappings()]
@@ -54,7 +61,9 @@ def copy_store(src: Store, dst: Store) -> CopySummary:
         ids: dict[str, int] = {}
         for run in runs:
             run_id, status = held.get(run["run_key"], (None, None))
-            if status is not None and not (status in (RunStatus.FAILED, RunStatus.QUEUED) and run["status"] in FINISHED):
+            if status is not None and not (
+                status in (RunStatus.FAILED, RunStatus.QUEUED) and run["status"] in FINISHED
+            ):
                 skipped += 1
                 continue
             if run_id is not None:
@@ -62,7 +71,11 @@ def copy_store(src: Store, dst: Store) -> CopySummary:
             ids[run["run_key"]] = s.execute(insert(Run).values(**run).returning(Run.id)).scalar_one()
             copied += 1
         for table, rows in children.items():
-            rows = [{**{k: v for k, v in r.items() if k != "run_key"}, "run_id": ids[r["run_key"]]} for r in rows if r["run_key"] in ids]
+            rows = [
+                {**{k: v for k, v in r.items() if k != "run_key"}, "run_id": ids[r["run_key"]]}
+                for r in rows
+                if r["run_key"] in ids
+            ]
             if rows:
                 s.execute(insert(table), rows)
         have = {_latency_key(dict(r)) for r in s.execute(select(*_columns(Latency))).mappings()}

@@ -22,7 +22,7 @@ from harness.tasks.base import (
 from harness.tasks.dataset import TaskData, TaskEvalResult, evaluate_task, load_task_data
 
 # Importing the built-ins registers them.
-from harness.tasks import mqar, noisy_recall, selective_copy  # noqa: E402,F401  isort: skip
+from harness.tasks import mqar, noisy_recall, selective_copy  # noqa: F401  isort: skip
 
 __all__ = [
     "IGNORE_INDEX",

@@ -31,7 +31,7 @@ class TaskData:
     def vocab_size(self) -> int:
         return self.task.vocab_size
 
-    def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001 - any index sequence
+    def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequences ``indices`` of ``split`` as (inputs, targets), int64, each (len, seq_len)."""
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")

@@ -36,13 +36,19 @@ def causal_conv1d_reference(
     xt = x.transpose(1, 2)
     history = xt.new_zeros(*xt.shape[:2], width - 1) if initial_state is None else initial_state.to(xt.dtype)
     padded = torch.cat([history, xt], dim=-1)
-    y = F.conv1d(padded, weight.to(x.dtype).unsqueeze(1), None if bias is None else bias.to(x.dtype), groups=x.shape[-1])
+    y = F.conv1d(
+        padded, weight.to(x.dtype).unsqueeze(1), None if bias is None else bias.to(x.dtype), groups=x.shape[-1]
+    )
     y = y.transpose(1, 2)
     return (F.silu(y) if activation == "silu" else y), padded[..., padded.shape[-1] - (width - 1) :]
 
 
 def causal_conv1d_update_reference(
-    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """One token ``x: (batch, channels)``: shifts it into ``conv_state`` in place, returns the output."""
     check_conv_args(x, weight, activation, "causal_conv1d_update_reference")

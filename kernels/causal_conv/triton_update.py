@@ -16,9 +16,27 @@ from mixbench_kernels.causal_conv.reference import check_conv_args
 
 @triton.jit
 def _conv_update(
-    X, STATE, W, BIAS, Y, channels, sx_b, sx_c, ss_b, ss_c, ss_k, sw_c, sw_k, sy_b, sy_c,
-    WIDTH: tl.constexpr, WIDTH_P: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    X,
+    STATE,
+    W,
+    BIAS,
+    Y,
+    channels,
+    sx_b,
+    sx_c,
+    ss_b,
+    ss_c,
+    ss_k,
+    sw_c,
+    sw_k,
+    sy_b,
+    sy_c,
+    WIDTH: tl.constexpr,
+    WIDTH_P: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     b = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     k = tl.arange(0, WIDTH_P)
@@ -41,7 +59,11 @@ def _conv_update(
 
 
 def causal_conv1d_update_triton(
-    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """As ``causal_conv1d_update_reference``: ``x (batch, channels)``, ``conv_state`` rolled in place."""
     check_conv_args(x, weight, activation, "causal_conv1d_update_triton")
@@ -55,8 +77,20 @@ def causal_conv1d_update_triton(
     y = torch.empty_like(x)
     block = min(triton.next_power_of_2(channels), 256)
     _conv_update[(batch, triton.cdiv(channels, block))](
-        x, conv_state, weight, bias, y, channels, *x.stride(), *conv_state.stride(), *weight.stride(), *y.stride(),
-        WIDTH=width, WIDTH_P=triton.next_power_of_2(width), HAS_BIAS=bias is not None, SILU=activation == "silu",
+        x,
+        conv_state,
+        weight,
+        bias,
+        y,
+        channels,
+        *x.stride(),
+        *conv_state.stride(),
+        *weight.stride(),
+        *y.stride(),
+        WIDTH=width,
+        WIDTH_P=triton.next_power_of_2(width),
+        HAS_BIAS=bias is not None,
+        SILU=activation == "silu",
         BLOCK_C=block,
-    )  # fmt: skip
+    )
     return y

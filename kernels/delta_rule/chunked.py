@@ -50,6 +50,7 @@ def delta_rule_chunked(
         runs.append((n_full * chunk_size, 1, seq - n_full * chunk_size))
     outs = []
     for start, n_chunks, n in runs:
+
         def chunks(t: torch.Tensor) -> torch.Tensor:
             return t[:, :, start : start + n_chunks * n].unflatten(2, (n_chunks, n))
 

@@ -23,7 +23,10 @@ def delta_rule_fla(
     from fla.ops.delta_rule import chunk_delta_rule
 
     o, state = chunk_delta_rule(
-        *(t.transpose(1, 2) for t in (q, k, v)), beta.transpose(1, 2), scale=scale,
-        initial_state=initial_state, output_final_state=True,
-    )  # fmt: skip
+        *(t.transpose(1, 2) for t in (q, k, v)),
+        beta.transpose(1, 2),
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=True,
+    )
     return o.transpose(1, 2), state

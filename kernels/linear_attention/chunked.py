@@ -32,6 +32,7 @@ def linear_attention_chunked(
     n_full = seq // chunk_size
     outs = []
     if n_full:
+
         def chunks(t: torch.Tensor) -> torch.Tensor:
             return t[:, :, : n_full * chunk_size].unflatten(2, (n_full, chunk_size))
 

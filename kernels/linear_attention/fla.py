@@ -22,7 +22,10 @@ def linear_attention_fla(
     from fla.ops.linear_attn import chunk_linear_attn
 
     o, state = chunk_linear_attn(
-        *(t.transpose(1, 2) for t in (q, k, v)), scale=scale, initial_state=initial_state,
-        output_final_state=True, normalize=False,
-    )  # fmt: skip
+        *(t.transpose(1, 2) for t in (q, k, v)),
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=True,
+        normalize=False,
+    )
     return o.transpose(1, 2), state

@@ -54,7 +54,11 @@ def causal_conv1d_cuda(
 
 
 def causal_conv1d_update_cuda(
-    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu"
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None = "silu",
 ) -> torch.Tensor:
     """``causal_conv1d.causal_conv1d_update``: one token ``x: (batch, channels)``; shifts ``x`` into
     ``conv_state: (batch, channels, width - 1)`` in place and returns the conv output."""
@@ -80,7 +84,9 @@ def selective_state_update_cuda(
     the recurrence, ``state`` updated in place; shapes as there (Mamba: ``state (batch, d, n)``,
     Mamba-2: ``state (batch, heads, headdim, n)``)."""
     if x.device.type != "cuda":
-        raise RuntimeError(f"selective_state_update_cuda: mamba-ssm's Triton kernel needs CUDA tensors, got {x.device.type}")
+        raise RuntimeError(
+            f"selective_state_update_cuda: mamba-ssm's Triton kernel needs CUDA tensors, got {x.device.type}"
+        )
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
     return selective_state_update(state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)

@@ -55,8 +55,33 @@ def _tile(X, b, rows, t, mask, s_b, s_r, s_t):
 
 @triton.jit
 def _load_chunk(
-    U, DELTA, B, C, Z, b, t, T, offs_d, offs_n, mask_d, mask_n,
-    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t,
+    U,
+    DELTA,
+    B,
+    C,
+    Z,
+    b,
+    t,
+    T,
+    offs_d,
+    offs_n,
+    mask_d,
+    mask_n,
+    su_b,
+    su_d,
+    su_t,
+    sd_b,
+    sd_d,
+    sd_t,
+    sB_b,
+    sB_n,
+    sB_t,
+    sC_b,
+    sC_n,
+    sC_t,
+    sz_b,
+    sz_d,
+    sz_t,
     HAS_Z: tl.constexpr,
 ):
     """The raw tiles of ``delta, u, B, C, z`` at steps ``t``. No arithmetic on them here: the loops
@@ -107,12 +132,49 @@ def _column(x, offs_t, j):
 
 @triton.jit
 def _selective_scan_fwd(
-    U, DELTA, A, B, C, D, Z, DBIAS, H0, OUT, HLAST, HSAVE,
-    T, d, n, n_chunks,
-    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, SAVE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    U,
+    DELTA,
+    A,
+    B,
+    C,
+    D,
+    Z,
+    DBIAS,
+    H0,
+    OUT,
+    HLAST,
+    HSAVE,
+    T,
+    d,
+    n,
+    n_chunks,
+    su_b,
+    su_d,
+    su_t,
+    sd_b,
+    sd_d,
+    sd_t,
+    sB_b,
+    sB_n,
+    sB_t,
+    sC_b,
+    sC_n,
+    sC_t,
+    sz_b,
+    sz_d,
+    sz_t,
+    so_b,
+    so_d,
+    so_t,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    SAVE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     """``OUT = (C . h + D u) * silu(z)``; ``HLAST`` the final state; ``HSAVE`` each chunk's entry state."""
     b = tl.program_id(0).to(tl.int64)  # batch offsets pass 2^31 elements at 1.3b widths and T = 32k
@@ -130,8 +192,9 @@ def _selective_scan_fwd(
     Dv = tl.load(D + offs_d, mask=mask_d & HAS_D, other=0.0)
     bias = tl.load(DBIAS + offs_d, mask=mask_d & HAS_BIAS, other=0.0)
     strides = (su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t)
-    delta_raw, u_raw, Bt, Ct, z = _load_chunk(U, DELTA, B, C, Z, b, offs_t, T, offs_d, offs_n, mask_d, mask_n,
-                                              *strides, HAS_Z)  # fmt: skip
+    delta_raw, u_raw, Bt, Ct, z = _load_chunk(
+        U, DELTA, B, C, Z, b, offs_t, T, offs_d, offs_n, mask_d, mask_n, *strides, HAS_Z
+    )
     for c in range(n_chunks):
         t = c * BLOCK_T + offs_t
         mask_dt = mask_d[:, None] & (t < T)[None, :]
@@ -139,8 +202,9 @@ def _selective_scan_fwd(
         if SAVE:
             tl.store(HSAVE + (b * n_chunks + c) * d * n + offs_d[:, None] * n + offs_n[None, :], h, mask=mask_dn)
         u = u_raw.to(tl.float32)
-        delta, slope, a, drive, hs = _chunk_states(delta_raw, u, Bt.to(tl.float32), bias, A2, h, mask_dt,
-                                                   HAS_BIAS, SOFTPLUS)  # fmt: skip
+        delta, slope, a, drive, hs = _chunk_states(
+            delta_raw, u, Bt.to(tl.float32), bias, A2, h, mask_dt, HAS_BIAS, SOFTPLUS
+        )
         y = tl.sum(hs * Ct.to(tl.float32)[None, :, :], axis=1)
         if HAS_D:
             y += Dv[:, None] * u
@@ -155,15 +219,79 @@ def _selective_scan_fwd(
 
 @triton.jit
 def _load_chunk_bwd(
-    U, DELTA, B, C, Z, DOUT, HSAVE, b, c, T, n_chunks, d, n, offs_d, offs_n, offs_t, mask_d, mask_n, mask_dn,
-    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
-    HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr,
+    U,
+    DELTA,
+    B,
+    C,
+    Z,
+    DOUT,
+    HSAVE,
+    b,
+    c,
+    T,
+    n_chunks,
+    d,
+    n,
+    offs_d,
+    offs_n,
+    offs_t,
+    mask_d,
+    mask_n,
+    mask_dn,
+    su_b,
+    su_d,
+    su_t,
+    sd_b,
+    sd_d,
+    sd_t,
+    sB_b,
+    sB_n,
+    sB_t,
+    sC_b,
+    sC_n,
+    sC_t,
+    sz_b,
+    sz_d,
+    sz_t,
+    so_b,
+    so_d,
+    so_t,
+    HAS_Z: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     """What the backward reads of chunk ``c`` (raw, see ``_load_chunk``): its forward tiles, the
     output's gradient, ``delta`` one step ahead (masked at the chunk's last step), its entry state."""
     t = c * BLOCK_T + offs_t
-    delta, u, Bt, Ct, z = _load_chunk(U, DELTA, B, C, Z, b, t, T, offs_d, offs_n, mask_d, mask_n, su_b, su_d, su_t,
-                                      sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, HAS_Z)
+    delta, u, Bt, Ct, z = _load_chunk(
+        U,
+        DELTA,
+        B,
+        C,
+        Z,
+        b,
+        t,
+        T,
+        offs_d,
+        offs_n,
+        mask_d,
+        mask_n,
+        su_b,
+        su_d,
+        su_t,
+        sd_b,
+        sd_d,
+        sd_t,
+        sB_b,
+        sB_n,
+        sB_t,
+        sC_b,
+        sC_n,
+        sC_t,
+        sz_b,
+        sz_d,
+        sz_t,
+        HAS_Z,
+    )
     valid = (t >= 0) & (t < T)
     gy = _tile(DOUT, b, offs_d, t, mask_d[:, None] & valid[None, :], so_b, so_d, so_t)
     ahead = mask_d[:, None] & ((offs_t < BLOCK_T - 1) & (t >= 0) & (t + 1 < T))[None, :]
@@ -175,14 +303,59 @@ def _load_chunk_bwd(
 
 @triton.jit
 def _selective_scan_bwd(
-    U, DELTA, A, B, C, D, Z, DBIAS, HSAVE, DOUT, DHLAST,
-    DU, DDELTA, DA, DB, DC, DD, DZ, DDBIAS, DH0,
-    T, d, n, n_chunks,
-    su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
-    sg_b, sg_d, sg_t,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    U,
+    DELTA,
+    A,
+    B,
+    C,
+    D,
+    Z,
+    DBIAS,
+    HSAVE,
+    DOUT,
+    DHLAST,
+    DU,
+    DDELTA,
+    DA,
+    DB,
+    DC,
+    DD,
+    DZ,
+    DDBIAS,
+    DH0,
+    T,
+    d,
+    n,
+    n_chunks,
+    su_b,
+    su_d,
+    su_t,
+    sd_b,
+    sd_d,
+    sd_t,
+    sB_b,
+    sB_n,
+    sB_t,
+    sC_b,
+    sC_n,
+    sC_t,
+    sz_b,
+    sz_d,
+    sz_t,
+    so_b,
+    so_d,
+    so_t,
+    sg_b,
+    sg_d,
+    sg_t,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     """Every input gradient. ``DU, DDELTA, DZ`` share the strides ``sg_*``; ``DB, DC`` are
     ``(batch, n, T)`` float32 (atomic adds); ``DA (batch, d, n)``, ``DD, DDBIAS (batch, d)`` are
@@ -206,19 +379,79 @@ def _selective_scan_bwd(
     dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    strides = (su_b, su_d, su_t, sd_b, sd_d, sd_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t,
-               so_b, so_d, so_t)  # fmt: skip
+    strides = (
+        su_b,
+        su_d,
+        su_t,
+        sd_b,
+        sd_d,
+        sd_t,
+        sB_b,
+        sB_n,
+        sB_t,
+        sC_b,
+        sC_n,
+        sC_t,
+        sz_b,
+        sz_d,
+        sz_t,
+        so_b,
+        so_d,
+        so_t,
+    )
     delta_raw, u_raw, Bt, Ct, z, gy, delta_next, h_in = _load_chunk_bwd(
-        U, DELTA, B, C, Z, DOUT, HSAVE, b, n_chunks - 1, T, n_chunks, d, n, offs_d, offs_n, offs_t, mask_d, mask_n,
-        mask_dn, *strides, HAS_Z, BLOCK_T,
-    )  # fmt: skip
+        U,
+        DELTA,
+        B,
+        C,
+        Z,
+        DOUT,
+        HSAVE,
+        b,
+        n_chunks - 1,
+        T,
+        n_chunks,
+        d,
+        n,
+        offs_d,
+        offs_n,
+        offs_t,
+        mask_d,
+        mask_n,
+        mask_dn,
+        *strides,
+        HAS_Z,
+        BLOCK_T,
+    )
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         t = c * BLOCK_T + offs_t
         mask_t = t < T
         mask_dt = mask_d[:, None] & mask_t[None, :]
-        nxt = _load_chunk_bwd(U, DELTA, B, C, Z, DOUT, HSAVE, b, c - 1, T, n_chunks, d, n, offs_d, offs_n, offs_t,
-                              mask_d, mask_n, mask_dn, *strides, HAS_Z, BLOCK_T)  # fmt: skip
+        nxt = _load_chunk_bwd(
+            U,
+            DELTA,
+            B,
+            C,
+            Z,
+            DOUT,
+            HSAVE,
+            b,
+            c - 1,
+            T,
+            n_chunks,
+            d,
+            n,
+            offs_d,
+            offs_n,
+            offs_t,
+            mask_d,
+            mask_n,
+            mask_dn,
+            *strides,
+            HAS_Z,
+            BLOCK_T,
+        )
         u, Bf, Cf, gy = u_raw.to(tl.float32), Bt.to(tl.float32), Ct.to(tl.float32), gy.to(tl.float32)
         delta, slope, a, drive, hs = _chunk_states(delta_raw, u, Bf, bias, A2, h_in, mask_dt, HAS_BIAS, SOFTPLUS)
         if HAS_Z:
@@ -311,12 +544,36 @@ class SelectiveScanTriton(torch.autograd.Function):
         zz = z if z is not None else u
         grid = (batch, triton.cdiv(d, cfg["BLOCK_D"]))
         _selective_scan_fwd[grid](
-            u, delta, A, B, C, dummy if D is None else D, zz, dummy if delta_bias is None else delta_bias,
-            dummy if h0 is None else h0, out, last, hsave, T, d, n, n_chunks,
-            *_strides3(u), *_strides3(delta), *_strides3(B), *_strides3(C), *_strides3(zz), *_strides3(out),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            HAS_H0=h0 is not None, SAVE=save, **cfg,
-        )  # fmt: skip
+            u,
+            delta,
+            A,
+            B,
+            C,
+            dummy if D is None else D,
+            zz,
+            dummy if delta_bias is None else delta_bias,
+            dummy if h0 is None else h0,
+            out,
+            last,
+            hsave,
+            T,
+            d,
+            n,
+            n_chunks,
+            *_strides3(u),
+            *_strides3(delta),
+            *_strides3(B),
+            *_strides3(C),
+            *_strides3(zz),
+            *_strides3(out),
+            HAS_D=D is not None,
+            HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=softplus,
+            HAS_H0=h0 is not None,
+            SAVE=save,
+            **cfg,
+        )
         ctx.set_materialize_grads(False)  # an unused output's gradient comes back as None
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hsave)
@@ -344,16 +601,53 @@ class SelectiveScanTriton(torch.autograd.Function):
         # The chunking of the saved states is the forward's; its BLOCK_T must be ours.
         grid = (batch, triton.cdiv(d, cfg["BLOCK_D"]))
         _selective_scan_bwd[grid](
-            u, delta, A, B, C, dummy if D is None else D, zz, dummy if delta_bias is None else delta_bias, hsave,
-            dout, dummy if dlast is None else dlast.float().contiguous(),
-            du, ddelta, dA, dB, dC, dD, dz if dz is not None else du, dbias, dh0, T, d, n, n_chunks,
-            *_strides3(u), *_strides3(delta), *_strides3(B), *_strides3(C), *_strides3(zz), *_strides3(dout),
+            u,
+            delta,
+            A,
+            B,
+            C,
+            dummy if D is None else D,
+            zz,
+            dummy if delta_bias is None else delta_bias,
+            hsave,
+            dout,
+            dummy if dlast is None else dlast.float().contiguous(),
+            du,
+            ddelta,
+            dA,
+            dB,
+            dC,
+            dD,
+            dz if dz is not None else du,
+            dbias,
+            dh0,
+            T,
+            d,
+            n,
+            n_chunks,
+            *_strides3(u),
+            *_strides3(delta),
+            *_strides3(B),
+            *_strides3(C),
+            *_strides3(zz),
+            *_strides3(dout),
             *_strides3(du),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            HAS_DHLAST=dlast is not None, **cfg,
-        )  # fmt: skip
+            HAS_D=D is not None,
+            HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=softplus,
+            HAS_DHLAST=dlast is not None,
+            **cfg,
+        )
         return (
-            du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
-            None if D is None else dD.sum(0), dz, None if delta_bias is None else dbias.sum(0),
-            dh0 if has_h0 else None, None,
-        )  # fmt: skip
+            du,
+            ddelta,
+            dA.sum(0),
+            dB.to(B.dtype),
+            dC.to(C.dtype),
+            None if D is None else dD.sum(0),
+            dz,
+            None if delta_bias is None else dbias.sum(0),
+            dh0 if has_h0 else None,
+            None,
+        )

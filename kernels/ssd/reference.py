@@ -70,9 +70,7 @@ def ssd_reference(
     dt = prepare_dt(dt, dt_bias, dt_softplus)
     batch, _, heads, headdim = x.shape
     B, C = heads_of_groups(B, heads), heads_of_groups(C, heads)
-    state = (
-        x.new_zeros(batch, heads, headdim, B.shape[-1]) if initial_state is None else initial_state.to(work)
-    )
+    state = x.new_zeros(batch, heads, headdim, B.shape[-1]) if initial_state is None else initial_state.to(work)
     ys = []
     for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
         decay = torch.exp(dt_t * A)[:, :, None, None]  # (batch, heads, 1, 1)

@@ -82,14 +82,59 @@ def _chunk_dt(DT, DT_BIAS, b, h, t, t_ok, sdt_b, sdt_t, sdt_h, HAS_BIAS: tl.cons
 
 @triton.jit
 def _ssd_forward(
-    X, DT, DT_BIAS, A, B, C, D, Z, H0, Y, HT, HS,
-    T, heads, per_group, headdim, d_state,
-    sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
-    sz_b, sz_t, sz_h, sz_p, sy_b, sy_t, sy_h, sy_p, sd_h, sd_p,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_H0: tl.constexpr, STATES_ONLY: tl.constexpr,
-    DOT: tl.constexpr, L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    X,
+    DT,
+    DT_BIAS,
+    A,
+    B,
+    C,
+    D,
+    Z,
+    H0,
+    Y,
+    HT,
+    HS,
+    T,
+    heads,
+    per_group,
+    headdim,
+    d_state,
+    sx_b,
+    sx_t,
+    sx_h,
+    sx_p,
+    sdt_b,
+    sdt_t,
+    sdt_h,
+    sb_b,
+    sb_t,
+    sb_g,
+    sb_n,
+    sc_b,
+    sc_t,
+    sc_g,
+    sc_n,
+    sz_b,
+    sz_t,
+    sz_h,
+    sz_p,
+    sy_b,
+    sy_t,
+    sy_h,
+    sy_p,
+    sd_h,
+    sd_p,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STATES_ONLY: tl.constexpr,
+    DOT: tl.constexpr,
+    L: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """``Y`` and the final state ``HT``; or, with ``STATES_ONLY`` (the backward's recompute), only the
     state entering each chunk, into ``HS (batch, heads, n_chunks, headdim, d_state)`` float32."""
     bh = tl.program_id(0)
@@ -140,7 +185,9 @@ def _ssd_forward(
                 zv = tl.load(Z + b * sz_b + t[:, None] * sz_t + h * sz_h + p[None, :] * sz_p, mask=io_mask, other=0.0)
                 zv = zv.to(tl.float32)
                 y = y * zv * tl.sigmoid(zv)
-            tl.store(Y + b * sy_b + t[:, None] * sy_t + h * sy_h + p[None, :] * sy_p, y.to(Y.dtype.element_ty), mask=io_mask)
+            tl.store(
+                Y + b * sy_b + t[:, None] * sy_t + h * sy_h + p[None, :] * sy_p, y.to(Y.dtype.element_ty), mask=io_mask
+            )
         # the state leaving the chunk
         to_end = xdt * tl.exp(S_end - S)[:, None]
         H = H * tl.exp(S_end) + tl.dot(tl.trans(to_end.to(DOT)), Bm)
@@ -162,14 +209,70 @@ def _log_decay_grad(M, dY, CH, exp_S, to_end, BdH, dH_H, S_end, rows, L: tl.cons
 
 @triton.jit
 def _ssd_backward(
-    X, DT, DT_BIAS, A, B, C, D, Z, HS, DY, DHT,
-    DX, DZ, DDT, DA, DB, DC, DD, DH0,
-    T, batch, heads, per_group, headdim, d_state,
-    sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
-    sz_b, sz_t, sz_h, sz_p, sy_b, sy_t, sy_h, sy_p, sg_b, sg_t, sg_h, sg_p, sd_h, sd_p,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DHT: tl.constexpr, DOT: tl.constexpr, L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    X,
+    DT,
+    DT_BIAS,
+    A,
+    B,
+    C,
+    D,
+    Z,
+    HS,
+    DY,
+    DHT,
+    DX,
+    DZ,
+    DDT,
+    DA,
+    DB,
+    DC,
+    DD,
+    DH0,
+    T,
+    batch,
+    heads,
+    per_group,
+    headdim,
+    d_state,
+    sx_b,
+    sx_t,
+    sx_h,
+    sx_p,
+    sdt_b,
+    sdt_t,
+    sdt_h,
+    sb_b,
+    sb_t,
+    sb_g,
+    sb_n,
+    sc_b,
+    sc_t,
+    sc_g,
+    sc_n,
+    sz_b,
+    sz_t,
+    sz_h,
+    sz_p,
+    sy_b,
+    sy_t,
+    sy_h,
+    sy_p,
+    sg_b,
+    sg_t,
+    sg_h,
+    sg_p,
+    sd_h,
+    sd_p,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    DOT: tl.constexpr,
+    L: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Every input gradient, walking the chunks last to first with ``dH``, the gradient of the state
     entering the next chunk (from ``DHT`` or 0), in float32 registers. ``HS``: the entry states of
     ``_ssd_forward(STATES_ONLY)``. ``DX, DZ`` share the strides ``sg_*``, ``DY`` has ``sy_*``. Sums over
@@ -233,7 +336,11 @@ def _ssd_backward(
             zv = zv.to(tl.float32)
             sig = tl.sigmoid(zv)
             dz = dY * y * sig * (1.0 + zv * (1.0 - sig))
-            tl.store(DZ + b * sg_b + t[:, None] * sg_t + h * sg_h + p[None, :] * sg_p, dz.to(DZ.dtype.element_ty), mask=io_mask)
+            tl.store(
+                DZ + b * sg_b + t[:, None] * sg_t + h * sg_h + p[None, :] * sg_p,
+                dz.to(DZ.dtype.element_ty),
+                mask=io_mask,
+            )
             dY = dY * zv * sig  # now the gradient of the output before the gate
         dYe = (dY * exp_S[:, None]).to(DOT)  # what reads the entry state
         dC = tl.dot(dYe, H.to(DOT))
@@ -257,7 +364,9 @@ def _ssd_backward(
         if HAS_D:
             dx += dY * skip[None, :]
             dD += tl.sum(dY * x, axis=0)
-        tl.store(DX + b * sg_b + t[:, None] * sg_t + h * sg_h + p[None, :] * sg_p, dx.to(DX.dtype.element_ty), mask=io_mask)
+        tl.store(
+            DX + b * sg_b + t[:, None] * sg_t + h * sg_h + p[None, :] * sg_p, dx.to(DX.dtype.element_ty), mask=io_mask
+        )
         bc_offs = ((partial * T + t[:, None]) * heads + h) * d_state + n[None, :]
         tl.store(DB + bc_offs, dB, mask=bc_mask)
         tl.store(DC + bc_offs, dC, mask=bc_mask)
@@ -328,13 +437,42 @@ def _run_forward(
     ys = (0, 0, 0, 0) if states_only else out.stride()
     grid = (batch * heads, triton.cdiv(headdim, block_p))
     _ssd_forward[grid](
-        x, dt, bias, A32, B, C, skip, z, h0, out, final, states,
-        seq_len, heads, heads // groups, headdim, d_state,
-        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *zs, *ys, *sd,
-        HAS_BIAS=bias is not None, SOFTPLUS=dt_softplus, HAS_D=skip is not None, HAS_Z=z is not None,
-        HAS_H0=h0 is not None, STATES_ONLY=states_only, DOT=_TORCH_TO_DOT[x.dtype], L=L,
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
-    )  # fmt: skip
+        x,
+        dt,
+        bias,
+        A32,
+        B,
+        C,
+        skip,
+        z,
+        h0,
+        out,
+        final,
+        states,
+        seq_len,
+        heads,
+        heads // groups,
+        headdim,
+        d_state,
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        *C.stride(),
+        *zs,
+        *ys,
+        *sd,
+        HAS_BIAS=bias is not None,
+        SOFTPLUS=dt_softplus,
+        HAS_D=skip is not None,
+        HAS_Z=z is not None,
+        HAS_H0=h0 is not None,
+        STATES_ONLY=states_only,
+        DOT=_TORCH_TO_DOT[x.dtype],
+        L=L,
+        BLOCK_P=block_p,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
+    )
     return None if states_only else (out, final)
 
 
@@ -399,25 +537,68 @@ def ssd_backward_triton(
     zs = z.stride() if z is not None else (0, 0, 0, 0)
     grid = (batch * heads, n_pblocks)
     _ssd_backward[grid](
-        x, dt, bias, A32, B, C, skip, z, states, d_out, d_final,
-        dx, dz, ddt, dA, dB, dC, dD, dh0,
-        seq_len, batch, heads, heads // groups, headdim, d_state,
-        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *zs, *d_out.stride(), *dx.stride(), *sd,
-        HAS_BIAS=bias is not None, SOFTPLUS=dt_softplus, HAS_D=skip is not None, HAS_Z=z is not None,
-        HAS_DHT=d_final is not None, DOT=_TORCH_TO_DOT[x.dtype], L=L, BLOCK_P=block_p, BLOCK_N=block_n,
+        x,
+        dt,
+        bias,
+        A32,
+        B,
+        C,
+        skip,
+        z,
+        states,
+        d_out,
+        d_final,
+        dx,
+        dz,
+        ddt,
+        dA,
+        dB,
+        dC,
+        dD,
+        dh0,
+        seq_len,
+        batch,
+        heads,
+        heads // groups,
+        headdim,
+        d_state,
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        *C.stride(),
+        *zs,
+        *d_out.stride(),
+        *dx.stride(),
+        *sd,
+        HAS_BIAS=bias is not None,
+        SOFTPLUS=dt_softplus,
+        HAS_D=skip is not None,
+        HAS_Z=z is not None,
+        HAS_DHT=d_final is not None,
+        DOT=_TORCH_TO_DOT[x.dtype],
+        L=L,
+        BLOCK_P=block_p,
+        BLOCK_N=block_n,
         num_warps=num_warps,
-    )  # fmt: skip
+    )
     ddt = ddt.sum(0)  # the gradient of the raw dt: the kernel applied the softplus's slope
 
-    def group_sum(partials: torch.Tensor, like: torch.Tensor) -> torch.Tensor:  # over channel blocks and a group's heads
+    def group_sum(
+        partials: torch.Tensor, like: torch.Tensor
+    ) -> torch.Tensor:  # over channel blocks and a group's heads
         return partials.view(n_pblocks, batch, seq_len, groups, heads // groups, d_state).sum((0, 4)).to(like.dtype)
 
     return (
-        dx, ddt.to(dt.dtype), dA.sum((0, 1)).to(A.dtype), group_sum(dB, B), group_sum(dC, C),
+        dx,
+        ddt.to(dt.dtype),
+        dA.sum((0, 1)).to(A.dtype),
+        group_sum(dB, B),
+        group_sum(dC, C),
         None if D is None else _skip_grad(dD, D),
-        dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype),
+        dz,
+        None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype),
         None if initial_state is None else dh0.to(initial_state.dtype),
-    )  # fmt: skip
+    )
 
 
 def _skip_grad(partials: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
@@ -430,16 +611,17 @@ class _SSDTriton(torch.autograd.Function):
     """Triton forward and backward; only the inputs are saved (the backward recomputes the chunk states)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus, chunk_size):  # noqa: ANN001
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus, chunk_size):
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state)
         ctx.dt_softplus, ctx.chunk_size = dt_softplus, chunk_size
         ctx.set_materialize_grads(False)  # an unused output's gradient comes back as None
         return ssd_forward_triton(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, chunk_size)
 
     @staticmethod
-    def backward(ctx, d_out, d_final):  # noqa: ANN001
-        grads = ssd_backward_triton(*ctx.saved_tensors[:8], ctx.dt_softplus, ctx.saved_tensors[8], ctx.chunk_size,
-                                    d_out, d_final)  # fmt: skip
+    def backward(ctx, d_out, d_final):
+        grads = ssd_backward_triton(
+            *ctx.saved_tensors[:8], ctx.dt_softplus, ctx.saved_tensors[8], ctx.chunk_size, d_out, d_final
+        )
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
 
 
@@ -468,7 +650,9 @@ def ssd_chunked_triton(
     return (out, final) if return_final_state else out
 
 
-def check_ssd_inputs(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int) -> None:
+def check_ssd_inputs(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int
+) -> None:
     """One line naming what is wrong, before any kernel launches."""
     if x.dtype not in _TORCH_TO_DOT:
         raise ValueError(f"ssd_chunked_triton: x must be float32, bfloat16 or float16, got {x.dtype}")

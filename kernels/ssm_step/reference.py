@@ -7,12 +7,21 @@ import torch.nn.functional as F
 
 
 def as_heads(
-    state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
-):  # fmt: skip
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+):
     """Mamba's layout seen as Mamba-2's with one head of ``d`` channels (views, no copies); checks shapes."""
     if state.dim() not in (3, 4):
-        raise ValueError(f"ssm_state_update: state must be (batch, d, n) or (batch, heads, headdim, n), got {tuple(state.shape)}")
+        raise ValueError(
+            f"ssm_state_update: state must be (batch, d, n) or (batch, heads, headdim, n), got {tuple(state.shape)}"
+        )
     expected = {"x": state.shape[:-1], "dt": state.shape[:-1], "A": state.shape[1:]}
     for name, t in (("x", x), ("dt", dt), ("A", A)):
         if t.shape != expected[name]:

@@ -57,7 +57,7 @@ def _chunk(params, grads, pos, s, eta, mix0, q, k, target, ln_weight, ln_bias):
     xs, zs = forward_inputs(params, k)
     gs = output_grads(params, zs, target, ln_weight, ln_bias)
     # The queries, through weights updated by the gradients of tokens j <= i.
-    xq, mix = q, mix0
+    xq, mix, zq = q, mix0, None  # zq: the previous layer's output at the queries
     for i, (layer, x, g) in enumerate(zip(params, xs, gs)):
         if i:
             xq = F.gelu(zq, approximate="tanh")
@@ -73,10 +73,12 @@ def _advance(params, grads, pos, n, b, s_last, lr_row, xs, gs):
     if pos == 0 and pos + n == b:  # a whole mini-batch: W_b = W_0 - s_b * sum_j lr_j x_j^T g_j
         coef = s_last * lr_row
         new = tuple(
-            (torch.baddbmm(w, x.transpose(-1, -2) * coef, g, alpha=-1.0),
-             None if bias is None else torch.baddbmm(bias, coef, g, alpha=-1.0))
+            (
+                torch.baddbmm(w, x.transpose(-1, -2) * coef, g, alpha=-1.0),
+                None if bias is None else torch.baddbmm(bias, coef, g, alpha=-1.0),
+            )
             for (w, bias), x, g in zip(params, xs, gs)
-        )  # fmt: skip
+        )
         return new, None, 0
     acc = tuple(
         (torch.bmm(x.transpose(-1, -2) * lr_row, g), None if bias is None else torch.bmm(lr_row, g))

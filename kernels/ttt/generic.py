@@ -123,7 +123,10 @@ def ttt_generic(
         return t.reshape(batch, heads, *t.shape[1:])
 
     new_state = GenericState(
-        tuple(map(unflat, params)), tuple(map(unflat, grads)),
-        tuple(tuple(map(unflat, m)) for m in moments), pos, steps,
-    )  # fmt: skip
+        tuple(map(unflat, params)),
+        tuple(map(unflat, grads)),
+        tuple(tuple(map(unflat, m)) for m in moments),
+        pos,
+        steps,
+    )
     return finish_output(z, q, ln_weight, ln_bias, residual), new_state

@@ -41,11 +41,17 @@ class OptimizerLearner:
     def step(self, state: GenericState, q, k, v, lr) -> tuple[torch.Tensor, GenericState]:
         batch, heads = q.shape[:2]
         target = reconstruction_target(k, v, self.residual)
-        g = _stack([
-            [grad(inner_loss, argnums=1)(self.inner_fn, _head(state.params, i, h), k[i, h], target[i, h], *self._ln(h))
-             for h in range(heads)]
-            for i in range(batch)
-        ])  # fmt: skip
+        g = _stack(
+            [
+                [
+                    grad(inner_loss, argnums=1)(
+                        self.inner_fn, _head(state.params, i, h), k[i, h], target[i, h], *self._ln(h)
+                    )
+                    for h in range(heads)
+                ]
+                for i in range(batch)
+            ]
+        )
         acc = tuple(a + lr.reshape(*lr.shape[:2], *(1,) * (gi.dim() - 2)) * gi for a, gi in zip(state.grads, g))
         s = self.token_scale[state.pos]
         t = state.steps + 1

@@ -43,7 +43,9 @@ def _flatten(state: TTTState) -> list[torch.Tensor]:
 
 def _unflatten(flat: list[torch.Tensor], pos: int) -> TTTState:
     n = len(flat) // 4
-    return TTTState(tuple(zip(flat[0 : 2 * n : 2], flat[1 : 2 * n : 2])), tuple(zip(flat[2 * n :: 2], flat[2 * n + 1 :: 2])), pos)
+    return TTTState(
+        tuple(zip(flat[0 : 2 * n : 2], flat[1 : 2 * n : 2])), tuple(zip(flat[2 * n :: 2], flat[2 * n + 1 :: 2])), pos
+    )
 
 
 def _run(backend: str, tensors: list[torch.Tensor], pos: int) -> list[torch.Tensor]:
@@ -60,7 +62,10 @@ def _ttt_op(backend: str, inputs: list[torch.Tensor], pos: int) -> list[torch.Te
     # Fresh contiguous tensors in the state's dtype: an op's outputs may not alias its inputs
     # (a chunk that ends mid-mini-batch returns the weights it was given).
     state_in = inputs[N_FIXED:]
-    return [y.contiguous(), *(o.to(s.dtype).clone(memory_format=torch.contiguous_format) for o, s in zip(out, state_in))]
+    return [
+        y.contiguous(),
+        *(o.to(s.dtype).clone(memory_format=torch.contiguous_format) for o, s in zip(out, state_in)),
+    ]
 
 
 @_ttt_op.register_fake
@@ -87,7 +92,10 @@ def _ttt_backward(backend: str, inputs: list[torch.Tensor], pos: int, grads: lis
         outs = _run(backend, leaves, pos)
     used = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
     got = torch.autograd.grad([o for o, _ in used], leaves, [g.to(o.dtype) for o, g in used], allow_unused=True)
-    return [torch.zeros(t.shape, dtype=t.dtype, device=t.device) if g is None else g.contiguous() for g, t in zip(got, inputs)]
+    return [
+        torch.zeros(t.shape, dtype=t.dtype, device=t.device) if g is None else g.contiguous()
+        for g, t in zip(got, inputs)
+    ]
 
 
 @_ttt_backward.register_fake
@@ -95,13 +103,13 @@ def _(backend: str, inputs: list[torch.Tensor], pos: int, grads: list[torch.Tens
     return [t.new_empty(t.shape) for t in inputs]
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library's signature
+def _setup_context(ctx, inputs, output) -> None:
     backend, tensors, pos = inputs
     ctx.backend, ctx.pos = backend, pos
     ctx.save_for_backward(*tensors)
 
 
-def _backward(ctx, grads):  # noqa: ANN001, ANN202 - torch.library's signature
+def _backward(ctx, grads):
     tensors = list(ctx.saved_tensors)
     like = [tensors[0], *tensors[N_FIXED:]]  # y has q's shape and dtype, the state out the state in's
     grads = [torch.zeros(t.shape, dtype=t.dtype, device=t.device) if g is None else g for g, t in zip(grads, like)]

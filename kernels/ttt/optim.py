@@ -96,4 +96,3 @@ def fresh_generic_state(params: tuple[torch.Tensor, ...], optimizer: InnerOptimi
     """The state before the first token: initial parameters, no gradient, zero moments."""
     zeros = tuple(torch.zeros_like(p) for p in params)
     return GenericState(tuple(params), zeros, tuple(zeros for _ in range(optimizer.n_moments)), 0, 0)
-

@@ -223,9 +223,14 @@ class Launcher(Protocol):
         """``(y, state out, saved)``; ``saved`` is what the backward needs (empty tensors' stand-ins without ``save``)."""
 
     def launch_backward(
-        self, inputs: list[torch.Tensor], state: list[torch.Tensor], saved: list[torch.Tensor], dy: torch.Tensor,
-        d_state: list[torch.Tensor], start_pos: int,
-    ) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        self,
+        inputs: list[torch.Tensor],
+        state: list[torch.Tensor],
+        saved: list[torch.Tensor],
+        dy: torch.Tensor,
+        d_state: list[torch.Tensor],
+        start_pos: int,
+    ) -> tuple[torch.Tensor, ...]:
         """``(dq, dk, dv, dlr, dts per token, dln_w, dln_b per program, *d_pre)``, float32 where not the
         inputs' dtype; ``d_state`` (the gradients of the state out on entry) becomes those of the state in."""
 
@@ -261,7 +266,7 @@ class KernelPair:
             for name, kernel, opts in (("forward", self.fwd, fwd), ("backward", self.bwd, bwd))
         ]
 
-    def launch_forward(self, inputs, state, start_pos, save):  # noqa: ANN001, ANN201 - Launcher's
+    def launch_forward(self, inputs, state, start_pos, save):
         q, ts = inputs[0], inputs[4]
         has_pre = len(inputs) > N_INPUTS
         if not has_pre:  # placeholders the kernel does not read (it computes what the pre-pass would)
@@ -279,12 +284,22 @@ class KernelPair:
         if not save:
             saved = [out[0]] * len(saved)
         self.fwd[(bh,)](
-            *inputs, *out, y, *saved, seq, inputs[5].shape[0], start_pos, n_chunks,
-            HAS_ACC=start_pos > 0, SAVE=save, HAS_PRE=has_pre, **self.options(widths, ts.shape[0], q.dtype),
-        )  # fmt: skip
+            *inputs,
+            *out,
+            y,
+            *saved,
+            seq,
+            inputs[5].shape[0],
+            start_pos,
+            n_chunks,
+            HAS_ACC=start_pos > 0,
+            SAVE=save,
+            HAS_PRE=has_pre,
+            **self.options(widths, ts.shape[0], q.dtype),
+        )
         return y, out, saved
 
-    def launch_backward(self, inputs, state, saved, dy, d_state, start_pos):  # noqa: ANN001, ANN201 - Launcher's
+    def launch_backward(self, inputs, state, saved, dy, d_state, start_pos):
         q, k, v, lr, ts, ln_w, ln_b, *pre = inputs
         bh, seq, dim = q.shape
         mb, heads = ts.shape[0], ln_w.shape[0]
@@ -296,11 +311,27 @@ class KernelPair:
         widths = state_widths(state)
         scratch = [torch.empty(bh, *shape, **f32) for shape in self.scratch(widths, padded(mb))]
         self.bwd[(bh,)](
-            *inputs, *state[len(state) // 2 :], *saved, dy,
-            dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre, *d_state, *scratch,
-            seq, heads, start_pos, -(-(seq + start_pos) // mb),
-            HAS_ACC=start_pos > 0, **self.options(widths, mb, q.dtype),
-        )  # fmt: skip
+            *inputs,
+            *state[len(state) // 2 :],
+            *saved,
+            dy,
+            dq,
+            dk,
+            dv,
+            dlr,
+            dts_tok,
+            dln_w,
+            dln_b,
+            *d_pre,
+            *d_state,
+            *scratch,
+            seq,
+            heads,
+            start_pos,
+            -(-(seq + start_pos) // mb),
+            HAS_ACC=start_pos > 0,
+            **self.options(widths, mb, q.dtype),
+        )
         return (dq, dk, dv, dlr, dts_tok, dln_w, dln_b, *d_pre)
 
 
@@ -316,7 +347,14 @@ def state_widths(state: list[torch.Tensor]) -> tuple[int, ...]:
 def base_options(widths: tuple[int, ...], mb: int, dtype: torch.dtype) -> dict:
     """Compile-time sizes every TTT kernel takes; float32 inputs use full-precision dots, other
     dtypes TF32 (the state stays float32)."""
-    return dict(D=widths[0], BD=padded(widths[0]), MB=mb, BLOCK_N=padded(mb), PREC="ieee" if dtype == torch.float32 else "tf32", EPS=LN_EPS)
+    return dict(
+        D=widths[0],
+        BD=padded(widths[0]),
+        MB=mb,
+        BLOCK_N=padded(mb),
+        PREC="ieee" if dtype == torch.float32 else "tf32",
+        EPS=LN_EPS,
+    )
 
 
 class _KernelFn(torch.autograd.Function):

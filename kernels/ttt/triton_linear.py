@@ -64,7 +64,6 @@ from mixbench_kernels.ttt.triton_common import (
     N_INPUTS,
     KernelSpec,
     base_options,
-    centre,
     chunk_bounds,
     chunk_mix,
     chunk_mix_block,
@@ -136,8 +135,9 @@ def _store_state(PW, PB, w, b, pid, cols, cmask, D: tl.constexpr):
 
 
 @triton.jit
-def _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
-                    CENTRED: tl.constexpr = False):  # fmt: skip
+def _inner_gradient(
+    x, v, w, b, ln_w, ln_b, cmask, D: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr, CENTRED: tl.constexpr = False
+):
     """``(G, LN(Z), rstd, mean(g_hat LN(Z)))`` of ``Z = X W + b``: the reconstruction loss's gradient.
 
     ``CENTRED``: ``W``'s rows and ``b`` have zero mean (the walks carry them so, ``_centred``), so
@@ -176,8 +176,23 @@ def _inner_gradient_bwd(dg, x, v, z_hat, rstd, zg, g, ln_w, ln_b, cmask, D: tl.c
 
 
 @triton.jit
-def _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D: tl.constexpr, EPS: tl.constexpr,
-            PREC: tl.constexpr, HAS_ACC: tl.constexpr):  # fmt: skip
+def _output(
+    q,
+    w,
+    b,
+    gw,
+    gb,
+    g,
+    mix,
+    s,
+    ln_w,
+    ln_b,
+    cmask,
+    D: tl.constexpr,
+    EPS: tl.constexpr,
+    PREC: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+):
     """``(y, LN(Zq), its rstd, Q G_acc + g_acc)`` of a chunk from its starting weights and ``G``."""
     zq = tl.dot(q, w, input_precision=PREC) + b[None, :] - tl.dot(mix, g, input_precision=PREC)
     acc_q = tl.zeros_like(zq)
@@ -207,11 +222,42 @@ def _centred(w, b, cmask, D: tl.constexpr):
 
 @triton.jit
 def _fwd_step(
-    Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
-    c, pid, seq, start_pos, n_chunks, cols, cmask,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    EPS: tl.constexpr, HAS_ACC: tl.constexpr, QUERY: tl.constexpr, FULL: tl.constexpr,
-):  # fmt: skip
+    Q,
+    TS,
+    Y,
+    WS,
+    BS,
+    x,
+    v,
+    lr,
+    w,
+    b,
+    gw,
+    gb,
+    u,
+    beta,
+    u_acc,
+    beta_acc,
+    ln_w,
+    ln_b,
+    s_full,
+    c,
+    pid,
+    seq,
+    start_pos,
+    n_chunks,
+    cols,
+    cmask,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+    EPS: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    QUERY: tl.constexpr,
+    FULL: tl.constexpr,
+):
     """Chunk ``c`` of the forward walk from its tiles ``x, v, lr``; returns the state after it.
 
     The state is carried centred (``_centred``): ``W = w + u 1^T``, ``b = b + beta``, and the
@@ -230,8 +276,9 @@ def _fwd_step(
         mix = chunk_mix_block(Q, at, p, rows, valid, q, x, s, lr, MB, PREC, False)  # no pre-pass: computed here
         gw_full = tl.where(cmask[None, :], gw + u_acc[:, None], 0.0)
         gb_full = tl.where(cmask, gb + beta_acc, 0.0)
-        y, _, _, _ = _output(q, w_full, b_full, gw_full, gb_full, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC,
-                             HAS_ACC and not FULL)  # fmt: skip
+        y, _, _, _ = _output(
+            q, w_full, b_full, gw_full, gb_full, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC and not FULL
+        )
         _store_tokens(Y, y, pid, seq, t0, rows, valid, cols, cmask, D)
     else:
         _store_square(WS, w_full, at, cols, BD)
@@ -259,14 +306,33 @@ def _fwd_step(
 
 @triton.jit
 def _fwd_walk(
-    Q, K, V, LR, TS, LNW, LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
-    W, B, GW, GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
+    Q,
+    K,
+    V,
+    LR,
+    TS,
+    LNW,
+    LNB,  # inputs: (BH, T, D) x3, (BH, T), (MB,), (H, D) x2
+    W,
+    B,
+    GW,
+    GB,  # in: the state in, (BH, D, D), (BH, D), (BH, D, D), (BH, D); out: the state out
     Y,  # the output, (BH, T, D) (written if QUERY)
-    WS, BS,  # weights at each chunk's start (BH, n_chunks, BD, BD) / (.., BD), float32, unless QUERY
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, QUERY: tl.constexpr,
-):  # fmt: skip
+    WS,
+    BS,  # weights at each chunk's start (BH, n_chunks, BD, BD) / (.., BD), float32, unless QUERY
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    EPS: tl.constexpr,
+    QUERY: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
     cmask = cols < D
@@ -283,9 +349,42 @@ def _fwd_walk(
     v = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
     lr = _per_token(LR, pid, seq, t0, rows, valid)
     w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
-        Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
-        0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, QUERY, False,
-    )  # fmt: skip
+        Q,
+        TS,
+        Y,
+        WS,
+        BS,
+        x,
+        v,
+        lr,
+        w,
+        b,
+        gw,
+        gb,
+        u,
+        beta,
+        u_acc,
+        beta_acc,
+        ln_w,
+        ln_b,
+        s_full,
+        0,
+        pid,
+        seq,
+        start_pos,
+        n_chunks,
+        cols,
+        cmask,
+        D,
+        BD,
+        MB,
+        BLOCK_N,
+        PREC,
+        EPS,
+        HAS_ACC,
+        QUERY,
+        False,
+    )
     # Whole mini-batches in between, each chunk's tiles loaded during the step before.
     t0, n, p, rows, valid = chunk_bounds(1, start_pos, seq, MB, BLOCK_N)
     x = _tokens(K, pid, seq, t0, rows, valid, cols, cmask, D)
@@ -297,26 +396,115 @@ def _fwd_walk(
         v_next = _tokens(V, pid, seq, t0, rows, valid, cols, cmask, D)
         lr_next = _per_token(LR, pid, seq, t0, rows, valid)
         w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
-            Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
-            c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, HAS_ACC, QUERY,
+            Q,
+            TS,
+            Y,
+            WS,
+            BS,
+            x,
+            v,
+            lr,
+            w,
+            b,
+            gw,
+            gb,
+            u,
+            beta,
+            u_acc,
+            beta_acc,
+            ln_w,
+            ln_b,
+            s_full,
+            c,
+            pid,
+            seq,
+            start_pos,
+            n_chunks,
+            cols,
+            cmask,
+            D,
+            BD,
+            MB,
+            BLOCK_N,
+            PREC,
+            EPS,
+            HAS_ACC,
+            QUERY,
             True,
-        )  # fmt: skip
+        )
         x, v, lr = x_next, v_next, lr_next
     # The last chunk (it may end mid-mini-batch) takes the general step; its tiles are loaded.
     if n_chunks > 1:
         w, b, gw, gb, u, beta, u_acc, beta_acc = _fwd_step(
-            Q, TS, Y, WS, BS, x, v, lr, w, b, gw, gb, u, beta, u_acc, beta_acc, ln_w, ln_b, s_full,
-            n_chunks - 1, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, EPS, False,
-            QUERY, False,
-        )  # fmt: skip
+            Q,
+            TS,
+            Y,
+            WS,
+            BS,
+            x,
+            v,
+            lr,
+            w,
+            b,
+            gw,
+            gb,
+            u,
+            beta,
+            u_acc,
+            beta_acc,
+            ln_w,
+            ln_b,
+            s_full,
+            n_chunks - 1,
+            pid,
+            seq,
+            start_pos,
+            n_chunks,
+            cols,
+            cmask,
+            D,
+            BD,
+            MB,
+            BLOCK_N,
+            PREC,
+            EPS,
+            False,
+            QUERY,
+            False,
+        )
     _store_state(W, B, w + u[:, None], b + beta, pid, cols, cmask, D)
     _store_state(GW, GB, gw + u_acc[:, None], gb + beta_acc, pid, cols, cmask, D)
 
 
 @triton.jit
-def _query_chunk(Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, c, pid, seq, heads, start_pos, n_chunks, cols, cmask,
-                 D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr,
-                 PREC: tl.constexpr, EPS: tl.constexpr):  # fmt: skip
+def _query_chunk(
+    Q,
+    K,
+    V,
+    TS,
+    LNW,
+    LNB,
+    MIX,
+    GW0,
+    GB0,
+    WS,
+    BS,
+    c,
+    pid,
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    cols,
+    cmask,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    EPS: tl.constexpr,
+):
     """Chunk ``c`` recomputed from the weights the walk stored, for the parallel kernels: its tiles,
     the inner gradient (``_inner_gradient``) and the output (``_output``); the first chunk of a
     state that starts mid-mini-batch with the state in's running sums."""
@@ -335,25 +523,88 @@ def _query_chunk(Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, c, pid, seq, head
     w, b = _square(WS, at, cols, BD), tl.load(BS + at * BD + cols)
     g, z_hat, rstd, zg = _inner_gradient(x, v, w, b, ln_w, ln_b, cmask, D, EPS, PREC)
     y, zq_hat, rstd_q, acc_q = _output(q, w, b, gw, gb, g, mix, s, ln_w, ln_b, cmask, D, EPS, PREC, HAS_ACC)
-    return (t0, rows, valid, q, s, mix, mix_offs, mix_mask, first, gw, ln_w, w, g, z_hat, rstd, zg,
-            y, zq_hat, rstd_q, acc_q)  # fmt: skip
+    return (
+        t0,
+        rows,
+        valid,
+        q,
+        s,
+        mix,
+        mix_offs,
+        mix_mask,
+        first,
+        gw,
+        ln_w,
+        w,
+        g,
+        z_hat,
+        rstd,
+        zg,
+        y,
+        zq_hat,
+        rstd_q,
+        acc_q,
+    )
 
 
 @triton.jit
 def _fwd_out(
-    Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, Y,  # GW0, GB0: the state in's running sums
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    TS,
+    LNW,
+    LNB,
+    MIX,
+    GW0,
+    GB0,
+    WS,
+    BS,
+    Y,  # GW0, GB0: the state in's running sums
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    EPS: tl.constexpr,
+):
     """The output of chunk ``program_id(0)`` from the weights the walk stored (``G`` recomputed from them)."""
     c, pid = tl.program_id(0), tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BD)
     cmask = cols < D
     t0, rows, valid, _, _, _, _, _, _, _, _, _, _, _, _, _, y, _, _, _ = _query_chunk(
-        Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, c, pid, seq, heads, start_pos, n_chunks, cols, cmask,
-        D, BD, MB, BLOCK_N, HAS_ACC, PREC, EPS,
-    )  # fmt: skip
+        Q,
+        K,
+        V,
+        TS,
+        LNW,
+        LNB,
+        MIX,
+        GW0,
+        GB0,
+        WS,
+        BS,
+        c,
+        pid,
+        seq,
+        heads,
+        start_pos,
+        n_chunks,
+        cols,
+        cmask,
+        D,
+        BD,
+        MB,
+        BLOCK_N,
+        HAS_ACC,
+        PREC,
+        EPS,
+    )
     _store_tokens(Y, y, pid, seq, t0, rows, valid, cols, cmask, D)
 
 
@@ -362,12 +613,43 @@ def _fwd_out(
 
 @triton.jit
 def _bwd_out(
-    Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, DY,
-    DQ, DMIX, DGQ, DWQ, DBQ, DTS, DLN, DGW_IN, DGB_IN, GS, ZH, RS, ZGS,
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    TS,
+    LNW,
+    LNB,
+    MIX,
+    GW0,
+    GB0,
+    WS,
+    BS,
+    DY,
+    DQ,
+    DMIX,
+    DGQ,
+    DWQ,
+    DBQ,
+    DTS,
+    DLN,
+    DGW_IN,
+    DGB_IN,
+    GS,
+    ZH,
+    RS,
+    ZGS,
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    EPS: tl.constexpr,
+):
     """The output's backward for chunk ``program_id(0)``: ``dq`` (whole), ``dmix``, ``dZq``'s term in
     ``dG`` (``DGQ``), ``Q^T dZq`` and ``sum dZq`` (``DWQ``, ``DBQ``: what the walk adds to ``dW``,
     ``db``), the token scales' running-sum term, the output LayerNorm's weight gradients (``DLN``,
@@ -380,10 +662,34 @@ def _bwd_out(
     at = pid * n_chunks + c
     t0, rows, valid, q, s, mix, offs, mask, first, gw, ln_w, w, g, z_hat, rstd, zg, _, zq_hat, rstd_q, acc_q = (
         _query_chunk(
-            Q, K, V, TS, LNW, LNB, MIX, GW0, GB0, WS, BS, c, pid, seq, heads, start_pos, n_chunks, cols, cmask,
-            D, BD, MB, BLOCK_N, HAS_ACC, PREC, EPS,
+            Q,
+            K,
+            V,
+            TS,
+            LNW,
+            LNB,
+            MIX,
+            GW0,
+            GB0,
+            WS,
+            BS,
+            c,
+            pid,
+            seq,
+            heads,
+            start_pos,
+            n_chunks,
+            cols,
+            cmask,
+            D,
+            BD,
+            MB,
+            BLOCK_N,
+            HAS_ACC,
+            PREC,
+            EPS,
         )
-    )  # fmt: skip
+    )
     dy = _tokens(DY, pid, seq, t0, rows, valid, cols, cmask, D)
     _store_tokens(GS, g, pid, seq, t0, rows, valid, cols, cmask, D)
     _store_tokens(ZH, z_hat, pid, seq, t0, rows, valid, cols, cmask, D)
@@ -411,8 +717,29 @@ def _bwd_out(
 
 
 @triton.jit
-def _bwd_tiles(K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, c, pid, seq, start_pos, n_chunks, cols, cmask,
-               D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+def _bwd_tiles(
+    K,
+    V,
+    LR,
+    ZH,
+    GS,
+    RS,
+    ZGS,
+    DGQ,
+    DWQ,
+    DBQ,
+    c,
+    pid,
+    seq,
+    start_pos,
+    n_chunks,
+    cols,
+    cmask,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """What the backward walk reads of chunk ``c``."""
     t0, n, p, rows, valid = chunk_bounds(c, start_pos, seq, MB, BLOCK_N)
     at = pid * n_chunks + tl.maximum(c, 0)  # c = -1: the prefetch past the first chunk (its rows masked)
@@ -436,11 +763,42 @@ def _update_gradient(dw, db, dgw_end, dgb_end, s_last, closes):
 
 @triton.jit
 def _bwd_step(
-    DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b, s_full,
-    c, pid, seq, start_pos, n_chunks, cols, cmask,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    DWC,
+    DBC,
+    DGW_IN,
+    DGB_IN,
+    DGW,
+    DGB,
+    TS,
+    x,
+    v,
+    z_hat,
+    g,
+    dgq,
+    lr,
+    rstd,
+    zg,
+    dwq,
+    dbq,
+    dw,
+    db,
+    ln_w,
+    ln_b,
+    s_full,
+    c,
+    pid,
+    seq,
+    start_pos,
+    n_chunks,
+    cols,
+    cmask,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
     FULL: tl.constexpr,
-):  # fmt: skip
+):
     """Chunk ``c`` of the backward walk: the carry ``dW, db`` at the chunk's end -> at its start.
 
     Stores the carry it was given (``DWC``, ``DBC``) for ``_bwd_in``. ``FULL``: a whole mini-batch; else the general step, which also reads the state
@@ -472,16 +830,38 @@ def _bwd_step(
 
 @triton.jit
 def _bwd_walk(
-    K, V, LR, TS, LNW, LNB, ZH, GS, RS, ZGS, DGQ,
-    DWQ, DBQ,  # Q^T dZq and sum dZq per chunk (BH, n_chunks, BD, BD) / (.., BD)
-    DWC, DBC,  # out: the carry at each chunk's end, same shapes (a buffer of its own: no warp may overwrite
+    K,
+    V,
+    LR,
+    TS,
+    LNW,
+    LNB,
+    ZH,
+    GS,
+    RS,
+    ZGS,
+    DGQ,
+    DWQ,
+    DBQ,  # Q^T dZq and sum dZq per chunk (BH, n_chunks, BD, BD) / (.., BD)
+    DWC,
+    DBC,  # out: the carry at each chunk's end, same shapes (a buffer of its own: no warp may overwrite
     # a block another has yet to read)
-    DW, DB,  # in: the gradients of the state out's W, b; out: of the state in's
-    DGW, DGB,  # the gradients of the state out's running sums (read)
-    DGW_IN, DGB_IN,  # the gradients of the state in's running sums (the update's term added here)
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    DW,
+    DB,  # in: the gradients of the state out's W, b; out: of the state in's
+    DGW,
+    DGB,  # the gradients of the state out's running sums (read)
+    DGW_IN,
+    DGB_IN,  # the gradients of the state in's running sums (the update's term added here)
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
     cmask = cols < D
@@ -495,41 +875,206 @@ def _bwd_walk(
         K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N
     )
     dw, db = _bwd_step(
-        DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b, s_full,
-        c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, False,
-    )  # fmt: skip
+        DWC,
+        DBC,
+        DGW_IN,
+        DGB_IN,
+        DGW,
+        DGB,
+        TS,
+        x,
+        v,
+        z_hat,
+        g,
+        dgq,
+        lr,
+        rstd,
+        zg,
+        dwq,
+        dbq,
+        dw,
+        db,
+        ln_w,
+        ln_b,
+        s_full,
+        c,
+        pid,
+        seq,
+        start_pos,
+        n_chunks,
+        cols,
+        cmask,
+        D,
+        BD,
+        MB,
+        BLOCK_N,
+        PREC,
+        False,
+    )
     # Whole mini-batches, last to first, each chunk's tiles loaded during the step before.
     x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq = _bwd_tiles(
-        K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, n_chunks - 2, pid, seq, start_pos, n_chunks, cols, cmask,
-        D, BD, MB, BLOCK_N,
-    )  # fmt: skip
+        K,
+        V,
+        LR,
+        ZH,
+        GS,
+        RS,
+        ZGS,
+        DGQ,
+        DWQ,
+        DBQ,
+        n_chunks - 2,
+        pid,
+        seq,
+        start_pos,
+        n_chunks,
+        cols,
+        cmask,
+        D,
+        BD,
+        MB,
+        BLOCK_N,
+    )
     for back in range(2, n_chunks):
         c = n_chunks - back
         x_n, v_n, z_hat_n, g_n, dgq_n, lr_n, rstd_n, zg_n, dwq_n, dbq_n = _bwd_tiles(
-            K, V, LR, ZH, GS, RS, ZGS, DGQ, DWQ, DBQ, c - 1, pid, seq, start_pos, n_chunks, cols, cmask,
-            D, BD, MB, BLOCK_N,
-        )  # fmt: skip
+            K,
+            V,
+            LR,
+            ZH,
+            GS,
+            RS,
+            ZGS,
+            DGQ,
+            DWQ,
+            DBQ,
+            c - 1,
+            pid,
+            seq,
+            start_pos,
+            n_chunks,
+            cols,
+            cmask,
+            D,
+            BD,
+            MB,
+            BLOCK_N,
+        )
         dw, db = _bwd_step(
-            DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b,
-            s_full, c, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, True,
-        )  # fmt: skip
+            DWC,
+            DBC,
+            DGW_IN,
+            DGB_IN,
+            DGW,
+            DGB,
+            TS,
+            x,
+            v,
+            z_hat,
+            g,
+            dgq,
+            lr,
+            rstd,
+            zg,
+            dwq,
+            dbq,
+            dw,
+            db,
+            ln_w,
+            ln_b,
+            s_full,
+            c,
+            pid,
+            seq,
+            start_pos,
+            n_chunks,
+            cols,
+            cmask,
+            D,
+            BD,
+            MB,
+            BLOCK_N,
+            PREC,
+            True,
+        )
         x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq = x_n, v_n, z_hat_n, g_n, dgq_n, lr_n, rstd_n, zg_n, dwq_n, dbq_n
     if n_chunks > 1:  # the first chunk (it may start mid-mini-batch): the general step; its tiles are loaded
         dw, db = _bwd_step(
-            DWC, DBC, DGW_IN, DGB_IN, DGW, DGB, TS, x, v, z_hat, g, dgq, lr, rstd, zg, dwq, dbq, dw, db, ln_w, ln_b,
-            s_full, 0, pid, seq, start_pos, n_chunks, cols, cmask, D, BD, MB, BLOCK_N, PREC, False,
-        )  # fmt: skip
+            DWC,
+            DBC,
+            DGW_IN,
+            DGB_IN,
+            DGW,
+            DGB,
+            TS,
+            x,
+            v,
+            z_hat,
+            g,
+            dgq,
+            lr,
+            rstd,
+            zg,
+            dwq,
+            dbq,
+            dw,
+            db,
+            ln_w,
+            ln_b,
+            s_full,
+            0,
+            pid,
+            seq,
+            start_pos,
+            n_chunks,
+            cols,
+            cmask,
+            D,
+            BD,
+            MB,
+            BLOCK_N,
+            PREC,
+            False,
+        )
     _store_state(DW, DB, dw, db, pid, cols, cmask, D)
 
 
 @triton.jit
 def _bwd_in(
-    K, V, LR, TS, LNW, LNB, GW0, GB0, WS, ZH, GS, RS, ZGS, DGQ, DWC, DBC, DGW, DGB,
-    DK, DV, DLR, DTS, DLN,
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ACC: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    K,
+    V,
+    LR,
+    TS,
+    LNW,
+    LNB,
+    GW0,
+    GB0,
+    WS,
+    ZH,
+    GS,
+    RS,
+    ZGS,
+    DGQ,
+    DWC,
+    DBC,
+    DGW,
+    DGB,
+    DK,
+    DV,
+    DLR,
+    DTS,
+    DLN,
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """The input side's backward for chunk ``program_id(0)`` from the carry the walk stored (``DWC``,
     ``DBC``: the gradients of the state at the chunk's end): ``dk``, ``dv``, ``dlr``, the last token
     scale's term, and the inner LayerNorm's weight gradients (added to ``DLN``)."""
@@ -555,7 +1100,9 @@ def _bwd_in(
     # g_hat = (z_hat ln_w + ln_b - target) ln_w
     dln_w = tl.sum(dg_hat * (2.0 * z_hat * ln_w[None, :] + ln_b[None, :] - (v - x)), axis=0)
     tl.store(DLN + at * 2 * BD + cols, tl.load(DLN + at * 2 * BD + cols) + dln_w)
-    tl.store(DLN + at * 2 * BD + BD + cols, tl.load(DLN + at * 2 * BD + BD + cols) + tl.sum(dg_hat * ln_w[None, :], axis=0))
+    tl.store(
+        DLN + at * 2 * BD + BD + cols, tl.load(DLN + at * 2 * BD + BD + cols) + tl.sum(dg_hat * ln_w[None, :], axis=0)
+    )
     lr_g = lr[:, None] * g
     dx = tl.dot(dz, tl.trans(_square(WS, at, cols, BD)), input_precision=PREC)
     dx += tl.dot(lr_g, tl.trans(dt), input_precision=PREC) - dtarget
@@ -604,7 +1151,7 @@ class LinearKernels:
             KernelSpec("decode step", _fwd_walk, kernel_constants(_fwd_walk, opts | dict(QUERY=True)), nw, True),
         ]
 
-    def launch_forward(self, inputs, state, start_pos, save):  # noqa: ANN001, ANN201 - Launcher's
+    def launch_forward(self, inputs, state, start_pos, save):
         q, ts = inputs[0], inputs[4]
         bh, seq, dim = q.shape
         mb, heads = ts.shape[0], inputs[5].shape[0]
@@ -621,18 +1168,36 @@ class LinearKernels:
             ws = bs = out[0]  # not written
         scalars = (seq, heads, start_pos, n_chunks)
         _fwd_walk[(bh,)](
-            *inputs[:N_INPUTS], *out, y, ws, bs, *scalars,
-            **kernel_constants(_fwd_walk, opts | dict(QUERY=fused)), num_warps=nw,
-        )  # fmt: skip
+            *inputs[:N_INPUTS],
+            *out,
+            y,
+            ws,
+            bs,
+            *scalars,
+            **kernel_constants(_fwd_walk, opts | dict(QUERY=fused)),
+            num_warps=nw,
+        )
         if not fused:
             _fwd_out[(n_chunks, bh)](
-                q, inputs[1], inputs[2], ts, inputs[5], inputs[6], inputs[N_INPUTS], state[2], state[3], ws, bs, y,
+                q,
+                inputs[1],
+                inputs[2],
+                ts,
+                inputs[5],
+                inputs[6],
+                inputs[N_INPUTS],
+                state[2],
+                state[3],
+                ws,
+                bs,
+                y,
                 *scalars,
-                **kernel_constants(_fwd_out, opts), num_warps=nw,
-            )  # fmt: skip
+                **kernel_constants(_fwd_out, opts),
+                num_warps=nw,
+            )
         return y, out, [ws, bs]  # the same with or without ``save``: the output kernel reads them
 
-    def launch_backward(self, inputs, state, saved, dy, d_state, start_pos):  # noqa: ANN001, ANN201 - Launcher's
+    def launch_backward(self, inputs, state, saved, dy, d_state, start_pos):
         q, k, v, lr, ts, ln_w, ln_b, mix = inputs
         ws, bs = saved
         bh, seq, dim = q.shape
@@ -654,18 +1219,89 @@ class LinearKernels:
         dw, db, dgw, dgb = d_state  # the state out's gradients; dw, db become the state in's in place
         dgw_in, dgb_in = torch.zeros_like(dgw), torch.zeros_like(dgb)
         _bwd_out[(n_chunks, bh)](
-            q, k, v, ts, ln_w, ln_b, mix, state[2], state[3], ws, bs, dy,
-            dq, dmix, dgq, dwq, dbq, dts_tok, dln, dgw_in, dgb_in, gs, zh, rs, zgs, *scalars,
-            **kernel_constants(_bwd_out, opts), num_warps=nw,
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            ts,
+            ln_w,
+            ln_b,
+            mix,
+            state[2],
+            state[3],
+            ws,
+            bs,
+            dy,
+            dq,
+            dmix,
+            dgq,
+            dwq,
+            dbq,
+            dts_tok,
+            dln,
+            dgw_in,
+            dgb_in,
+            gs,
+            zh,
+            rs,
+            zgs,
+            *scalars,
+            **kernel_constants(_bwd_out, opts),
+            num_warps=nw,
+        )
         _bwd_walk[(bh,)](
-            k, v, lr, ts, ln_w, ln_b, zh, gs, rs, zgs, dgq, dwq, dbq, dwc, dbc, dw, db, dgw, dgb, dgw_in, dgb_in,
-            *scalars, **kernel_constants(_bwd_walk, opts), num_warps=nw,
-        )  # fmt: skip
+            k,
+            v,
+            lr,
+            ts,
+            ln_w,
+            ln_b,
+            zh,
+            gs,
+            rs,
+            zgs,
+            dgq,
+            dwq,
+            dbq,
+            dwc,
+            dbc,
+            dw,
+            db,
+            dgw,
+            dgb,
+            dgw_in,
+            dgb_in,
+            *scalars,
+            **kernel_constants(_bwd_walk, opts),
+            num_warps=nw,
+        )
         _bwd_in[(n_chunks, bh)](
-            k, v, lr, ts, ln_w, ln_b, state[2], state[3], ws, zh, gs, rs, zgs, dgq, dwc, dbc, dgw, dgb,
-            dk, dv, dlr, dts_tok, dln, *scalars, **kernel_constants(_bwd_in, opts), num_warps=nw,
-        )  # fmt: skip
+            k,
+            v,
+            lr,
+            ts,
+            ln_w,
+            ln_b,
+            state[2],
+            state[3],
+            ws,
+            zh,
+            gs,
+            rs,
+            zgs,
+            dgq,
+            dwc,
+            dbc,
+            dgw,
+            dgb,
+            dk,
+            dv,
+            dlr,
+            dts_tok,
+            dln,
+            *scalars,
+            **kernel_constants(_bwd_in, opts),
+            num_warps=nw,
+        )
         d_state[2].copy_(dgw_in)
         d_state[3].copy_(dgb_in)
         dln = dln.sum(1)[..., :dim]
@@ -694,6 +1330,15 @@ def ttt_linear_triton(
     recomputes what the forward stores (one more forward walk) instead of keeping it.
     """
     return run_kernel(
-        LINEAR, q, k, v, lr, state,
-        token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias, residual=residual, checkpoint=checkpoint,
-    )  # fmt: skip
+        LINEAR,
+        q,
+        k,
+        v,
+        lr,
+        state,
+        token_scale=token_scale,
+        ln_weight=ln_weight,
+        ln_bias=ln_bias,
+        residual=residual,
+        checkpoint=checkpoint,
+    )

@@ -94,9 +94,21 @@ def _saved_block(W1S, B1S, W2S, at, hc, cols, BD: tl.constexpr, BF: tl.constexpr
 
 @triton.jit
 def _running_sums(
-    GW1, GB1, GW2, first, hc, hmask, pid, cols, cmask,
-    D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, HB: tl.constexpr, HAS_ACC: tl.constexpr,
-):  # fmt: skip
+    GW1,
+    GB1,
+    GW2,
+    first,
+    hc,
+    hmask,
+    pid,
+    cols,
+    cmask,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    F: tl.constexpr,
+    HB: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+):
     """Hidden columns ``hc`` of the running sums a chunk starts with: the state's in the first chunk, else 0."""
     gw1, gb1, gw2 = tl.zeros((BD, HB), tl.float32), tl.zeros((HB,), tl.float32), tl.zeros((HB, BD), tl.float32)
     if HAS_ACC:
@@ -128,15 +140,45 @@ def _hidden_forward(
 
 @triton.jit
 def _ttt_mlp_fwd(
-    Q, K, V, LR, TS, LNW, LNB,
+    Q,
+    K,
+    V,
+    LR,
+    TS,
+    LNW,
+    LNB,
     MIX,  # the pre-pass: the first layer's eta * (Q X^T + 1) per chunk, (BH, n_chunks, MB, MB), float32
-    W1, B1, W2, B2, GW1, GB1, GW2, GB2,  # in: the state in (float32); out: the state out
-    Y, W1S, B1S, W2S, B2S,  # the output; the weights at each chunk's start (padded blocks), if SAVE
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, HB: tl.constexpr, MB: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
-    EPS: tl.constexpr, C: tl.constexpr, HAS_PRE: tl.constexpr,
-):  # fmt: skip
+    W1,
+    B1,
+    W2,
+    B2,
+    GW1,
+    GB1,
+    GW2,
+    GB2,  # in: the state in (float32); out: the state out
+    Y,
+    W1S,
+    B1S,
+    W2S,
+    B2S,  # the output; the weights at each chunk's start (padded blocks), if SAVE
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    F: tl.constexpr,
+    BF: tl.constexpr,
+    HB: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    SAVE: tl.constexpr,
+    PREC: tl.constexpr,
+    EPS: tl.constexpr,
+    C: tl.constexpr,
+    HAS_PRE: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     cols, hrow = tl.arange(0, BD), tl.arange(0, HB)
     cmask = cols < D
@@ -211,15 +253,56 @@ def _ttt_mlp_fwd(
 
 @triton.jit
 def _ttt_mlp_bwd(
-    Q, K, V, LR, TS, LNW, LNB, MIX, GW10, GB10, GW20, GB20, W1S, B1S, W2S, B2S, DY,
-    DQ, DK, DV, DLR, DTS, DLNW, DLNB,
+    Q,
+    K,
+    V,
+    LR,
+    TS,
+    LNW,
+    LNB,
+    MIX,
+    GW10,
+    GB10,
+    GW20,
+    GB20,
+    W1S,
+    B1S,
+    W2S,
+    B2S,
+    DY,
+    DQ,
+    DK,
+    DV,
+    DLR,
+    DTS,
+    DLNW,
+    DLNB,
     DMIX,  # the gradient of the pre-pass's MIX (zero on entry; autograd takes it on to q, k, lr, ts)
-    DW1, DB1, DW2, DB2, DGW1, DGB1, DGW2, DGB2,  # in: gradient of the state out; out: of the state in
+    DW1,
+    DB1,
+    DW2,
+    DB2,
+    DGW1,
+    DGB1,
+    DGW2,
+    DGB2,  # in: gradient of the state out; out: of the state in
     DZ1,  # scratch, (BH, BLOCK_N, BF): the part of dZ1 known before dZ2
-    seq, heads, start_pos, n_chunks,
-    D: tl.constexpr, BD: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, HB: tl.constexpr, MB: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_ACC: tl.constexpr, PREC: tl.constexpr, EPS: tl.constexpr, C: tl.constexpr,
-):  # fmt: skip
+    seq,
+    heads,
+    start_pos,
+    n_chunks,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    F: tl.constexpr,
+    BF: tl.constexpr,
+    HB: tl.constexpr,
+    MB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    EPS: tl.constexpr,
+    C: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     cols, hrow = tl.arange(0, BD), tl.arange(0, HB)
     cmask = cols < D
@@ -425,6 +508,15 @@ def ttt_mlp_triton(
     keeps the per-mini-batch weights from the forward instead of recomputing them.
     """
     return run_kernel(
-        MLP, q, k, v, lr, state,
-        token_scale=token_scale, ln_weight=ln_weight, ln_bias=ln_bias, residual=residual, checkpoint=checkpoint,
-    )  # fmt: skip
+        MLP,
+        q,
+        k,
+        v,
+        lr,
+        state,
+        token_scale=token_scale,
+        ln_weight=ln_weight,
+        ln_bias=ln_bias,
+        residual=residual,
+        checkpoint=checkpoint,
+    )

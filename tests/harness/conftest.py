@@ -67,10 +67,29 @@ def postgres_server() -> Iterator[str]:
     data = folder / "data"
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
     try:
-        subprocess.run([*as_user, bindir / "initdb", "-D", data, "-U", "mixbench", "-A", "scram-sha-256",
-                        f"--pwfile={pwfile}", "-N"], check=True, capture_output=True, text=True)  # fmt: skip
-        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w", "start"],
-                       check=True, capture_output=True, text=True)  # fmt: skip
+        subprocess.run(
+            [
+                *as_user,
+                bindir / "initdb",
+                "-D",
+                data,
+                "-U",
+                "mixbench",
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-N",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        subprocess.run(
+            [*as_user, bindir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w", "start"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(folder, ignore_errors=True)
         _unavailable(f"{Path(exc.cmd[len(as_user)]).name} failed: {(exc.stderr or exc.stdout).strip()[-300:]}")

@@ -15,16 +15,24 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from harness.config.suite import TrainSection
 from harness.data import DataConfig, load_packed
 from harness.engine.distributed import Group
 from harness.engine.parallel import choose_mode, full_model, prepare
 from harness.engine.resume import StepCheckpoints
-from harness.config.suite import TrainSection
 from harness.engine.train import plan_training, seed_everything, train
 from models import ModelSpec, build
 
-TRAIN = TrainSection(tokens=8 * 256, batch_tokens=256, micro_batch_size=2, lr=3e-3, log_every=1, seed=3,
-                     checkpoint_every=4, keep_checkpoints=2)  # fmt: skip
+TRAIN = TrainSection(
+    tokens=8 * 256,
+    batch_tokens=256,
+    micro_batch_size=2,
+    lr=3e-3,
+    log_every=1,
+    seed=3,
+    checkpoint_every=4,
+    keep_checkpoints=2,
+)
 SEQ_LEN = 32
 
 

@@ -21,12 +21,13 @@ FAULT_ENV = "MIXBENCH_TEST_FAULT"
 
 
 class FaultyAttention(Attention):
-    def __init__(self, d_model: int, layer_idx: int = 0, n_heads: int = 4, rope_base: float = 10000.0,
-                 backend: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self, d_model: int, layer_idx: int = 0, n_heads: int = 4, rope_base: float = 10000.0, backend: str = "auto"
+    ) -> None:
         super().__init__(d_model, layer_idx, n_heads, rope_base, backend)
         self.watch, self.calls = layer_idx == 0, 0
 
-    def forward(self, x, state=None):  # noqa: ANN001, ANN201 - Attention's signature
+    def forward(self, x, state=None):
         if self.training and self.watch and (spec := os.environ.get(FAULT_ENV)):
             self.calls += 1
             action, call, *rank = spec.split(":")

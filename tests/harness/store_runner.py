@@ -23,11 +23,26 @@ def main(url: str, n_cells: int, go: Path) -> None:
     store = Store(url)
     for i in range(n_cells):
         key = f"cell{i:03d}"
-        record = RunRecord(run_key=key, suite="stress", mixer="attention", backbone="transformer", size="micro",
-                           seq_len=32, dataset="none", config={"i": i})  # fmt: skip
+        record = RunRecord(
+            run_key=key,
+            suite="stress",
+            mixer="attention",
+            backbone="transformer",
+            size="micro",
+            seq_len=32,
+            dataset="none",
+            config={"i": i},
+        )
         if store.claim(record):
-            store.finish(key, metrics=[(1, "train/loss", float(i)), (1, "val/ppl", 2.0)], position_loss=[(0, 0, 32, 1.0)],
-                         n_params=1, n_params_non_embedding=1, backend="none", environment={})  # fmt: skip
+            store.finish(
+                key,
+                metrics=[(1, "train/loss", float(i)), (1, "val/ppl", 2.0)],
+                position_loss=[(0, 0, 32, 1.0)],
+                n_params=1,
+                n_params_non_embedding=1,
+                backend="none",
+                environment={},
+            )
             print(key, flush=True)
 
 

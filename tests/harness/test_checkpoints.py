@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.store.checkpoints import CheckpointError, load_checkpoint
 from harness.cli import main
-from harness.data import load_packed
-from harness.evaluate.perplexity import evaluate
 from harness.config.cells import data_config
 from harness.config.suite import load_suite
+from harness.data import load_packed
+from harness.evaluate.perplexity import evaluate
+from harness.store.checkpoints import CheckpointError, load_checkpoint
 from harness.store.database import Store
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from harness import runner as runner_module
 from harness.cli import main
-from harness.store.database import SCHEMA_VERSION, Store
 from harness.engine.train import TrainingDiverged
+from harness.store.database import SCHEMA_VERSION, Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,9 @@ def test_newer_database_is_refused(write_suite, capsys, tmp_path):
 
 def test_missing_data_file_fails_the_cell_with_its_path(write_suite, capsys, tmp_path):
     missing = tmp_path / "no_such_corpus.txt"
-    code, out, _ = run_cli(capsys, "run", str(write_suite(data={"source": str(missing), "tokenizer": "bytes", "seq_len": 32})))
+    code, out, _ = run_cli(
+        capsys, "run", str(write_suite(data={"source": str(missing), "tokenizer": "bytes", "seq_len": 32}))
+    )
     assert code == 1
     [run] = Store().runs()
     assert run.status == "failed" and "DataError" in run.error and str(missing) in run.error
@@ -95,7 +97,9 @@ def test_missing_data_file_fails_the_cell_with_its_path(write_suite, capsys, tmp
 def test_tokenizer_that_cannot_load_fails_the_cell(write_suite, capsys, small_corpus, tmp_path):
     broken = tmp_path / "tokenizer.json"
     broken.write_text("{ not json")
-    code, _, _ = run_cli(capsys, "run", str(write_suite(data={"source": str(small_corpus), "tokenizer": str(broken), "seq_len": 32})))
+    code, _, _ = run_cli(
+        capsys, "run", str(write_suite(data={"source": str(small_corpus), "tokenizer": str(broken), "seq_len": 32}))
+    )
     assert code == 1
     [run] = Store().runs()
     assert run.status == "failed" and str(broken) in run.error
@@ -140,8 +144,13 @@ def test_killed_run_resumes_without_duplicate_rows(write_suite, tmp_path):
     """SIGKILL a real runner in the middle of its second cell; the rerun finishes only that cell."""
     suite = write_suite(sizes=["micro", "tiny"], train={"tokens": 12800, "batch_tokens": 256, "lr": 3e-3})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite)], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(suite)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     db = tmp_path / "results" / "mixbench.db"
     deadline = time.monotonic() + 120
     statuses: list[str] = []
@@ -160,15 +169,21 @@ def test_killed_run_resumes_without_duplicate_rows(write_suite, tmp_path):
     first_done_at = Store(db).runs()[0].finished_at
 
     summary = runner_module.SuiteRunner(
-        __import__("harness.config.suite", fromlist=["load_suite"]).load_suite(suite), Store(db),
+        __import__("harness.config.suite", fromlist=["load_suite"]).load_suite(suite),
+        Store(db),
         cache_dir=tmp_path / "results" / "cache",
-    ).run()  # fmt: skip
+    ).run()
     assert summary.skipped == ["attention@transformer/micro/T32"]
     assert summary.done == ["attention@transformer/tiny/T32"]
     runs = Store(db).runs()
     assert [r.status for r in runs] == ["done", "done"] and runs[0].finished_at == first_done_at
     con = sqlite3.connect(db)
-    assert con.execute("SELECT COUNT(*) FROM (SELECT run_id, step, name FROM metrics GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)").fetchone()[0] == 0
+    assert (
+        con.execute(
+            "SELECT COUNT(*) FROM (SELECT run_id, step, name FROM metrics GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        == 0
+    )
     assert con.execute("SELECT COUNT(*) FROM position_loss").fetchone()[0] == 8
 
 
@@ -176,11 +191,15 @@ def test_two_runners_on_one_database_never_train_the_same_cell(write_suite, tmp_
     suite = write_suite(sizes=["micro", "tiny"], seq_lens=[16, 32])
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "harness", "run", str(suite), "--report-dir", str(tmp_path / "dash")]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
-    trained = [{line.split()[1] for line in out.splitlines() if " run " in line and line.startswith("[")} for out in outputs]
+    trained = [
+        {line.split()[1] for line in out.splitlines() if " run " in line and line.startswith("[")} for out in outputs
+    ]
     assert not trained[0] & trained[1], f"both runners trained {trained[0] & trained[1]}"
     assert len(trained[0] | trained[1]) == 4
     runs = Store(tmp_path / "results" / "mixbench.db").runs()

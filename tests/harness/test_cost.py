@@ -13,10 +13,13 @@ from harness.store.database import RunRecord, Store
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
-def throughput(store: Store, tokens_per_s: float, gpus: int = 1, gpu: str = "H100", when: datetime = T0, **cell) -> None:
+def throughput(
+    store: Store, tokens_per_s: float, gpus: int = 1, gpu: str = "H100", when: datetime = T0, **cell
+) -> None:
     row = {"mixer": "attention", "backbone": "transformer", "size": "125m", "seq_len": 2048, "backend": "flash-attn"}
-    store.add_throughput(row | cell | {"gpu": gpu, "gpus": gpus, "tokens_per_s": tokens_per_s, "source": "test",
-                                       "created_at": when})  # fmt: skip
+    store.add_throughput(
+        row | cell | {"gpu": gpu, "gpus": gpus, "tokens_per_s": tokens_per_s, "source": "test", "created_at": when}
+    )
 
 
 @pytest.fixture
@@ -50,10 +53,21 @@ def test_without_a_measurement_the_flops_at_the_assumed_mfu(store):
 def test_a_finished_gpu_run_is_a_measurement_and_its_prediction_uses_only_earlier_ones(store):
     record = RunRecord("r1", "s", "ttt_linear", "transformer", "125m", 2048, "pile", {})
     store.claim(record)
-    store.finish("r1", metrics=[(1, "train/tokens_per_s", 294_000.0), (1, "train/world_size", 2.0),
-                                (1, "train/tokens", 2.2e9), (1, "flops/train", 1.48e18), (1, "train/seconds", 7483.0)],
-                 position_loss=[], n_params=1, n_params_non_embedding=1, backend="triton",
-                 environment={"device": "NVIDIA H100 80GB HBM3"})  # fmt: skip
+    store.finish(
+        "r1",
+        metrics=[
+            (1, "train/tokens_per_s", 294_000.0),
+            (1, "train/world_size", 2.0),
+            (1, "train/tokens", 2.2e9),
+            (1, "flops/train", 1.48e18),
+            (1, "train/seconds", 7483.0),
+        ],
+        position_loss=[],
+        n_params=1,
+        n_params_non_embedding=1,
+        backend="triton",
+        environment={"device": "NVIDIA H100 80GB HBM3"},
+    )
     (m,) = [m for m in measurements(store) if m.mixer == "ttt_linear"]
     assert (m.gpu, m.tokens_per_s_per_gpu, m.backend, m.source) == ("H100", 147_000.0, "triton", "run r1")
     run = store.run("r1")
@@ -86,10 +100,16 @@ def test_dry_run_prints_gpu_hours_per_cell_and_in_total(write_suite, tmp_path, c
     assert "assumed MFU 20%" in ttt and "wall on 8× H100" in out and "total " in out and "GPU-hours on H100" in out
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--dry-run", "--gpu", "B300"], "error: --gpu B300: unknown GPU kind; known kinds: H200, H100 PCIe, H100, A100"),
-    (["--gpu", "H100"], "error: --gpu costs a suite before launching it: add --dry-run"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--dry-run", "--gpu", "B300"],
+            "error: --gpu B300: unknown GPU kind; known kinds: H200, H100 PCIe, H100, A100",
+        ),
+        (["--gpu", "H100"], "error: --gpu costs a suite before launching it: add --dry-run"),
+    ],
+)
 def test_bad_cost_input_is_one_line(write_suite, tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(write_suite()), *argv]) == 2

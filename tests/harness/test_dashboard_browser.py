@@ -22,13 +22,23 @@ from xml.etree import ElementTree
 import pytest
 import torch
 
+from harness.cli import main
 from harness.measure import latency as latency_module
 from harness.report import dashboard as report_module
-from harness.cli import main
 
 BROWSER = next((p for name in ("chromium", "chromium-browser") if (p := shutil.which(name))), None)
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000")  # fmt: skip
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=5000",
+)
 
 PROBE = """<script>
 (function () {
@@ -65,8 +75,10 @@ def render(page: Path, tmp_path: Path) -> tuple[dict, str]:
     profile = tmp_path / "chromium-profile"
     done = subprocess.run(
         [BROWSER, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", probed.as_uri()],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     found = re.search(r'<pre id="mixbench-probe">(.*?)</pre>', done.stdout, re.DOTALL)
     assert found, f"the probe did not report (exit {done.returncode}); browser log:\n{done.stderr[-3000:]}"
     return json.loads(html.unescape(found.group(1))), done.stderr
@@ -113,8 +125,11 @@ def test_dashboard_renders_every_plot_without_console_errors(browser, dashboard_
     assert summary["sorted"] == sorted(summary["sorted"]) and len(summary["sorted"]) == 6  # the table sorts
 
 
-PANELS = ("validation-perplexity-vs-training-flops", "perplexity-by-token-index-validation",
-          "latency-prefill-and-decode-vs-context-length-median-bars-p20-p80")  # fmt: skip
+PANELS = (
+    "validation-perplexity-vs-training-flops",
+    "perplexity-by-token-index-validation",
+    "latency-prefill-and-decode-vs-context-length-median-bars-p20-p80",
+)
 
 
 def test_report_writes_one_png_per_panel(browser, dashboard_suite, capsys):

@@ -9,12 +9,11 @@ import re
 import subprocess
 from datetime import datetime, timezone
 
-import pytest
+from test_dashboard_browser import BROWSER, FLAGS, browser  # noqa: F401 - the fixture skips without Chromium
 
 from harness.monitor.live import LiveCurve
 from harness.report.dashboard import write_reports
 from harness.store.database import RunRecord, Store
-from test_dashboard_browser import BROWSER, FLAGS, browser  # noqa: F401 - the fixture skips without Chromium
 
 PROBE = """<script>
 window.addEventListener('load', () => setTimeout(() => {
@@ -43,13 +42,36 @@ def live_store(tmp_path) -> Store:
         step = 10 * (i + 1)
         hook(step - 10, [(step, "train/loss", loss), (step, "tokens/s/recent", 1000.0)], step, step * 4096)
     store.claim(RunRecord("done1", "unit", "attention", "transformer", "125m", 2048, "pile", {}))
-    store.add_throughput({"mixer": "attention", "backbone": "transformer", "size": "125m", "seq_len": 2048,
-                          "backend": "flash-attn", "gpu": "H100", "gpus": 8, "tokens_per_s": 8 * 147_000.0,
-                          "source": "bench", "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc)})  # fmt: skip
-    store.finish("done1", metrics=[(1, "train/tokens", 2.2e9), (1, "flops/train", 1.94e18), (1, "train/seconds", 7200.0),
-                                   (1, "train/world_size", 2.0), (1, "val/ppl", 20.0), (1, "train/tokens_per_s", 3e5)],
-                 position_loss=[(0, 0, 2048, 3.0)], n_params=1, n_params_non_embedding=1, backend="flash-attn",
-                 environment={"device": "NVIDIA H100 80GB HBM3"})  # fmt: skip
+    store.add_throughput(
+        {
+            "mixer": "attention",
+            "backbone": "transformer",
+            "size": "125m",
+            "seq_len": 2048,
+            "backend": "flash-attn",
+            "gpu": "H100",
+            "gpus": 8,
+            "tokens_per_s": 8 * 147_000.0,
+            "source": "bench",
+            "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        }
+    )
+    store.finish(
+        "done1",
+        metrics=[
+            (1, "train/tokens", 2.2e9),
+            (1, "flops/train", 1.94e18),
+            (1, "train/seconds", 7200.0),
+            (1, "train/world_size", 2.0),
+            (1, "val/ppl", 20.0),
+            (1, "train/tokens_per_s", 3e5),
+        ],
+        position_loss=[(0, 0, 2048, 3.0)],
+        n_params=1,
+        n_params_non_embedding=1,
+        backend="flash-attn",
+        environment={"device": "NVIDIA H100 80GB HBM3"},
+    )
     return store
 
 
@@ -74,8 +96,12 @@ def test_running_cells_curves_draw_in_chromium(browser, tmp_path):  # noqa: F811
     (page,) = write_reports(live_store(tmp_path), tmp_path / "dash")
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text().replace("<head>", "<head>" + PROBE, 1))
-    done = subprocess.run([BROWSER, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probed.as_uri()],
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [BROWSER, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probed.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     found = re.search(r'<pre id="mixbench-probe">(.*?)</pre>', done.stdout, re.DOTALL)
     assert found, done.stderr[-3000:]
     summary = json.loads(html.unescape(found.group(1)))

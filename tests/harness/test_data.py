@@ -185,7 +185,18 @@ def test_val_block_mask_is_fixed():
     # Golden values: the split must be the same on every machine and numpy version.
     assert np.flatnonzero(val_block_mask(20, 0.1)).tolist() == [10, 18]
     assert np.flatnonzero(val_block_mask(1000, 0.01)).tolist() == [
-        196, 295, 472, 558, 663, 689, 710, 963, 975, 976, 992]
+        196,
+        295,
+        472,
+        558,
+        663,
+        689,
+        710,
+        963,
+        975,
+        976,
+        992,
+    ]
     # A block's side depends on its index alone: a longer stream keeps the split of its prefix.
     np.testing.assert_array_equal(val_block_mask(5000, 0.05)[:1234], val_block_mask(1234, 0.05))
     assert val_block_mask(100_000, 0.05).mean() == pytest.approx(0.05, abs=0.003)
@@ -236,8 +247,7 @@ def test_cache_key_follows_config_tokenizer_and_source(txt, tmp_path):
     path.write_text(path.read_text() + "one more line\n")
     keys["edited file"] = load_packed(cfg_for(path), cache).cache_key
     assert base not in keys.values() and len(set(keys.values())) == len(keys)
-    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
-        [base, *keys.values()])
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted([base, *keys.values()])
     # A cap on what a run reads, or the worker count, share the one cache of the source.
     capped = load_packed(cfg_for(copy, max_tokens=5000), cache)
     assert capped.cache_key == load_packed(cfg_for(copy, workers=1), cache).cache_key == keys["other path"]
@@ -344,8 +354,12 @@ def test_hub_failures_name_the_id(tmp_path):
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "c")], env=env, cwd=REPO,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script, str(tmp_path / "c")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("cannot load")]
     assert len(lines) == 2, out.stdout + out.stderr

@@ -9,12 +9,12 @@ import torch
 
 from harness import data
 from harness.cli import main
-from harness.data import cache as cache_module
 from harness.config.cells import data_config
+from harness.config.suite import load_suite
+from harness.data import cache as cache_module
+from harness.engine.train import plan_training
 from harness.runner import SuiteRunner
 from harness.store.database import Store
-from harness.config.suite import load_suite
-from harness.engine.train import plan_training
 from models import ModelSpec, build
 
 
@@ -43,27 +43,37 @@ def test_budget_from_a_chinchilla_suite_is_its_largest_cell(write_suite):
 
 
 def test_budget_from_an_explicit_suite_and_one_cache_per_seq_len(write_suite):
-    runner = runner_for(write_suite(seq_lens=[16, 32], train={"tokens": 3000, "batch_tokens": 256},
-                                    eval={"max_val_sequences": 5}))  # fmt: skip
+    runner = runner_for(
+        write_suite(seq_lens=[16, 32], train={"tokens": 3000, "batch_tokens": 256}, eval={"max_val_sequences": 5})
+    )
     needs = runner.suite_data_needs()
     assert sorted((cfg.seq_len, n.train_tokens, n.val_sequences) for cfg, n in needs.items()) == [
-        (16, 3072, 5), (32, 3072, 5)]  # 12 steps of 256 tokens
+        (16, 3072, 5),
+        (32, 3072, 5),
+    ]  # 12 steps of 256 tokens
 
 
 def test_two_cells_with_different_budgets_tokenize_once_and_the_smaller_reads_a_prefix(write_suite, monkeypatch):
     seen = []
     real = data.ByteTokenizer.encode_batch
-    monkeypatch.setattr(data.ByteTokenizer, "encode_batch", lambda self, texts: seen.append(len(texts)) or real(self, texts))
-    runner = runner_for(write_suite(sizes=["micro", "tiny"],
-                                    train={"tokens": "chinchilla", "tokens_per_param": 0.02, "batch_tokens": 64}))  # fmt: skip
+    monkeypatch.setattr(
+        data.ByteTokenizer, "encode_batch", lambda self, texts: seen.append(len(texts)) or real(self, texts)
+    )
+    runner = runner_for(
+        write_suite(
+            sizes=["micro", "tiny"], train={"tokens": "chinchilla", "tokens_per_param": 0.02, "batch_tokens": 64}
+        )
+    )
     micro, tiny = runner.suite.cells()
     small = runner.data(micro)
     tokenized = sum(seen)
     large = runner.data(tiny)
     assert tokenized > 0 and sum(seen) == tokenized  # the suite's cache was prepared once, for both
     assert len(small.train) < len(large.train)
-    assert torch.equal(torch.from_numpy(small.train[:].astype("int64")),
-                       torch.from_numpy(large.train[: len(small.train)].astype("int64")))  # fmt: skip
+    assert torch.equal(
+        torch.from_numpy(small.train[:].astype("int64")),
+        torch.from_numpy(large.train[: len(small.train)].astype("int64")),
+    )
     assert len(small.train) * 32 == runner.data_need(micro).train_tokens
 
 
@@ -74,8 +84,9 @@ def test_dry_run_prints_the_token_budget_and_disk(write_suite, capsys, tmp_path)
     assert not (tmp_path / "results" / "cache").exists()  # nothing read or prepared
 
 
-def test_disk_full_during_preparation_fails_the_cell_in_one_line_and_keeps_stored_results(write_suite, capsys,
-                                                                                           monkeypatch, tmp_path):
+def test_disk_full_during_preparation_fails_the_cell_in_one_line_and_keeps_stored_results(
+    write_suite, capsys, monkeypatch, tmp_path
+):
     assert main(["run", str(write_suite(name="first"))]) == 0
     [done] = Store().runs("first")
 
@@ -85,9 +96,14 @@ def test_disk_full_during_preparation_fails_the_cell_in_one_line_and_keeps_store
     monkeypatch.setattr(cache_module.TokenCache, "append", full)
     other = tmp_path / "other.txt"
     other.write_text("some other words for a second corpus\n" * 400)
-    assert main(["run", str(write_suite(name="second", data={"source": str(other), "tokenizer": "bytes", "seq_len": 32}))]) == 1
+    assert (
+        main(["run", str(write_suite(name="second", data={"source": str(other), "tokenizer": "bytes", "seq_len": 32}))])
+        == 1
+    )
     [failed] = Store().runs("second")
     assert failed.status == "failed" and "disk full" in failed.error and "\n" not in failed.error
-    assert [(r.run_key, r.status, r.finished_at) for r in Store().runs("first")] == [(done.run_key, "done", done.finished_at)]
+    assert [(r.run_key, r.status, r.finished_at) for r in Store().runs("first")] == [
+        (done.run_key, "done", done.finished_at)
+    ]
     caches = [p for p in (tmp_path / "results" / "cache").iterdir() if not p.name.startswith(".")]
     assert len(caches) == 1  # the first suite's; the failed one left nothing behind

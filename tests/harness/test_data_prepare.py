@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import alive, descendants, needs_proc, wait_for
 
 from harness import data
-from harness.data import BYTE_TOKENIZER, DataConfig, DataError, DataNeed, load_packed, val_block_mask
+from harness.data import BYTE_TOKENIZER, DataConfig, DataError, DataNeed, load_packed, prepare, val_block_mask
 from harness.data import cache as cache_module
-from harness.data import prepare
-from processes import alive, descendants, needs_proc, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,8 +104,9 @@ def test_one_and_two_workers_write_byte_identical_caches(corpus, tmp_path, small
 # --------------------------------------------------------------------------- budget, prefix, extension
 
 
-def test_cells_with_different_budgets_tokenize_once_and_the_smaller_reads_a_prefix(corpus, tmp_path, counting,
-                                                                                  small_shards):
+def test_cells_with_different_budgets_tokenize_once_and_the_smaller_reads_a_prefix(
+    corpus, tmp_path, counting, small_shards
+):
     folder, docs = corpus
     cfg, cache = cfg_for(folder, workers=1), tmp_path / "cache"
     small, large = DataNeed(train_tokens=31 * 40, val_sequences=3), DataNeed(train_tokens=31 * 200, val_sequences=6)
@@ -160,8 +160,13 @@ def test_sigkill_mid_preparation_then_rerun_gives_the_uninterrupted_cache(corpus
         "data.load_packed(data.DataConfig(source=sys.argv[1], tokenizer='bytes', seq_len=31, workers=1), sys.argv[2])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", script, str(folder), str(cache)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(folder), str(cache)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     states = []
     while time.monotonic() < deadline and proc.poll() is None:
@@ -326,9 +331,15 @@ PREPARE_SCRIPT = (
 
 def start_preparing(folder: Path, cache: Path, workers: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{Path(__file__).parent}"}
-    return subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, str(folder), str(cache), str(workers)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", PREPARE_SCRIPT, str(folder), str(cache), str(workers)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @needs_proc
@@ -366,8 +377,11 @@ def test_two_runners_on_one_cold_cache_prepare_it_once(corpus, tmp_path):
     cache = tmp_path / "shared"
     with cache_module.preparing(cache / ".locks", whole.cache_key):  # held: both runners meet a cold, busy cache
         runners = [start_preparing(folder, cache, workers=1) for _ in range(2)]
-        wait_for(lambda: all(r.poll() is not None or waiting_for_a_lock(r.pid) for r in runners), 120,
-                 "the runners never queued on the lock")  # fmt: skip
+        wait_for(
+            lambda: all(r.poll() is not None or waiting_for_a_lock(r.pid) for r in runners),
+            120,
+            "the runners never queued on the lock",
+        )
     outs = [r.communicate(timeout=240) for r in runners]
     assert [r.returncode for r in runners] == [0, 0], outs
     assert sum("waiting: another process is preparing" in err for _, err in outs) == 2, "both met the held lock"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.store import migrations
 from harness.cli import main
+from harness.store import migrations
 from harness.store.database import SCHEMA_VERSION, RunRecord, Store
 
 LEGACY = Path(__file__).parent / "data"
@@ -28,8 +28,16 @@ def one_line_error(capsys, *argv: str) -> str:
 
 
 def record(key: str, suite: str = "s") -> RunRecord:
-    return RunRecord(run_key=key, suite=suite, mixer="attention", backbone="transformer", size="micro", seq_len=32,
-                     dataset="builtin:kjv", config={"k": key})  # fmt: skip
+    return RunRecord(
+        run_key=key,
+        suite=suite,
+        mixer="attention",
+        backbone="transformer",
+        size="micro",
+        seq_len=32,
+        dataset="builtin:kjv",
+        config={"k": key},
+    )
 
 
 def test_db_pointing_at_a_file_that_is_not_sqlite(capsys, tmp_path):
@@ -76,17 +84,44 @@ def test_db_copy_moves_finished_runs_from_sqlite_into_postgresql_once(capsys, tm
     src = Store(tmp_path / "laptop.db")
     for key in ("done1", "failed1", "running1"):
         assert src.claim(record(key))
-    src.finish("done1", metrics=[(1, "train/loss", 3.0), (2, "val/ppl", 20.0)], position_loss=[(0, 0, 32, 2.5)],
-               n_params=10, n_params_non_embedding=8, backend="sdpa", environment={"device": "cpu"})  # fmt: skip
+    src.finish(
+        "done1",
+        metrics=[(1, "train/loss", 3.0), (2, "val/ppl", 20.0)],
+        position_loss=[(0, 0, 32, 2.5)],
+        n_params=10,
+        n_params_non_embedding=8,
+        backend="sdpa",
+        environment={"device": "cpu"},
+    )
     src.fail("failed1", "RuntimeError: boom")
-    src.add_latency([dict(suite="s", mixer="attention", backbone="transformer", size="micro", mode="decode", context=64,
-                          batch=1, dtype="float32", device="cpu", backend="sdpa", status="ok", median_ms=1.5,
-                          peak_memory_bytes=80 * 2**30)])  # fmt: skip
+    src.add_latency(
+        [
+            dict(
+                suite="s",
+                mixer="attention",
+                backbone="transformer",
+                size="micro",
+                mode="decode",
+                context=64,
+                batch=1,
+                dtype="float32",
+                device="cpu",
+                backend="sdpa",
+                status="ok",
+                median_ms=1.5,
+                peak_memory_bytes=80 * 2**30,
+            )
+        ]
+    )
     dst = Store(postgres_db)
     assert dst.claim(record("theirs"))  # a run already in the lab's store stays as it is
     code, out, _ = run_cli(capsys, "db", "copy", str(tmp_path / "laptop.db"), postgres_db)
     assert code == 0 and "copied 2 runs and 1 latency rows" in out, out
-    assert {(r.run_key, r.status) for r in dst.runs()} == {("done1", "done"), ("failed1", "failed"), ("theirs", "running")}
+    assert {(r.run_key, r.status) for r in dst.runs()} == {
+        ("done1", "done"),
+        ("failed1", "failed"),
+        ("theirs", "running"),
+    }
     assert sorted(dst.metric_values()) == sorted(src.metric_values()) and dst.position_losses() == src.position_losses()
     assert dst.query("SELECT peak_memory_bytes FROM latency")[1] == [(80 * 2**30,)]  # BIGINT on the server
     code, out, _ = run_cli(capsys, "db", "copy", str(tmp_path / "laptop.db"), postgres_db)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from dist_worker import train_micro, weight_norms, worker
 from processes import wait_for
+
 from harness.data import DataConfig, load_packed
 from harness.engine.distributed import TIMEOUT_ENV, Group
 from harness.engine.resume import PREEMPTED_EXIT_CODE
@@ -46,7 +46,9 @@ def two_rank_runs(tmp_path_factory):
     corpus = out / "corpus.txt"
     kjv = ROOT / "harness" / "corpus" / "kjv.txt"
     corpus.write_text("\n".join(kjv.read_text().splitlines()[:40]) + "\n")
-    load_packed(DataConfig(source=str(corpus), tokenizer="bytes", seq_len=32), out / "cache")  # before the ranks read it
+    load_packed(
+        DataConfig(source=str(corpus), tokenizer="bytes", seq_len=32), out / "cache"
+    )  # before the ranks read it
     mp.start_processes(worker, args=(2, free_port(), str(corpus), str(out)), nprocs=2, start_method="spawn")
     single, model = train_micro(corpus, out / "cache", None, Group())
     return out, corpus, single, weight_norms(model)
@@ -78,8 +80,9 @@ def cli(args: list[str], tmp_path: Path, fault: str | None = None, timeout: floa
     environment.pop("MIXBENCH_TEST_FAULT", None)
     if fault:
         environment["MIXBENCH_TEST_FAULT"] = fault
-    return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True)  # fmt: skip
+    return subprocess.run(
+        args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout, start_new_session=True
+    )
 
 
 def progress_step(db: Path) -> float:
@@ -136,15 +139,33 @@ def test_killed_then_preempted_cell_resumes_to_the_uninterrupted_result(write_su
 
 def torchrun(suite: Path, db: str, *args: str) -> list[str]:
     """``python -m harness.launch.torchrun`` (torchrun with the harness's exit statuses) on 2 CPU ranks."""
-    return [sys.executable, "-m", "harness.launch.torchrun", "--nproc-per-node", "2", "--master-port", str(free_port()),
-            *args, "-m", "harness", "run", str(suite), "--db", db]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "harness.launch.torchrun",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        *args,
+        "-m",
+        "harness",
+        "run",
+        str(suite),
+        "--db",
+        db,
+    ]
 
 
-def test_an_exception_on_rank_one_ends_the_launch_within_seconds_and_is_recorded_once(write_suite, tmp_path, monkeypatch):
+def test_an_exception_on_rank_one_ends_the_launch_within_seconds_and_is_recorded_once(
+    write_suite, tmp_path, monkeypatch
+):
     """At the default 600 s collective timeout: rank 1 records its own failure and exits; rank 0, blocked in
     the gradient all-reduce, fails as its peer's connection closes, and torchrun ends the launch."""
-    suite = write_suite(models=["attention@transformer", "faults:FaultyAttention@transformer"],
-                        train={"tokens": 4 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 2})  # fmt: skip
+    suite = write_suite(
+        models=["attention@transformer", "faults:FaultyAttention@transformer"],
+        train={"tokens": 4 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 2},
+    )
     monkeypatch.delenv(TIMEOUT_ENV, raising=False)
     result = cli(torchrun(suite, "two.db"), tmp_path, fault="raise:3:1", timeout=300)
     ended = datetime.now(timezone.utc)
@@ -163,12 +184,20 @@ def test_an_exception_on_rank_one_ends_the_launch_within_seconds_and_is_recorded
 
 
 def test_sigterm_to_torchrun_saves_prints_one_resume_line_and_exits_75(write_suite, tmp_path):
-    suite = write_suite(models=["attention@transformer"],
-                        train={"tokens": 4000 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 1,
-                               "checkpoint_every": 1000})  # fmt: skip
+    suite = write_suite(
+        models=["attention@transformer"],
+        train={"tokens": 4000 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 1, "checkpoint_every": 1000},
+    )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen(torchrun(suite, "two.db"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    launch = subprocess.Popen(
+        torchrun(suite, "two.db"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: progress_step(tmp_path / "two.db") >= 2, 240, "the cell never trained two steps")
         launch.send_signal(signal.SIGTERM)

@@ -43,7 +43,9 @@ def test_every_mixer_analytic_flops_equal_the_counter(entry, count_flops):
             with count_flops() as counter:
                 model(torch.randint(0, 64, (1, seq_len)))
             counted, analytic = counter.get_total_flops(), model.flops(seq_len)
-            assert abs(analytic - counted) <= rel * counted, f"{entry.name}@{backbone} T={seq_len}: {analytic} vs {counted}"
+            assert abs(analytic - counted) <= rel * counted, (
+                f"{entry.name}@{backbone} T={seq_len}: {analytic} vs {counted}"
+            )
         checked.append(backbone)
     assert "transformer" in checked, f"{entry.name} does not build on the transformer backbone"
 

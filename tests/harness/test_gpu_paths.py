@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from harness.measure import latency as latency_module
 from harness import runner as runner_module
 from harness.cli import main
+from harness.measure import latency as latency_module
 from harness.store.database import Store
 from models import ModelSpec, build
 
@@ -30,7 +30,9 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def test_checkpoint_is_saved_before_evaluation_so_an_eval_error_keeps_the_model(write_suite, tmp_path, monkeypatch, capsys):
+def test_checkpoint_is_saved_before_evaluation_so_an_eval_error_keeps_the_model(
+    write_suite, tmp_path, monkeypatch, capsys
+):
     def broken_evaluate(*args, **kwargs):
         raise RuntimeError("FlashAttention only supports fp16 and bf16 data type")
 
@@ -44,7 +46,7 @@ def test_checkpoint_is_saved_before_evaluation_so_an_eval_error_keeps_the_model(
 class FakeModel:
     """``backends(device, dtype)`` as a model with flash-attn answers it on CUDA."""
 
-    def backends(self, device, dtype=None, decode=False):  # noqa: ANN001
+    def backends(self, device, dtype=None, decode=False):
         half = dtype in (torch.float16, torch.bfloat16)
         return ["flash-attn" if device.type == "cuda" and half else "sdpa"]
 
@@ -87,10 +89,10 @@ class FakeCuda:
         cuda = self
 
         class Stream:
-            def __init__(self, device=None):  # noqa: ANN001
+            def __init__(self, device=None):
                 self.name = "side"
 
-            def wait_stream(self, other):  # noqa: ANN001
+            def wait_stream(self, other):
                 pass
 
         class CUDAGraph:
@@ -107,18 +109,18 @@ class FakeCuda:
 
         self.Stream, self.CUDAGraph = Stream, CUDAGraph
 
-    def current_stream(self, device=None):  # noqa: ANN001
+    def current_stream(self, device=None):
         return self.Stream()
 
     @contextlib.contextmanager
-    def stream(self, s):  # noqa: ANN001
+    def stream(self, s):
         previous, self.current = self.current, s.name
         try:
             yield
         finally:
             self.current = previous
 
-    def synchronize(self, device=None):  # noqa: ANN001
+    def synchronize(self, device=None):
         pass
 
 
@@ -153,13 +155,22 @@ def test_latency_rows_and_dashboard_carry_each_modes_backend(tmp_path, monkeypat
     """A fused decode (mamba-ssm's step on a GPU) is recorded on the decode rows, not the prefill ones."""
     from models.lm import CausalLM
 
-    monkeypatch.setattr(CausalLM, "backends", lambda self, device, dtype=None, decode=False: ["fused-step" if decode else "scan"])
-    suite = {"name": "modes", "models": ["mamba@mamba_native"], "sizes": ["micro"],
-             "latency": {"contexts": [8], "warmup": 0, "repeats": 1, "decode_tokens": 2, "vocab_size": 64, "device": "cpu"}}  # fmt: skip
+    monkeypatch.setattr(
+        CausalLM, "backends", lambda self, device, dtype=None, decode=False: ["fused-step" if decode else "scan"]
+    )
+    suite = {
+        "name": "modes",
+        "models": ["mamba@mamba_native"],
+        "sizes": ["micro"],
+        "latency": {"contexts": [8], "warmup": 0, "repeats": 1, "decode_tokens": 2, "vocab_size": 64, "device": "cpu"},
+    }
     path = tmp_path / "modes.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert main(["latency", str(path)]) == 0
-    assert {(r.mode, r.backend) for r in Store().latency_rows("modes")} == {("prefill", "scan"), ("decode", "fused-step")}
+    assert {(r.mode, r.backend) for r in Store().latency_rows("modes")} == {
+        ("prefill", "scan"),
+        ("decode", "fused-step"),
+    }
     assert main(["report", "-o", str(tmp_path / "dash")]) == 0
     page = (tmp_path / "dash" / "modes.html").read_text()
     assert "<td>decode</td>" in page and "<td>fused-step</td>" in page and "<td>scan</td>" in page
@@ -183,9 +194,21 @@ def test_a_cell_trains_and_evaluates_on_cuda(write_suite, tmp_path, capsys):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_latency_on_cuda_records_events_peak_memory_and_the_backend_of_each_mode(tmp_path, capsys, dtype, cuda_graphs):
-    suite = {"name": "gpu", "models": ["attention@transformer", "mamba@mamba_native"], "sizes": ["micro"],
-             "latency": {"contexts": [64], "warmup": 1, "repeats": 2, "decode_tokens": 4, "vocab_size": 256,
-                         "device": "cuda", "dtype": dtype, "cuda_graphs": cuda_graphs}}  # fmt: skip
+    suite = {
+        "name": "gpu",
+        "models": ["attention@transformer", "mamba@mamba_native"],
+        "sizes": ["micro"],
+        "latency": {
+            "contexts": [64],
+            "warmup": 1,
+            "repeats": 2,
+            "decode_tokens": 4,
+            "vocab_size": 256,
+            "device": "cuda",
+            "dtype": dtype,
+            "cuda_graphs": cuda_graphs,
+        },
+    }
     path = Path(tmp_path) / "gpu.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert main(["latency", str(path)]) == 0, capsys.readouterr().out

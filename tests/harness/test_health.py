@@ -57,7 +57,8 @@ NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
 def test_flags_read_from_the_run_and_its_rows():
     rows = [(70, SPIKE, 2.4), (130, SPIKE, 3.1), (90, SLOW, 0.41)]
     assert run_flags(run(heartbeat=NOW - timedelta(minutes=3)), rows, NOW) == [
-        "2 × loss spike, last ×3.1 at step 130", "slow, last ×0.41 at step 90"
+        "2 × loss spike, last ×3.1 at step 130",
+        "slow, last ×0.41 at step 90",
     ]
     stale = run(heartbeat=(NOW - timedelta(minutes=14)).replace(tzinfo=None))  # SQLite gives naive UTC
     assert run_flags(stale, [], NOW) == ["no heartbeat for 14 min"]

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.cli import main
 from harness.data.tokenizer import BUILTIN_TOKENIZER_FILES
 from harness.interop.hf_io import export_run, import_checkpoint
+from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.store.database import RunRecord, Store
 from models import ModelSpec, build
 from models.hf_format import DEFAULTS, import_transformers
@@ -42,12 +42,24 @@ def hf_models() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     llama = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
     return {
-        "llama-gqa": T.LlamaForCausalLM(T.LlamaConfig(**llama, num_key_value_heads=2, rope_theta=5000.0, rms_norm_eps=1e-5)),
+        "llama-gqa": T.LlamaForCausalLM(
+            T.LlamaConfig(**llama, num_key_value_heads=2, rope_theta=5000.0, rms_norm_eps=1e-5)
+        ),
         "llama-tied": T.LlamaForCausalLM(T.LlamaConfig(**llama, tie_word_embeddings=True)),
         "mamba": T.MambaForCausalLM(T.MambaConfig(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2)),
-        "mamba2": T.Mamba2ForCausalLM(T.Mamba2Config(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2,
-                                                     head_dim=16, num_heads=4, n_groups=2, chunk_size=4)),
-    }  # fmt: skip
+        "mamba2": T.Mamba2ForCausalLM(
+            T.Mamba2Config(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                state_size=8,
+                num_hidden_layers=2,
+                head_dim=16,
+                num_heads=4,
+                n_groups=2,
+                chunk_size=4,
+            )
+        ),
+    }
 
 
 def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -75,7 +87,10 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, t
 def imported(folders, tmp_path_factory) -> tuple[Store, dict[str, str]]:
     root = tmp_path_factory.mktemp("store")
     store = Store(root / "db.sqlite")
-    keys = {name: import_checkpoint(str(folder), name, store, root / "ckpt").run_key for name, (folder, _) in folders.items()}
+    keys = {
+        name: import_checkpoint(str(folder), name, store, root / "ckpt").run_key
+        for name, (folder, _) in folders.items()
+    }
     return store, keys
 
 
@@ -138,16 +153,28 @@ def stored_run(store: Store, root: Path, arch: str, seed: int) -> str:
     record = RunRecord(key, "trained", spec.mixer, spec.backbone, "micro", 32, "builtin:kjv", config)
     assert store.claim(record)
     folder = save_checkpoint(model, root / key, "builtin:kjv", config)
-    store.finish(key, metrics=[], position_loss=[], n_params=model.num_params(), n_params_non_embedding=0,
-                 backend="torch", environment={}, checkpoint_path=str(folder))  # fmt: skip
+    store.finish(
+        key,
+        metrics=[],
+        position_loss=[],
+        n_params=model.num_params(),
+        n_params_non_embedding=0,
+        backend="torch",
+        environment={},
+        checkpoint_path=str(folder),
+    )
     return key
 
 
 @pytest.mark.parametrize(
     ("arch", "hf_class"),
-    [("attention@transformer", "LlamaForCausalLM"), ("mamba@mamba_native", "MambaForCausalLM"),
-     ("mamba2@mamba_native", "Mamba2ForCausalLM"), ("ttt_linear@transformer", "MixbenchForCausalLM")],
-)  # fmt: skip
+    [
+        ("attention@transformer", "LlamaForCausalLM"),
+        ("mamba@mamba_native", "MambaForCausalLM"),
+        ("mamba2@mamba_native", "Mamba2ForCausalLM"),
+        ("ttt_linear@transformer", "MixbenchForCausalLM"),
+    ],
+)
 def test_export_reloads_with_auto_model(arch, hf_class, tmp_path):
     store = Store(tmp_path / "db.sqlite")
     key = stored_run(store, tmp_path / "ckpt", arch, seed=len(arch))
@@ -180,11 +207,36 @@ def test_protocol_end_to_end_on_an_imported_model(folders, tmp_path, capsys):
     db, suite = tmp_path / "db.sqlite", tmp_path / "hfcheck.yaml"
     suite.write_text(SUITE)
     common = ["--db", str(db)]
-    assert main(["import", str(folders["mamba"][0]), "--as", "mamba-rand", *common,
-                 "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "import",
+                str(folders["mamba"][0]),
+                "--as",
+                "mamba-rand",
+                *common,
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt"),
+            ]
+        )
+        == 0
+    )
     key = Store(db).runs("imported")[0].run_key
-    assert main(["eval", key, str(suite), *common, "--cache-dir", str(tmp_path / "cache"),
-                 "--report-dir", str(tmp_path / "report")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                key,
+                str(suite),
+                *common,
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--report-dir",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     store = Store(db)
     (row,) = store.runs("hfcheck")
     assert (row.status, row.size, row.config["evaluated"]["run_key"]) == ("imported", "mamba-rand", key)
@@ -202,14 +254,14 @@ def test_protocol_end_to_end_on_an_imported_model(folders, tmp_path, capsys):
     assert rows == [("mamba-rand", "decode", "ok"), ("mamba-rand", "prefill", "ok")]
 
 
-def edited(folder: Path, tmp_path: Path, change) -> Path:  # noqa: ANN001 - a function of the copy
+def edited(folder: Path, tmp_path: Path, change) -> Path:
     copy = tmp_path / "edited"
     shutil.copytree(folder, copy)
     change(copy)
     return copy
 
 
-def set_config(**fields):  # noqa: ANN201
+def set_config(**fields):
     def change(folder: Path) -> None:
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps(config | fields))
@@ -228,8 +280,21 @@ def set_config(**fields):  # noqa: ANN201
 )
 def test_bad_checkpoints_give_one_line(change, message, folders, tmp_path, capsys):
     source = edited(folders["mamba"][0], tmp_path, change)
-    assert main(["import", str(source), "--as", "x", "--db", str(tmp_path / "db.sqlite"),
-                 "--checkpoint-dir", str(tmp_path / "ckpt")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "import",
+                str(source),
+                "--as",
+                "x",
+                "--db",
+                str(tmp_path / "db.sqlite"),
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     if "fit" in message:
@@ -258,8 +323,8 @@ def test_parity_script_measures_a_local_folder(folders):
 
 
 def test_a_trained_run_scored_on_another_suite_is_marked_evaluated(tmp_path):
-    from harness.evaluate.stored import evaluate_stored
     from harness.config.suite import load_suite
+    from harness.evaluate.stored import evaluate_stored
 
     store = Store(tmp_path / "db.sqlite")
     key = stored_run(store, tmp_path / "ckpt", "attention@transformer", seed=3)
@@ -279,8 +344,10 @@ def test_bad_eval_and_export_requests_give_one_line(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     task_suite = tmp_path / "task.yaml"
-    task_suite.write_text("name: t\nmodels: [attention@transformer]\nsizes: [micro]\nseq_lens: [64]\n"
-                          "task: {name: mqar, n_train: 8, n_val: 8}\n")  # fmt: skip
+    task_suite.write_text(
+        "name: t\nmodels: [attention@transformer]\nsizes: [micro]\nseq_lens: [64]\n"
+        "task: {name: mqar, n_train: 8, n_val: 8}\n"
+    )
     cases = [
         (["export", key, str(tmp_path / "full"), "--db", db], "exists and is not empty"),
         (["export", "nosuchkey", str(tmp_path / "out"), "--db", db], "no run with key 'nosuchkey'"),

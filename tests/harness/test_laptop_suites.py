@@ -6,21 +6,27 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
-
 from harness.cli import main
+from harness.config.suite import load_suite
 from harness.runner import SuiteRunner
 from harness.store.database import Store
-from harness.config.suite import load_suite
 
 SUITES = Path(__file__).resolve().parents[2] / "suites"
 KJV = Path(__file__).resolve().parents[2] / "harness" / "corpus"
-SIX = ["ttt_linear@mamba", "ttt_mlp@mamba", "ttt_linear@transformer", "ttt_mlp@transformer", "mamba@mamba_native",
-       "attention@transformer"]  # fmt: skip
+SIX = [
+    "ttt_linear@mamba",
+    "ttt_mlp@mamba",
+    "ttt_linear@transformer",
+    "ttt_mlp@transformer",
+    "mamba@mamba_native",
+    "attention@transformer",
+]
 
 
 def dry_run_rows(name: str, tmp_path: Path) -> list[dict[str, str]]:
-    table = SuiteRunner(load_suite(SUITES / f"{name}.yaml"), Store(tmp_path / "m.db"), cache_dir=tmp_path / "cache").dry_run()
+    table = SuiteRunner(
+        load_suite(SUITES / f"{name}.yaml"), Store(tmp_path / "m.db"), cache_dir=tmp_path / "cache"
+    ).dry_run()
     columns = {c.header: list(c._cells) for c in table.columns}
     return [dict(zip(columns, cells)) for cells in zip(*columns.values())]
 
@@ -29,7 +35,9 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-def test_miniature_dry_run_lists_six_architectures_two_sizes_three_seeds_and_chinchilla_scaled_budgets(tmp_path, monkeypatch, capsys):
+def test_miniature_dry_run_lists_six_architectures_two_sizes_three_seeds_and_chinchilla_scaled_budgets(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(SUITES / "miniature.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -78,7 +86,9 @@ def test_mqar_suites_grids():
     assert quick.name == "mqar-quick" and len(quick.cells()) == 5 * 8
 
 
-def test_epoch_cap_fails_the_cell_in_one_line_and_every_run_records_its_epochs(write_suite, tmp_path, monkeypatch, capsys):
+def test_epoch_cap_fails_the_cell_in_one_line_and_every_run_records_its_epochs(
+    write_suite, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     corpus = tmp_path / "two_chapters.txt"  # ~7.6k bytes: a byte-level corpus smaller than the budget
     corpus.write_text("\n".join((KJV / "kjv.txt").read_text().splitlines()[:2]) + "\n")

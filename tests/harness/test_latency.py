@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
-from harness.measure import latency as latency_module
 from harness.cli import main
-from harness.store.database import Store
 from harness.config.suite import SuiteError, load_suite
+from harness.measure import latency as latency_module
+from harness.store.database import Store
 
 # device pinned: these tests assert CPU facts (sdpa, perf_counter, no peak memory); the GPU
 # variant is tests/harness/test_gpu_paths.py
@@ -26,8 +26,12 @@ def latency_suite(tmp_path):
     """``latency_suite(**latency_fields)``: a latency-only suite (no train section) at size micro."""
 
     def write(name: str = "lat", models: list[str] | None = None, **fields) -> str:
-        suite = {"name": name, "models": models or ["attention@transformer"], "sizes": ["micro"],
-                 "latency": {**TINY, **fields}}  # fmt: skip
+        suite = {
+            "name": name,
+            "models": models or ["attention@transformer"],
+            "sizes": ["micro"],
+            "latency": {**TINY, **fields},
+        }
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(suite, sort_keys=False))
         return str(path)
@@ -45,9 +49,21 @@ def test_sweep_stores_one_row_per_mode_and_context(latency_suite, capsys):
     code, out, _ = run_cli(capsys, "latency", latency_suite())
     assert code == 0, out
     rows = Store().latency_rows("lat")
-    assert sorted((r.mode, r.context) for r in rows) == [("decode", 16), ("decode", 32), ("prefill", 16), ("prefill", 32)]
+    assert sorted((r.mode, r.context) for r in rows) == [
+        ("decode", 16),
+        ("decode", 32),
+        ("prefill", 16),
+        ("prefill", 32),
+    ]
     for r in rows:
-        assert (r.mixer, r.backbone, r.size, r.batch, r.dtype, r.status) == ("attention", "transformer", "micro", 1, "float32", "ok")
+        assert (r.mixer, r.backbone, r.size, r.batch, r.dtype, r.status) == (
+            "attention",
+            "transformer",
+            "micro",
+            1,
+            "float32",
+            "ok",
+        )
         assert 0 < r.p20_ms <= r.median_ms <= r.p80_ms
         assert r.tokens_per_s == pytest.approx((r.context if r.mode == "prefill" else 1) / (r.median_ms / 1e3))
         assert r.backend == "sdpa" and r.device.startswith("cpu") and r.peak_memory_bytes is None
@@ -133,8 +149,13 @@ def test_training_suite_with_a_latency_section_trains_and_measures(write_suite, 
     assert [r.status for r in Store().runs("unit")] == ["done"]
     assert len(Store().latency_rows("unit")) == 4
     page = (tmp_path / "results" / "dashboards" / "unit.html").read_text()
-    for title in ("Validation perplexity vs training FLOPs", "Perplexity by token index", "Latency: prefill and decode",
-                  "Latency measurements", "Results"):  # fmt: skip
+    for title in (
+        "Validation perplexity vs training FLOPs",
+        "Perplexity by token index",
+        "Latency: prefill and decode",
+        "Latency measurements",
+        "Results",
+    ):
         assert title in page
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from harness.measure import latency as latency_module
 from harness.cli import main
+from harness.measure import latency as latency_module
 from harness.store.database import Store
 
 WARMUP, REPEATS, DECODE_TOKENS, BATCH, CONTEXTS = 2, 3, 5, 2, (8, 16)
@@ -90,8 +90,15 @@ def test_latency_protocol_times_exactly_the_promised_work(tmp_path, monkeypatch,
 
     monkeypatch.setattr(latency_module, "clock", clock)
     monkeypatch.setattr(latency_module, "build", build)
-    section = {"contexts": list(CONTEXTS), "warmup": WARMUP, "repeats": REPEATS, "decode_tokens": DECODE_TOKENS,
-               "batch": BATCH, "vocab_size": 64, "device": "cpu"}  # fmt: skip
+    section = {
+        "contexts": list(CONTEXTS),
+        "warmup": WARMUP,
+        "repeats": REPEATS,
+        "decode_tokens": DECODE_TOKENS,
+        "batch": BATCH,
+        "vocab_size": 64,
+        "device": "cpu",
+    }
     suite = {"name": "lat", "models": ["attention@transformer"], "sizes": ["micro"], "latency": section}
     (tmp_path / "lat.yaml").write_text(yaml.safe_dump(suite))
     assert main(["latency", str(tmp_path / "lat.yaml")]) == 0, capsys.readouterr().out

@@ -18,22 +18,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import alive, descendants, needs_proc, wait_for
 from rich.console import Console
 
 from harness.cli import main
+from harness.config.launcher import LauncherSection
+from harness.config.suite import SuiteError, load_suite
 from harness.launch.job import CellJob, cell_command
 from harness.launch.local import slots
-from harness.config.launcher import LauncherSection
 from harness.launch.submit import LaunchError, submit_suite
 from harness.store.database import Store, StoreError
-from processes import alive, descendants, needs_proc, wait_for
-from harness.config.suite import SuiteError, load_suite
 
 submitit = pytest.importorskip("submitit", reason="the [slurm] extra (submitit) is not installed")
 REPO = Path(__file__).resolve().parents[2]
 
-LAUNCHER = {"nodes": 2, "gpus_per_node": 4, "cpus": 16, "partition": "gpu", "time": "02:30:00", "account": "lab",
-            "sbatch": {"qos": "high", "constraint": "h100"}}  # fmt: skip
+LAUNCHER = {
+    "nodes": 2,
+    "gpus_per_node": 4,
+    "cpus": 16,
+    "partition": "gpu",
+    "time": "02:30:00",
+    "account": "lab",
+    "sbatch": {"qos": "high", "constraint": "h100"},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +55,9 @@ def fake_sbatch(tmp_path, monkeypatch) -> Path:
     bin_dir, kept = tmp_path / "bin", tmp_path / "sbatch-scripts"
     bin_dir.mkdir(), kept.mkdir()
     script = bin_dir / "sbatch"
-    script.write_text(f'#!/bin/sh\nn=$(ls {kept} | wc -l)\ncp "$1" {kept}/$n.sh\necho "Submitted batch job $((4200 + n))"\n')
+    script.write_text(
+        f'#!/bin/sh\nn=$(ls {kept} | wc -l)\ncp "$1" {kept}/$n.sh\necho "Submitted batch job $((4200 + n))"\n'
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     (bin_dir / "srun").symlink_to("/bin/true")  # submitit checks that this is a Slurm machine
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -61,9 +70,19 @@ def test_slurm_jobs_carry_the_suite_resources_and_show_as_queued(write_suite, fa
     scripts = sorted(fake_sbatch.iterdir())
     assert len(scripts) == 2, "one job per cell"
     text = scripts[0].read_text()
-    for line in ["--nodes=2", "--gpus-per-node=4", "--cpus-per-task=16", "--partition=gpu", "--time=150",
-                 "--account=lab", "--qos=high", "--constraint=h100", "--ntasks-per-node=1", "--job-name=mixbench-unit",
-                 "--signal=USR2@90"]:  # fmt: skip
+    for line in [
+        "--nodes=2",
+        "--gpus-per-node=4",
+        "--cpus-per-task=16",
+        "--partition=gpu",
+        "--time=150",
+        "--account=lab",
+        "--qos=high",
+        "--constraint=h100",
+        "--ntasks-per-node=1",
+        "--job-name=mixbench-unit",
+        "--signal=USR2@90",
+    ]:
         assert f"#SBATCH {line}\n" in text, f"{line} missing from\n{text}"
     runs = Store().runs("unit")
     assert sorted((r.status, r.job_id) for r in runs) == [("queued", "4200"), ("queued", "4201")]
@@ -76,13 +95,21 @@ def test_slurm_jobs_carry_the_suite_resources_and_show_as_queued(write_suite, fa
 
 
 def test_the_job_runs_torchrun_with_one_rank_per_gpu_across_nodes(tmp_path):
-    job = CellJob(suite=tmp_path / "s.yaml", label="attention@transformer/micro/T32", db="sqlite:///x.db", nodes=2,
-                  ranks_per_node=4, workdir=tmp_path)  # fmt: skip
+    job = CellJob(
+        suite=tmp_path / "s.yaml",
+        label="attention@transformer/micro/T32",
+        db="sqlite:///x.db",
+        nodes=2,
+        ranks_per_node=4,
+        workdir=tmp_path,
+    )
     command = job.command("node017")
     assert command[1:3] == ["-m", "harness.launch.torchrun"], "torchrun that exits 75 when its ranks are preempted"
     joined = " ".join(command)
     assert "--nnodes 2" in joined and "--nproc-per-node 4" in joined and "--rdzv-endpoint node017:29500" in joined
-    assert joined.endswith(f"-m harness run {tmp_path / 's.yaml'} --launcher inline --only attention@transformer/micro/T32")
+    assert joined.endswith(
+        f"-m harness run {tmp_path / 's.yaml'} --launcher inline --only attention@transformer/micro/T32"
+    )
     assert "sqlite" not in joined, "the store URL (perhaps with a password) stays off the command line"
     single = " ".join(CellJob(**{**job.__getstate__(), "nodes": 1, "ranks_per_node": 1}).command("localhost"))
     assert "--standalone" in single and "--nproc-per-node 1" in single
@@ -167,8 +194,15 @@ def test_slurm_dry_run_prints_resources_script_and_commands_without_a_cluster(wr
     suite = write_suite(sizes=["micro", "tiny"], launcher=LAUNCHER)
     assert main(["run", str(suite), "--launcher", "slurm", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for line in ["--nodes=2", "--gpus-per-node=4", "--cpus-per-task=16", "--partition=gpu", "--time=150", "--qos=high",
-                 "--signal=USR2@90"]:  # fmt: skip
+    for line in [
+        "--nodes=2",
+        "--gpus-per-node=4",
+        "--cpus-per-task=16",
+        "--partition=gpu",
+        "--time=150",
+        "--qos=high",
+        "--signal=USR2@90",
+    ]:
         assert f"#SBATCH {line}\n" in out, f"{line} missing from\n{out}"
     commands = [ln for ln in out.splitlines() if "-m harness.launch.torchrun" in ln]
     assert len(commands) == 2 and all("--nproc-per-node 4" in c and "--nnodes 2" in c for c in commands)
@@ -186,7 +220,9 @@ def test_cells_get_their_share_of_the_gpus():
     assert slots(LauncherSection(gpus_per_cell=1, parallel=2), ["4", "6", "7"]) == [("4",), ("6",)]
     assert slots(LauncherSection(parallel=3), []) == [(), (), ()]
     assert not LauncherSection().local_jobs and LauncherSection(parallel=1).local_jobs
-    with pytest.raises(LaunchError, match="gpus_per_cell is 2 but 0 GPUs are visible here; on CPU set launcher.parallel"):
+    with pytest.raises(
+        LaunchError, match="gpus_per_cell is 2 but 0 GPUs are visible here; on CPU set launcher.parallel"
+    ):
         slots(LauncherSection(gpus_per_cell=2), [])
     multi = cell_command(Path("s.yaml"), "a@b/micro/T32", (), ["--standalone", "--nproc-per-node", "4"])
     assert multi[1:5] == ["-m", "harness.launch.torchrun", "--standalone", "--nproc-per-node"]
@@ -229,8 +265,14 @@ def one_thread(monkeypatch):
 
 def start_launcher(suite: Path, db: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--db", db], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(suite), "--db", db],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def stop_mid_training(launch: subprocess.Popen, db: str, stop: Callable[[int], None]) -> str:
@@ -251,8 +293,14 @@ def stop_mid_training(launch: subprocess.Popen, db: str, stop: Callable[[int], N
 
 # Two micro cells (a grid of two learning rates), long enough to be stopped: on a quiet machine one job can
 # train a few hundred steps while the other is still importing, so a shorter budget lets a cell finish first.
-TWO_CELLS = {"tokens": 1000 * 256, "batch_tokens": 256, "lr": [3e-3, 1e-3], "log_every": 10, "checkpoint_every": 10,
-             "device": "cpu"}  # fmt: skip
+TWO_CELLS = {
+    "tokens": 1000 * 256,
+    "batch_tokens": 256,
+    "lr": [3e-3, 1e-3],
+    "log_every": 10,
+    "checkpoint_every": 10,
+    "device": "cpu",
+}
 
 
 @needs_proc

@@ -27,16 +27,28 @@ def curves(store: Store) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted(points) for name, points in by_name.items()}
 
 
-def test_a_killed_cell_keeps_its_curve_and_the_resume_stores_every_step_once(db, write_suite, tmp_path, monkeypatch,
-                                                                             capsys):
+def test_a_killed_cell_keeps_its_curve_and_the_resume_stores_every_step_once(
+    db, write_suite, tmp_path, monkeypatch, capsys
+):
     suite = write_suite(
         models=["faults:FaultyAttention@transformer"],
         train={"tokens": 12 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 1, "checkpoint_every": 3},
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1",
-           "MIXBENCH_TEST_FAULT": "sigkill_group:8"}  # fmt: skip
-    killed = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--db", db], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120, start_new_session=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}",
+        "OMP_NUM_THREADS": "1",
+        "MIXBENCH_TEST_FAULT": "sigkill_group:8",
+    }
+    killed = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(suite), "--db", db],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     store = Store(db)  # what another machine reads while the cell is down: the curve up to its last log
@@ -56,7 +68,8 @@ def test_a_killed_cell_keeps_its_curve_and_the_resume_stores_every_step_once(db,
     for name in ("train/loss", "train/lr", "train/grad_norm", "tokens/s", "tokens/s/recent"):
         assert [s for s, _ in after[name]] == list(range(1, 13)), f"{name}: every step once"
     values = lambda points: [v for _, v in points]  # noqa: E731
-    assert values(after["train/loss"][:7]) == pytest.approx(values(before["train/loss"]), rel=1e-6), \
-        "the resumed curve continues the killed one: steps 1-6 from the checkpoint, step 7 redone alike"  # fmt: skip
+    assert values(after["train/loss"][:7]) == pytest.approx(values(before["train/loss"]), rel=1e-6), (
+        "the resumed curve continues the killed one: steps 1-6 from the checkpoint, step 7 redone alike"
+    )
     assert after["train/lr"][:7] == before["train/lr"]
     assert Store(db).runs()[0].status == "done"

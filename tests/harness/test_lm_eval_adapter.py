@@ -19,15 +19,15 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.api.instance import Instance
 
-from harness.evaluate import lm_eval_adapter  # noqa: E402
-from harness.store.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
-from harness.cli import main  # noqa: E402
-from harness.data import ByteTokenizer, load_tokenizer  # noqa: E402
-from harness.evaluate.lm_eval_adapter import LMEvalError, MixbenchLM  # noqa: E402
-from harness.store.database import Store  # noqa: E402
-from models import ModelSpec, build  # noqa: E402
+from harness.cli import main
+from harness.data import ByteTokenizer, load_tokenizer
+from harness.evaluate import lm_eval_adapter
+from harness.evaluate.lm_eval_adapter import LMEvalError, MixbenchLM
+from harness.store.checkpoints import load_checkpoint, save_checkpoint
+from harness.store.database import Store
+from models import ModelSpec, build
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_LEN = 24
@@ -160,7 +160,9 @@ def test_a_bpe_pair_splits_on_the_word_boundary():
     tok = load_tokenizer("builtin:kjv")
     lm = MixbenchLM.from_model(torch.nn.Linear(1, 1), tok, max_length=8)  # only the tokenizer is used
     ctx, cont = lm.encode_pair("And God said, Let there be ", "light")
-    assert ctx == tok.encode("And God said, Let there be") and ctx + cont == tok.encode("And God said, Let there be light")
+    assert ctx == tok.encode("And God said, Let there be") and ctx + cont == tok.encode(
+        "And God said, Let there be light"
+    )
     assert tok.decode(cont) == " light"
 
 
@@ -214,7 +216,9 @@ def test_generate_until_equals_a_full_forward_greedy_loop(model, lm):
 
     full = got[0]
     stop = next(ch for ch in full[2:] if ch.isascii() and ch.isprintable())  # a stop string it will meet
-    (cut,) = lm.generate_until([request("generate_until", prompts[0], {"until": ["\x00never", stop], "max_gen_toks": 12})])
+    (cut,) = lm.generate_until(
+        [request("generate_until", prompts[0], {"until": ["\x00never", stop], "max_gen_toks": 12})]
+    )
     assert cut == full[: full.index(stop)] and stop not in cut
 
 
@@ -263,9 +267,17 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def suite_args(tmp_path, suite: Path) -> list[str]:
     return [
-        "run", str(suite), "--db", str(tmp_path / "m.db"), "--cache-dir", str(tmp_path / "cache"),
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--report-dir", str(tmp_path / "dash"),
-    ]  # fmt: skip
+        "run",
+        str(suite),
+        "--db",
+        str(tmp_path / "m.db"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--report-dir",
+        str(tmp_path / "dash"),
+    ]
 
 
 def test_a_suite_stores_lm_eval_metrics_and_the_run_key_reloads(write_suite, tmp_path, capsys):
@@ -283,8 +295,9 @@ def test_a_suite_stores_lm_eval_metrics_and_the_run_key_reloads(write_suite, tmp
     assert steps == {max(step for _key, step, _n, _v in store.metric_values("unit"))}  # the final step
 
     # the same run by its key: same checkpoint, tokenizer and max_length (the training seq_len), same score
-    code, out, _ = run_cli(capsys, "lm-eval", run.run_key, "--tasks", "kjv_cloze", "--db", str(tmp_path / "m.db"),
-                           "--limit", "12")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys, "lm-eval", run.run_key, "--tasks", "kjv_cloze", "--db", str(tmp_path / "m.db"), "--limit", "12"
+    )
     assert code == 0, out
     assert "max_length 32" in out
     printed = " ".join(out.replace("│", " ").split())
@@ -301,15 +314,37 @@ def test_lm_eval_command_line_with_the_mixbench_model(tmp_path):
     model = build(ModelSpec.parse("attention@transformer", "micro", ByteTokenizer().vocab_size))
     ckpt = save_checkpoint(model, tmp_path / "ckpt", "bytes", {"data": {"seq_len": 32}})
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.evaluate.lm_eval_adapter", "--model", "mixbench",
-         "--model_args", f"checkpoint={ckpt}", "--tasks", "kjv_cloze", "--limit", "4"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={"PATH": "/usr/bin:/bin", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
-             "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "harness.evaluate.lm_eval_adapter",
+            "--model",
+            "mixbench",
+            "--model_args",
+            f"checkpoint={ckpt}",
+            "--tasks",
+            "kjv_cloze",
+            "--limit",
+            "4",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "HOME": str(tmp_path),
+            "OMP_NUM_THREADS": "1",
+        },
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # lm-eval's table: |kjv_cloze| 1|none | 0|acc |↑ |0.2500|± |0.2500|
-    printed = {m.group(1): float(m.group(2)) for m in re.finditer(r"\|(acc(?:_norm)?)\s*\|[^|]*\|\s*([0-9.]+)\s*\|", proc.stdout)}
+    printed = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"\|(acc(?:_norm)?)\s*\|[^|]*\|\s*([0-9.]+)\s*\|", proc.stdout)
+    }
     want = expected_cloze(MixbenchLM.from_model(model, ByteTokenizer(), max_length=32), limit=4)
     assert printed == {"acc": want["acc"], "acc_norm": want["acc_norm"]}, proc.stdout
 
@@ -320,7 +355,10 @@ def test_an_unknown_task_fails_the_cell_before_training(write_suite, tmp_path, c
     assert code == 1
     (run,) = Store(tmp_path / "m.db").runs("unit")
     assert run.status == "failed" and "\n" not in run.error
-    assert run.error.startswith("LMEvalError: unknown lm-eval task(s) 'no_such_task'") and "kjv_cloze, kjv_ppl" in run.error
+    assert (
+        run.error.startswith("LMEvalError: unknown lm-eval task(s) 'no_such_task'")
+        and "kjv_cloze, kjv_ppl" in run.error
+    )
     assert not (tmp_path / "ckpt").exists()  # nothing was trained
 
 

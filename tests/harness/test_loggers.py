@@ -51,8 +51,16 @@ def test_tensorboard_and_offline_wandb_receive_the_stored_curve(write_suite, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    suite = write_suite(train={"tokens": 6 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 2, "device": "cpu",
-                               "loggers": ["tensorboard", "wandb"]})  # fmt: skip
+    suite = write_suite(
+        train={
+            "tokens": 6 * 256,
+            "batch_tokens": 256,
+            "lr": 3e-3,
+            "log_every": 2,
+            "device": "cpu",
+            "loggers": ["tensorboard", "wandb"],
+        }
+    )
     assert main(["run", str(suite)]) == 0
     (run,) = Store().runs()
     stored = sorted((s, v) for k, s, n, v in Store().metric_values() if n == "train/loss")
@@ -87,4 +95,7 @@ def test_an_unknown_tracker_is_refused_by_the_suite(write_suite, tmp_path, capsy
     suite = write_suite(train={"tokens": 2048, "batch_tokens": 256, "lr": 3e-3, "loggers": ["mlflow"]})
     assert main(["run", str(suite)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("unit.yaml: train.loggers.0: Input should be 'tensorboard' or 'wandb'") and len(err.splitlines()) == 1
+    assert (
+        err.endswith("unit.yaml: train.loggers.0: Input should be 'tensorboard' or 'wandb'")
+        and len(err.splitlines()) == 1
+    )

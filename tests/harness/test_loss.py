@@ -28,8 +28,13 @@ def test_chunked_loss_and_gradients_equal_the_plain_float32_cross_entropy(dtype,
 def test_the_loss_is_nan_without_a_scored_token_like_the_plain_one_and_bad_shapes_are_one_line():
     logits = torch.randn(40, 8, requires_grad=True)
     none_scored = torch.full((40,), -100)
-    assert cross_entropy(logits, none_scored, chunk_elements=8 * 4).isnan() and F.cross_entropy(logits, none_scored).isnan()
-    with pytest.raises(ValueError, match=r"expected logits \(tokens, vocab\) and targets \(tokens,\), got \(2, 20, 8\)"):
+    assert (
+        cross_entropy(logits, none_scored, chunk_elements=8 * 4).isnan()
+        and F.cross_entropy(logits, none_scored).isnan()
+    )
+    with pytest.raises(
+        ValueError, match=r"expected logits \(tokens, vocab\) and targets \(tokens,\), got \(2, 20, 8\)"
+    ):
         cross_entropy(logits.view(2, 20, 8), none_scored)
     with pytest.raises(ValueError, match=r"got \(40, 8\) and \(39,\)"):
         cross_entropy(logits, none_scored[:39])

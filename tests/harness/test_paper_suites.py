@@ -14,13 +14,19 @@ import pytest
 import torch
 
 from harness import runner as runner_module
+from harness.config.suite import load_suite
 from harness.runner import SuiteRunner
 from harness.store.database import Store
-from harness.config.suite import load_suite
 
 SUITES = Path(__file__).resolve().parents[2] / "suites"
-MODELS = ["ttt_linear@mamba", "ttt_mlp@mamba", "ttt_linear@transformer", "ttt_mlp@transformer",
-          "mamba@mamba_native", "attention@transformer"]  # fmt: skip
+MODELS = [
+    "ttt_linear@mamba",
+    "ttt_mlp@mamba",
+    "ttt_linear@transformer",
+    "ttt_mlp@transformer",
+    "mamba@mamba_native",
+    "attention@transformer",
+]
 # The TTT paper's configurations: d_model, Transformer layers, SwiGLU width; Llama-2 vocabulary.
 SIZES = {"125m": (768, 12, 2048), "350m": (1024, 24, 2736), "760m": (1536, 24, 4096), "1.3b": (2048, 24, 5504)}
 VOCAB, BATCH_TOKENS = 32000, 524288
@@ -34,12 +40,17 @@ def attention_params(d: int, layers: int, mlp: int) -> int:
 def mamba_params(d: int, layers: int, _mlp: int) -> int:
     """mamba-ssm's block (expand 2, d_state 16, d_conv 4, dt_rank ceil(d/16)) plus its norm, twice the layers."""
     inner, rank, state = 2 * d, math.ceil(d / 16), 16
-    block = (d * 2 * inner  # in_proj (x and gate)
-             + inner * 4 + inner  # depthwise conv weight and bias
-             + inner * (rank + 2 * state)  # x_proj to dt, B, C
-             + rank * inner + inner  # dt_proj weight and bias
-             + inner * state + inner  # A_log and D
-             + inner * d)  # out_proj  # fmt: skip
+    block = (
+        d * 2 * inner  # in_proj (x and gate)
+        + inner * 4
+        + inner  # depthwise conv weight and bias
+        + inner * (rank + 2 * state)  # x_proj to dt, B, C
+        + rank * inner
+        + inner  # dt_proj weight and bias
+        + inner * state
+        + inner  # A_log and D
+        + inner * d
+    )  # out_proj
     return VOCAB * d + d + 2 * layers * (d + block)
 
 
@@ -66,7 +77,7 @@ def build_once(monkeypatch):
     """
     real_build = runner_module.build
 
-    def build(spec):  # noqa: ANN001, ANN202
+    def build(spec):
         key = repr(spec)
         if key not in _BUILT:
             _BUILT[key] = real_build(spec)
@@ -78,7 +89,9 @@ def build_once(monkeypatch):
 @pytest.mark.parametrize("name, seq_len", [("pile2k", 2048), ("pile8k", 8192), ("books32k", 32768)])
 def test_paper_suite_dry_run_offline(name, seq_len, no_network, build_once, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    table = SuiteRunner(load_suite(SUITES / f"{name}.yaml"), Store(tmp_path / "m.db"), cache_dir=tmp_path / "cache").dry_run()
+    table = SuiteRunner(
+        load_suite(SUITES / f"{name}.yaml"), Store(tmp_path / "m.db"), cache_dir=tmp_path / "cache"
+    ).dry_run()
     columns = {c.header: list(c._cells) for c in table.columns}
     rows = [dict(zip(columns, cells)) for cells in zip(*columns.values())]
     number = lambda text: int(text.replace(",", ""))  # noqa: E731

@@ -46,8 +46,10 @@ def seeded_cell(tmp_path, monkeypatch):
     def run(name: str, n_threads: int) -> dict[tuple[int, str], float]:
         torch.set_num_threads(n_threads)
         try:
-            assert main(["run", str(path), "--db", str(tmp_path / f"{name}.db"),
-                         "--checkpoint-dir", str(tmp_path / name)]) == 0  # fmt: skip
+            assert (
+                main(["run", str(path), "--db", str(tmp_path / f"{name}.db"), "--checkpoint-dir", str(tmp_path / name)])
+                == 0
+            )
         finally:
             torch.set_num_threads(threads)
         rows = Store(tmp_path / f"{name}.db").metric_values("repro")

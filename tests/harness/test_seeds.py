@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from harness.cli import main
+from harness.config.suite import load_suite
 from harness.report.dashboard import flops_figure, position_figure, spread_rows, write_reports
 from harness.report.seeds import Spread, choose, ties
-from harness.store.database import RunRecord, Store
-from harness.config.suite import load_suite
 from harness.report.tasks import task_figures
+from harness.store.database import RunRecord, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,16 +35,31 @@ ACCURACY = {
 }
 
 
-def store_crafted(store: Store, path: Path, metrics_of) -> list:  # noqa: ANN001 - cell -> [(name, value)]
+def store_crafted(store: Store, path: Path, metrics_of) -> list:
     """Every cell of the suite at ``path`` stored as done, with the metrics ``metrics_of(cell)`` gives."""
     cells = load_suite(path).cells()
     for cell in cells:
-        record = RunRecord(run_key=cell.run_key, suite=cell.suite, mixer=cell.mixer, backbone=cell.backbone,
-                           size=cell.size, seq_len=cell.seq_len, dataset="crafted", config=cell.config)  # fmt: skip
+        record = RunRecord(
+            run_key=cell.run_key,
+            suite=cell.suite,
+            mixer=cell.mixer,
+            backbone=cell.backbone,
+            size=cell.size,
+            seq_len=cell.seq_len,
+            dataset="crafted",
+            config=cell.config,
+        )
         assert store.claim(record)
         metrics, positions = metrics_of(cell)
-        store.finish(cell.run_key, metrics=[(1, n, v) for n, v in metrics], position_loss=positions, n_params=1000,
-                     n_params_non_embedding=900, backend="crafted", environment={})  # fmt: skip
+        store.finish(
+            cell.run_key,
+            metrics=[(1, n, v) for n, v in metrics],
+            position_loss=positions,
+            n_params=1000,
+            n_params_non_embedding=900,
+            backend="crafted",
+            environment={},
+        )
     return cells
 
 
@@ -63,7 +78,7 @@ def task_store(tmp_path):
     path.write_text(yaml.safe_dump(suite))
     store = Store(tmp_path / "m.db")
 
-    def metrics(cell) -> tuple[list, list]:  # noqa: ANN001
+    def metrics(cell) -> tuple[list, list]:
         acc = ACCURACY[(cell.arch, cell.train.lr)][cell.train.seed]
         return [("task/accuracy", acc), ("val/loss", 1 - acc), ("model/state_size", 100.0)], []
 
@@ -102,8 +117,14 @@ def test_dashboard_and_results_show_median_range_ties_and_split(task_store, tmp_
     lines = {trace.name: trace for trace in figure.data}
     attention, ttt = lines["attention@mamba"], lines["ttt_linear@mamba"]
     assert list(attention.y) == [0.96]
-    assert list(attention.error_y.array) == pytest.approx([0.01]) and list(attention.error_y.arrayminus) == pytest.approx([0.01])
-    assert list(ttt.y) == [0.95] and list(ttt.marker.symbol) == ["diamond-open"] and list(attention.marker.symbol) == ["circle"]
+    assert list(attention.error_y.array) == pytest.approx([0.01]) and list(
+        attention.error_y.arrayminus
+    ) == pytest.approx([0.01])
+    assert (
+        list(ttt.y) == [0.95]
+        and list(ttt.marker.symbol) == ["diamond-open"]
+        and list(attention.marker.symbol) == ["circle"]
+    )
     assert "2/3 seeds solve" in ttt.text[0] and "median" in figure.layout.title.text
 
     rows = {(r["model"], r["lr"]): r for r in spread_rows(store.runs(), values)}
@@ -136,33 +157,47 @@ def test_readme_task_table_says_median_range_ties_and_split(task_store, figures)
     rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
     assert list(rows) == ["attention@mamba", "ttt_linear@mamba", "ttt_mlp@mamba"]  # by median
     assert "0.960 [0.950-0.970] (0.01, 100; tie: ttt_linear@mamba)" in rows["attention@mamba"]
-    assert "0.950 [0.300-0.990] (0.01, 100; tie: attention@mamba) **split: 2/3 seeds solve**" in rows["ttt_linear@mamba"]
+    assert (
+        "0.950 [0.300-0.990] (0.01, 100; tie: attention@mamba) **split: 2/3 seeds solve**" in rows["ttt_linear@mamba"]
+    )
     assert "tie" not in rows["ttt_mlp@mamba"] and "split" not in rows["ttt_mlp@mamba"]
 
 
 def test_text_suite_panels_and_table_take_the_median_over_seeds(tmp_path, small_corpus, figures):
-    suite = {"name": "text", "data": {"source": str(small_corpus), "tokenizer": "bytes", "seq_len": 32},
-             "models": ["attention@transformer", "ttt_linear@transformer"], "sizes": ["micro"], "seeds": [0, 1, 2],
-             "train": {"tokens": 2048, "batch_tokens": 256, "lr": 3e-3}, "eval": {"position_buckets": 2}}  # fmt: skip
+    suite = {
+        "name": "text",
+        "data": {"source": str(small_corpus), "tokenizer": "bytes", "seq_len": 32},
+        "models": ["attention@transformer", "ttt_linear@transformer"],
+        "sizes": ["micro"],
+        "seeds": [0, 1, 2],
+        "train": {"tokens": 2048, "batch_tokens": 256, "lr": 3e-3},
+        "eval": {"position_buckets": 2},
+    }
     path = tmp_path / "text.yaml"
     path.write_text(yaml.safe_dump(suite))
     ppl = {"attention": (10.0, 12.0, 11.0), "ttt_linear": (20.0, 30.0, 25.0)}
     store = Store(tmp_path / "t.db")
 
-    def metrics(cell) -> tuple[list, list]:  # noqa: ANN001
+    def metrics(cell) -> tuple[list, list]:
         p = ppl[cell.mixer][cell.train.seed]
-        return ([("val/ppl", p), ("val/loss", math.log(p)), ("flops/train", 1e9)],
-                [(0, 0, 16, math.log(p) + 0.1), (1, 16, 32, math.log(p))])  # fmt: skip
+        return (
+            [("val/ppl", p), ("val/loss", math.log(p)), ("flops/train", 1e9)],
+            [(0, 0, 16, math.log(p) + 0.1), (1, 16, 32, math.log(p))],
+        )
 
     store_crafted(store, path, metrics)
     values = values_of(store)
     points = [c.best for c in choose(store.runs(), values)]
     flops = {t.name: t for t in flops_figure(points, values).data}
-    assert list(flops["attention@transformer"].y) == [11.0] and list(flops["attention@transformer"].error_y.array) == [1.0]
+    assert list(flops["attention@transformer"].y) == [11.0] and list(flops["attention@transformer"].error_y.array) == [
+        1.0
+    ]
     position = position_figure(points, store.position_losses())
     bands = [t for t in position.data if t.fill == "toself"]
     medians = {t.name: t for t in position.data if t.fill != "toself"}
-    assert len(bands) == 2 and list(medians["ttt_linear@transformer micro T32"].y) == pytest.approx([25 * math.exp(0.1), 25])
+    assert len(bands) == 2 and list(medians["ttt_linear@transformer micro T32"].y) == pytest.approx(
+        [25 * math.exp(0.1), 25]
+    )
     assert min(bands[1].y) == pytest.approx(20.0) and max(bands[1].y) == pytest.approx(30 * math.exp(0.1))
     lines = figures.text_table(store.runs(), values, store.position_losses())
     assert "| attention@transformer | 11.0 [10.0-12.0] |" in lines[2]

@@ -23,8 +23,16 @@ from harness.store.database import SCHEMA_VERSION, Base, RunRecord, Store, Store
 
 
 def record(key: str = "k1", **kw) -> RunRecord:
-    base = dict(run_key=key, suite="s", mixer="attention", backbone="transformer", size="micro", seq_len=32,
-                dataset="builtin:kjv", config={"a": 1})  # fmt: skip
+    base = dict(
+        run_key=key,
+        suite="s",
+        mixer="attention",
+        backbone="transformer",
+        size="micro",
+        seq_len=32,
+        dataset="builtin:kjv",
+        config={"a": 1},
+    )
     base.update(kw)
     return RunRecord(**base)
 
@@ -158,8 +166,16 @@ def test_eight_runners_starting_together_on_a_fresh_database_run_every_cell_once
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for repeat in range(STRESS_REPEATS):
         url, go, n_cells = new_db(), tmp_path / f"go{repeat}", 12
-        procs = [subprocess.Popen([sys.executable, STRESS_RUNNER, url, str(n_cells), go], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [sys.executable, STRESS_RUNNER, url, str(n_cells), go],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(8)
+        ]
         while len(list(tmp_path.glob(f"go{repeat}.ready.*"))) < len(procs) and all(p.poll() is None for p in procs):
             time.sleep(0.01)
         go.touch()  # every runner has imported everything: they open the store together
@@ -204,7 +220,9 @@ def test_a_legacy_sqlite_database_upgrades_in_place_keeping_every_row(tmp_path, 
             continue
         old_columns = {name for row in rows for name, _ in row}
         assert {tuple(c for c in row if c[0] in old_columns) for row in after[table]} == rows, f"{table} rows changed"
-    assert all(dict(r)["job_id"] is None for r in after["runs"]) and "checkpoint_path" in dict(next(iter(after["runs"])))
+    assert all(dict(r)["job_id"] is None for r in after["runs"]) and "checkpoint_path" in dict(
+        next(iter(after["runs"]))
+    )
     assert store.query("SELECT version_num FROM alembic_version")[1] == [(migrations.head(),)]
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.claim(record("new")), "the upgraded store takes new runs"

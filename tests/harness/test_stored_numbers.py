@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from harness.store.checkpoints import load_checkpoint
 from harness.cli import main
-from harness.data import load_packed
 from harness.config.cells import data_config
-from harness.store.database import Store
 from harness.config.suite import load_suite
+from harness.data import load_packed
+from harness.store.checkpoints import load_checkpoint
+from harness.store.database import Store
 
 KJV = Path(__file__).resolve().parents[2] / "harness" / "corpus" / "kjv.txt"
 SEQ_LEN, TOKENS, MAX_VAL = 32, 2048, 8
@@ -52,8 +52,16 @@ def finished(tmp_path_factory):
     }
     path = root / "stored.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
-    args = ["--db", str(root / "m.db"), "--cache-dir", str(root / "cache"),
-            "--checkpoint-dir", str(root / "ckpt"), "--report-dir", str(root / "dash")]  # fmt: skip
+    args = [
+        "--db",
+        str(root / "m.db"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--checkpoint-dir",
+        str(root / "ckpt"),
+        "--report-dir",
+        str(root / "dash"),
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -122,7 +130,7 @@ def plotly_figures(page: str) -> list[dict]:
     return figures
 
 
-def numbers(array) -> list[float]:  # noqa: ANN001 - a JSON list or Plotly's typed-array encoding
+def numbers(array) -> list[float]:
     if isinstance(array, dict):
         return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).tolist()
     return [float(v) for v in array]
@@ -130,7 +138,10 @@ def numbers(array) -> list[float]:  # noqa: ANN001 - a JSON list or Plotly's typ
 
 def test_dashboard_draws_the_stored_numbers(finished):
     _, store, root = finished
-    figures = {f["layout"]["title"]["text"].split("<br>")[0]: f for f in plotly_figures((root / "dash" / "stored.html").read_text())}
+    figures = {
+        f["layout"]["title"]["text"].split("<br>")[0]: f
+        for f in plotly_figures((root / "dash" / "stored.html").read_text())
+    }
     runs = {r.run_key: r for r in store.runs("stored")}
 
     flops = figures["Validation perplexity vs training FLOPs"]

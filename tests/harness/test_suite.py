@@ -8,9 +8,7 @@ from harness.config.suite import SuiteError, load_suite
 
 
 def test_grid_expands_models_sizes_and_seq_lens(write_suite):
-    path = write_suite(
-        models=["attention@transformer", "attention@mamba"], sizes=["micro", "tiny"], seq_lens=[16, 32]
-    )
+    path = write_suite(models=["attention@transformer", "attention@mamba"], sizes=["micro", "tiny"], seq_lens=[16, 32])
     cells = load_suite(path).cells()
     assert len(cells) == 8
     assert {(c.arch, c.size, c.seq_len) for c in cells} == {
@@ -36,13 +34,17 @@ def test_mixer_defaults_are_filled_into_the_canonical_config(write_suite):
 
 
 def test_per_size_learning_rates(write_suite):
-    path = write_suite(sizes=["micro", "tiny"], train={"tokens": 2048, "batch_tokens": 256, "lr": {"micro": 1e-2, "tiny": 5e-3}})
+    path = write_suite(
+        sizes=["micro", "tiny"], train={"tokens": 2048, "batch_tokens": 256, "lr": {"micro": 1e-2, "tiny": 5e-3}}
+    )
     assert {c.size: c.train.lr for c in load_suite(path).cells()} == {"micro": 1e-2, "tiny": 5e-3}
 
 
 def test_seeds_are_a_grid_axis_in_the_run_key_and_seed_0_keeps_the_unseeded_key(write_suite):
     plain = load_suite(write_suite(train={"tokens": 2048, "batch_tokens": 256, "lr": [1e-3, 3e-3]})).cells()
-    seeded = load_suite(write_suite(seeds=[0, 1, 2], train={"tokens": 2048, "batch_tokens": 256, "lr": [1e-3, 3e-3]})).cells()
+    seeded = load_suite(
+        write_suite(seeds=[0, 1, 2], train={"tokens": 2048, "batch_tokens": 256, "lr": [1e-3, 3e-3]})
+    ).cells()
     assert [(c.train.seed, c.train.lr) for c in seeded] == [(s, lr) for s in (0, 1, 2) for lr in (1e-3, 3e-3)]
     assert len({c.run_key for c in seeded}) == 6
     # seed 0 is the default: a suite that adds seeds reuses the runs it already has

@@ -13,8 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
-from harness.store.database import Store
 from harness.config.suite import SuiteError, TrainSection, load_suite
+from harness.engine.train import plan_training, train
+from harness.report.tasks import _label_box, _overlap, best_of_grid, label_positions, task_figures
+from harness.store.database import Store
 from harness.tasks import (
     IGNORE_INDEX,
     Task,
@@ -26,8 +28,6 @@ from harness.tasks import (
     make_sequences,
     register_task,
 )
-from harness.report.tasks import _label_box, _overlap, best_of_grid, label_positions, task_figures
-from harness.engine.train import plan_training, train
 from models import ModelSpec, build
 
 SMALL = {
@@ -37,13 +37,13 @@ SMALL = {
 }
 
 
-def recall_layout(task) -> tuple[range, range]:  # noqa: ANN001
+def recall_layout(task) -> tuple[range, range]:
     """(key tokens, value tokens) of a recall task."""
     first = 1 + getattr(task, "noise_vocab", 0)
     return range(first, first + task.num_keys), range(first + task.num_keys, task.vocab_size)
 
 
-def check_recall(task, inputs: torch.Tensor, targets: torch.Tensor) -> None:  # noqa: ANN001
+def check_recall(task, inputs: torch.Tensor, targets: torch.Tensor) -> None:
     """Every scored position is a query key whose value sits right after that key's one earlier occurrence."""
     keys, values = recall_layout(task)
     mask = targets != IGNORE_INDEX
@@ -61,7 +61,7 @@ def check_recall(task, inputs: torch.Tensor, targets: torch.Tensor) -> None:  # 
             assert first + 1 < p
 
 
-def check_copy(task, inputs: torch.Tensor, targets: torch.Tensor) -> None:  # noqa: ANN001
+def check_copy(task, inputs: torch.Tensor, targets: torch.Tensor) -> None:
     seq_len = inputs.shape[1]
     arena = seq_len - task.num_tokens
     mask = targets != IGNORE_INDEX
@@ -72,7 +72,7 @@ def check_copy(task, inputs: torch.Tensor, targets: torch.Tensor) -> None:  # no
         assert x[arena] == 1 and x[arena + 1 :] == content[:-1]  # marker, then teacher forcing
 
 
-def check(task, seqs) -> None:  # noqa: ANN001
+def check(task, seqs) -> None:
     (check_copy if task.name == "selective_copy" else check_recall)(task, seqs.inputs, seqs.targets)
 
 
@@ -114,8 +114,9 @@ def test_mqar_answers_are_earlier_and_masks_select_exactly_them(pairs, extra, sp
     seed=st.integers(0, 2**31),
 )
 def test_noisy_recall_keeps_pairs_intact_among_the_noise(pairs, noise, noise_vocab, extra, seed):
-    task = get_task("noisy_recall")(num_kv_pairs=pairs, noise_per_pair=noise, noise_vocab=noise_vocab,
-                                    vocab_size=2 * pairs + 1 + noise_vocab + 4)  # fmt: skip
+    task = get_task("noisy_recall")(
+        num_kv_pairs=pairs, noise_per_pair=noise, noise_vocab=noise_vocab, vocab_size=2 * pairs + 1 + noise_vocab + 4
+    )
     seq_len = 2 * pairs + task.num_noise + 2 * pairs + extra
     seqs = make_sequences(task, seq_len, 20, seed)
     check_recall(task, seqs.inputs, seqs.targets)
@@ -150,14 +151,14 @@ def test_a_real_training_step_puts_no_gradient_on_unscored_logits():
     class Recording:  # the task data, noting which sequences train() takes
         train, val, vocab_size = data.train, data.val, data.vocab_size
 
-        def batch(self, split, indices):  # noqa: ANN001, ANN202
+        def batch(self, split, indices):
             picked.append(np.asarray(indices).copy())
             return data.batch(split, indices)
 
     torch.manual_seed(0)
     model = build(ModelSpec.parse("attention@transformer", "micro", task.vocab_size))
 
-    def keep_logits_grad(_module, _inputs, logits) -> None:  # noqa: ANN001
+    def keep_logits_grad(_module, _inputs, logits) -> None:
         logits.register_hook(grads.append)
 
     model.register_forward_hook(keep_logits_grad)
@@ -234,8 +235,11 @@ def test_bad_task_suites_name_the_file_and_the_field(task_suite, task, message):
 
 
 def test_task_grid_expands_and_hashes_every_parameter(task_suite):
-    path = task_suite(task={"params": {"num_kv_pairs": [2, 4, 12], "vocab_size": 64}, "skip_infeasible": True},
-                      seq_lens=[32, 64], train={"lr": [1e-3, 3e-3]})  # fmt: skip
+    path = task_suite(
+        task={"params": {"num_kv_pairs": [2, 4, 12], "vocab_size": 64}, "skip_infeasible": True},
+        seq_lens=[32, 64],
+        train={"lr": [1e-3, 3e-3]},
+    )
     cells = load_suite(path).cells()
     # 12 pairs need 48 tokens: skipped at seq_len 32, kept at 64.
     points = [(c.seq_len, c.task["params"]["num_kv_pairs"], c.train.lr) for c in cells]
@@ -243,18 +247,35 @@ def test_task_grid_expands_and_hashes_every_parameter(task_suite):
     assert len({c.run_key for c in cells}) == len(cells)
     cell = cells[0]
     assert "data" not in cell.config
-    assert cell.config["task"] == {"name": "mqar", "params": {"vocab_size": 64, "num_kv_pairs": 2, "num_queries": None},
-                                   "seq_len": 32, "n_train": 64, "n_val": 16, "seed": 0}  # fmt: skip
-    assert cell.config["selection"] == {"lr_grid": [1e-3, 3e-3], "seeds": [0], "metric": "task/accuracy", "goal": "max",
-                                       "over_seeds": "median"}
+    assert cell.config["task"] == {
+        "name": "mqar",
+        "params": {"vocab_size": 64, "num_kv_pairs": 2, "num_queries": None},
+        "seq_len": 32,
+        "n_train": 64,
+        "n_val": 16,
+        "seed": 0,
+    }
+    assert cell.config["selection"] == {
+        "lr_grid": [1e-3, 3e-3],
+        "seeds": [0],
+        "metric": "task/accuracy",
+        "goal": "max",
+        "over_seeds": "median",
+    }
     key = cell.run_key
-    changes = ({"task": {"seed": 1}}, {"task": {"n_train": 65}},
-               {"task": {"params": {"num_kv_pairs": 2, "vocab_size": 66}}})  # fmt: skip
+    changes = (
+        {"task": {"seed": 1}},
+        {"task": {"n_train": 65}},
+        {"task": {"params": {"num_kv_pairs": 2, "vocab_size": 66}}},
+    )
     for change in changes:
         assert load_suite(task_suite(**change)).cells()[0].run_key != key
     # The grid a run belongs to is recorded but not hashed: widening it retrains nothing done.
-    wider = task_suite(task={"params": {"num_kv_pairs": [2, 4, 12], "vocab_size": 64}, "skip_infeasible": True},
-                       seq_lens=[32, 64], train={"lr": [1e-3, 3e-3, 1e-2]})  # fmt: skip
+    wider = task_suite(
+        task={"params": {"num_kv_pairs": [2, 4, 12], "vocab_size": 64}, "skip_infeasible": True},
+        seq_lens=[32, 64],
+        train={"lr": [1e-3, 3e-3, 1e-2]},
+    )
     assert {c.run_key for c in cells} <= {c.run_key for c in load_suite(wider).cells()}
 
 
@@ -276,8 +297,16 @@ def test_text_suites_keep_their_config_and_keys(write_suite):
 class FakeRun:
     """A stored task run as the report reads it: the canonical config's shape, no database."""
 
-    def __init__(self, key: str, lr: float, seq_len: int = 32, pairs: int = 4, mixer: str = "attention",
-                 size: str = "tiny", seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        key: str,
+        lr: float,
+        seq_len: int = 32,
+        pairs: int = 4,
+        mixer: str = "attention",
+        size: str = "tiny",
+        seed: int = 0,
+    ):
         self.run_key, self.mixer, self.backbone, self.size, self.seq_len = key, mixer, "transformer", size, seq_len
         self.status = "done"
         task = {"name": "mqar", "params": {"num_kv_pairs": pairs, "vocab_size": 64}, "seq_len": seq_len}
@@ -307,10 +336,14 @@ def test_best_of_grid_keeps_the_most_accurate_run_of_each_group():
 
 def test_one_task_point_draws_only_the_state_size_panel_one_line_per_mixer_through_its_widths():
     """Zoology's figure: with one sequence length and one difficulty, the other panels would be a column of dots."""
-    runs = [FakeRun(f"{m}-{size}", 1e-3, mixer=m, size=size) for m in ("attention", "mamba") for size in ("micro", "tiny")]
+    runs = [
+        FakeRun(f"{m}-{size}", 1e-3, mixer=m, size=size) for m in ("attention", "mamba") for size in ("micro", "tiny")
+    ]
     acc = {"attention-micro": 0.99, "attention-tiny": 1.0, "mamba-micro": 0.2, "mamba-tiny": 0.6}
     state = {"attention-micro": 4096, "attention-tiny": 8192, "mamba-micro": 1024, "mamba-tiny": 2048}
-    values = {(k, "task/accuracy"): v for k, v in acc.items()} | {(k, "model/state_size"): float(v) for k, v in state.items()}
+    values = {(k, "task/accuracy"): v for k, v in acc.items()} | {
+        (k, "model/state_size"): float(v) for k, v in state.items()
+    }
     values |= {(k, "val/loss"): 1.0 for k in acc}
     [figure] = task_figures(runs, values)
     assert figure.layout.title.text.startswith("mqar: accuracy vs state size")
@@ -323,15 +356,22 @@ def test_one_task_point_draws_only_the_state_size_panel_one_line_per_mixer_throu
 
 def test_labels_of_two_mixers_whose_points_nearly_coincide_are_placed_apart():
     """The README's MQAR figure printed attention's 'tiny' and Mamba-2's 'micro 2/3 seeds solve' on top of each other."""
-    points = [(2752, 0.51, "micro"), (16768, 1.0, "tiny"), (18688, 0.999, "micro 2/3 seeds solve"),
-              (35840, 1.0, "tiny"), (35200, 0.10, "tiny 1/3 seeds solve")]  # fmt: skip
+    points = [
+        (2752, 0.51, "micro"),
+        (16768, 1.0, "tiny"),
+        (18688, 0.999, "micro 2/3 seeds solve"),
+        (35840, 1.0, "tiny"),
+        (35200, 0.10, "tiny 1/3 seeds solve"),
+    ]
     positions = label_positions(points, log_x=True)
     assert positions[1].startswith("bottom") and positions[3].startswith("bottom")  # near the top: below the point
     assert positions[0].startswith("top")  # elsewhere above it
     lo, hi = math.log10(2752), math.log10(35840)
-    boxes = [_label_box(0.05 + 0.9 * (math.log10(x) - lo) / (hi - lo), y / 1.02, t, pos, 1)
-             for (x, y, t), pos in zip(points, positions)]  # fmt: skip
-    assert all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    boxes = [
+        _label_box(0.05 + 0.9 * (math.log10(x) - lo) / (hi - lo), y / 1.02, t, pos, 1)
+        for (x, y, t), pos in zip(points, positions)
+    ]
+    assert all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert positions[2] != positions[1]  # the first choice for both; the later one moves
     assert label_positions([], log_x=False) == []
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from harness.data import DataConfig, load_packed
-from harness.evaluate.perplexity import bucket_bounds, evaluate
 from harness.config.suite import EvalSection, TrainSection
+from harness.data import DataConfig, load_packed
 from harness.engine.train import TrainingDiverged, learning_rate, plan_training, train
+from harness.evaluate.perplexity import bucket_bounds, evaluate
 from models import ModelSpec, build
 
 

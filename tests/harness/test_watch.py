@@ -13,13 +13,13 @@ from sqlalchemy import update
 
 from harness import runner as runner_module
 from harness.cli import main
-from harness.monitor.live import LiveCurve
-from harness.store.database import Run, RunRecord, Store
 from harness.config.suite import load_suite
+from harness.monitor.live import LiveCurve
 from harness.monitor.watch import eta_seconds, frames
+from harness.store.database import Run, RunRecord, Store
 
 
-def text(table) -> str:  # noqa: ANN001 - a rich Table
+def text(table) -> str:
     console = Console(file=io.StringIO(), width=250, record=True)
     console.print(table)
     return console.export_text()
@@ -43,16 +43,29 @@ def test_watch_follows_a_running_cell_log_by_log(db, write_suite, tmp_path, monk
             written.set()
 
     monkeypatch.setattr(runner_module, "LiveCurve", Gated)
-    suite = load_suite(write_suite(train={"tokens": 8 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 2,
-                                          "device": "cpu"}))  # fmt: skip
+    suite = load_suite(
+        write_suite(train={"tokens": 8 * 256, "batch_tokens": 256, "lr": 3e-3, "log_every": 2, "device": "cpu"})
+    )
     store = Store(db)
     # a second cell whose runner on another machine went silent half an hour ago
     store.claim(RunRecord("dead", "unit", "ttt_linear", "transformer", "micro", 32, "kjv", {}))
     with store.session() as s:
-        s.execute(update(Run).where(Run.run_key == "dead").values(
-            claimed_by="gpu-node-7:4242", job_id="81234", heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=30)))
-    runner = runner_module.SuiteRunner(suite, store, cache_dir=tmp_path / "cache", checkpoint_dir=tmp_path / "ckpt",
-                                       console=Console(file=io.StringIO()))  # fmt: skip
+        s.execute(
+            update(Run)
+            .where(Run.run_key == "dead")
+            .values(
+                claimed_by="gpu-node-7:4242",
+                job_id="81234",
+                heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=30),
+            )
+        )
+    runner = runner_module.SuiteRunner(
+        suite,
+        store,
+        cache_dir=tmp_path / "cache",
+        checkpoint_dir=tmp_path / "ckpt",
+        console=Console(file=io.StringIO()),
+    )
     trainer = threading.Thread(target=runner.run)
     clock = [datetime.now(timezone.utc)]
 

@@ -25,11 +25,11 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by test_mamba_triton_kernels.py with TRITON_INTERPRET=1", allow_module_level=True)
 
-import importlib.util  # noqa: E402
-import sys  # noqa: E402
-import types  # noqa: E402
+import importlib.util
+import sys
+import types
 
-from test_ssd import make_inputs, run  # noqa: E402
+from test_ssd import make_inputs, run
 
 # mamba-ssm's package __init__ imports every model it ships (Mamba-3, tilelang, quack: ~35 s on two
 # cores); the references used here need only their own modules, so in this subprocess the package
@@ -139,10 +139,15 @@ def test_ssd_half_precision_inputs_keep_a_float32_state():
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(final, ref_final, atol=2e-2, rtol=2e-2)
     # the backward's float16 matmul operands: every gradient within 2e-2 of its largest value
-    ours, ref = as64(run(ssd_chunked_triton, low, chunk_size=16)), run(ssd_chunked, {k: v.double() for k, v in low.items()})
+    ours, ref = (
+        as64(run(ssd_chunked_triton, low, chunk_size=16)),
+        run(ssd_chunked, {k: v.double() for k, v in low.items()}),
+    )
     for name in ref[2]:
         scale = ref[2][name].abs().max()
-        torch.testing.assert_close(ours[2][name] / scale, ref[2][name] / scale, atol=2e-2, rtol=0, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            ours[2][name] / scale, ref[2][name] / scale, atol=2e-2, rtol=0, msg=lambda m: f"grad {name}: {m}"
+        )
 
 
 @pytest.mark.parametrize(("channels", "width"), [(10, 4), (300, 4), (5, 2)])
@@ -169,14 +174,32 @@ def ssm_step_inputs(layout, seed, batch=2, d=20, heads=3, headdim=10, groups=1, 
         return torch.randn(*shape, generator=g)
 
     if layout == "mamba":
-        return dict(state=r(batch, d, n), x=r(batch, d), dt=r(batch, d) - 2, A=-torch.rand(d, n, generator=g) * 4,
-                    B=r(batch, n), C=r(batch, n), D=r(d), z=r(batch, d), dt_bias=r(d))  # fmt: skip
+        return dict(
+            state=r(batch, d, n),
+            x=r(batch, d),
+            dt=r(batch, d) - 2,
+            A=-torch.rand(d, n, generator=g) * 4,
+            B=r(batch, n),
+            C=r(batch, n),
+            D=r(d),
+            z=r(batch, d),
+            dt_bias=r(d),
+        )
     # Mamba-2: per-head values as expanded views, as the mixer passes them
     A = (-torch.rand(heads, generator=g) * 4)[:, None, None].expand(heads, headdim, n)
     per_head = lambda t: t[:, None].expand(heads, headdim)  # noqa: E731
     dt = (r(batch, heads) - 2)[:, :, None].expand(batch, heads, headdim)
-    return dict(state=r(batch, heads, headdim, n), x=r(batch, heads, headdim), dt=dt, A=A, B=r(batch, groups, n),
-                C=r(batch, groups, n), D=per_head(r(heads)), z=r(batch, heads, headdim), dt_bias=per_head(r(heads)))  # fmt: skip
+    return dict(
+        state=r(batch, heads, headdim, n),
+        x=r(batch, heads, headdim),
+        dt=dt,
+        A=A,
+        B=r(batch, groups, n),
+        C=r(batch, groups, n),
+        D=per_head(r(heads)),
+        z=r(batch, heads, headdim),
+        dt_bias=per_head(r(heads)),
+    )
 
 
 @pytest.mark.parametrize("layout", ["mamba", "mamba2"])

@@ -19,11 +19,11 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by test_selective_scan_triton.py with TRITON_INTERPRET=1", allow_module_level=True)
 
-from test_selective_scan import as_float64, assert_match, make_inputs, run  # noqa: E402
+from test_selective_scan import as_float64, assert_match, make_inputs, run
 
-from mixbench_kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
-from models import ModelSpec, build  # noqa: E402
-from models.mamba import Mamba  # noqa: E402
+from mixbench_kernels.selective_scan import selective_scan_reference, selective_scan_triton
+from models import ModelSpec, build
+from models.mamba import Mamba
 
 # float32 kernels against the float64 loop: observed errors are ~1e-6 on values ~10.
 TOL = 5e-5
@@ -72,7 +72,9 @@ def test_without_softplus_and_strong_decay():
     torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=TOL)
     for k in bare:
         assert torch.isfinite(leaves[k].grad).all()
-        torch.testing.assert_close(leaves[k].grad.double(), ref[k].grad, atol=1e-3, rtol=1e-3, msg=lambda m: f"d{k}: {m}")
+        torch.testing.assert_close(
+            leaves[k].grad.double(), ref[k].grad, atol=1e-3, rtol=1e-3, msg=lambda m: f"d{k}: {m}"
+        )
 
 
 def test_loss_on_the_last_state_alone():
@@ -91,8 +93,12 @@ def test_matches_mamba_ssm_selective_scan_ref(mamba_ssm_module):
     """Against mamba-ssm's own pure-PyTorch reference, float32 (it has no initial state)."""
     selective_scan_ref = mamba_ssm_module("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
     inputs = {k: v.float() for k, v in make_inputs(2, 6, 4, 35, seed=11).items()}
-    assert_match(run(selective_scan_triton, inputs, with_state=False), run(selective_scan_ref, inputs, with_state=False),
-                 atol=TOL, rtol=TOL)  # fmt: skip
+    assert_match(
+        run(selective_scan_triton, inputs, with_state=False),
+        run(selective_scan_ref, inputs, with_state=False),
+        atol=TOL,
+        rtol=TOL,
+    )
 
 
 def test_contiguous_layout_and_half_inputs():
@@ -109,7 +115,9 @@ def test_contiguous_layout_and_half_inputs():
     torch.testing.assert_close(out.double(), ref_out, atol=2e-2, rtol=2e-3)
     for k in ("u", "delta", "B", "C", "z", "A"):
         scale = ref_grads[k].abs().max().item()
-        torch.testing.assert_close(grads[k].double(), ref_grads[k], atol=2e-3 * scale, rtol=0, msg=lambda m: f"d{k}: {m}")
+        torch.testing.assert_close(
+            grads[k].double(), ref_grads[k], atol=2e-3 * scale, rtol=0, msg=lambda m: f"d{k}: {m}"
+        )
 
 
 def test_mamba_mixer_runs_the_kernel_and_decodes_from_its_state():

@@ -35,7 +35,10 @@ def run(conv, inputs, activation, drop=()):
 @pytest.mark.parametrize("drop", [(), ("initial_state", "bias")])
 def test_shift_equals_conv1d_forward_and_gradients(T, width, activation, drop):
     inputs = make(T=T, width=width, seed=T)
-    ours, ref = run(causal_conv1d_shift, inputs, activation, drop), run(causal_conv1d_reference, inputs, activation, drop)
+    ours, ref = (
+        run(causal_conv1d_shift, inputs, activation, drop),
+        run(causal_conv1d_reference, inputs, activation, drop),
+    )
     torch.testing.assert_close(ours[0], ref[0], atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(ours[1], ref[1], atol=0, rtol=0)
     for a, b in zip(ours[2], ref[2]):

@@ -22,7 +22,6 @@ from mixbench_kernels.ssd import ssd_chunked, ssd_chunked_triton
 from mixbench_kernels.ssm_step import ssm_state_update_reference
 
 
-
 def test_kernels_under_the_interpreter():
     # The only allowed skips are the references of the GPU extras where they are absent.
     run_interpreted("mamba_triton_interpreted.py", skips_allowed=not os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM"))
@@ -37,7 +36,11 @@ def test_ssd_triton_refuses_bad_input_in_one_line():
         ((x, dt, A, B, C), {"chunk_size": 0}, "chunk_size must be positive, got 0"),
         ((x, dt[:, :, :3], A, B, C), {}, r"expected x \(batch, T, heads, headdim\), dt \(batch, T, heads\)"),
         ((x, dt, A, B, C[..., :1]), {}, r"expected B and C \(batch, T, groups, d_state\)"),
-        ((x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1)), {}, "4 heads cannot be split"),
+        (
+            (x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1)),
+            {},
+            "4 heads cannot be split",
+        ),
     ]
     for args, kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

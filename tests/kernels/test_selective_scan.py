@@ -8,7 +8,6 @@ its CUDA kernel where a GPU is present.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -22,7 +21,6 @@ from mixbench_kernels.selective_scan import (
 )
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
 
 
 def make_inputs(batch, d, n, T, dtype=torch.float64, strong_decay=False, seed=0, device="cpu"):

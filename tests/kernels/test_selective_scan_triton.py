@@ -25,7 +25,9 @@ CPU = torch.device("cpu")
 
 def test_kernels_under_the_interpreter():
     # The only allowed skip is mamba-ssm's reference where mamba-ssm is absent (conftest decides).
-    run_interpreted("selective_scan_triton_interpreted.py", skips_allowed=not os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM"))
+    run_interpreted(
+        "selective_scan_triton_interpreted.py", skips_allowed=not os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM")
+    )
 
 
 # -- bad inputs and the probe (no kernel runs) -------------------------------------------------------

@@ -8,7 +8,6 @@ machine); its Triton kernel where a GPU is present.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixbench_kernels.ssd import ssd_chunked, ssd_flops, ssd_reference, ssd_triton
-
 
 
 def make_inputs(batch, T, heads, headdim, groups, n, dtype=torch.float64, seed=0, D_per_channel=False, device="cpu"):

@@ -25,7 +25,9 @@ def bench(monkeypatch):
 
 def test_a_failing_peer_is_one_row_with_the_first_line_of_its_error_and_the_others_are_timed(bench):
     def fails_to_compile():
-        raise RuntimeError("Loop-carried variable b_w has initial type fp32 but is re-assigned to bf16\n  (traceback...)")
+        raise RuntimeError(
+            "Loop-carried variable b_w has initial type fp32 but is re-assigned to bf16\n  (traceback...)"
+        )
 
     def works():
         return 0.0, lambda backward: [torch.ones(4)]
@@ -39,8 +41,10 @@ def test_a_failing_peer_is_one_row_with_the_first_line_of_its_error_and_the_othe
     assert impls[0][4] is None and impls[2][4] is not None
     rows = list(bench.time_rows(impls, "125m", 64, (1, 2, 16), 4, 1, torch.device("cpu"), (1e12, 1e12)))
     assert len(rows) == 4
-    assert rows[0] == ("| 125m | 64 | fla chunk_ttt_linear (bf16) | FAILED: RuntimeError: Loop-carried variable b_w has "
-                       "initial type fp32 but is re-assigned to bf16 | - | - | - | - | - |")  # fmt: skip
+    assert rows[0] == (
+        "| 125m | 64 | fla chunk_ttt_linear (bf16) | FAILED: RuntimeError: Loop-carried variable b_w has "
+        "initial type fp32 but is re-assigned to bf16 | - | - | - | - | - |"
+    )
     assert rows[1].startswith("| 125m | 64 | wrong peer | FAILED: 0.5 (tol 0.0001) |")
     for row, name in zip(rows[2:], ("ttt_linear triton", "attention sdpa")):
         cells = [c.strip() for c in row.strip("|").split("|")]

@@ -19,7 +19,7 @@ import torch
 
 from mixbench_kernels.ttt import TTTState, fresh_state, ttt_dual
 from mixbench_kernels.ttt.op import ttt
-from models.ttt import TTTLinear, TTTMLP
+from models.ttt import TTTMLP, TTTLinear
 
 
 @pytest.fixture(autouse=True)
@@ -37,26 +37,41 @@ def case(widths: tuple[int, ...], dtype: torch.dtype, seq: int = 21, b: int = 8,
         return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
 
     batch, heads, dim = 2, 2, widths[0]
-    params = tuple((rnd(batch, heads, a, c, scale=a**-0.5), rnd(batch, heads, 1, c, scale=0.1)) for a, c in zip(widths, widths[1:]))
+    params = tuple(
+        (rnd(batch, heads, a, c, scale=a**-0.5), rnd(batch, heads, 1, c, scale=0.1)) for a, c in zip(widths, widths[1:])
+    )
     sums = tuple((rnd(*w.shape, scale=0.01), rnd(*bias.shape, scale=0.01)) for w, bias in params) if pos else None
     return dict(
-        q=rnd(batch, heads, seq, dim), k=rnd(batch, heads, seq, dim), v=rnd(batch, heads, seq, dim),
+        q=rnd(batch, heads, seq, dim),
+        k=rnd(batch, heads, seq, dim),
+        v=rnd(batch, heads, seq, dim),
         lr=(torch.rand(batch, heads, seq, generator=g, dtype=dtype) / dim).requires_grad_(),
         state=TTTState(params, sums, pos) if pos else fresh_state(params),
         token_scale=(1.0 / torch.arange(1, b + 1, dtype=dtype)).requires_grad_(),
-        ln_weight=(1 + rnd(heads, 1, dim, scale=0.1)).detach().requires_grad_(), ln_bias=rnd(heads, 1, dim, scale=0.1),
-    )  # fmt: skip
+        ln_weight=(1 + rnd(heads, 1, dim, scale=0.1)).detach().requires_grad_(),
+        ln_bias=rnd(heads, 1, dim, scale=0.1),
+    )
 
 
 def leaves_of(c: dict) -> list[torch.Tensor]:
     state = [t for layer in c["state"].params + c["state"].grads for t in layer]
-    return [c[k] for k in ("q", "k", "v", "lr", "token_scale", "ln_weight", "ln_bias")] + [t for t in state if t.requires_grad]
+    return [c[k] for k in ("q", "k", "v", "lr", "token_scale", "ln_weight", "ln_bias")] + [
+        t for t in state if t.requires_grad
+    ]
 
 
 def outputs_and_grads(form, c: dict) -> list[torch.Tensor]:
     """y, the state out, and the gradient of a loss on both with respect to every leaf."""
-    y, state = form(c["q"], c["k"], c["v"], c["lr"], c["state"],
-                    token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
+    y, state = form(
+        c["q"],
+        c["k"],
+        c["v"],
+        c["lr"],
+        c["state"],
+        token_scale=c["token_scale"],
+        ln_weight=c["ln_weight"],
+        ln_bias=c["ln_bias"],
+    )
     out = [y, *(t for layer in state.params + state.grads for t in layer)]
     loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=t.dtype).view(t.shape)).sum() for t in out)
     return [t.detach() for t in out] + list(torch.autograd.grad(loss, leaves_of(c)))
@@ -104,16 +119,44 @@ def test_a_ttt_layer_compiles_whole_and_trains_to_the_same_gradients(cls):
 
 def test_eager_calls_the_backend_directly_and_bad_input_is_one_line():
     c = case((8, 8), torch.float64)
-    y_direct = ttt("dual", c["q"], c["k"], c["v"], c["lr"], c["state"],
-                   token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])[0]  # fmt: skip
+    y_direct = ttt(
+        "dual",
+        c["q"],
+        c["k"],
+        c["v"],
+        c["lr"],
+        c["state"],
+        token_scale=c["token_scale"],
+        ln_weight=c["ln_weight"],
+        ln_bias=c["ln_bias"],
+    )[0]
     assert y_direct.grad_fn is not None and "mixbench" not in type(y_direct.grad_fn).__name__.lower()
     with pytest.raises(ValueError, match="unknown backend 'cuda-magic'; one of triton, dual, primal"):
-        ttt("cuda-magic", c["q"], c["k"], c["v"], c["lr"], c["state"],
-            token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
+        ttt(
+            "cuda-magic",
+            c["q"],
+            c["k"],
+            c["v"],
+            c["lr"],
+            c["state"],
+            token_scale=c["token_scale"],
+            ln_weight=c["ln_weight"],
+            ln_bias=c["ln_bias"],
+        )
     no_bias = fresh_state(((c["state"].params[0][0], None),))
     with pytest.raises(ValueError, match="every inner layer needs a bias"):
-        ttt("dual", c["q"], c["k"], c["v"], c["lr"], no_bias, through_op=True,
-            token_scale=c["token_scale"], ln_weight=c["ln_weight"], ln_bias=c["ln_bias"])  # fmt: skip
+        ttt(
+            "dual",
+            c["q"],
+            c["k"],
+            c["v"],
+            c["lr"],
+            no_bias,
+            through_op=True,
+            token_scale=c["token_scale"],
+            ln_weight=c["ln_weight"],
+            ln_bias=c["ln_bias"],
+        )
 
 
 COMPILED_TRITON_LAYER = """
@@ -138,6 +181,7 @@ def test_the_triton_backend_compiles_whole_through_the_op_under_the_interpreter(
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", COMPILED_TRITON_LAYER], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILED_TRITON_LAYER], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and "compiled == eager" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

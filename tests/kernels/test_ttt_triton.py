@@ -21,7 +21,7 @@ from interpreted import HAS_TRITON, run_interpreted
 from ttt_triton_cases import Case, make_leaves, relative_errors, run_form
 
 from mixbench_kernels.ttt import TTTState, fresh_state, triton_unavailable_reason, ttt_dual, ttt_triton
-from models.ttt import TTTLinear, TTTMLP
+from models.ttt import TTTMLP, TTTLinear
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_gpu = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs triton and a CUDA GPU")
@@ -65,12 +65,22 @@ def test_probe_says_why_the_kernels_cannot_run(monkeypatch):
             TTTLinear(32, n_heads=2, backend="triton")(torch.randn(1, 3, 32))
         q = torch.zeros(1, 2, 5, 16)
         with pytest.raises(RuntimeError, match="ttt_triton: cannot run on these tensors"):
-            ttt_triton(q, q, q, q[..., 0], _state("linear"), token_scale=torch.ones(4),
-                       ln_weight=torch.ones(2, 1, 16), ln_bias=torch.zeros(2, 1, 16))  # fmt: skip
+            ttt_triton(
+                q,
+                q,
+                q,
+                q[..., 0],
+                _state("linear"),
+                token_scale=torch.ones(4),
+                ln_weight=torch.ones(2, 1, 16),
+                ln_bias=torch.zeros(2, 1, 16),
+            )
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         assert triton_unavailable_reason(torch.device("cpu")) is None
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a)
+    )
     assert triton_unavailable_reason(torch.device("cpu")) == "package 'triton' is not installed"
 
 

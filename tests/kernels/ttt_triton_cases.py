@@ -65,9 +65,16 @@ def run_form(form, leaves: dict[str, torch.Tensor], case: Case, dtype: torch.dty
     else:
         state = fresh_state(params)
     y, end = form(
-        leaves["q"], leaves["k"], leaves["v"], leaves["lr"], state,
-        token_scale=leaves["token_scale"], ln_weight=leaves["ln_weight"], ln_bias=leaves["ln_bias"], **kwargs,
-    )  # fmt: skip
+        leaves["q"],
+        leaves["k"],
+        leaves["v"],
+        leaves["lr"],
+        state,
+        token_scale=leaves["token_scale"],
+        ln_weight=leaves["ln_weight"],
+        ln_bias=leaves["ln_bias"],
+        **kwargs,
+    )
     outputs = {"y": y} | {f"end_{i}": t for i, t in enumerate(t for layer in end.params + end.grads for t in layer)}
     g = torch.Generator().manual_seed(1)
     cotangents = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device) for t in outputs.values()]

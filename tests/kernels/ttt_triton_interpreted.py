@@ -21,12 +21,12 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by test_ttt_triton.py with TRITON_INTERPRET=1", allow_module_level=True)
 
-from ttt_triton_cases import Case, make_leaves, relative_errors, run_form  # noqa: E402
+from ttt_triton_cases import Case, make_leaves, relative_errors, run_form
 
-from mixbench_kernels.ttt import ttt_dual, ttt_triton  # noqa: E402
-from mixbench_kernels.ttt.triton_linear import LINEAR, ttt_linear_triton  # noqa: E402
-from mixbench_kernels.ttt.triton_mlp import ttt_mlp_triton  # noqa: E402
-from models.ttt import TTTLinear, TTTMLP  # noqa: E402
+from mixbench_kernels.ttt import ttt_dual, ttt_triton
+from mixbench_kernels.ttt.triton_linear import LINEAR, ttt_linear_triton
+from mixbench_kernels.ttt.triton_mlp import ttt_mlp_triton
+from models.ttt import TTTMLP, TTTLinear
 
 # float32 against float32, both accumulating in float32: observed errors are ~1e-6.
 TOL = 2e-5
@@ -78,8 +78,10 @@ def test_linear_fused_walk_equals_the_split_forward(pos):
     case = Case("linear", batch=2, heads=1, seq=29, dim=16, mb=8, pos=pos)
     leaves = {k: v.float() for k, v in make_leaves(case, seed=5).items()}
     b, h, t, d = case.batch, case.heads, case.seq, case.dim
-    inputs = [leaves[n].reshape(b * h, t, -1).squeeze(-1).contiguous() if n == "lr" else leaves[n].reshape(b * h, t, d)
-              for n in ("q", "k", "v", "lr")]  # fmt: skip
+    inputs = [
+        leaves[n].reshape(b * h, t, -1).squeeze(-1).contiguous() if n == "lr" else leaves[n].reshape(b * h, t, d)
+        for n in ("q", "k", "v", "lr")
+    ]
     inputs += [leaves["token_scale"], leaves["ln_weight"].reshape(h, d), leaves["ln_bias"].reshape(h, d)]
     tile = dict(W=leaves["W1"].expand(b, h, d, d), B=leaves["b1"].expand(b, h, 1, d))
     sums = [leaves["sum_W1"], leaves["sum_b1"]] if pos else [torch.zeros(b, h, d, d), torch.zeros(b, h, 1, d)]

@@ -196,7 +196,9 @@ def test_sdpa_in_bfloat16_matches_the_float64_reference(n_kv_heads):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["flash-attn", "sdpa"])
-@pytest.mark.parametrize("n_kv_heads", [None, 1])  # 1: grouped-query (flash-attn takes fewer key/value heads as they are)
+@pytest.mark.parametrize(
+    "n_kv_heads", [None, 1]
+)  # 1: grouped-query (flash-attn takes fewer key/value heads as they are)
 def test_gpu_backends_in_bfloat16_match_the_float64_reference(backend, n_kv_heads):
     if backend == "flash-attn":
         pytest.importorskip("flash_attn", reason="flash-attn is not installed (pip install '.[gpu]')")

@@ -24,7 +24,9 @@ def test_a_backend_is_chosen_by_dtype_as_well_as_device():
     assert mixer.select_backend(CPU, torch.float32) == "torch"  # float32 never reaches a half-only kernel
     assert mixer.select_backend(CPU) == "half-kernel"  # dtype not asked: the device decides
     forced = HalfOnly(backend="half-kernel")
-    with pytest.raises(RuntimeError, match="backend 'half-kernel' cannot run: needs float16/bfloat16 inputs, got float32"):
+    with pytest.raises(
+        RuntimeError, match="backend 'half-kernel' cannot run: needs float16/bfloat16 inputs, got float32"
+    ):
         forced.select_backend(CPU, torch.float32)
 
 
@@ -51,7 +53,10 @@ def test_probe_imports_the_compiled_extension_once_and_says_why_it_failed(monkey
     try:
         probe = needs_cuda_module("torch", "mixbench_fake_kernels_cuda")
         reason = probe(torch.device("cuda"))
-        assert reason == "mixbench_fake_kernels_cuda does not import: ImportError: mixbench_fake_kernels_cuda.so: undefined symbol: _ZN3c10"
+        assert (
+            reason
+            == "mixbench_fake_kernels_cuda does not import: ImportError: mixbench_fake_kernels_cuda.so: undefined symbol: _ZN3c10"
+        )
         assert probe(torch.device("cuda")) == reason and calls == ["mixbench_fake_kernels_cuda"]  # imported once
         assert probe(CPU) == "needs a CUDA device, got cpu"
     finally:

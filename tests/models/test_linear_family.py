@@ -101,9 +101,17 @@ def test_theorem1_batch_gd_ttt_linear_is_linear_attention(monkeypatch):
     att = make("linear_attention", chunk_size=4)
     hd = d // heads
     ttt = TTT(
-        d, n_heads=heads, inner="linear", inner_optimizer="gd", mini_batch_size=seq, base_lr=2 * hd * att.scale,
-        inner_layer_norm=False, inner_residual=False, inner_bias=False, backend="generic",
-    ).to(F64)  # fmt: skip
+        d,
+        n_heads=heads,
+        inner="linear",
+        inner_optimizer="gd",
+        mini_batch_size=seq,
+        base_lr=2 * hd * att.scale,
+        inner_layer_norm=False,
+        inner_residual=False,
+        inner_bias=False,
+        backend="generic",
+    ).to(F64)
     missing, unexpected = ttt.load_state_dict(att.state_dict(), strict=False)  # Q, K, V, O and the post-norm
     assert not unexpected and set(missing) == {"lr_weight", "lr_bias", "learnable_token_idx", "W1"}
     with torch.no_grad():

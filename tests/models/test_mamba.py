@@ -23,7 +23,6 @@ from models.registry import get_entry, list_mixers
 CPU = torch.device("cpu")
 
 
-
 def make(kind: str, d_model: int = 32, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "mamba":

@@ -8,7 +8,6 @@ kernels run (``test_fused_decode_on_gpu``).
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -53,7 +52,9 @@ def test_fused_decode_equals_the_torch_step_and_updates_the_state_in_place(
         torch_steps.append(y)
 
     monkeypatch.setattr(cls, "decode_backends", (Backend("mamba-ssm", always), Backend("torch", always)))
-    assert mixer.select_backend(CPU, x.dtype) == "torch" and mixer.select_backend(CPU, x.dtype, decode=True) == "mamba-ssm"
+    assert (
+        mixer.select_backend(CPU, x.dtype) == "torch" and mixer.select_backend(CPU, x.dtype, decode=True) == "mamba-ssm"
+    )
     _, state = mixer(x[:, :5], mixer.init_state(2, CPU, x.dtype))
     buffers = (state["conv"], state["ssm"])
     for i, t in enumerate(range(5, 14)):
@@ -72,7 +73,11 @@ def test_decode_backend_is_torch_on_cpu_and_recorded_apart():
     assert model.backends(CPU, torch.float32, decode=True) == ["torch"]
     reason = Mamba.decode_backends[0].unavailable_reason(CPU)
     assert reason is not None  # not installed, no GPU, or not a CUDA device: said in one line
-    assert [b.name for b in Mamba2.decode_backends] == [b.name for b in Mamba.decode_backends] == ["mamba-ssm", "triton", "torch"]
+    assert (
+        [b.name for b in Mamba2.decode_backends]
+        == [b.name for b in Mamba.decode_backends]
+        == ["mamba-ssm", "triton", "torch"]
+    )
 
 
 @pytest.mark.gpu

@@ -18,7 +18,7 @@ from models import ModelSpec, build
 from models.attention import Attention
 from models.layers import apply_rotary, rotary_cos_sin
 from models.registry import get_entry, mixer_defaults
-from models.ttt import TTTLinear, TTTMLP, rotary_adjacent_pairs
+from models.ttt import TTTMLP, TTTLinear, rotary_adjacent_pairs
 
 F64 = torch.float64
 MIXERS = {"linear": TTTLinear, "mlp": TTTMLP}

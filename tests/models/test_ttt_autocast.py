@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import ModelSpec, build
-from models.ttt import TTTLinear, TTTMLP
+from models.ttt import TTTMLP, TTTLinear
 
 CPU = torch.device("cpu")
 
@@ -42,7 +42,9 @@ def test_a_bf16_model_keeps_a_float32_inner_state():
     state = mixer.init_state(1, CPU, torch.bfloat16)
     assert all(w.dtype == torch.float32 for w, _ in state["ttt"].params)
     y, state = mixer(torch.randn(1, 6, 32, dtype=torch.bfloat16), state)
-    assert y.dtype == torch.bfloat16 and all(w.dtype == torch.float32 for w, _ in state["ttt"].params + state["ttt"].grads)
+    assert y.dtype == torch.bfloat16 and all(
+        w.dtype == torch.float32 for w, _ in state["ttt"].params + state["ttt"].grads
+    )
 
 
 def test_ttt_inner_loop_stays_float32_under_bf16_autocast(monkeypatch):
@@ -52,7 +54,7 @@ def test_ttt_inner_loop_stays_float32_under_bf16_autocast(monkeypatch):
     seen = []
     form = ttt.FORMS[model.blocks[0].mixer.select_backend(torch.device("cpu"))]
 
-    def spy(q, k, v, eta, *args, **kwargs):  # noqa: ANN001, ANN202
+    def spy(q, k, v, eta, *args, **kwargs):
         seen.append((q.dtype, k.dtype, v.dtype, eta.dtype, torch.is_autocast_enabled("cpu")))
         return form(q, k, v, eta, *args, **kwargs)
 

@@ -13,7 +13,7 @@ from mixbench_kernels.ttt.generic import dense_stack, ttt_generic
 from mixbench_kernels.ttt.generic_reference import ttt_generic_primal
 from mixbench_kernels.ttt.optim import InnerOptimizer, fresh_generic_state
 from models.inner_models import GatedMLP
-from models.ttt import TTTLinear, TTTMLP
+from models.ttt import TTTMLP, TTTLinear
 from models.ttt_generic import TTT, module_inner_fn
 
 F64 = torch.float64
