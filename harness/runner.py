@@ -335,7 +335,8 @@ class SuiteRunner:
 
     def dry_run(self, only: str | None = None, gpu: str | None = None, gpus: int = 1) -> Table:
         """The cells with parameter counts, token budgets and FLOPs, computed without any data;
-        with ``gpu`` (a kind of ``harness.measure.mfu``'s table) also the GPU-hours each would take (``harness.measure.cost``)."""
+        with ``gpu`` (a kind of ``harness.measure.mfu``'s table) also the GPU-hours each would take
+        (``harness.measure.cost``)."""
         table = Table(title=f"suite {self.suite.name}: dry run")
         costed = ("GPU-hours", f"wall on {gpus}× {gpu}", "speed from") if gpu else ()
         for col in (

@@ -210,7 +210,8 @@ class Mamba(SequenceMixer):
         return self.out_proj(y), {"conv": conv_state, "ssm": h, "pos": state["pos"] + 1}
 
     def _step_fused(self, x_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):
-        """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and ``state["ssm"]`` in place."""
+        """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and
+        ``state["ssm"]`` in place."""
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
         conv = self.conv.conv
         xc = conv_update(xs, state["conv"], conv.weight.squeeze(1), conv.bias, "silu")

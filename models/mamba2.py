@@ -179,7 +179,8 @@ class Mamba2(SequenceMixer):
         return self._out(y.to(u_t.dtype), z), {"conv": conv_state, "ssm": H, "pos": state["pos"] + 1}
 
     def _step_fused(self, u_t: torch.Tensor, state: dict[str, Any], conv_update, state_update):
-        """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and ``state["ssm"]`` in place.
+        """``step`` through one-token kernels (``DECODE_KERNELS``) updating ``state["conv"]`` and
+        ``state["ssm"]`` in place.
 
         The kernel takes per-channel ``A``, ``dt``, ``dt_bias`` and ``D``: the per-head values are
         broadcast over ``headdim`` (expanded views, no copies), as mamba-ssm's own ``Mamba2.step``.

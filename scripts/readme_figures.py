@@ -58,9 +58,10 @@ def done_runs(store: Store, suite: Suite) -> list[Run]:
     cells = suite.cells()
     missing = [c for c in cells if c.run_key not in runs or runs[c.run_key].status != "done"]
     if missing:
+        shown = suite.path.relative_to(ROOT) if suite.path.is_relative_to(ROOT) else suite.path
         raise FiguresError(
             f"suite {suite.name}: {len(missing)} of {len(cells)} cells are not done in the store; "
-            f"run `python -m harness run {suite.path.relative_to(ROOT) if suite.path.is_relative_to(ROOT) else suite.path}` first"
+            f"run `python -m harness run {shown}` first"
         )
     return [runs[c.run_key] for c in cells]
 
@@ -119,8 +120,8 @@ def task_table(runs: list[Run], values: Values) -> list[str]:
             state = values[(point.run.run_key, "model/state_size")]
             split = f" **split: {split_label(point, values)}**" if split_label(point, values) else ""
             row.append(
-                f"{point.spread(values, MetricName.TASK_ACCURACY).text('.3f')} ({point.lr:g}, {state:,.0f}{_tie_note(point, tied)})"
-                + split
+                f"{point.spread(values, MetricName.TASK_ACCURACY).text('.3f')} "
+                f"({point.lr:g}, {state:,.0f}{_tie_note(point, tied)})" + split
             )
         lines.append(f"| {arch} | " + " | ".join(row) + " |")
     return lines

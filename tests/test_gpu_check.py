@@ -1,4 +1,5 @@
-"""scripts/gpu_check.py's logic on CPU: the no-GPU exit, the checks it would run, running and judging them, the table."""
+"""scripts/gpu_check.py's logic on CPU: the no-GPU exit, the checks it would run, running and
+judging them, the table."""
 
 from __future__ import annotations
 

@@ -145,7 +145,8 @@ def results_table(store: Store, suite: str | None, thresholds: Thresholds = Thre
 
 
 def seeds_table(store: Store, suite: str | None) -> Table | None:
-    """The points over seeds (``harness/report/seeds.py``): median and range, chosen lr, ties, split; None without any."""
+    """The points over seeds (``harness/report/seeds.py``): median and range, chosen lr, ties,
+    split; None without any."""
     values = {(key, name): v for key, _step, name, v in store.metric_values(suite)}
     rows = spread_rows(store.runs(suite), values)
     if not rows:

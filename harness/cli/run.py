@@ -143,7 +143,8 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
             )
         else:
             console.print(
-                f"suite {suite.name}: {len(summary.done)} trained, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
+                f"suite {suite.name}: {len(summary.done)} trained, {len(summary.skipped)} skipped, "
+                f"{len(summary.failed)} failed"
             )
         print_results(console, store, suite.name)
         failed = bool(summary.failed)

@@ -2,9 +2,11 @@
 
 AdamW (β 0.9/0.95, decoupled weight decay on matrices only), linear warm-up then cosine decay
 to ``min_lr_ratio``, gradient clipping, gradient accumulation up to a token batch, bf16
-autocast on CUDA, a float32 cross-entropy computed in row chunks (``harness.engine.loss``), fixed seeds. The same loop runs on one process or data-parallel under
-torchrun (``harness.engine.distributed``, ``harness.engine.parallel``), and resumes mid-cell from
-``torch.distributed.checkpoint`` snapshots (``harness.engine.resume``). A NaN or infinite loss stops the run with the step named.
+autocast on CUDA, a float32 cross-entropy computed in row chunks (``harness.engine.loss``),
+fixed seeds. The same loop runs on one process or data-parallel under torchrun
+(``harness.engine.distributed``, ``harness.engine.parallel``), and resumes mid-cell from
+``torch.distributed.checkpoint`` snapshots (``harness.engine.resume``). A NaN or infinite loss
+stops the run with the step named.
 """
 
 from __future__ import annotations

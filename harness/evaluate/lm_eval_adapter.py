@@ -93,7 +93,8 @@ class LMEvalError(MixbenchError):
 def require_lm_eval() -> None:
     if _MISSING is not None:
         raise LMEvalError(
-            f"lm-eval is not installed ({_MISSING}); install it: pip install 'lm-eval>=0.4.13,<0.5' (mixbench's eval extra)"
+            f"lm-eval is not installed ({_MISSING}); install it: pip install 'lm-eval>=0.4.13,<0.5' "
+            "(mixbench's eval extra)"
         )
 
 

@@ -60,7 +60,8 @@ def evaluate_stored(
         )
         if data.vocab_size > model.spec.vocab_size:
             raise DataError(
-                f"tokenizer {meta['tokenizer']} has {data.vocab_size} ids but run {run_key}'s model {model.spec.vocab_size}"
+                f"tokenizer {meta['tokenizer']} has {data.vocab_size} ids but run {run_key}'s model "
+                f"{model.spec.vocab_size}"
             )
         result = evaluate(model, data, cell.eval, where)
         metrics = [(0, MetricName.VAL_LOSS, result.loss), (0, MetricName.VAL_PPL, result.perplexity)]

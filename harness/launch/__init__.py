@@ -4,6 +4,6 @@ Owns: ``job`` (one cell's command, and a cell as a requeueable submitit job), ``
 (marking cells queued and submitting them through submitit, or printing the sbatch script),
 ``local`` (cells as parallel jobs on one machine, sharing out its GPUs), ``torchrun`` (torchrun
 with exit status 75 on preemption). The ``launcher:`` section itself is ``config.launcher``.
-May import: ``common``, ``config``, ``engine`` (the preemption exit status), ``store``. Never the runner: a launched job runs the
-runner in its own process, through the command line.
+May import: ``common``, ``config``, ``engine`` (the preemption exit status), ``store``. Never
+the runner: a launched job runs the runner in its own process, through the command line.
 """

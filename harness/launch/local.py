@@ -1,4 +1,5 @@
-"""``--launcher local`` with ``launcher: {parallel: N}`` or ``{gpus_per_cell: G}``: pending cells at once on one machine.
+"""``--launcher local`` with ``launcher: {parallel: N}`` or ``{gpus_per_cell: G}``: pending cells at
+once on one machine.
 
 The same job machinery as ``--launcher slurm``, with plain subprocesses for jobs: each pending
 cell is marked ``queued`` in the store, then runs as its own process,

@@ -102,7 +102,8 @@ def submit_suite(
     executor: Any = None,
     extra_args: tuple[str, ...] = (),
 ) -> list[Any]:
-    """Submit every pending cell as its own job; returns submitit's jobs (``executor`` default: Slurm, from the suite)."""
+    """Submit every pending cell as its own job; returns submitit's jobs (``executor`` default:
+    Slurm, from the suite)."""
     if not suite.spec.trains:
         raise LaunchError(f"suite {suite.name} only measures latency; --launcher slurm runs training cells (use local)")
     launcher = suite.spec.launcher

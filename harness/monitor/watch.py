@@ -38,9 +38,8 @@ def watch_table(store: Store, suite: str, now: datetime, thresholds: Thresholds 
         if (key, name) not in latest or step >= latest[key, name][0]:
             latest[key, name] = (step, value)
     flags = flags_by_run(runs, rows, now, thresholds)
-    table = Table(
-        title=f"suite {suite} at {now:%Y-%m-%d %H:%M:%S} UTC ({sum(r.status == RunStatus.DONE for r in runs)}/{len(runs)} done)"
-    )
+    done = sum(r.status == RunStatus.DONE for r in runs)
+    table = Table(title=f"suite {suite} at {now:%Y-%m-%d %H:%M:%S} UTC ({done}/{len(runs)} done)")
     for col in ("cell", "status", "step", "loss", "tokens/s", "MFU", "ETA", "job", "host", "flags"):
         table.add_column(col, justify="right" if col in {"step", "loss", "tokens/s", "MFU", "ETA"} else "left")
     for run in runs:

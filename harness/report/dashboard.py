@@ -340,7 +340,10 @@ function sortTable(th) {
   const col = Array.from(th.parentNode.children).indexOf(th);
   const ascending = th.dataset.order !== 'asc';
   th.dataset.order = ascending ? 'asc' : 'desc';
-  const key = row => { const td = row.children[col]; return td.dataset.sort !== undefined ? td.dataset.sort : td.textContent; };
+  const key = row => {
+    const td = row.children[col];
+    return td.dataset.sort !== undefined ? td.dataset.sort : td.textContent;
+  };
   const rows = Array.from(body.rows).sort((a, b) => {
     const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
     const cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
@@ -440,7 +443,9 @@ def latency_figure(rows: list[Latency]) -> go.Figure:
                         customdata=[
                             [r.status, (r.environment or {}).get("latency", {}).get("error") or ""] for r in missing
                         ],
-                        hovertemplate="%{fullData.name}<br>context %{x:,}: %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
+                        hovertemplate=(
+                            "%{fullData.name}<br>context %{x:,}: %{customdata[0]}<br>%{customdata[1]}<extra></extra>"
+                        ),
                     ),
                     row=1,
                     col=col,

@@ -234,7 +234,8 @@ def _line_figure(
                     ],
                     hovertemplate=(
                         "%{fullData.name}<br>run %{customdata[0]}<br>seq_len %{customdata[1]}<br>lr %{customdata[2]:g}"
-                        "<br>state size %{customdata[3]:,}<br>median accuracy %{y:.4f}<br>%{customdata[4]}<extra></extra>"
+                        "<br>state size %{customdata[3]:,}<br>median accuracy %{y:.4f}"
+                        "<br>%{customdata[4]}<extra></extra>"
                     ),
                 ),
                 row=1,

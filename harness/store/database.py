@@ -374,7 +374,10 @@ class Store:
         message = _one_line(exc)
         if self.engine.dialect.name == "sqlite":
             if "not a database" in message:
-                return f"{self.where} is not a SQLite database ({message}); point --db at a mixbench database or a new file"
+                return (
+                    f"{self.where} is not a SQLite database ({message}); "
+                    "point --db at a mixbench database or a new file"
+                )
             return f"cannot open database {self.where}: {message}"
         return (
             f"cannot open database {self.where}: {message} (check host, port, user and password in --db or ${DB_ENV})"
@@ -490,7 +493,8 @@ class Store:
             return True
 
     def note_job(self, run_key: str, job_id: str) -> None:
-        """The job id of a cell just submitted, unless its job already started and claimed it (then it wrote its own)."""
+        """The job id of a cell just submitted, unless its job already started and claimed it (then
+        it wrote its own)."""
         with self.session() as s:
             s.execute(update(Run).where(Run.run_key == run_key, Run.job_id.is_(None)).values(job_id=job_id))
 

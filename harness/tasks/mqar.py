@@ -72,7 +72,8 @@ class MQAR(Task):
             noise = f", {m} noise tokens" if m else ""
             raise TaskParamError(
                 "num_kv_pairs",
-                f"{p} pairs{noise} and {q} queries need {need} tokens (2 per pair, 2 per query) but seq_len is {seq_len}",
+                f"{p} pairs{noise} and {q} queries need {need} tokens (2 per pair, 2 per query) "
+                f"but seq_len is {seq_len}",
             )
 
     def generate(self, seq_len: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

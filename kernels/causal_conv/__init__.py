@@ -11,7 +11,8 @@ from mixbench_kernels.causal_conv.shift import causal_conv1d_shift
 
 
 def causal_conv1d_update_triton(*args, **kwargs):
-    """The Triton one-token update (``mixbench_kernels.causal_conv.triton_update``); triton is imported on first call."""
+    """The Triton one-token update (``mixbench_kernels.causal_conv.triton_update``); triton is
+    imported on first call."""
     from mixbench_kernels.causal_conv.triton_update import causal_conv1d_update_triton as update
 
     return update(*args, **kwargs)

@@ -19,7 +19,8 @@ def check_conv_args(x: torch.Tensor, weight: torch.Tensor, activation: str | Non
         raise ValueError(f"{where}: activation must be None or 'silu', got {activation!r}")
     if weight.dim() != 2 or x.shape[-1] != weight.shape[0]:
         raise ValueError(
-            f"{where}: weight must be (channels, width) with channels = x.shape[-1] = {x.shape[-1]}, got {tuple(weight.shape)}"
+            f"{where}: weight must be (channels, width) with channels = x.shape[-1] = {x.shape[-1]}, "
+            f"got {tuple(weight.shape)}"
         )
 
 

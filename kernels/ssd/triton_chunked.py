@@ -401,7 +401,8 @@ def ssd_blocks(headdim: int, d_state: int, block_p: int | None = None, backward:
 
 
 def _per_head(A: torch.Tensor, D: torch.Tensor | None, dt_bias: torch.Tensor | None):
-    """``A``, ``dt_bias`` and ``D`` as the kernels read them (float32), and ``D``'s strides (per head or per channel)."""
+    """``A``, ``dt_bias`` and ``D`` as the kernels read them (float32), and ``D``'s strides (per
+    head or per channel)."""
     skip = None if D is None else D.to(torch.float32)
     sd = (0, 0) if skip is None else (skip.stride(0), skip.stride(1) if skip.dim() == 2 else 0)
     bias = None if dt_bias is None else dt_bias.to(torch.float32).contiguous()
@@ -665,7 +666,8 @@ def check_ssd_inputs(
         )
     if B.shape != C.shape or B.dim() != 4 or B.shape[:2] != x.shape[:2]:
         raise ValueError(
-            f"ssd_chunked_triton: expected B and C (batch, T, groups, d_state), got {tuple(B.shape)} and {tuple(C.shape)}"
+            f"ssd_chunked_triton: expected B and C (batch, T, groups, d_state), "
+            f"got {tuple(B.shape)} and {tuple(C.shape)}"
         )
     if x.shape[2] % B.shape[2]:
         raise ValueError(f"ssd_chunked_triton: {x.shape[2]} heads cannot be split evenly over {B.shape[2]} groups")

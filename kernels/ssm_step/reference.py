@@ -26,7 +26,8 @@ def as_heads(
     for name, t in (("x", x), ("dt", dt), ("A", A)):
         if t.shape != expected[name]:
             raise ValueError(
-                f"ssm_state_update: {name} must be {tuple(expected[name])} for state {tuple(state.shape)}, got {tuple(t.shape)}"
+                f"ssm_state_update: {name} must be {tuple(expected[name])} for state {tuple(state.shape)}, "
+                f"got {tuple(t.shape)}"
             )
     if state.dim() == 3:
         state, x, dt, A, B, C = state[:, None], x[:, None], dt[:, None], A[None], B[:, None], C[:, None]

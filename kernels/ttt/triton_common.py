@@ -220,7 +220,8 @@ class Launcher(Protocol):
     def launch_forward(
         self, inputs: list[torch.Tensor], state: list[torch.Tensor], start_pos: int, save: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """``(y, state out, saved)``; ``saved`` is what the backward needs (empty tensors' stand-ins without ``save``)."""
+        """``(y, state out, saved)``; ``saved`` is what the backward needs (empty tensors'
+        stand-ins without ``save``)."""
 
     def launch_backward(
         self,

@@ -801,9 +801,10 @@ def _bwd_step(
 ):
     """Chunk ``c`` of the backward walk: the carry ``dW, db`` at the chunk's end -> at its start.
 
-    Stores the carry it was given (``DWC``, ``DBC``) for ``_bwd_in``. ``FULL``: a whole mini-batch; else the general step, which also reads the state
-    out's running-sum gradients (the last chunk, if it ends mid-mini-batch) and adds the update's
-    gradient to the state in's running sums (the first chunk)."""
+    Stores the carry it was given (``DWC``, ``DBC``) for ``_bwd_in``. ``FULL``: a whole
+    mini-batch; else the general step, which also reads the state out's running-sum gradients
+    (the last chunk, if it ends mid-mini-batch) and adds the update's gradient to the state in's
+    running sums (the first chunk)."""
     at = pid * n_chunks + c
     _store_square(DWC, dw, at, cols, BD)
     tl.store(DBC + at * BD + cols, db)

@@ -45,7 +45,8 @@ PROBE = """<script>
   const errors = [];
   const consoleError = console.error;
   console.error = function (...args) { errors.push(args.map(String).join(' ')); consoleError.apply(console, args); };
-  window.addEventListener('error', e => errors.push('uncaught: ' + (e.message || (e.target && (e.target.src || e.target.href)))), true);
+  window.addEventListener('error', e => errors.push(
+    'uncaught: ' + (e.message || (e.target && (e.target.src || e.target.href)))), true);
   window.addEventListener('unhandledrejection', e => errors.push('unhandled rejection: ' + e.reason));
   window.addEventListener('load', () => setTimeout(() => {
     const plots = Array.from(document.querySelectorAll('.plotly-graph-div')).map(div => ({
@@ -58,7 +59,8 @@ PROBE = """<script>
     const th = Array.from(document.querySelectorAll('#latency th')).find(h => h.textContent === 'context');
     th.click();
     const col = Array.from(th.parentNode.children).indexOf(th);
-    const sorted = Array.from(document.querySelectorAll('#latency tbody tr')).map(r => Number(r.children[col].textContent));
+    const sorted = Array.from(document.querySelectorAll('#latency tbody tr'))
+      .map(r => Number(r.children[col].textContent));
     const out = document.createElement('pre');
     out.id = 'mixbench-probe';
     out.textContent = JSON.stringify({plots, errors, sorted});

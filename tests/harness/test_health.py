@@ -1,4 +1,5 @@
-"""Health flags on crafted curves: spikes over the recent median, slowdowns below half, a stale heartbeat, divergence."""
+"""Health flags on crafted curves: spikes over the recent median, slowdowns below half, a stale
+heartbeat, divergence."""
 
 from __future__ import annotations
 

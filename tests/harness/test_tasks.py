@@ -355,7 +355,8 @@ def test_one_task_point_draws_only_the_state_size_panel_one_line_per_mixer_throu
 
 
 def test_labels_of_two_mixers_whose_points_nearly_coincide_are_placed_apart():
-    """The README's MQAR figure printed attention's 'tiny' and Mamba-2's 'micro 2/3 seeds solve' on top of each other."""
+    """The README's MQAR figure printed attention's 'tiny' and Mamba-2's 'micro 2/3 seeds solve'
+    on top of each other."""
     points = [
         (2752, 0.51, "micro"),
         (16768, 1.0, "tiny"),

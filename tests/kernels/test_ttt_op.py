@@ -2,8 +2,9 @@
 a valid op (``torch.library.opcheck``), and a TTT layer that ``torch.compile`` takes whole.
 
 On CPU the op dispatches to ``dual``, and once to ``triton`` under the interpreter (in a
-subprocess: ``TRITON_INTERPRET`` must be set before triton is imported). ``aot_eager`` runs Dynamo and AOTAutograd (the fake
-implementations, the backward op) without the slow C++ compile of Inductor.
+subprocess: ``TRITON_INTERPRET`` must be set before triton is imported). ``aot_eager`` runs
+Dynamo and AOTAutograd (the fake implementations, the backward op) without the slow C++
+compile of Inductor.
 """
 
 from __future__ import annotations

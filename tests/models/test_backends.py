@@ -53,9 +53,9 @@ def test_probe_imports_the_compiled_extension_once_and_says_why_it_failed(monkey
     try:
         probe = needs_cuda_module("torch", "mixbench_fake_kernels_cuda")
         reason = probe(torch.device("cuda"))
-        assert (
-            reason
-            == "mixbench_fake_kernels_cuda does not import: ImportError: mixbench_fake_kernels_cuda.so: undefined symbol: _ZN3c10"
+        assert reason == (
+            "mixbench_fake_kernels_cuda does not import: "
+            "ImportError: mixbench_fake_kernels_cuda.so: undefined symbol: _ZN3c10"
         )
         assert probe(torch.device("cuda")) == reason and calls == ["mixbench_fake_kernels_cuda"]  # imported once
         assert probe(CPU) == "needs a CUDA device, got cpu"

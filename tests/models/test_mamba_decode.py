@@ -1,7 +1,7 @@
 """Mamba and Mamba-2 decode through mamba-ssm's fused one-token kernels equals our PyTorch step.
 
-The fused path (``_step_fused``) calls two thin wrappers (``models.mamba.DECODE_KERNELS``); on CPU they are replaced by the
-libraries' own pure-PyTorch references of the same kernels (``selective_state_update_ref``,
+The fused path (``_step_fused``) calls two thin wrappers (``models.mamba.DECODE_KERNELS``); on
+CPU they are replaced by the libraries' own pure-PyTorch references of the same kernels (``selective_state_update_ref``,
 ``causal_conv1d_update_ref``), which share their in-place state contract. On a GPU the real
 kernels run (``test_fused_decode_on_gpu``).
 """
