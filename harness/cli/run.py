@@ -164,7 +164,11 @@ def run_latency(
     """The suite's latency section (on a stored run's architecture if ``run_key``); prints the stored
     measurements; True if any point failed (OOM is no failure)."""
     chosen = None if run_key is None else [stored_target(store, run_key)]
-    summary = LatencyRunner(suite, store, console=console).run(only, resume=resume, chosen=chosen)
+    # `run --only` on a training suite may select cells and no latency model; elsewhere it must match.
+    must_match = not (resume and suite.spec.trains)
+    summary = LatencyRunner(suite, store, console=console).run(
+        only, resume=resume, chosen=chosen, must_match=must_match
+    )
     if resume and not summary.measured:
         console.print(
             f"[green]latency: all {len(summary.skipped)} models of suite {suite.name} are already measured[/]"

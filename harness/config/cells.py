@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from harness.config.suite import Cell, Suite
+from harness.config.suite import Cell, Suite, SuiteError
 from harness.data import DataConfig
 from harness.store.database import RunRecord
 from harness.tasks import get_task
@@ -57,11 +57,23 @@ def run_record(cell: Cell) -> RunRecord:
 
 
 def select_cells(suite: Suite, only: str | None) -> list[Cell]:
-    """Cells whose label (``arch/size/Tseq_len``) matches the glob ``only`` (all if None)."""
+    """Cells whose label (``arch/size/Tseq_len``) matches the glob ``only`` (all if None).
+
+    A glob that matches no cell is a mistake (a typo would otherwise read as "nothing left to
+    train" and exit 0): ``SuiteError`` naming the cells there are.
+    """
     cells = suite.cells()
     if only is None:
         return cells
-    return [c for c in cells if fnmatch.fnmatch(cell_label(c), only) or fnmatch.fnmatch(c.arch, only)]
+    chosen = [c for c in cells if fnmatch.fnmatch(cell_label(c), only) or fnmatch.fnmatch(c.arch, only)]
+    if not chosen:
+        raise nothing_matches(only, suite.name, "cell", [cell_label(c) for c in cells])
+    return chosen
+
+
+def nothing_matches(only: str, suite: str, what: str, labels: list[str]) -> SuiteError:
+    """The one line for an ``--only`` glob that selects nothing: the glob, and every label it could have matched."""
+    return SuiteError(f"--only {only!r} matches no {what} of suite {suite}; its {what}s: {', '.join(labels)}")
 
 
 def data_config(cell: Cell) -> DataConfig:

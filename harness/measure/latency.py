@@ -60,6 +60,7 @@ from rich.table import Table
 from harness.common.errors import one_line
 from harness.common.names import FINISHED, PointStatus
 from harness.common.progress import progress_bar
+from harness.config.cells import nothing_matches
 from harness.config.suite import LatencySection, Suite, SuiteError
 from harness.engine.device_memory import free_memory
 from harness.engine.train import seed_everything
@@ -127,16 +128,21 @@ def latency_section(suite: Suite) -> LatencySection:
     return suite.spec.latency
 
 
-def targets(suite: Suite, only: str | None = None) -> list[Target]:
-    """Every model × latency size, filtered by the glob ``only`` over ``arch/size`` or ``arch``."""
+def targets(suite: Suite, only: str | None = None, *, must_match: bool = False) -> list[Target]:
+    """Every model × latency size, filtered by the glob ``only`` over ``arch/size`` or ``arch``.
+
+    ``must_match``: a glob that selects no model is an error naming the models there are (for
+    ``mixbench latency``; ``run --only`` may pick training cells and no latency model).
+    """
     spec, section = suite.spec, latency_section(suite)
-    out = []
-    for arch in spec.models:
-        settings = spec.mixer_settings(split_arch(arch)[0])
-        for size in section.sizes or spec.sizes:
-            t = Target(arch, size, settings)
-            if only is None or fnmatch.fnmatch(t.label, only) or fnmatch.fnmatch(arch, only):
-                out.append(t)
+    every = [
+        Target(arch, size, spec.mixer_settings(split_arch(arch)[0]))
+        for arch in spec.models
+        for size in section.sizes or spec.sizes
+    ]
+    out = [t for t in every if only is None or fnmatch.fnmatch(t.label, only) or fnmatch.fnmatch(t.arch, only)]
+    if must_match and only is not None and not out:
+        raise nothing_matches(only, suite.name, "latency model", [t.label for t in every])
     return out
 
 
@@ -375,15 +381,18 @@ class LatencyRunner:
         }
         return all(point in have for point in sweep_points(s))
 
-    def run(self, only: str | None = None, resume: bool = False, chosen: list[Target] | None = None) -> LatencySummary:
+    def run(
+        self, only: str | None = None, resume: bool = False, chosen: list[Target] | None = None, must_match: bool = True
+    ) -> LatencySummary:
         """Measure every target (only the unmeasured ones if ``resume``); store each model's rows as it ends.
 
-        ``chosen`` replaces the suite's models (a stored run's ``stored_target``).
+        ``chosen`` replaces the suite's models (a stored run's ``stored_target``). ``must_match``:
+        ``only`` must select a model (``targets``).
         """
         s, summary = self.section, LatencySummary()
         device = resolve_device(s, self.suite)
         todo = []
-        for target in targets(self.suite, only) if chosen is None else chosen:
+        for target in targets(self.suite, only, must_match=must_match) if chosen is None else chosen:
             if resume and self.is_measured(target, device):
                 summary.skipped.append(target.label)
             else:

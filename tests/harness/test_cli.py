@@ -75,6 +75,23 @@ def test_bad_suite_is_one_clear_line(write_suite, capsys):
     assert code == 2 and "unknown mixer 'nope'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("extra", [(), ("--dry-run",)])
+def test_only_that_matches_no_cell_is_refused_with_the_cells_named(write_suite, capsys, extra):
+    # A typo in --only once printed "all 0 cells ... are already done" and exited 0.
+    suite = write_suite()
+    code, out, err = run_cli(capsys, "run", str(suite), "--only", "atention*", *extra)
+    assert code == 2 and "Traceback" not in err
+    assert "--only 'atention*' matches no cell of suite unit" in err
+    assert "attention@transformer/micro/T32" in err and "already done" not in out
+    assert Store().runs() == []
+
+
+def test_latency_only_that_matches_no_model_is_refused(write_suite, capsys):
+    suite = write_suite(latency={"contexts": [16], "warmup": 0, "repeats": 1})
+    code, _, err = run_cli(capsys, "latency", str(suite), "--only", "mamba*")
+    assert code == 2 and "matches no latency model of suite unit" in err and "attention@transformer/micro" in err
+
+
 def test_newer_database_is_refused(write_suite, capsys, tmp_path):
     Store(tmp_path / "future.db")
     con = sqlite3.connect(tmp_path / "future.db")
