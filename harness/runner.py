@@ -222,7 +222,7 @@ class SuiteRunner:
             # accuracy at the scored positions of held-out sequences
             result = evaluate_task(model, data, cell.eval.batch_size, device)
             return result, {
-                "task/accuracy": result.accuracy,
+                MetricName.TASK_ACCURACY: result.accuracy,
                 "task/sequence_accuracy": result.sequence_accuracy,
                 "model/state_size": float(model.state_size(cell.seq_len)),
             }
