@@ -34,6 +34,20 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 _NAMES_A_GPU = re.compile(r"\b(CUDA|GPU)\b")
 
+# What the dev extra installs for tests that skip without it. Where it is missing the tests skip
+# with the reason, unless ``MIXBENCH_REQUIRE_DEV=1`` (CI): then the session stops before any test,
+# naming what is missing, so a dependency dropped from the install can never pass as skips.
+DEV_MODULES = {"transformers": "transformers", "lm_eval": "lm-eval", "submitit": "submitit", "kaleido": "kaleido"}
+
+
+def missing_dev_modules() -> list[str]:
+    return [dist for module, dist in DEV_MODULES.items() if importlib.util.find_spec(module) is None]
+
+
+def pytest_configure(config):
+    if os.environ.get("MIXBENCH_REQUIRE_DEV") and (missing := missing_dev_modules()):
+        raise pytest.UsageError(f"MIXBENCH_REQUIRE_DEV is set but {', '.join(missing)} not installed ([dev] extra)")
+
 
 def pytest_collection_modifyitems(config, items):
     """Mark GPU-only tests ``gpu``; without CUDA, skip them with the reason."""
@@ -145,7 +159,10 @@ def causal_conv1d_interface():
     """
     spec = importlib.util.find_spec("causal_conv1d")
     if spec is None or spec.origin is None:
-        pytest.skip("causal-conv1d is not installed (GPU extra: pip install -e .[gpu])")
+        reason = "causal-conv1d is not installed (GPU extra: pip install -e .[gpu])"
+        if os.environ.get("MIXBENCH_REQUIRE_MAMBA_SSM"):  # CI installs it beside mamba-ssm
+            pytest.fail(f"MIXBENCH_REQUIRE_MAMBA_SSM is set but {reason}")
+        pytest.skip(reason)
     stub = types.ModuleType("causal_conv1d.cpp_functions")
     for name in ("causal_conv1d_fwd_function", "causal_conv1d_bwd_function", "causal_conv1d_update_function"):
         setattr(stub, name, None)
