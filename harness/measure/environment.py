@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 from functools import lru_cache
@@ -56,6 +57,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@lru_cache(maxsize=1)
+def cpu_math() -> dict[str, str | None]:
+    """What decides a CPU run's rounding beyond the processor's name: the instruction set torch's
+    kernels dispatch to (AVX2, AVX512, ...), and the BLAS and oneDNN builds torch was linked with.
+
+    Two machines sold as the same "AMD EPYC" can differ here, and then a float32 run on them
+    differs in its last digits; recorded with every run so such a difference can be explained.
+    """
+    config = torch.__config__.show()
+
+    def line_with(text: str) -> str | None:
+        return next((ln.strip(" -") for ln in config.splitlines() if text in ln), None)
+
+    blas = re.search(r"\bBLAS_INFO=([^,\s]+)", config)
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": blas and blas.group(1),
+        "math_library": line_with("Math Kernel Library") or line_with("OpenBLAS"),
+        "onednn": line_with("MKL-DNN") or line_with("oneDNN"),
+    }
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -80,6 +103,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": device_name(device),
+        "cpu": cpu_math(),
         "cuda": torch.version.cuda,
         "git_commit": git_commit(),
         "packages": {name: v for name in _PACKAGES if (v := _version(name)) is not None},

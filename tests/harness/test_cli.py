@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness import runner as runner_module
 from harness.cli import main
@@ -90,6 +91,15 @@ def test_latency_only_that_matches_no_model_is_refused(write_suite, capsys):
     suite = write_suite(latency={"contexts": [16], "warmup": 0, "repeats": 1})
     code, _, err = run_cli(capsys, "latency", str(suite), "--only", "mamba*")
     assert code == 2 and "matches no latency model of suite unit" in err and "attention@transformer/micro" in err
+
+
+def test_a_run_records_what_decides_its_cpu_rounding(write_suite, capsys):
+    # "AMD EPYC" alone did not say why two machines differed in the last digits (issue 41).
+    code, _, _ = run_cli(capsys, "run", str(write_suite()), "--launcher", "inline", "--train-only")
+    (run,) = Store().runs()
+    cpu = run.environment["cpu"]
+    assert code == 0 and cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["blas"] and cpu["blas"] in torch.__config__.show()
 
 
 def test_newer_database_is_refused(write_suite, capsys, tmp_path):
