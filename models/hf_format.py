@@ -174,10 +174,14 @@ def _llama_spec(config: dict[str, Any], name: str) -> ModelSpec:
     require(config, "hidden_act", "silu", "our MLP is SwiGLU")
     require(config, "attention_bias", False, "our attention projections have no bias")
     require(config, "mlp_bias", False, "our MLP has no bias")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise FormatError(f"config.json rope type {kind!r} is not supported (only plain RoPE with a base)")
+    # transformers 5 writes rope_parameters; older checkpoints (Llama 3.1's) carry rope_scaling,
+    # which transformers still applies: a scaling in either is refused, never silently dropped.
+    ropes = [r for r in (config.get("rope_parameters"), config.get("rope_scaling")) if r]
+    for r in ropes:
+        kind = r.get("rope_type", r.get("type", "default"))
+        if kind != "default":
+            raise FormatError(f"config.json rope type {kind!r} is not supported (only plain RoPE with a base)")
+    rope = ropes[0] if ropes else {}
     base = config.get("rope_theta", rope.get("rope_theta", 10000.0))
     dims = Size(
         d_model=d,

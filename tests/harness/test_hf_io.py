@@ -301,6 +301,28 @@ def test_bad_checkpoints_give_one_line(change, message, folders, tmp_path, capsy
         assert "tensor backbone.layers.0.mixer.x_proj.weight (18, 64)" in err  # named, with its shape
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope type 'linear' is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported (our MLP is SwiGLU"),
+        ({"attention_bias": True}, "attention_bias=True is not supported"),
+        ({"mlp_bias": True}, "mlp_bias=True is not supported"),
+    ],
+)
+def test_llama_settings_our_blocks_do_not_compute_are_refused(fields, message, folders, tmp_path, capsys):
+    """The README promises these refusals: a Llama checkpoint that scales RoPE, uses another
+    activation or has biases is refused in one line, never imported with the setting ignored."""
+    source = edited(folders["llama-gqa"][0], tmp_path, set_config(**fields))
+    db = tmp_path / "db.sqlite"
+    args = ["import", str(source), "--as", "x", "--db", str(db), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert Store(db).runs() == []
+
+
 def test_a_hub_id_without_network_gives_one_line(tmp_path, capsys):
     assert main(["import", "state-spaces/no-such-model-hf", "--as", "x", "--db", str(tmp_path / "db.sqlite")]) == 2
     err = capsys.readouterr().err.strip()
