@@ -20,7 +20,7 @@ from rich.table import Table
 from torch import nn
 
 from harness.common.errors import one_line
-from harness.common.names import MetricName
+from harness.common.names import MetricName, RunStatus
 from harness.config.budget import cell_need, largest_needs
 from harness.config.cells import (
     Summary,
@@ -40,6 +40,7 @@ from harness.data import (
     load_packed,
     load_tokenizer,
 )
+from harness.data.source import changed_file, content_record
 from harness.engine.device_memory import free_memory
 from harness.engine.distributed import Group
 from harness.engine.parallel import backend_label, choose_mode, full_model, prepare
@@ -69,6 +70,14 @@ class Workload:
     tokenizer: str  # recorded with the checkpoint
     # (model, device) -> (evaluation with loss / perplexity / position_loss, extra metrics)
     score: Callable[[nn.Module, torch.device], tuple[Any, dict[str, float]]]
+
+
+def source_records(cell: Cell) -> dict[str, Any] | None:
+    """What a text cell records of its local corpora's content (``content_record``), by setting."""
+    if cell.task is not None:
+        return None
+    cfg = data_config(cell)
+    return {s: content_record(v) for s in ("source", "val_source") if (v := getattr(cfg, s)) is not None}
 
 
 class EpochBudgetError(MixbenchError, ValueError):
@@ -159,6 +168,8 @@ class SuiteRunner:
         summary = Summary()
         cells = select_cells(self.suite, only)
         main = self.group.is_main
+        if main:
+            self.check_sources_unchanged(cells)
         for i, cell in enumerate(cells, 1):
             label = cell_label(cell)
             if not self.group.broadcast(self.store.claim(run_record(cell)) if main else None):
@@ -206,6 +217,24 @@ class SuiteRunner:
             # so that one out-of-memory cell does not make the next ones fail.
             free_memory(collect=True)
         return summary
+
+    def check_sources_unchanged(self, cells: list[Cell]) -> None:
+        """Refuse, before anything trains, to skip a done cell whose local corpus was edited since.
+
+        Its run key names the corpus by path, so the rerun would skip it and report numbers of
+        text that is no longer there, beside new cells trained on the new text."""
+        for cell in cells:
+            if self.store.status(cell.run_key) != RunStatus.DONE:
+                continue
+            recorded = (self.store.run(cell.run_key).environment or {}).get("data_sources") or {}
+            for setting, record in recorded.items():
+                source = getattr(data_config(cell), setting)
+                if record is not None and source is not None and (changed := changed_file(record, source)):
+                    raise DataError(
+                        f"{cell_label(cell)} is done, trained on data.{setting} {source} as it was; {changed} "
+                        "has changed since. Restore it, or point the suite at the new text under a new path "
+                        "or suite name (a new run key)"
+                    )
 
     def workload(self, cell: Cell) -> Workload:
         """The one place where a text-corpus cell and a synthetic-task cell differ."""
@@ -312,7 +341,8 @@ class SuiteRunner:
             n_params=n_params,
             n_params_non_embedding=n_params_non_embedding,
             backend=backend_label(model, device),
-            environment=environment(device) | {"world_size": group.world_size, "parallel": mode},
+            environment=environment(device)
+            | {"world_size": group.world_size, "parallel": mode, "data_sources": source_records(cell)},
             checkpoint_path=str(checkpoint.resolve()),
         )
         steps.remove()  # the final weights are stored; the mid-cell checkpoints have served

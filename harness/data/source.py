@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -136,6 +137,36 @@ def resolve_source(source: str) -> Source:
     if not looks_like_hub_id(source, tuple(BUILDERS) + COMPRESSIONS):
         raise DataError(f"data source not found: {path}")
     return Source(source, {"hub": source}, hub_id=source)
+
+
+@lru_cache(maxsize=None)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A local file's content hash, computed once per state of the file (size and mtime)."""
+    return sha256_file(Path(path))
+
+
+def content_record(source: str) -> dict[str, Any] | None:
+    """What a run records of a local source's content: its identity (paths, sizes, mtimes) and
+    each file's SHA-256. None for the shipped corpus (versioned with the code) and a Hub id.
+
+    A run key holds the source's path, not its content, so that a corpus that is only touched or
+    copied keeps its results; this record is how a rerun tells an edited corpus from those.
+    """
+    src = resolve_source(source)
+    if src.hub_id is not None or "builtin" in src.identity:
+        return None
+    files = [f for _, group in src.groups for f in group]
+    return {"identity": src.identity, "sha256": {f: _sha256(f, *_file_identity(Path(f))[1:]) for f in files}}
+
+
+def changed_file(recorded: dict[str, Any], source: str) -> str | None:
+    """None if ``source`` holds the content ``recorded`` (a ``content_record``) says; else a file
+    that was added, removed or edited since."""
+    now = content_record(source)
+    if now is None or now["identity"] == recorded["identity"]:  # untouched: no hashing
+        return None
+    before, after = recorded["sha256"], now["sha256"]
+    return next((f for f in sorted(before.keys() | after.keys()) if before.get(f) != after.get(f)), None)
 
 
 def check_split(src: Source, split: str, setting: str) -> None:

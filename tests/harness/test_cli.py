@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from harness import runner as runner_module
 from harness.cli import main
@@ -100,6 +101,36 @@ def test_a_run_records_what_decides_its_cpu_rounding(write_suite, capsys):
     cpu = run.environment["cpu"]
     assert code == 0 and cpu["capability"] == torch.backends.cpu.get_cpu_capability()
     assert cpu["blas"] and cpu["blas"] in torch.__config__.show()
+
+
+def test_a_corpus_edited_after_its_cells_are_done_is_refused_not_skipped(tmp_path, small_corpus, capsys):
+    # The run key names a local corpus by path: edited in place, a rerun once skipped every cell
+    # and reported numbers of text that was no longer there.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(small_corpus.read_text())
+    suite = tmp_path / "edited.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "name": "edited",
+                "data": {"source": str(corpus), "tokenizer": "bytes", "seq_len": 32},
+                "models": ["attention@transformer"],
+                "sizes": ["micro"],
+                "train": {"tokens": 1024, "batch_tokens": 256, "lr": 3e-3, "device": "cpu"},
+                "eval": {"max_val_sequences": 4},
+            }
+        )
+    )
+    run = ("run", str(suite), "--launcher", "inline", "--train-only")
+    assert run_cli(capsys, *run)[0] == 0
+    os.utime(corpus, ns=(1, 1))  # touched, not edited: still done, skipped
+    code, out, _ = run_cli(capsys, *run)
+    assert code == 0 and "already done" in out
+    corpus.write_text(small_corpus.read_text() + "a line that was not there\n")
+    code, out, err = run_cli(capsys, *run)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "attention@transformer/micro/T32 is done, trained on data.source" in err and str(corpus) in err
+    assert [r.status for r in Store().runs()] == ["done"]  # nothing lost
 
 
 def test_newer_database_is_refused(write_suite, capsys, tmp_path):
