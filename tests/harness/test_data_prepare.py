@@ -316,8 +316,10 @@ def test_val_split_the_source_lacks_is_one_line(corpus, tmp_path):
 # --------------------------------------------------------------------------- no orphans, one preparer
 
 
-PREPARE_SCRIPT = (
-    "import sys\n"
+PREPARE_SCRIPT = (  # a preparation a person started at a terminal, so it takes Ctrl-C (even when
+    # pytest itself was started with SIGINT ignored, as a background job of a script is)
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "from harness import data\n"
     "from harness.data import prepare\n"
     "from processes import SlowBytes\n"
