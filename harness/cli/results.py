@@ -19,15 +19,19 @@ from harness.store.database import Store
 from models.registry import list_mixers
 
 
-def results_arguments(p: argparse.ArgumentParser) -> None:
-    add_db(p)
-    p.add_argument("--suite")
+def add_stale_minutes(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stale-minutes",
         type=float,
         default=Thresholds.stale_minutes,
         help="flag a running cell with no heartbeat for this long",
     )
+
+
+def results_arguments(p: argparse.ArgumentParser) -> None:
+    add_db(p)
+    p.add_argument("--suite")
+    add_stale_minutes(p)
 
 
 def watch_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,12 +39,7 @@ def watch_arguments(p: argparse.ArgumentParser) -> None:
     add_db(p)
     p.add_argument("--every", type=float, default=5.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print one table and exit")
-    p.add_argument(
-        "--stale-minutes",
-        type=float,
-        default=Thresholds.stale_minutes,
-        help="flag a running cell with no heartbeat for this long",
-    )
+    add_stale_minutes(p)
 
 
 def query_arguments(p: argparse.ArgumentParser) -> None:

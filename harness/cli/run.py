@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -61,21 +62,28 @@ def latency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="where the dashboard is written")
 
 
+def suite_runner(
+    args: argparse.Namespace, suite: Suite, store: Store | None, group: Group, console: Console, **kwargs: Any
+) -> SuiteRunner:
+    """The runner with the command line's cache and checkpoint folders."""
+    return SuiteRunner(
+        suite,
+        store,
+        cache_dir=args.cache_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        console=console,
+        group=group,
+        **kwargs,
+    )
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite)
     follow_from_environment()  # started by a launcher: end (as if preempted) when it is killed
     group = init_from_env()  # world size 1 unless started by torchrun
     try:
         if not group.is_main:  # a follower rank trains; rank 0 alone opens the store, reports and measures
-            runner = SuiteRunner(
-                suite,
-                None,
-                cache_dir=args.cache_dir,
-                checkpoint_dir=args.checkpoint_dir,
-                console=console,
-                group=group,
-                open_store=lambda: Store(args.db),
-            )
+            runner = suite_runner(args, suite, None, group, console, open_store=lambda: Store(args.db))
             if suite.spec.trains and not args.dry_run and runner.run(args.only).failed:
                 return 1  # at once: the failure is recorded, and torchrun stops the other ranks
             return 0
@@ -98,15 +106,7 @@ def _run_main(args: argparse.Namespace, suite: Suite, group: Group, console: Con
         submit_suite(suite, args.suite, store, args.only, console, extra_args=job_args)
         return 0
     resume_command = "python -m harness " + shlex.join(sys.argv[1:])
-    runner = SuiteRunner(
-        suite,
-        store,
-        cache_dir=args.cache_dir,
-        checkpoint_dir=args.checkpoint_dir,
-        console=console,
-        group=group,
-        resume_command=resume_command,
-    )
+    runner = suite_runner(args, suite, store, group, console, resume_command=resume_command)
     if args.dry_run:
         if suite.spec.trains:
             console.print(runner.dry_run(args.only, gpu, args.gpus))

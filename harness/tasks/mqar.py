@@ -70,11 +70,8 @@ class MQAR(Task):
         need = 2 * p + m + 2 * q
         if need > seq_len:
             noise = f", {m} noise tokens" if m else ""
-            raise TaskParamError(
-                "num_kv_pairs",
-                f"{p} pairs{noise} and {q} queries need {need} tokens (2 per pair, 2 per query) "
-                f"but seq_len is {seq_len}",
-            )
+            why = f"{p} pairs{noise} and {q} queries need {need} tokens (2 per pair, 2 per query)"
+            raise TaskParamError("num_kv_pairs", f"{why} but seq_len is {seq_len}")
 
     def generate(self, seq_len: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         p = self.num_kv_pairs
