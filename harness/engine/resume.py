@@ -87,6 +87,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _unwrapped(call: Any, what: str, *args: Any, **kwargs: Any) -> Any:
+    """``dcp.save``/``dcp.load``, with the exception a rank raised given back as itself.
+
+    DCP wraps every rank's failure in a ``CheckpointException``, which derives from
+    ``BaseException``: a Ctrl-C during a save then slipped past the runner's handlers and left the
+    cell ``running`` with no error. A KeyboardInterrupt inside is raised as one (the cell is
+    recorded interrupted); any other failure as a one-line ``RuntimeError`` (recorded failed).
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return call(*args, **kwargs)
+    except CheckpointException as exc:
+        failures = [failure[0] if isinstance(failure, tuple) else failure for failure in exc.failures.values()]
+        if any(isinstance(f, KeyboardInterrupt) for f in failures):
+            raise KeyboardInterrupt from None
+        first = failures[0] if failures else exc
+        raise RuntimeError(f"checkpoint {what} failed: {type(first).__name__}: {first}") from None
+
+
 class StepCheckpoints:
     """The mid-cell checkpoints of one cell, in ``folder`` (shared by every rank)."""
 
@@ -120,7 +140,7 @@ class StepCheckpoints:
         state = {"model": model_state, "optim": optim_state, "train": {**train_state, "rng": _rng_state()}}
         with warnings.catch_warnings():  # world size 1 runs DCP without a process group, on purpose
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-            dcp.save(state, checkpoint_id=str(partial))
+            _unwrapped(dcp.save, "save", state, checkpoint_id=str(partial))
         self.group.barrier()
         if self.group.is_main:
             shutil.rmtree(final, ignore_errors=True)
@@ -143,7 +163,7 @@ class StepCheckpoints:
         state = {"model": model_state, "optim": optim_state, "train": {**train_state, "rng": _rng_state()}}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-            dcp.load(state, checkpoint_id=str(path))
+            _unwrapped(dcp.load, "load", state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         _set_rng_state(state["train"].pop("rng"))
         return state["train"]
