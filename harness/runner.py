@@ -223,10 +223,11 @@ class SuiteRunner:
 
         Its run key names the corpus by path, so the rerun would skip it and report numbers of
         text that is no longer there, beside new cells trained on the new text."""
+        done = {r.run_key: r for r in self.store.runs(self.suite.name) if r.status == RunStatus.DONE}
         for cell in cells:
-            if self.store.status(cell.run_key) != RunStatus.DONE:
+            if cell.run_key not in done:
                 continue
-            recorded = (self.store.run(cell.run_key).environment or {}).get("data_sources") or {}
+            recorded = (done[cell.run_key].environment or {}).get("data_sources") or {}
             for setting, record in recorded.items():
                 source = getattr(data_config(cell), setting)
                 if record is not None and source is not None and (changed := changed_file(record, source)):

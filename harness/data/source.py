@@ -152,20 +152,27 @@ def content_record(source: str) -> dict[str, Any] | None:
     A run key holds the source's path, not its content, so that a corpus that is only touched or
     copied keeps its results; this record is how a rerun tells an edited corpus from those.
     """
-    src = resolve_source(source)
+    return _content_record(resolve_source(source))
+
+
+def _content_record(src: Source) -> dict[str, Any] | None:
     if src.hub_id is not None or "builtin" in src.identity:
         return None
-    files = [f for _, group in src.groups for f in group]
-    return {"identity": src.identity, "sha256": {f: _sha256(f, *_file_identity(Path(f))[1:]) for f in files}}
+    files = [src.identity["file"]] if "file" in src.identity else src.identity["folder"]
+    return {"identity": src.identity, "sha256": {path: _sha256(path, size, mtime) for path, size, mtime in files}}
 
 
 def changed_file(recorded: dict[str, Any], source: str) -> str | None:
-    """None if ``source`` holds the content ``recorded`` (a ``content_record``) says; else a file
-    that was added, removed or edited since."""
-    now = content_record(source)
-    if now is None or now["identity"] == recorded["identity"]:  # untouched: no hashing
+    """None if ``source`` holds the content ``recorded`` (a ``content_record``) says, or is gone
+    (nothing to mix the stored numbers with); else a file that was added, removed or edited since.
+    The files are hashed only when their paths, sizes or mtimes differ from the record's."""
+    try:
+        src = resolve_source(source)
+    except DataError:
         return None
-    before, after = recorded["sha256"], now["sha256"]
+    if src.identity == recorded["identity"]:
+        return None
+    before, after = recorded["sha256"], _content_record(src)["sha256"]
     return next((f for f in sorted(before.keys() | after.keys()) if before.get(f) != after.get(f)), None)
 
 

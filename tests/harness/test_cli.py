@@ -131,6 +131,9 @@ def test_a_corpus_edited_after_its_cells_are_done_is_refused_not_skipped(tmp_pat
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "attention@transformer/micro/T32 is done, trained on data.source" in err and str(corpus) in err
     assert [r.status for r in Store().runs()] == ["done"]  # nothing lost
+    corpus.unlink()  # gone, not edited: nothing to mix the stored numbers with, still done
+    code, out, _ = run_cli(capsys, *run)
+    assert code == 0 and "already done" in out
 
 
 def test_newer_database_is_refused(write_suite, capsys, tmp_path):
