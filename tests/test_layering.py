@@ -58,8 +58,10 @@ def _type_checking_only(node: ast.If) -> bool:
     )
 
 
-def imports(tree: ast.AST, module: str) -> list[tuple[int, str]]:
-    """(line, imported module) for every import that runs, relative ones resolved against ``module``."""
+def imports(tree: ast.AST, module: str, package: bool = False) -> list[tuple[int, str]]:
+    """(line, imported module) for every import that runs, relative ones resolved against ``module``
+    (itself the anchor of ``from . import`` when it is a ``package``'s ``__init__``)."""
+    anchor_parts = module.split(".") + ([""] if package else [])
     found: list[tuple[int, str]] = []
 
     def visit(node: ast.AST) -> None:
@@ -72,7 +74,7 @@ def imports(tree: ast.AST, module: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = module.split(".")[: -node.level] if node.level else []
+                anchor = anchor_parts[: -node.level]
                 base = ".".join([*anchor, base] if base else anchor)
             found.append((node.lineno, base))
         for child in ast.iter_child_nodes(node):
@@ -89,17 +91,25 @@ def matches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def forbidden(module: str, tree: ast.AST, package: bool = False) -> list[tuple[int, str, str, str]]:
+    """(line, part, imported module, forbidden prefix) for each import ``module`` may not make."""
+    rules = [(part, banned) for part, banned in FORBIDDEN.items() if matches(module, part)]
+    return [
+        (line, part, name, prefix)
+        for line, name in imports(tree, module, package)
+        for part, banned in rules
+        for prefix in banned
+        if matches(name, prefix) and not matches(name, part)
+    ]
+
+
 def violations() -> list[str]:
     out = []
     for folder in PACKAGES:
         for path in sorted((ROOT / folder).rglob("*.py")):
-            module = module_name(path)
-            rules = [(part, banned) for part, banned in FORBIDDEN.items() if matches(module, part)]
-            for line, name in imports(ast.parse(path.read_text()), module):
-                for part, banned in rules:
-                    for prefix in banned:
-                        if matches(name, prefix) and not matches(name, part):
-                            out.append(f"{path.relative_to(ROOT)}:{line}: {part} imports {name} (forbidden: {prefix})")
+            tree, package = ast.parse(path.read_text()), path.name == "__init__.py"
+            for line, part, name, prefix in forbidden(module_name(path), tree, package):
+                out.append(f"{path.relative_to(ROOT)}:{line}: {part} imports {name} (forbidden: {prefix})")
     return out
 
 
@@ -125,15 +135,17 @@ def test_no_part_imports_what_it_may_not():
     ],
 )
 def test_the_checker_sees_forbidden_arrows(module, source, expected):
-    rules = [(part, banned) for part, banned in FORBIDDEN.items() if matches(module, part)]
-    hits = [
-        name
-        for _, name in imports(ast.parse(source), module)
-        for part, banned in rules
-        for prefix in banned
-        if matches(name, prefix) and not matches(name, part)
-    ]
+    hits = forbidden(module, ast.parse(source))
     assert len(hits) == expected, hits
+
+
+def test_relative_imports_in_a_package_init_resolve_against_the_package():
+    tree = ast.parse("from .job import cell_command\nfrom ..runner import Summary")
+    assert [name for _, name in imports(tree, "harness.launch", package=True)] == [
+        "harness.launch.job",
+        "harness.runner",
+    ]
+    assert [hit[2] for hit in forbidden("harness.launch", tree, package=True)] == ["harness.runner"]
 
 
 def design_table() -> dict[str, tuple[str, ...]]:
